@@ -7,8 +7,11 @@ and statistics only ever see this form.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Protocol
+
+import orjson
 
 KIND_CLASSIFICATION = "classification"
 KIND_REGRESSION = "regression"
@@ -70,3 +73,134 @@ class OutputAdapter(Protocol):
     def request_rows(self, request_body: bytes) -> list[dict[str, object]]:
         """The request's rows as dicts (feature name -> value), for slicing per row."""
         ...
+
+    def rows_from_json(self, request: object) -> list[dict[str, object]]:
+        """Like request_rows, for a request body the caller has already decoded."""
+        ...
+
+
+# -- lifting helpers shared by the protocol adapters ---------------------------------------
+
+# A per-row probability vector must sum to 1 within this tolerance to be taken for one
+# when nothing else (a name, configured classes) says what the numbers are.
+PROB_SUM_TOL = 1e-3
+
+
+def load_json(body: bytes, what: str = "body") -> object:
+    """Decode a JSON body, turning every failure into UnparseableOutput."""
+    if not body:
+        raise UnparseableOutput(f"empty {what}")
+    try:
+        return orjson.loads(body)
+    except (orjson.JSONDecodeError, TypeError) as exc:
+        raise UnparseableOutput(f"{what} is not JSON: {exc}") from None
+
+
+def is_number(value: object) -> bool:
+    """A JSON number that is a finite float or an int (bool is not a number here)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def label_text(value: object) -> str | None:
+    """The text form of a class label (str of the class); None when it is no label."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+    if isinstance(value, list) and len(value) == 1:
+        return label_text(value[0])
+    return None
+
+
+def is_label_like(value: object) -> bool:
+    """Strings, ints and bools name classes; floats are scores (JSON keeps the difference)."""
+    if isinstance(value, list) and len(value) == 1:
+        return is_label_like(value[0])
+    return isinstance(value, str | bool) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def number_list(value: object) -> list[float] | None:
+    """`value` as a non-empty list of finite floats, or None."""
+    if not isinstance(value, list) or not value or not all(is_number(v) for v in value):
+        return None
+    return [float(v) for v in value]
+
+
+def looks_like_probs(rows: list[list[float]]) -> bool:
+    """Every row has >= 2 values in [0, 1] summing to 1: a probability distribution."""
+    return bool(rows) and all(
+        len(row) >= 2
+        and all(-1e-6 <= v <= 1 + 1e-6 for v in row)
+        and abs(math.fsum(row) - 1.0) <= PROB_SUM_TOL
+        for row in rows
+    )
+
+
+def map_label(label: str | None, raw: object, classes: tuple[str, ...] | None) -> str | None:
+    """An integer label that is an index into known class names becomes that name.
+
+    Only when the integer's text is not itself a class name, so classes "1", "2", "3" are
+    never shifted by one.
+    """
+    if label is None or not classes or label in classes:
+        return label
+    if isinstance(raw, list) and len(raw) == 1:
+        raw = raw[0]
+    if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw < len(classes):
+        return classes[raw]
+    return label
+
+
+def from_probs(
+    probs: list[float], classes: tuple[str, ...] | None = None, label: str | None = None
+) -> Prediction:
+    """A classification row from class probabilities (one value: binary P(positive))."""
+    if not probs:
+        raise UnparseableOutput("empty probability vector")
+    if len(probs) == 1:
+        p = probs[0]
+        probs = [1.0 - p, p]
+    if classes is not None and len(classes) != len(probs):
+        classes = None
+    ranked = sorted(probs, reverse=True)
+    if label is None:
+        best = max(range(len(probs)), key=probs.__getitem__)
+        label = classes[best] if classes else str(best)
+    return Prediction(
+        label=label,
+        probs=tuple(probs),
+        classes=classes,
+        confidence=ranked[0],
+        margin=ranked[0] - ranked[1],
+    )
+
+
+def from_scores(values: list[float]) -> Prediction:
+    """A regression row: the first value is the score, all of them the vector."""
+    if not values:
+        raise UnparseableOutput("empty prediction vector")
+    return Prediction(score=values[0], vector=tuple(values))
+
+
+def json_type(value: object) -> str:
+    """The JSON type name used as a contract datatype for JSON-row protocols."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"  # JSON writes 1.0 as 1 at will: no contract in int vs float
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, list):
+        inner = {json_type(v) for v in value}
+        return f"list[{inner.pop() if len(inner) == 1 else 'mixed'}]" if inner else "list"
+    if isinstance(value, dict):
+        return "object"
+    return "null"

@@ -1,0 +1,161 @@
+"""OpenAI-compatible chat / completions answers (vLLM, TGI, llama.cpp, Ollama, OpenAI).
+
+Each choice is one row (a request with `n = 3` yields three). The text is the message
+content (or the completion's `text`; tool calls are rendered as compact JSON so two
+answers calling the same tool agree). With token logprobs, the confidence is the first
+token's probability (exp of its logprob) and `mean_logprob` the mean over the tokens.
+Streamed answers (`text/event-stream`, `data: {...}` lines) are reassembled first.
+"""
+
+from __future__ import annotations
+
+import math
+
+import orjson
+
+from analysis.adapters.base import (
+    KIND_TEXT,
+    ContractField,
+    ParsedOutput,
+    Prediction,
+    UnparseableOutput,
+    is_number,
+    load_json,
+)
+from analysis.adapters.rows import RequestRows
+from common.settings import OutputSettings
+
+_LOGPROB_FLOOR = -1000.0
+
+
+class OpenAIAdapter(RequestRows):
+    """Chat completions (`choices[].message`) and completions (`choices[].text`)."""
+
+    name = "openai"
+
+    def __init__(self, outputs: OutputSettings) -> None:
+        self.outputs = outputs
+
+    def parse(self, request_body: bytes, response_body: bytes) -> ParsedOutput:
+        """Lift an OpenAI-style answer, streamed or not."""
+        if response_body.lstrip()[:5] == b"data:":
+            return self.parse_json(_reassemble_stream(response_body))
+        return self.parse_json(load_json(response_body, "response"))
+
+    def parse_json(self, doc: object) -> ParsedOutput:
+        """Lift an already decoded answer."""
+        choices = doc.get("choices") if isinstance(doc, dict) else None
+        if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+            raise UnparseableOutput("openai: no `choices` list")
+        ordered = sorted(choices, key=_index)
+        rows = tuple(_lift_choice(c) for c in ordered)
+        obj = doc.get("object") if isinstance(doc, dict) else None
+        contract = [ContractField("choices", str(obj or ""), (len(rows),))]
+        if any(r.confidence is not None for r in rows):
+            contract.append(ContractField("logprobs"))
+        return ParsedOutput(self.name, KIND_TEXT, rows, tuple(contract))
+
+
+def _index(choice: dict[str, object]) -> int:
+    index = choice.get("index", 0)
+    return index if isinstance(index, int) and not isinstance(index, bool) else 0
+
+
+def _lift_choice(choice: dict[str, object]) -> Prediction:
+    logprobs = _token_logprobs(choice.get("logprobs"))
+    finish = choice.get("finish_reason")
+    return Prediction(
+        text=_choice_text(choice),
+        confidence=math.exp(logprobs[0]) if logprobs else None,
+        mean_logprob=sum(logprobs) / len(logprobs) if logprobs else None,
+        finish_reason=finish if isinstance(finish, str) else None,
+    )
+
+
+def _choice_text(choice: dict[str, object]) -> str:
+    message = choice.get("message")
+    if isinstance(message, dict):
+        content = message.get("content")
+        text = _content_text(content)
+        calls = message.get("tool_calls")
+        if isinstance(calls, list) and calls:
+            text += orjson.dumps([_call(c) for c in calls]).decode()
+        return text
+    text = choice.get("text")
+    if isinstance(text, str):
+        return text
+    raise UnparseableOutput("openai: a choice has neither `message` nor `text`")
+
+
+def _content_text(content: object) -> str:
+    """Content is a string, null (tool calls only) or a list of typed parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [p for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        return "".join(str(p.get("text", "")) for p in parts)
+    return ""
+
+
+def _call(call: object) -> object:
+    """A tool call without its random id: function name and arguments."""
+    if isinstance(call, dict) and isinstance(call.get("function"), dict):
+        fn = call["function"]
+        return [fn.get("name"), fn.get("arguments")]
+    return call
+
+
+def _token_logprobs(logprobs: object) -> list[float]:
+    """Token logprobs of a chat (`content: [{logprob}]`) or completion (`token_logprobs`)."""
+    if not isinstance(logprobs, dict):
+        return []
+    content = logprobs.get("content")
+    if isinstance(content, list):
+        values = [t.get("logprob") for t in content if isinstance(t, dict)]
+    else:
+        values = logprobs.get("token_logprobs")  # type: ignore[assignment]
+    if not isinstance(values, list):
+        return []
+    # Completions put null for the first token of an echoed prompt; skip non-numbers.
+    # Clamp to [-1000, 0]: e^-1000 is 0 already, and sums stay finite.
+    return [min(max(float(v), _LOGPROB_FLOOR), 0.0) for v in values if is_number(v)]
+
+
+# -- streamed answers -----------------------------------------------------------------------
+
+
+def _reassemble_stream(body: bytes) -> dict[str, object]:
+    """Merge `data:` chunks into one non-streamed answer (content, logprobs, finish reason)."""
+    merged: dict[int, dict[str, object]] = {}
+    obj = ""
+    for line in body.splitlines():
+        line = line.strip()
+        if not line.startswith(b"data:") or line[5:].strip() == b"[DONE]":
+            continue
+        chunk = load_json(line[5:].strip(), "stream chunk")
+        if not isinstance(chunk, dict) or not isinstance(chunk.get("choices"), list):
+            raise UnparseableOutput("openai: a stream chunk has no `choices` list")
+        obj = str(chunk.get("object", obj))
+        for choice in chunk["choices"]:
+            if isinstance(choice, dict):
+                _merge_chunk(merged.setdefault(_index(choice), _empty(_index(choice))), choice)
+    if not merged:
+        raise UnparseableOutput("openai: an empty stream")
+    return {"object": obj, "choices": list(merged.values())}
+
+
+def _empty(index: int) -> dict[str, object]:
+    return {"index": index, "text": "", "logprobs": {"content": []}, "finish_reason": None}
+
+
+def _merge_chunk(target: dict[str, object], choice: dict[str, object]) -> None:
+    delta = choice.get("delta")
+    piece = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+    if isinstance(piece, str):
+        target["text"] = str(target["text"]) + piece
+    logprobs = choice.get("logprobs")
+    tokens = target["logprobs"]["content"]  # type: ignore[index]
+    for value in _token_logprobs(logprobs):
+        tokens.append({"logprob": value})
+    if isinstance(choice.get("finish_reason"), str):
+        target["finish_reason"] = choice["finish_reason"]
