@@ -1,0 +1,197 @@
+"""Compare two parsed answers to the same request: per-row agreement and contract changes.
+
+Rows are aligned by position; a different row count is an error of the candidate (never a
+guess at the alignment). Agreement depends on the primary's kind:
+- classification: the same label text;
+- regression: |candidate - primary| <= atol + rtol * |primary| (for vectors, every element);
+- text: equal after whitespace normalisation.
+Contract differences are evidence about the candidate's answer shape, counted per kind:
+`protocol`, `output_names`, `datatype`, `shape` (only when both sides speak the same
+protocol and neither answer was produced by shadowtrial itself, i.e. an ONNX candidate),
+plus `kind`, `label_set` and `missing_field`, which are always checked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from analysis.adapters.base import (
+    KIND_CLASSIFICATION,
+    KIND_REGRESSION,
+    KIND_TEXT,
+    ContractField,
+    ParsedOutput,
+    Prediction,
+)
+from common.settings import OutputSettings
+
+CONTRACT_KINDS = (
+    "output_names", "datatype", "shape", "label_set", "missing_field", "protocol", "kind",
+)  # fmt: skip
+# Canonical fields whose absence on the candidate's side is a contract difference.
+_FIELDS = {
+    "label": "a label",
+    "probs": "class probabilities",
+    "score": "a numeric score",
+    "text": "text",
+    "confidence": "a confidence (probabilities or token logprobs)",
+}
+_SHOWN = 5  # names listed in a detail before "..."
+
+
+@dataclass(frozen=True, slots=True)
+class RowComparison:
+    """One row of both answers and how they compare."""
+
+    agree: bool
+    primary: Prediction
+    candidate: Prediction
+    diff: float | None = None  # candidate - primary score (regression)
+    abs_diff: float | None = None  # |diff|; for vectors the largest element difference
+    conf_delta: float | None = None  # candidate confidence - primary confidence
+
+
+@dataclass(frozen=True, slots=True)
+class ContractDiff:
+    """One way the candidate's answer differs in shape from the primary's, with an example."""
+
+    kind: str  # one of CONTRACT_KINDS
+    detail: str
+
+
+@dataclass
+class Comparison:
+    """Rows compared by position, contract differences, or an error (row count mismatch)."""
+
+    rows: list[RowComparison] = field(default_factory=list)
+    contract_diffs: list[ContractDiff] = field(default_factory=list)
+    error: str | None = None
+    kind: str = ""  # the primary's kind: how rows were compared
+
+
+def compare_outputs(
+    primary: ParsedOutput, candidate: ParsedOutput, outputs: OutputSettings
+) -> Comparison:
+    """Compare two answers; never raises for answers an adapter produced."""
+    diffs = contract_diffs(primary, candidate)
+    n_p, n_c = len(primary.rows), len(candidate.rows)
+    if n_p != n_c:
+        error = f"row_count_mismatch: primary {n_p} rows, candidate {n_c}"
+        return Comparison([], diffs, error, primary.kind)
+    rows = [
+        compare_row(p, c, primary.kind, outputs)
+        for p, c in zip(primary.rows, candidate.rows, strict=True)
+    ]
+    return Comparison(rows, diffs, None, primary.kind)
+
+
+def compare_row(p: Prediction, c: Prediction, kind: str, outputs: OutputSettings) -> RowComparison:
+    """Compare one row of each answer under the primary's kind."""
+    conf = None
+    if p.confidence is not None and c.confidence is not None:
+        conf = c.confidence - p.confidence
+    if kind == KIND_REGRESSION:
+        agree, diff, abs_diff = _regression(p, c, outputs.atol, outputs.rtol)
+        return RowComparison(agree, p, c, diff, abs_diff, conf)
+    if kind == KIND_TEXT:
+        agree = p.text is not None and c.text is not None and _norm(p.text) == _norm(c.text)
+        return RowComparison(agree, p, c, conf_delta=conf)
+    return RowComparison(p.label is not None and p.label == c.label, p, c, conf_delta=conf)
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _regression(
+    p: Prediction, c: Prediction, atol: float, rtol: float
+) -> tuple[bool, float | None, float | None]:
+    if p.score is None or c.score is None:
+        return False, None, None
+    diff = c.score - p.score
+    pv, cv = p.vector or (p.score,), c.vector or (c.score,)
+    if len(pv) != len(cv):
+        return False, diff, abs(diff)
+    gaps = [abs(b - a) for a, b in zip(pv, cv, strict=True)]
+    agree = all(g <= atol + rtol * abs(a) for g, a in zip(gaps, pv, strict=True))
+    return agree, diff, max(gaps)
+
+
+# -- contract differences ---------------------------------------------------------------------
+
+
+def contract_diffs(primary: ParsedOutput, candidate: ParsedOutput) -> list[ContractDiff]:
+    """Every way the candidate's answer shape differs from the primary's."""
+    diffs: list[ContractDiff] = []
+    if primary.kind != candidate.kind:
+        diffs.append(ContractDiff("kind", f"primary {primary.kind}, candidate {candidate.kind}"))
+    if not (primary.synthetic or candidate.synthetic):
+        if primary.protocol != candidate.protocol:
+            detail = f"primary {primary.protocol}, candidate {candidate.protocol}"
+            diffs.append(ContractDiff("protocol", detail))
+        else:
+            diffs.extend(_field_diffs(primary.contract, candidate.contract))
+    diffs.extend(_label_set_diffs(primary, candidate))
+    diffs.extend(_missing_fields(primary, candidate))
+    return diffs
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:_SHOWN])
+    return f"[{shown}{', ...' if len(names) > _SHOWN else ''}]"
+
+
+def _field_diffs(
+    primary: tuple[ContractField, ...], candidate: tuple[ContractField, ...]
+) -> list[ContractDiff]:
+    p_fields = {f.name: f for f in primary}
+    c_fields = {f.name: f for f in candidate}
+    diffs: list[ContractDiff] = []
+    lacks = [n for n in p_fields if n not in c_fields]
+    adds = [n for n in c_fields if n not in p_fields]
+    if lacks or adds:
+        detail = f"candidate lacks {_names(lacks)}, adds {_names(adds)}"
+        diffs.append(ContractDiff("output_names", detail))
+    for name, pf in p_fields.items():
+        cf = c_fields.get(name)
+        if cf is not None and pf.datatype != cf.datatype:
+            diffs.append(ContractDiff("datatype", f"{name}: {pf.datatype} -> {cf.datatype}"))
+        if cf is not None and pf.shape != cf.shape:
+            diffs.append(ContractDiff("shape", f"{name}: {list(pf.shape)} -> {list(cf.shape)}"))
+    return diffs
+
+
+def _label_set_diffs(primary: ParsedOutput, candidate: ParsedOutput) -> list[ContractDiff]:
+    if KIND_CLASSIFICATION not in (primary.kind, candidate.kind):
+        return []
+    p_set, c_set = set(primary.labels), set(candidate.labels)
+    if p_set and c_set:
+        if p_set == c_set:
+            return []
+        lacks, adds = sorted(p_set - c_set), sorted(c_set - p_set)
+        detail = f"candidate classes lack {_names(lacks)}, add {_names(adds)}"
+        return [ContractDiff("label_set", detail)]
+    if p_set:
+        outside = sorted({r.label for r in candidate.rows if r.label is not None} - p_set)
+        if outside:
+            detail = f"candidate predicts {_names(outside)}, not among the primary's classes"
+            return [ContractDiff("label_set", detail)]
+    if c_set:
+        outside = sorted({r.label for r in primary.rows if r.label is not None} - c_set)
+        if outside:
+            detail = f"primary predicts {_names(outside)}, not among the candidate's classes"
+            return [ContractDiff("label_set", detail)]
+    return []
+
+
+def _missing_fields(primary: ParsedOutput, candidate: ParsedOutput) -> list[ContractDiff]:
+    if not primary.rows or not candidate.rows or primary.kind != candidate.kind:
+        return []
+    diffs = []
+    for name, what in _FIELDS.items():
+        has_p = any(getattr(r, name) is not None for r in primary.rows)
+        has_c = any(getattr(r, name) is not None for r in candidate.rows)
+        if has_p and not has_c:
+            detail = f"{name}: candidate answers carry no {what}"
+            diffs.append(ContractDiff("missing_field", detail))
+    return diffs
