@@ -1,0 +1,96 @@
+"""The proxy of one process: the data-port ASGI callable and everything it owns.
+
+`create_app(settings, redis_url)` builds the candidate runners (a model that cannot be
+loaded fails here, before anything listens), the routing table, capture, mirror and
+forwarder. The data port is this raw ASGI callable (no framework routing on the hot
+path); its lifespan opens and closes the upstream sessions and the capture writer. The
+admin port is a separate Starlette app, `app.admin`, that reads this object's state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from common.settings import Settings
+from proxy.admin import create_admin_app
+from proxy.candidates import CandidateRunner, build_runners
+from proxy.capture import Capture
+from proxy.forward import Forwarder, Receive, Scope, Send
+from proxy.metrics import Metrics
+from proxy.mirror import Mirror
+from proxy.routing import RoutingTable
+
+log = logging.getLogger("shadowtrial.proxy")
+
+CAPTURE_FLUSH_S = 5.0
+
+
+class ProxyApp:
+    """Data-port ASGI app. Start/stop via the ASGI lifespan (or `startup`/`shutdown`)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        redis_url: str,
+        runners: Sequence[CandidateRunner] | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.redis_url = redis_url
+        self.metrics = metrics or Metrics()
+        self.runners = list(build_runners(settings) if runners is None else runners)
+        self.routing = RoutingTable.from_settings(settings, self.runners)
+        self.capture = Capture.from_settings(settings, redis_url, self.metrics)
+        self.mirror = Mirror(settings.proxy, self.capture, self.metrics)
+        self.forwarder = Forwarder(settings, self.routing, self.mirror, self.metrics)
+        self.started = False
+        self.admin = create_admin_app(self)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self.forwarder(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        else:  # websockets are not proxied
+            await send({"type": "websocket.close", "code": 1003})
+
+    async def startup(self) -> None:
+        """Open upstream sessions and start the capture writer (inside the serving loop)."""
+        await self.forwarder.start()
+        self.capture.start()
+        self.started = True
+
+    async def shutdown(self) -> None:
+        """Let in-flight mirrors end, flush capture, close every client."""
+        slowest = max((c.timeout_ms for c in self.settings.candidates), default=0)
+        await self.mirror.drain(timeout_s=slowest / 1000 + 1.0)
+        await self.capture.close(timeout_s=CAPTURE_FLUSH_S)
+        await self.forwarder.close()
+        for runner in self.runners:
+            try:
+                await runner.close()
+            except Exception:  # one runner failing to close must not stop the others
+                log.warning("candidate %s failed to close", runner.name, exc_info=True)
+        self.started = False
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_app(settings: Settings, redis_url: str) -> ProxyApp:
+    """The proxy for these settings, recording to the Redis at `redis_url`."""
+    return ProxyApp(settings, redis_url)

@@ -1,0 +1,242 @@
+"""Candidate runners: the models on trial, behind one small Protocol.
+
+The mirror (proxy/mirror.py) hands every runner the same `MirrorRequest` and gets back a
+`CandidateResult`. A runner never raises for a failing model: every failure becomes an
+outcome from common.records (`ok`, `http_error`, `timeout`, `error`, `deferred`), because
+the mirror path turns failures into counters and pair records, never into exceptions.
+
+Runners:
+- `HttpCandidate`: the same method, path, query, headers (hop-by-hop removed) and body,
+  sent to the candidate's base URL with aiohttp, under the candidate's own timeout.
+- `DeferredCandidate`: `onnx = ...` with `run = "worker"`. Returns `deferred` at once
+  without doing any work; the comparison worker runs the model later from the record.
+- `proxy.onnx_runner.OnnxCandidate(settings)`: `onnx = ...` with `run = "proxy"`; runs the
+  model in-process (a separate module, loaded only when such a candidate is configured).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import aiohttp
+
+from common.errors import ModelLoadError
+from common.records import (
+    OUTCOME_DEFERRED,
+    OUTCOME_ERROR,
+    OUTCOME_HTTP_ERROR,
+    OUTCOME_OK,
+    OUTCOME_TIMEOUT,
+)
+from common.settings import CandidateSettings, Settings
+
+
+@dataclass(slots=True)
+class MirrorRequest:
+    """One client request as the primary received it; shared read-only by all runners.
+
+    `path` is the raw, still percent-encoded path and `query` the raw query string without
+    its `?`. `headers` are the headers forwarded to the primary (hop-by-hop removed,
+    X-Request-ID / X-Forwarded-* already set), as (name, value) text pairs. Runners must
+    not mutate any of it.
+    """
+
+    request_id: str
+    method: str
+    path: str
+    query: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    content_type: str = ""
+
+
+@dataclass(slots=True)
+class CandidateResult:
+    """What one candidate made of a request.
+
+    outcome: one of common.records.OUTCOMES. status: HTTP status (0 when there was no HTTP
+    answer). body: the answer's bytes (at most max_capture_bytes). elapsed_ms: from the
+    start of `run` to the end of the answer. error: a short human-readable reason when the
+    outcome is not `ok`.
+    """
+
+    outcome: str
+    status: int = 0
+    body: bytes = b""
+    content_type: str = ""
+    elapsed_ms: float = 0.0
+    error: str = ""
+
+
+@runtime_checkable
+class CandidateRunner(Protocol):
+    """A model on trial. Implementations must be cheap to call and must not raise.
+
+    - `name`: the candidate's configured name (the stream it records into).
+    - `role`: "candidate", or "secondary" for a replica of the primary (noise floor).
+    - `run(request)`: answer one mirrored request; any failure is returned as an outcome
+      (`timeout` past the candidate's timeout_ms, `error` for anything else). Called
+      concurrently from many tasks on the proxy's event loop; must not block the loop.
+    - `close()`: release connections, threads and models; called once at shutdown.
+    """
+
+    name: str
+    role: str
+
+    async def run(self, request: MirrorRequest) -> CandidateResult: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class HttpCandidate:
+    """A candidate reached over HTTP at `url`; owns a connection pool of its own.
+
+    A separate pool keeps a hanging candidate from ever taking connections the primary
+    needs. The session is created on first use, inside the running event loop.
+    """
+
+    name: str
+    url: str
+    timeout_ms: int
+    role: str = "candidate"
+    max_body: int = 1_048_576
+    pool_size: int = 256
+    _session: aiohttp.ClientSession | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self._timeout = aiohttp.ClientTimeout(total=self.timeout_ms / 1000)
+
+    def _open(self) -> aiohttp.ClientSession:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.pool_size, limit_per_host=0),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
+            timeout=self._timeout,
+        )
+        return self._session
+
+    async def run(self, request: MirrorRequest) -> CandidateResult:
+        """Send the request; classify whatever happens into an outcome."""
+        session = self._session or self._open()
+        url = self.url + request.path
+        if request.query:
+            url = f"{url}?{request.query}"
+        start = time.perf_counter()
+        try:
+            status, body, ctype = await self._exchange(session, url, request)
+        except TimeoutError:
+            return _failed(OUTCOME_TIMEOUT, f"no answer within {self.timeout_ms} ms", start)
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            return _failed(OUTCOME_ERROR, f"{type(exc).__name__}: {exc}"[:500], start)
+        elapsed = (time.perf_counter() - start) * 1000
+        if 200 <= status < 300:
+            return CandidateResult(OUTCOME_OK, status, body, ctype, elapsed)
+        return CandidateResult(OUTCOME_HTTP_ERROR, status, body, ctype, elapsed, f"HTTP {status}")
+
+    async def _exchange(
+        self, session: aiohttp.ClientSession, url: str, request: MirrorRequest
+    ) -> tuple[int, bytes, str]:
+        resp = await session.request(
+            request.method,
+            url,
+            headers=request.headers,
+            data=request.body or None,
+            allow_redirects=False,
+        )
+        try:
+            body = await read_capped(resp.content, self.max_body)
+        finally:
+            # A body cut at max_body leaves unread bytes: that connection cannot be reused.
+            if resp.content.at_eof():
+                resp.release()
+            else:
+                resp.close()
+        return resp.status, body, resp.headers.get("Content-Type", "")
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+@dataclass
+class DeferredCandidate:
+    """An ONNX candidate run later by the worker: nothing to do on the hot path."""
+
+    name: str
+    role: str = "candidate"
+
+    async def run(self, request: MirrorRequest) -> CandidateResult:
+        """Record the request now; the worker fills in the candidate's answer."""
+        return CandidateResult(OUTCOME_DEFERRED)
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+
+async def read_capped(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """Read a body, keeping at most `limit` bytes (the rest is not read)."""
+    parts: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await content.readany()
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    body = parts[0] if len(parts) == 1 else b"".join(parts)
+    return body[:limit] if size > limit else body
+
+
+def _failed(outcome: str, error: str, start: float) -> CandidateResult:
+    return CandidateResult(outcome, elapsed_ms=(time.perf_counter() - start) * 1000, error=error)
+
+
+def build_runner(cand: CandidateSettings, max_body: int, pool_size: int) -> CandidateRunner:
+    """The runner for one configured candidate; ModelLoadError when it cannot be built."""
+    if cand.url is not None:
+        return HttpCandidate(
+            name=cand.name,
+            url=cand.url,
+            timeout_ms=cand.timeout_ms,
+            role=cand.role,
+            max_body=max_body,
+            pool_size=pool_size,
+        )
+    if cand.run == "worker":
+        return DeferredCandidate(name=cand.name, role=cand.role)
+    try:
+        from proxy.onnx_runner import OnnxCandidate
+    except ImportError as exc:
+        raise ModelLoadError(f"onnx candidates need proxy.onnx_runner ({exc})") from None
+    return OnnxCandidate(cand)
+
+
+def build_runners(settings: Settings) -> list[CandidateRunner]:
+    """One runner per configured candidate, in config order."""
+    proxy = settings.proxy
+    return [
+        build_runner(cand, proxy.max_capture_bytes, proxy.mirror_concurrency)
+        for cand in settings.candidates
+    ]
+
+
+def empty_result(outcome: str, error: str = "") -> CandidateResult:
+    """A result with no answer (used when a runner itself misbehaves)."""
+    return CandidateResult(outcome, error=error)
+
+
+__all__ = [
+    "CandidateResult",
+    "CandidateRunner",
+    "DeferredCandidate",
+    "HttpCandidate",
+    "MirrorRequest",
+    "build_runners",
+    "empty_result",
+]

@@ -1,0 +1,434 @@
+"""The hot path: forward one request to the primary and stream its answer back unchanged.
+
+Per request: one pass over the request headers (hop-by-hop dropped, X-Request-ID checked
+or generated, X-Forwarded-For / -Proto added), the body read (fully when it is at most
+max_capture_bytes, so it can be mirrored; streamed through otherwise), the mirror
+decision, then the primary exchange over one shared aiohttp session. The primary's status
+and headers (minus hop-by-hop) go out as soon as they arrive, body chunks as they arrive.
+Primary unreachable: 502 JSON; no answer within proxy.primary_timeout_ms: 504 JSON.
+
+Everything here is written for speed: raw ASGI, precomputed header tables, no per-request
+logging, no copy of the answer unless the request is mirrored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from common.settings import Settings
+from proxy.candidates import MirrorRequest
+from proxy.metrics import Metrics
+from proxy.mirror import Mirror, PrimaryAnswer
+from proxy.routing import RoutingTable
+
+log = logging.getLogger("shadowtrial.forward")
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+# Request headers never forwarded: hop-by-hop ones (RFC 9110 7.6.1), Host (the primary's
+# own is set by the client library), Content-Length / Transfer-Encoding (recomputed from
+# the body actually sent) and Expect (the body is already read).
+_DROP, _LENGTH, _CONNECTION, _REQUEST_ID, _XFF, _PROTO = range(6)
+_REQUEST_ACTIONS: dict[bytes, int] = {
+    b"host": _DROP,
+    b"transfer-encoding": _DROP,
+    b"keep-alive": _DROP,
+    b"proxy-connection": _DROP,
+    b"proxy-authorization": _DROP,
+    b"te": _DROP,
+    b"trailer": _DROP,
+    b"upgrade": _DROP,
+    b"expect": _DROP,
+    b"content-length": _LENGTH,
+    b"connection": _CONNECTION,
+    b"x-request-id": _REQUEST_ID,
+    b"x-forwarded-for": _XFF,
+    b"x-forwarded-proto": _PROTO,
+}
+_RESPONSE_DROP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+_SAFE_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}").fullmatch
+_JSON = [(b"content-type", b"application/json")]
+
+
+class RequestIds:
+    """Cheap unique ids: a random per-process prefix and a counter (32 hex digits)."""
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(8)
+        self._counter = itertools.count(1)
+
+    def new(self) -> str:
+        """A fresh request id."""
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
+class _Incoming:
+    """What the header pass learned about a request."""
+
+    __slots__ = ("content_length", "headers", "proto", "request_id", "sample_value", "xff")
+
+    def __init__(self) -> None:
+        self.headers: list[tuple[str, str]] = []
+        self.request_id = ""
+        self.content_length = -1
+        self.sample_value: str | None = None
+        self.xff: bytes | None = None
+        self.proto = False
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request was complete."""
+
+
+class Forwarder:
+    """Forwards data-port requests to the routing table's primary; starts mirrors."""
+
+    def __init__(
+        self, settings: Settings, routing: RoutingTable, mirror: Mirror, metrics: Metrics
+    ) -> None:
+        self._routing = routing
+        self._mirror = mirror
+        self._metrics = metrics
+        self._limit = settings.proxy.max_capture_bytes
+        self._timeout_s = settings.proxy.primary_timeout_ms / 1000
+        self._pool_size = max(1024, settings.proxy.mirror_concurrency * 4)
+        self._ids = RequestIds()
+        self._actions = dict(_REQUEST_ACTIONS)
+        header = mirror.policy.sample_header
+        self._sample_header = None if header is None else header.encode("latin-1")
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        """Open the shared upstream session (inside the serving loop)."""
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=self._pool_size, limit_per_host=0, keepalive_timeout=60
+            ),
+            cookie_jar=aiohttp.DummyCookieJar(),  # a proxy must never mix clients' cookies
+            auto_decompress=False,  # bodies pass through as sent, Content-Encoding intact
+            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=self._timeout_s, sock_read=self._timeout_s
+            ),
+        )
+
+    async def close(self) -> None:
+        """Close the upstream session."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle one HTTP request on the data port."""
+        incoming = self._read_headers(scope)
+        try:
+            body, stream, too_large = await self._read_body(receive, incoming.content_length)
+        except ClientGone:
+            return
+        method: str = scope["method"]
+        path = scope.get("raw_path") or scope["path"].encode()
+        path_text = path.decode("latin-1")
+        query = scope.get("query_string", b"").decode("latin-1")
+        primary: asyncio.Future[PrimaryAnswer] | None = None
+        mirrors = self._routing.mirrors
+        policy = self._mirror.policy
+        if mirrors and method in policy.methods and policy.path_allowed(scope["path"]):
+            key = incoming.sample_value or incoming.request_id
+            request = MirrorRequest(
+                incoming.request_id, method, path_text, query, incoming.headers, body or b""
+            )
+            primary = self._mirror.start(mirrors, key, request, too_large)
+        url = self._routing.primary + path_text
+        if query:
+            url = f"{url}?{query}"
+        if stream is not None and incoming.content_length >= 0:
+            incoming.headers.append(("content-length", str(incoming.content_length)))
+        data = body if stream is None else stream
+        await self._exchange(receive, send, method, URL(url, encoded=True), incoming, data, primary)
+
+    def _read_headers(self, scope: Scope) -> _Incoming:
+        """One pass over the request headers: what to forward and what to remember."""
+        out = _Incoming()
+        headers = out.headers
+        actions = self._actions
+        connection: list[bytes] = []
+        for name, value in scope["headers"]:
+            action = actions.get(name)
+            if action is None:
+                headers.append((name.decode("latin-1"), value.decode("latin-1")))
+                if name == self._sample_header and out.sample_value is None:
+                    out.sample_value = value.decode("latin-1")
+            elif action == _LENGTH:
+                out.content_length = int(value) if value.isdigit() else -1
+            elif action == _REQUEST_ID:
+                out.request_id = out.request_id or value.decode("latin-1")
+            elif action == _XFF:
+                out.xff = value if out.xff is None else out.xff + b", " + value
+            elif action == _PROTO:
+                out.proto = True
+                headers.append(("x-forwarded-proto", value.decode("latin-1")))
+            elif action == _CONNECTION:
+                connection.append(value)
+        if connection:
+            _drop_connection_listed(headers, connection)
+        self._add_forwarding(out, scope)
+        return out
+
+    def _add_forwarding(self, out: _Incoming, scope: Scope) -> None:
+        """X-Request-ID (kept when safe, else a fresh one), X-Forwarded-For / -Proto."""
+        if not out.request_id or not _SAFE_REQUEST_ID(out.request_id):
+            out.request_id = self._ids.new()
+        headers = out.headers
+        headers.append(("x-request-id", out.request_id))
+        client = scope.get("client")
+        xff = out.xff.decode("latin-1") if out.xff else ""
+        if client:
+            headers.append(("x-forwarded-for", f"{xff}, {client[0]}" if xff else client[0]))
+        elif xff:
+            headers.append(("x-forwarded-for", xff))
+        if not out.proto:
+            headers.append(("x-forwarded-proto", scope.get("scheme", "http")))
+
+    async def _read_body(
+        self, receive: Receive, declared: int
+    ) -> tuple[bytes | None, AsyncIterator[bytes] | None, bool]:
+        """(body, None, too_large) when read whole; (None, stream, True) when too large
+        to hold (declared or found over max_capture_bytes): it is streamed to the primary."""
+        limit = self._limit
+        if declared > limit:
+            return None, _stream_body(receive, []), True
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        body: bytes = message.get("body", b"")
+        if not message.get("more_body", False):
+            return body, None, len(body) > limit
+        parts = [body]
+        size = len(body)
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk = message.get("body", b"")
+            parts.append(chunk)
+            size += len(chunk)
+            if not message.get("more_body", False):
+                return b"".join(parts), None, size > limit
+            if size > limit:
+                return None, _stream_body(receive, parts), True
+
+    async def _exchange(
+        self,
+        receive: Receive,
+        send: Send,
+        method: str,
+        url: URL,
+        incoming: _Incoming,
+        data: bytes | AsyncIterator[bytes] | None,
+        primary: asyncio.Future[PrimaryAnswer] | None,
+    ) -> None:
+        """Send to the primary and relay its answer; always resolves `primary`."""
+        session = self._session
+        assert session is not None, "Forwarder.start() was not called"
+        started = time.perf_counter()
+        try:
+            resp = await session.request(
+                method, url, headers=incoming.headers, data=data or None, allow_redirects=False
+            )
+        except TimeoutError:
+            await self._fail(send, method, 504, "primary timeout",
+                             f"no answer within {self._timeout_s * 1000:.0f} ms",
+                             incoming, primary, started)  # fmt: skip
+            return
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            await self._fail(send, method, 502, "primary unreachable", _describe(exc),
+                             incoming, primary, started)  # fmt: skip
+            return
+        except ClientGone:
+            _resolve(primary, PrimaryAnswer(0, b"", "", 0.0, failed=True))
+            return
+        except BaseException:
+            _resolve(primary, PrimaryAnswer(0, b"", "", 0.0, failed=True))
+            raise
+        await self._relay(receive, send, method, resp, incoming, primary, started)
+
+    async def _relay(
+        self,
+        receive: Receive,
+        send: Send,
+        method: str,
+        resp: aiohttp.ClientResponse,
+        incoming: _Incoming,
+        primary: asyncio.Future[PrimaryAnswer] | None,
+        started: float,
+    ) -> None:
+        headers, content_type, sized = _response_headers(resp.raw_headers, incoming.request_id)
+        copy: list[bytes] | None = [] if primary is not None else None
+        complete = False
+        # An unsized answer (chunked, server-sent events) may never end: stop reading it
+        # when the client goes away. A sized one is read to its end.
+        watcher = None if sized else asyncio.get_running_loop().create_task(_watch(receive, resp))
+        try:
+            await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+            complete = await self._relay_body(send, resp.content, copy)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            if watcher is None or not watcher.done():
+                # The primary failed mid-answer: the only honest signal left is to abort.
+                _warn_sometimes("primary answer broken", _describe(exc))
+                raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            elapsed = time.perf_counter() - started
+            if complete:
+                resp.release()
+            else:
+                resp.close()
+            self._metrics.request_done(method, resp.status, elapsed if complete else None)
+            if primary is not None:
+                body = b"".join(copy or ())[: self._limit]
+                _resolve(
+                    primary,
+                    PrimaryAnswer(resp.status, body, content_type, elapsed * 1000, not complete),
+                )
+
+    async def _relay_body(
+        self, send: Send, content: aiohttp.StreamReader, copy: list[bytes] | None
+    ) -> bool:
+        """Forward body chunks as they arrive; keep a copy up to the capture limit."""
+        kept = 0
+        limit = self._limit
+        while True:
+            chunk = await content.readany()
+            if not chunk:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return True
+            if copy is not None and kept <= limit:
+                copy.append(chunk)
+                kept += len(chunk)
+            if content.at_eof():
+                await send({"type": "http.response.body", "body": chunk, "more_body": False})
+                return True
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+    async def _fail(
+        self,
+        send: Send,
+        method: str,
+        status: int,
+        error: str,
+        detail: str,
+        incoming: _Incoming,
+        primary: asyncio.Future[PrimaryAnswer] | None,
+        started: float,
+    ) -> None:
+        body = orjson.dumps({"error": error, "detail": detail})
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        _resolve(primary, PrimaryAnswer(status, body, "application/json", elapsed_ms, failed=True))
+        self._metrics.request_done(method, status, None)
+        _warn_sometimes(error, detail)
+        headers = [*_JSON, (b"x-request-id", incoming.request_id.encode("latin-1"))]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _response_headers(
+    raw: tuple[tuple[bytes, bytes], ...], request_id: str
+) -> tuple[list[tuple[bytes, bytes]], str, bool]:
+    """The primary's headers minus hop-by-hop ones, plus X-Request-ID when it set none;
+    also its content type and whether it declared a Content-Length."""
+    headers: list[tuple[bytes, bytes]] = []
+    content_type = ""
+    has_id = sized = False
+    for name, value in raw:
+        lname = name.lower()
+        if lname in _RESPONSE_DROP:
+            continue
+        if lname == b"content-type":
+            content_type = value.decode("latin-1")
+        elif lname == b"content-length":
+            sized = True
+        elif lname == b"x-request-id":
+            has_id = True
+        headers.append((lname, value))
+    if not has_id:
+        headers.append((b"x-request-id", request_id.encode("latin-1")))
+    return headers, content_type, sized
+
+
+def _drop_connection_listed(headers: list[tuple[str, str]], values: list[bytes]) -> None:
+    """Remove headers the client named in Connection (they are hop-by-hop too)."""
+    named = {
+        token.strip().lower().decode("latin-1") for value in values for token in value.split(b",")
+    }
+    named -= {"close", "keep-alive", ""}
+    if named:
+        headers[:] = [(n, v) for n, v in headers if n not in named]
+
+
+async def _stream_body(receive: Receive, head: list[bytes]) -> AsyncIterator[bytes]:
+    """The rest of a large request body, as it arrives from the client."""
+    for part in head:
+        yield part
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        yield message.get("body", b"")
+        if not message.get("more_body", False):
+            return
+
+
+async def _watch(receive: Receive, resp: aiohttp.ClientResponse) -> None:
+    """Close the primary's answer when the client disconnects (the relay loop then ends)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            resp.close()
+            return
+
+
+def _resolve(future: asyncio.Future[PrimaryAnswer] | None, answer: PrimaryAnswer) -> None:
+    if future is not None and not future.done():
+        future.set_result(answer)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:300]
+
+
+_last_warning: dict[str, float] = {}
+
+
+def _warn_sometimes(error: str, detail: str, every_s: float = 10.0) -> None:
+    """A primary that is down fails every request: log it once per interval, not each time."""
+    now = time.monotonic()
+    if now - _last_warning.get(error, -every_s) >= every_s:
+        _last_warning[error] = now
+        log.warning("%s: %s", error, detail)

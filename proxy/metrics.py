@@ -1,0 +1,168 @@
+"""Every Prometheus metric the proxy exposes, in one place.
+
+Accounting (per candidate), checkable from /metrics at any quiet moment:
+
+    shadowtrial_mirror_sampled_total
+        = sum over outcome of shadowtrial_mirror_outcomes_total      (+ mirrors in flight)
+    outcomes ok + http_error + timeout + error + deferred           (handed to capture)
+        = capture recorded + capture dropped                          (+ records in the spool)
+
+`shed`, `too_large` and `primary_failed` are mirror outcomes that never reach capture.
+Requests that are not sampled are not counted per candidate.
+
+Several processes (`serve --workers N`): the parent points PROMETHEUS_MULTIPROC_DIR at a
+fresh folder before it starts the workers, prometheus-client then keeps every value in
+per-process files there, and /metrics (served by whichever worker the kernel hands the
+admin connection to) sums all processes' files. Gauges use `livesum`, so a worker that
+exits stops counting towards them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# Methods get their own label value; anything else is "OTHER" so label sets stay bounded.
+KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+
+# Mirror outcomes besides the candidate outcomes of common.records.
+MIRROR_SHED = "shed"  # mirror_concurrency reached: not sent
+MIRROR_TOO_LARGE = "too_large"  # request body over max_capture_bytes: not sent
+MIRROR_PRIMARY_FAILED = "primary_failed"  # primary answer incomplete: not recorded
+
+CAPTURE_RECORDED = "recorded"  # written to the candidate's stream
+CAPTURE_SPOOLED = "spooled"  # had to wait for Redis (counted once per record)
+CAPTURE_DROPPED = "dropped"  # spool full, or still unwritten at shutdown
+
+
+def multiprocess_mode() -> bool:
+    """True when values live in per-process files (set up by `serve --workers N`)."""
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+class Metrics:
+    """The proxy's metrics on their own registry (one per app, so tests can run several).
+
+    Hot-path callers use the `request_child` and `mirror_child` caches: resolving label
+    values is the expensive part of a prometheus-client update.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        reg = self.registry
+        self.requests = Counter(
+            "shadowtrial_requests",
+            "Requests answered on the data port, by method and status class",
+            ["method", "status_class"],
+            registry=reg,
+        )
+        self.primary_latency = Histogram(
+            "shadowtrial_primary_latency_seconds",
+            "Time from sending the request to the primary to its last body byte",
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.mirror_sampled = Counter(
+            "shadowtrial_mirror_sampled",
+            "Requests sampled for a candidate (eligible method/path and under its rate)",
+            ["candidate"],
+            registry=reg,
+        )
+        self.mirror_outcomes = Counter(
+            "shadowtrial_mirror_outcomes",
+            "What became of each sampled mirror: candidate outcome, shed, too_large, "
+            "primary_failed",
+            ["candidate", "outcome"],
+            registry=reg,
+        )
+        self.mirrors_in_flight = Gauge(
+            "shadowtrial_mirrors_in_flight",
+            "Mirrors sent and not yet handed to capture",
+            ["candidate"],
+            multiprocess_mode="livesum",
+            registry=reg,
+        )
+        self.capture = Counter(
+            "shadowtrial_capture",
+            "Pair records by capture outcome: recorded, spooled (waited for Redis), dropped",
+            ["candidate", "outcome"],
+            registry=reg,
+        )
+        self.spool_depth = Gauge(
+            "shadowtrial_capture_spool_depth",
+            "Pair records waiting to be written to Redis",
+            multiprocess_mode="livesum",
+            registry=reg,
+        )
+        self.redis_up = Gauge(
+            "shadowtrial_capture_redis_up",
+            "1 when the last write to Redis succeeded (min over processes)",
+            multiprocess_mode="livemin",
+            registry=reg,
+        )
+        self.redis_up.set(1)
+        self._request_children: dict[tuple[str, int], Any] = {}
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (metric._name, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def request_done(self, method: str, status: int, seconds: float | None) -> None:
+        """Count one answered request; `seconds` is None when the primary never answered."""
+        key = (method, status // 100)
+        child = self._request_children.get(key)
+        if child is None:
+            label = method if method in KNOWN_METHODS else "OTHER"
+            child = self.requests.labels(label, f"{status // 100}xx")
+            self._request_children[key] = child
+        child.inc()
+        if seconds is not None:
+            self.primary_latency.observe(seconds)
+
+    def sampled(self, candidate: str) -> None:
+        """Count one request sampled for a candidate."""
+        self._child(self.mirror_sampled, candidate).inc()
+
+    def mirror_outcome(self, candidate: str, outcome: str) -> None:
+        """Count the final outcome of one sampled mirror."""
+        self._child(self.mirror_outcomes, candidate, outcome).inc()
+
+    def in_flight(self, candidate: str, delta: int) -> None:
+        """Track mirrors sent and not yet handed to capture."""
+        self._child(self.mirrors_in_flight, candidate).inc(delta)
+
+    def captured(self, candidate: str, outcome: str, count: int = 1) -> None:
+        """Count pair records by capture outcome."""
+        self._child(self.capture, candidate, outcome).inc(count)
+
+    def value(self, name: str, labels: dict[str, str] | None = None) -> float:
+        """One sample's current value in this process (0 when absent); for tests and probes."""
+        return self.registry.get_sample_value(name, labels or {}) or 0.0
+
+    def exposition(self) -> bytes:
+        """The Prometheus text for /metrics: all processes' values in multiprocess mode."""
+        if multiprocess_mode():
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)

@@ -1,0 +1,217 @@
+"""Mirroring: which requests go to which candidates, bounded, off the client's path.
+
+- Eligible: the method is in `proxy.mirror_methods` (POST by default, so a side effect
+  never happens twice) and the path matches one of `proxy.mirror_paths` (fnmatch).
+- Sticky sampling: u = first 8 bytes of blake2b(sample key) / 2**64; a candidate gets
+  the request when u < its sample rate. The key is the request id, or a header with
+  `proxy.sample_by = "header:X-User-Id"`. No per-candidate salt: a 10% sample is a subset
+  of a 30% one, and every replica decides alike.
+- Bounded: at most `proxy.mirror_concurrency` mirrors in flight (sent and not yet handed
+  to capture); beyond it new mirrors are shed and counted.
+- Detached: one task per sampled request runs its candidates, then waits for the
+  primary's answer and hands one pair record per candidate to capture. The client's
+  response never waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from common.records import OUTCOME_ERROR, PairRecord
+from common.settings import ProxySettings
+from proxy.candidates import CandidateResult, MirrorRequest, empty_result
+from proxy.capture import Capture
+from proxy.metrics import (
+    MIRROR_PRIMARY_FAILED,
+    MIRROR_SHED,
+    MIRROR_TOO_LARGE,
+    Metrics,
+)
+from proxy.routing import MirrorTarget
+
+log = logging.getLogger("shadowtrial.mirror")
+
+_TWO_64 = float(2**64)
+_PATH_CACHE_MAX = 4096
+
+
+def sample_point(key: str) -> float:
+    """The request's position in [0, 1): the same key gives the same point everywhere."""
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / _TWO_64
+
+
+@dataclass(slots=True)
+class PrimaryAnswer:
+    """What the primary answered, as the pair record needs it."""
+
+    status: int
+    body: bytes
+    content_type: str
+    elapsed_ms: float
+    failed: bool = False  # no complete answer: unreachable, timeout, or aborted mid-way
+
+
+class MirrorPolicy:
+    """Which requests may be mirrored at all, decided from method and path."""
+
+    def __init__(self, settings: ProxySettings) -> None:
+        self.methods = frozenset(m.upper() for m in settings.mirror_methods)
+        self._patterns = tuple(settings.mirror_paths)
+        self._any_path = "*" in self._patterns
+        self._paths: dict[str, bool] = {}
+        kind, _, name = settings.sample_by.partition(":")
+        self.sample_header = name.strip().lower() if kind == "header" and name.strip() else None
+
+    def path_allowed(self, path: str) -> bool:
+        """True when the path matches a mirror pattern (cached, the cache is bounded)."""
+        if self._any_path:
+            return True
+        allowed = self._paths.get(path)
+        if allowed is None:
+            allowed = any(fnmatch.fnmatchcase(path, pat) for pat in self._patterns)
+            if len(self._paths) >= _PATH_CACHE_MAX:
+                self._paths.clear()
+            self._paths[path] = allowed
+        return allowed
+
+
+class Mirror:
+    """Starts sampled mirrors, bounds them, and turns their ends into pair records."""
+
+    def __init__(self, settings: ProxySettings, capture: Capture, metrics: Metrics) -> None:
+        self.policy = MirrorPolicy(settings)
+        self._limit = settings.mirror_concurrency
+        self._record_failed_primary = settings.mirror_on_primary_error
+        self._capture = capture
+        self._metrics = metrics
+        self.in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(
+        self,
+        targets: Sequence[MirrorTarget],
+        key: str,
+        request: MirrorRequest,
+        too_large: bool,
+    ) -> asyncio.Future[PrimaryAnswer] | None:
+        """Sample, bound and launch; the caller resolves the returned future with the
+        primary's answer (None: nothing was launched, keep no copy of the answer)."""
+        point = sample_point(key)
+        chosen = [t for t in targets if point < t.sample]
+        if not chosen:
+            return None
+        metrics = self._metrics
+        for target in chosen:
+            metrics.sampled(target.name)
+        if too_large:
+            for target in chosen:
+                metrics.mirror_outcome(target.name, MIRROR_TOO_LARGE)
+            return None
+        running = self._take_slots(chosen)
+        if not running:
+            return None
+        loop = asyncio.get_running_loop()
+        primary: asyncio.Future[PrimaryAnswer] = loop.create_future()
+        task = loop.create_task(self._run(running, request, primary, time.time()))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return primary
+
+    def _take_slots(self, chosen: list[MirrorTarget]) -> list[MirrorTarget]:
+        free = self._limit - self.in_flight
+        running = chosen if free >= len(chosen) else chosen[: max(free, 0)]
+        for target in chosen[len(running) :]:
+            self._metrics.mirror_outcome(target.name, MIRROR_SHED)
+        self.in_flight += len(running)
+        for target in running:
+            self._metrics.in_flight(target.name, 1)
+        return running
+
+    async def _run(
+        self,
+        targets: list[MirrorTarget],
+        request: MirrorRequest,
+        primary: asyncio.Future[PrimaryAnswer],
+        arrival_s: float,
+    ) -> None:
+        try:
+            if len(targets) == 1:
+                results = [await _run_one(targets[0], request)]
+            else:
+                results = await asyncio.gather(*(_run_one(t, request) for t in targets))
+            answer = await primary
+        except asyncio.CancelledError:
+            # Only at shutdown, past the drain timeout: still one outcome per sampled mirror.
+            for target in targets:
+                self._metrics.mirror_outcome(target.name, OUTCOME_ERROR)
+            raise
+        finally:
+            self.in_flight -= len(targets)
+            for target in targets:
+                self._metrics.in_flight(target.name, -1)
+        for target, result in zip(targets, results, strict=True):
+            self._finish(target, request, answer, result, arrival_s)
+
+    def _finish(
+        self,
+        target: MirrorTarget,
+        request: MirrorRequest,
+        answer: PrimaryAnswer,
+        result: CandidateResult,
+        arrival_s: float,
+    ) -> None:
+        if answer.failed and not self._record_failed_primary:
+            self._metrics.mirror_outcome(target.name, MIRROR_PRIMARY_FAILED)
+            return
+        self._metrics.mirror_outcome(target.name, result.outcome)
+        record = PairRecord(
+            request_id=request.request_id,
+            candidate=target.name,
+            ts_ms=int(arrival_s * 1000),
+            method=request.method,
+            path=request.path,
+            query=request.query,
+            headers=self._capture.headers.select(request.headers),
+            request_body=request.body,
+            primary_status=answer.status,
+            primary_ms=round(answer.elapsed_ms, 3),
+            primary_body=answer.body,
+            primary_content_type=answer.content_type,
+            candidate_outcome=result.outcome,
+            candidate_status=result.status,
+            candidate_ms=round(result.elapsed_ms, 3),
+            candidate_body=result.body,
+            candidate_content_type=result.content_type,
+            candidate_error=result.error,
+            role=target.runner.role,
+        )
+        self._capture.submit(target.name, record)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait for in-flight mirrors (at shutdown); cancel what is left after the timeout."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.warning("cancelled %d mirrors still running at shutdown", len(pending))
+            await asyncio.wait(pending, timeout=1.0)
+
+
+async def _run_one(target: MirrorTarget, request: MirrorRequest) -> CandidateResult:
+    """Run one candidate; a runner that raises is a candidate error, never ours."""
+    try:
+        return await target.runner.run(request)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # a buggy runner must not break the mirror path
+        log.debug("candidate %s raised", target.name, exc_info=True)
+        return empty_result(OUTCOME_ERROR, f"runner raised {type(exc).__name__}: {exc}"[:500])

@@ -1,0 +1,63 @@
+"""Where traffic goes right now: the primary's base URL and the candidates mirrored to.
+
+The forwarder reads `table.primary` and `table.mirrors` once per request; every change
+replaces an attribute with a new immutable value, so a swap is one assignment (atomic on
+the event loop): requests already in flight keep the values they read, new ones see the
+new ones. For now the values come from the settings; the decisions work makes them live
+(Redis pub/sub) by calling `set_primary` / `set_mirrors` on every replica.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from common.settings import Settings
+from proxy.candidates import CandidateRunner
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorTarget:
+    """One candidate as the mirror sees it: its runner and its sample rate."""
+
+    runner: CandidateRunner
+    sample: float
+
+    @property
+    def name(self) -> str:
+        """The candidate's name (its stream)."""
+        return self.runner.name
+
+
+class RoutingTable:
+    """The live routing state of one proxy process."""
+
+    def __init__(self, primary: str, mirrors: Iterable[MirrorTarget] = ()) -> None:
+        self.primary = primary.rstrip("/")
+        self.mirrors: tuple[MirrorTarget, ...] = tuple(mirrors)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, runners: Sequence[CandidateRunner]) -> RoutingTable:
+        """The configured primary, and every configured candidate at its sample rate."""
+        by_name = {runner.name: runner for runner in runners}
+        mirrors = [
+            MirrorTarget(by_name[cand.name], cand.sample)
+            for cand in settings.candidates
+            if cand.name in by_name
+        ]
+        return cls(settings.proxy.primary, mirrors)
+
+    def set_primary(self, url: str) -> None:
+        """Send new requests to another primary (one assignment)."""
+        self.primary = url.rstrip("/")
+
+    def set_mirrors(self, mirrors: Iterable[MirrorTarget]) -> None:
+        """Replace the set of candidates mirrored to (one assignment)."""
+        self.mirrors = tuple(mirrors)
+
+    def primary_address(self) -> tuple[str, int]:
+        """Host and port of the primary, for readiness probes."""
+        parts = urlsplit(self.primary)
+        default = 443 if parts.scheme == "https" else 80
+        return parts.hostname or "127.0.0.1", parts.port or default

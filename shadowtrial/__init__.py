@@ -1,0 +1,1 @@
+"""The `shadowtrial` command line: `serve`, and the commands other parts add."""

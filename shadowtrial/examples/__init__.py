@@ -1,0 +1,1 @@
+"""Small real servers for examples, tests and the README's run command."""

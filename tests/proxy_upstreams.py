@@ -1,0 +1,235 @@
+"""Real upstreams for the proxy tests: a primary with one behaviour per path, candidates
+that answer, fail, hang on a gate or reset the connection, and an in-process proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from servers import serve_app
+
+from common.settings import Settings, settings_from_mapping
+from proxy.app import ProxyApp, create_app
+
+JSON_BODY = b'{"id":"resp-1","outputs":[{"name":"label","data":["positive"]}],"score":0.97}'
+BINARY_BODY = bytes(range(256)) * 64
+GZIP_BODY = gzip.compress(b'{"big": "' + b"x" * 5000 + b'"}', mtime=0)
+CHUNKS = [b"first chunk\n", b"second chunk\n", b"third chunk\n"]
+_LINGER_ZERO = struct.pack("ii", 1, 0)  # close() sends RST instead of FIN
+CANDIDATE_BODY = b'{"id":"resp-1","outputs":[{"name":"label","data":["negative"]}]}'
+
+
+class Gate:
+    """An event a test opens from its own thread to release handlers waiting on a loop."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._opened = False
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self.arrived = threading.Event()  # set when the first handler starts waiting
+        self.count = 0
+
+    async def wait(self) -> None:
+        """Block this handler until `open()` (returns at once if already open)."""
+        event = asyncio.Event()
+        with self._lock:
+            self.count += 1
+            if self._opened:
+                return
+            self._waiters.append((asyncio.get_running_loop(), event))
+        self.arrived.set()
+        await event.wait()
+
+    def open(self) -> None:
+        """Release every waiting handler, now and later."""
+        with self._lock:
+            self._opened = True
+            waiters, self._waiters = self._waiters, []
+        for loop, event in waiters:
+            loop.call_soon_threadsafe(event.set)
+
+
+async def _read_body(receive: Any) -> bytes:
+    parts = []
+    while True:
+        message = await receive()
+        parts.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+async def _respond(send: Any, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    headers = [*headers, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+@dataclass
+class Primary:
+    """Raw ASGI primary: /json /binary /gzip /chunked /sse /hop /echo /status/N /slow/MS."""
+
+    sse_gate: Gate = field(default_factory=Gate)
+    received: list[dict[str, Any]] = field(default_factory=list)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = await _read_body(receive)
+        path: str = scope["path"]
+        seen = {
+            "method": scope["method"],
+            "raw_path": scope["raw_path"].decode("latin-1"),
+            "query": scope["query_string"].decode("latin-1"),
+            "headers": [[n.decode("latin-1"), v.decode("latin-1")] for n, v in scope["headers"]],
+            "body": body.decode("latin-1"),
+        }
+        self.received.append(seen)
+        head = path.split("/")[1]
+        handler = getattr(self, f"_{head}", None) or self._echo
+        await handler(scope, send, seen)
+
+    async def _echo(self, scope: dict[str, Any], send: Any, seen: dict[str, Any]) -> None:
+        await _respond(send, 200, [(b"content-type", b"application/json")], orjson.dumps(seen))
+
+    async def _json(self, scope: dict[str, Any], send: Any, seen: dict[str, Any]) -> None:
+        await _respond(send, 200, [(b"content-type", b"application/json")], JSON_BODY)
+
+    async def _binary(self, scope: dict[str, Any], send: Any, seen: dict[str, Any]) -> None:
+        await _respond(send, 200, [(b"content-type", b"application/octet-stream")], BINARY_BODY)
+
+    async def _gzip(self, scope: dict[str, Any], send: Any, seen: dict[str, Any]) -> None:
+        headers = [(b"content-type", b"application/json"), (b"content-encoding", b"gzip")]
+        await _respond(send, 200, headers, GZIP_BODY)
+
+    async def _chunked(self, scope: dict[str, Any], send: Any, seen: dict[str, Any]) -> None:
+        headers = [(b"content-type", b"text/plain")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for chunk in CHUNKS:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _sse(self, scope: dict[str, Any], send: Any, seen: dict[str, Any]) -> None:
+        """Event 1, then nothing until the test opens the gate, then event 2."""
+        headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"data: one\n\n", "more_body": True})
+        await self.sse_gate.wait()
+        await send({"type": "http.response.body", "body": b"data: two\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _hop(self, scope: dict[str, Any], send: Any, seen: dict[str, Any]) -> None:
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"keep-alive", b"timeout=5"),
+            (b"proxy-authenticate", b"Basic"),
+            (b"upgrade", b"h2c"),
+            (b"x-model-version", b"v1"),
+            (b"set-cookie", b"a=1"),
+            (b"set-cookie", b"b=2"),
+        ]
+        await _respond(send, 200, headers, JSON_BODY)
+
+    async def _status(self, scope: dict[str, Any], send: Any, seen: dict[str, Any]) -> None:
+        status = int(scope["path"].split("/")[2])
+        body = b"" if status in (204, 304) else b'{"status":1}'
+        await _respond(send, status, [(b"content-type", b"application/json")], body)
+
+    async def _slow(self, scope: dict[str, Any], send: Any, seen: dict[str, Any]) -> None:
+        await asyncio.sleep(int(scope["path"].split("/")[2]) / 1000)
+        await self._json(scope, send, seen)
+
+
+@dataclass
+class Candidate:
+    """Raw ASGI candidate: answers `status` after `delay_s`, or waits on `gate` first."""
+
+    status: int = 200
+    delay_s: float = 0.0
+    gate: Gate | None = None
+    request_ids: list[str] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = await _read_body(receive)
+        headers = dict(scope["headers"])
+        self.request_ids.append(headers.get(b"x-request-id", b"").decode())
+        self.bodies.append(body)
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        await _respond(send, self.status, [(b"content-type", b"application/json")], CANDIDATE_BODY)
+
+
+@contextmanager
+def reset_server() -> Iterator[str]:
+    """A TCP server that reads a request and resets the connection (RST, no answer)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                with suppress(OSError):
+                    conn.recv(65536)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+
+
+def proxy_settings(primary: str, candidates: list[dict[str, Any]] | None = None,
+                   prefix: str = "shadowtrial", **proxy: Any) -> Settings:  # fmt: skip
+    """Settings for an in-process proxy (environment ignored)."""
+    raw: dict[str, Any] = {
+        "proxy": {"primary": primary, **proxy},
+        "redis": {"prefix": prefix},
+        "candidates": candidates or [],
+    }
+    return settings_from_mapping(raw, environ={})
+
+
+@dataclass
+class RunningProxy:
+    """An in-process proxy serving both ports on 127.0.0.1."""
+
+    app: ProxyApp
+    url: str
+    admin: str
+
+    def value(self, name: str, **labels: str) -> float:
+        """A metric's current value."""
+        return self.app.metrics.value(name, labels)
+
+
+@contextmanager
+def running_proxy(settings: Settings, redis_url: str) -> Iterator[RunningProxy]:
+    """Serve a ProxyApp (data port with its lifespan) and its admin app."""
+    app = create_app(settings, redis_url)
+    quiet = {"server_header": False, "date_header": False, "proxy_headers": False}
+    with serve_app(app, **quiet) as url, serve_app(app.admin) as admin:
+        yield RunningProxy(app, url, admin)
