@@ -277,3 +277,36 @@ def test_targets_judge_a_synthetic_run() -> None:
     assert verdicts["fixed rate: primary p99 change by the mirror"] == "PASS"  # 10 %
     # 3 ms moved, allowed max(spread 0, 10% of 11 ms) = 1.1 ms
     assert verdicts["fixed rate: primary p99 change by a slow candidate (vs mirror on)"] == "MISS"
+
+
+def test_profile_drops_process_frames_whose_command_line_holds_semicolons() -> None:
+    line = (
+        'process 1:"python -m shadowtrial serve";process 2:"python -c from x import y; y()";'
+        "<module> (<string>:1);handle (proxy/forward.py:3) 4"
+    )
+    p = profile.parse_collapsed([line])
+    assert p.self_by_package == {"proxy": 4}
+    assert set(p.inclusive_by_package) == {"<string>", "proxy"}
+    table = "\n".join(profile.render(p))
+    assert "| proxy | 100.0 | 100.0 |" in table and "<string>" not in table
+
+
+def test_render_writes_every_table_of_a_synthetic_run() -> None:
+    plan = plan_mod.plan_from_args(["--quick", "--workers", "2"])
+    rows = [
+        {**_row(name, 32, 0, rps), "phase": "throughput", "other_cpu": 40.0}
+        for name, rps in zip(plan.throughput_configs(), [40000, 10000, 5000, 2800], strict=True)
+    ]
+    rows += [{**_row(name, 1, 0, 100), "phase": "latency"} for name in plan.latency_configs()]
+    rate_rows = [
+        {**_row(config, 0, 0, 0), "mode": mode, "phase": "rate", "p999_ms": 9.0, "lag_p99_ms": 0.5}
+        for mode, config in plan.rate_modes()
+    ]
+    out = report.Outcome(plan, rows, rate_rows, 1400.0, {"cores": "2", "commit": "abc"})
+    text = report.render(out, report.targets(out))
+    assert text.startswith("## Proxy throughput and latency")
+    assert "QUICK SMOKE RUN" in text and "commit abc" in text
+    assert "| shadowtrial-full-w2 | 2,800 | 0.28 | 0.56 |" in text
+    assert "#### Fixed rate 1,400 req/s" in text
+    assert "**The machine was not quiet**" in text
+    assert "capture did not happen" in text  # no pair stream counted

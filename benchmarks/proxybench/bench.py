@@ -21,7 +21,7 @@ from proxybench import plan as names
 from proxybench import profile as prof
 from proxybench import render, tools
 from proxybench.plan import Plan
-from proxybench.procs import Processes
+from proxybench.procs import Processes, machine_busy_seconds
 from proxybench.results import HarnessError, Row, interleaved, median, parse_wrk_output, select
 
 BODY = render.DATA_DIR / "body.json"
@@ -29,6 +29,7 @@ PRIMARY_BODY = render.DATA_DIR / "resp_primary.json"
 CANDIDATE_BODY = render.DATA_DIR / "resp_candidate.json"
 STUB, MIRROR, SLOW, REDIS = "nginx-stub", names.NGINX_MIRROR, "slow-candidate", "redis"
 MAX_PAIRS = 100_000
+REPO_ROOT = render.BENCH_DIR.parent
 
 
 def log(msg: str) -> None:
@@ -171,7 +172,7 @@ class Bench:
         )
         path = self.work / f"{name}.toml"
         path.write_text(toml, encoding="utf-8")
-        cmd = [shadowtrial_binary(), "serve", "-c", str(path), "--workers", str(workers)]
+        cmd = [*shadowtrial_command(), "serve", "-c", str(path), "--workers", str(workers)]
         self.procs.start(name, cmd, self._serve_env())
 
     def _wait_port(self, name: str, port: int, timeout_s: float = 20.0) -> None:
@@ -219,7 +220,8 @@ class Bench:
     def _serve_env(self) -> dict[str, str]:
         """The harness owns the config: stray SHADOWTRIAL_* overrides would skew it."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOWTRIAL_")}
-        return dict(env, PYTHONUNBUFFERED="1")
+        path = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        return dict(env, PYTHONPATH=path, PYTHONUNBUFFERED="1")
 
     # -- measurement -----------------------------------------------------------------------
 
@@ -238,11 +240,15 @@ class Bench:
         if config == names.slow(self.plan.main_workers):
             groups["slow_cpu"] = SLOW
         before = {k: self._cpu(s) for k, s in groups.items()}
+        ours, machine = self.procs.cpu_all(), machine_busy_seconds()
         t0 = time.monotonic()
         row, gen_cpu_s = run()
         wall = time.monotonic() - t0
         for key, server in groups.items():
             row[key] = 100 * (self._cpu(server) - before[key]) / wall
+        ours = self.procs.cpu_all() - ours + gen_cpu_s
+        # Whatever else ran on the machine meanwhile: a non-quiet machine shows up here.
+        row["other_cpu"] = max(0.0, 100 * (machine_busy_seconds() - machine - ours) / wall)
         if groups["sut_cpu"] == STUB:
             row["stub_cpu"] = math.nan  # the stub is the system under test here
         row["gen_cpu"] = 100 * gen_cpu_s / wall
@@ -431,10 +437,11 @@ def delete_prefix(url: str, prefix: str) -> dict[str, int]:
     return lengths
 
 
-def shadowtrial_binary() -> str:
-    """The `shadowtrial` console script next to this interpreter (the project's venv)."""
+def shadowtrial_command() -> list[str]:
+    """`shadowtrial` next to this interpreter (the project's venv), else `python -m shadowtrial`.
+
+    The module form runs the work tree itself (the repo root is on PYTHONPATH for serve), so
+    the harness also works before `pip install -e .` has created the console script.
+    """
     here = Path(sys.executable).parent / "shadowtrial"
-    found = str(here) if here.exists() else tools.which("shadowtrial")
-    if not found:
-        raise HarnessError("no `shadowtrial` command: run `make install` (pip install -e .) first")
-    return found
+    return [str(here)] if here.exists() else [sys.executable, "-m", "shadowtrial"]

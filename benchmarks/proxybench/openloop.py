@@ -30,6 +30,7 @@ class Tally:
 
     latencies: list[float] = field(default_factory=list)
     lags: list[float] = field(default_factory=list)  # send time minus due time
+    dues: list[float] = field(default_factory=list)  # due time, for --timeline
     non_2xx: int = 0
     failed: int = 0
 
@@ -51,6 +52,7 @@ async def _one(
         return
     tally.latencies.append(loop.time() - due)
     tally.lags.append(lag)
+    tally.dues.append(due)
     if not 200 <= status < 300:
         tally.non_2xx += 1
 
@@ -100,6 +102,13 @@ def summary(tally: Tally, rate: float, duration: float) -> dict[str, float]:
     }
 
 
+def write_timeline(tally: Tally, path: Path) -> None:
+    """Each measured request's due time (s from the first) and latency (ms), in due order."""
+    pairs = sorted(zip(tally.dues, tally.latencies, strict=True))
+    first = pairs[0][0] if pairs else 0.0
+    path.write_text("".join(f"{d - first:.4f} {lat * 1000:.3f}\n" for d, lat in pairs))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, run the schedule on uvloop, print one JSON line."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -109,10 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=8.0, help="measured seconds")
     ap.add_argument("--warmup", type=float, default=1.0, help="unrecorded seconds first")
     ap.add_argument("--conns", type=int, default=256, help="connection pool limit")
+    ap.add_argument("--timeline", type=Path, help="write 'seconds_since_first latency_ms' lines")
     a = ap.parse_args(argv)
     body = a.body.read_bytes()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         tally = runner.run(generate(a.url, body, a.rate, a.duration, a.warmup, a.conns))
+    if a.timeline is not None:
+        write_timeline(tally, a.timeline)
     sys.stdout.write("JSON " + json.dumps(summary(tally, a.rate, a.duration)) + "\n")
     return 0
 

@@ -54,6 +54,14 @@ def cpu_seconds(pids: Iterable[int]) -> float:
     return total / TICK
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent busy since boot (user, nice, system, irq, steal)."""
+    with open("/proc/stat", encoding="ascii") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / TICK
+
+
 class Processes:
     """The servers and load generators this run started; `stop_all` ends them by PID."""
 
@@ -106,6 +114,10 @@ class Processes:
     def cpu(self, name: str) -> float:
         """CPU seconds used so far by a server and everything it forked."""
         return cpu_seconds(descendants(self.pid(name)))
+
+    def cpu_all(self) -> float:
+        """CPU seconds used so far by every server this run started (idle ones included)."""
+        return sum(self.cpu(name) for name in self._servers)
 
     def log_tail(self, name: str, lines: int = 15) -> str:
         """The last lines a server printed, for error messages."""

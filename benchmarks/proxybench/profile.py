@@ -13,6 +13,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
+# --subprocesses adds `process NNN:"command line";` root frames; a command line may hold ';'.
+_PROCESS = re.compile(r'process \d+:"(?:[^"\\]|\\.)*";?')
+_NOT_CODE = ("?", "<string>", "")
 
 
 @dataclass(frozen=True)
@@ -47,8 +50,7 @@ def package_of(path: str) -> str:
 
 
 def _frames(stack: str) -> list[str]:
-    # --subprocesses adds a `process NNN:"cmdline"` root frame; it is not code.
-    return [f for f in stack.split(";") if f and not f.startswith("process ")]
+    return [f for f in _PROCESS.sub("", stack).split(";") if f]
 
 
 def parse_collapsed(lines: Iterable[str]) -> Profile:
@@ -75,13 +77,14 @@ def parse_collapsed(lines: Iterable[str]) -> Profile:
 
 
 def render(profile: Profile, top: int = 12) -> list[str]:
-    """Markdown tables: self time by package, inclusive by package, hottest leaf functions."""
+    """Markdown tables: time by package (self, and inclusive), and the hottest leaf functions."""
     if not profile.samples:
         return ["(py-spy recorded no samples)"]
     out = ["| package | self % | inclusive % |", "|---|---:|---:|"]
-    for pkg, count in profile.inclusive_by_package.most_common(top):
-        self_share = profile.share(profile.self_by_package.get(pkg, 0))
-        out.append(f"| {pkg} | {self_share:.1f} | {profile.share(count):.1f} |")
+    for pkg, count in profile.self_by_package.most_common(top):
+        if pkg not in _NOT_CODE:
+            incl = profile.share(profile.inclusive_by_package[pkg])
+            out.append(f"| {pkg} | {profile.share(count):.1f} | {incl:.1f} |")
     out += ["", "| hottest functions (self time) | self % |", "|---|---:|"]
     for func, count in profile.self_by_function.most_common(top):
         out.append(f"| `{func}` | {profile.share(count):.1f} |")

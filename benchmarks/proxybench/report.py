@@ -22,7 +22,8 @@ from proxybench.results import (
     summarize,
 )
 
-CPU_KEYS = ("sut_cpu", "stub_cpu", "redis_cpu", "gen_cpu")
+CPU_KEYS = ("sut_cpu", "stub_cpu", "redis_cpu", "gen_cpu", "other_cpu")
+BUSY_MACHINE_PCT = 10.0  # median CPU % of processes we did not start above this: not quiet
 SLOW_NOISE_FLOOR = 0.10  # a single-repeat run still allows 10% of the mirror-on p99
 
 
@@ -104,8 +105,8 @@ def _throughput_table(out: Outcome, c: int) -> list[str]:
         f"#### c={c} (median of {out.plan.reps} interleaved runs of {out.plan.duration} s)",
         "",
         "| configuration | req/s | ÷ nginx-mirror | ÷ off (same workers) | p50 ms | p99 ms "
-        "| SUT CPU % | stub CPU % | Redis CPU % | wrk CPU % | CPU µs/req | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| SUT CPU % | stub CPU % | Redis CPU % | wrk CPU % | other CPU % | CPU µs/req | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for config in out.plan.throughput_configs():
         s = summarize(select(rows, config=config))
@@ -186,13 +187,13 @@ def limits(out: Outcome) -> list[str]:
         rows = select(out.rows, c=c, phase="throughput")
         full = summarize(select(rows, config=names.full(w)))
         mirror = summarize(select(rows, config=names.NGINX_MIRROR))
-        parts = [full["sut_cpu"], full["stub_cpu"], full["redis_cpu"], full["gen_cpu"]]
-        total = sum(p for p in parts if not math.isnan(p))
+        total = sum(full[k] for k in CPU_KEYS if not math.isnan(full[k]))
         per_req, per_req_nginx = cpu_us_per_request(full), cpu_us_per_request(mirror)
         lines.append(
             f"- c={c}: {names.full(w)} used {fmt(full['sut_cpu'], '.0f')}% CPU, the stub "
             f"{fmt(full['stub_cpu'], '.0f')}%, Redis {fmt(full['redis_cpu'], '.0f')}%, wrk "
-            f"{fmt(full['gen_cpu'], '.0f')}%: {total:.0f}% of the {cores * 100}% the machine has"
+            f"{fmt(full['gen_cpu'], '.0f')}%, processes this run did not start "
+            f"{fmt(full['other_cpu'], '.0f')}%: {total:.0f}% of the {cores * 100}% the machine has"
             f"{' (saturated)' if total >= 0.85 * cores * 100 else ''}. The proxy spends "
             f"{fmt(per_req, '.0f')} µs of CPU per request against nginx-mirror's "
             f"{fmt(per_req_nginx, '.0f')} µs ({fmt(_ratio(per_req, per_req_nginx), '.1f')}x)."
@@ -218,6 +219,17 @@ def _profile_section(out: Outcome) -> list[str]:
         f"({fmt(out.profile_rps, ',.0f')} req/s while sampled):",
         "",
         *prof.render(out.profile),
+    ]
+
+
+def quiet_machine(out: Outcome) -> list[str]:
+    """A warning when other processes used the CPU while we measured (numbers then skew)."""
+    other = median(r.get("other_cpu", math.nan) for r in out.rows + out.rate_rows)
+    if math.isnan(other) or other <= BUSY_MACHINE_PCT:
+        return [f"The machine was quiet: other processes used {fmt(other, '.0f')}% CPU (median)."]
+    return [
+        f"**The machine was not quiet**: processes this run did not start used {other:.0f}% CPU "
+        "(median over runs); these numbers understate what the proxy can do. Rerun when idle."
     ]
 
 
@@ -267,6 +279,8 @@ def render(out: Outcome, found: list[Target]) -> str:
         f"{p.mirror_concurrency}, slow candidate {p.slow_ms:g} ms.",
         "",
         "### Targets",
+        "",
+        *quiet_machine(out),
         "",
         *_target_table(found),
         "",

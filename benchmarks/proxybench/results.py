@@ -68,7 +68,16 @@ def select(rows: Iterable[Row], **match: Any) -> list[Row]:
 def summarize(rows: Sequence[Row]) -> Row:
     """Medians of one configuration's repeats (req/s, latencies, CPU) and the summed errors."""
     out: Row = {"n": len(rows), "errors": sum(int(r.get("errors", 0)) for r in rows)}
-    for key in ("rps", "p50_ms", "p99_ms", "sut_cpu", "stub_cpu", "redis_cpu", "gen_cpu"):
+    for key in (
+        "rps",
+        "p50_ms",
+        "p99_ms",
+        "sut_cpu",
+        "stub_cpu",
+        "redis_cpu",
+        "gen_cpu",
+        "other_cpu",
+    ):
         out[key] = median(r.get(key) for r in rows)
     return out
 
