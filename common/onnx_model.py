@@ -60,6 +60,7 @@ class ModelInput:
     dtype: Any
     kind: str  # float | int | bool | str
     dims: tuple[int | None, ...]  # None: a dynamic dim
+    batch: int | None = None  # a batch size fixed by the model (None: any)
 
     @property
     def is_column(self) -> bool:
@@ -106,7 +107,8 @@ def _model_input(arg: Any) -> ModelInput:
         raise ModelLoadError(f"model input {arg.name!r} is a scalar; expected a batch dimension")
     dtype, kind = _DTYPES[arg.type]
     dims = tuple(d if isinstance(d, int) and d > 0 else None for d in shape[1:])
-    return ModelInput(arg.name, dtype, kind, dims)
+    batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+    return ModelInput(arg.name, dtype, kind, dims, batch)
 
 
 def _output_plan(outputs: Sequence[Any]) -> OutputPlan:
@@ -193,9 +195,8 @@ class OnnxModel:
         self.output_names = [o.name for o in outputs]
         self.plan = _output_plan(outputs)
         self.classes = classes if self.plan.kind == "classification" else None
-        shape0 = session.get_inputs()[0].shape[0]
         # A model exported with a fixed batch size cannot take concatenated requests.
-        self.batchable = not (isinstance(shape0, int) and shape0 > 0)
+        self.batchable = all(i.batch is None for i in self.inputs)
         _check_adapter(cand, self.inputs)
         self._feeder = _FEEDERS[cand.input]
 
@@ -271,8 +272,8 @@ class OnnxModel:
         try:
             outputs = self.session.run(self.output_names, feeds)
         except Exception as exc:  # onnxruntime's own error types: translate at the boundary
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            return CandidateError(OUTCOME_ERROR, f"onnxruntime: {first[:300]}")
+            text = " ".join(str(exc).split()) or type(exc).__name__
+            return CandidateError(OUTCOME_ERROR, f"onnxruntime: {text[:300]}")
         return self._answer(outputs, 0, n)
 
     def _answer(self, outputs: list[Any], start: int, stop: int) -> bytes:
@@ -355,10 +356,12 @@ def _fit(array: np.ndarray, inp: ModelInput, where: str) -> np.ndarray:
         d is None or d == g for d, g in zip(inp.dims, got, strict=True)
     )
     if array.ndim == 0 or not fits:
-        want = ["N", *("?" if d is None else d for d in inp.dims)]
+        want = [inp.batch or "N", *("?" if d is None else d for d in inp.dims)]
         raise _BadInput(
             f"{where}: input {inp.name!r} expects shape {want}, got {list(array.shape)}"
         )
+    if inp.batch is not None and len(array) != inp.batch:
+        raise _BadInput(f"{where}: the model takes exactly {inp.batch} row(s) per request")
     return array
 
 
@@ -463,6 +466,8 @@ def _feed_columns(model: OnnxModel, table: dict[str, list[object]]) -> dict[str,
 
 
 def _feed_matrix(model: OnnxModel, rows: list[object]) -> dict[str, np.ndarray]:
+    if not rows:
+        raise _BadInput("the request has no rows")
     if len(model.inputs) != 1:
         raise _BadInput(f"rows as lists cannot feed the model's {len(model.inputs)} inputs")
     inp = model.inputs[0]
