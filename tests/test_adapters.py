@@ -312,6 +312,15 @@ def test_auto_falls_back_to_configured_paths() -> None:
 # -- explicit protocol, unparseable bodies ----------------------------------------------------
 
 
+@pytest.mark.parametrize("protocol", sorted(ADAPTERS))
+def test_every_protocol_reads_onnx_candidate_answers(protocol: str) -> None:
+    adapter = select_adapter(OutputSettings(protocol=protocol, label="$.label"))
+    out = adapter.parse(body("tfserving_request_instances.json"), body("onnx_candidate_iris.json"))
+    assert out.synthetic and out.protocol == "oip-v2"
+    assert [r.label for r in out.rows] == ["setosa", "versicolor", "virginica"]
+    assert out.labels == ("setosa", "versicolor", "virginica")
+
+
 def test_explicit_protocol_wins_over_detection() -> None:
     with pytest.raises(UnparseableOutput):
         parse("tfserving_softmax.json", protocol="oip-v2")

@@ -255,3 +255,19 @@ def test_column_count_mismatch(models: dict[str, TrialModel]) -> None:
         load(model, input="mlflow-split")
     with pytest.raises(ModelLoadError, match="takes 30 features"):
         load(model, input="instances", columns=("a",))
+
+
+def test_answers_are_read_as_onnx_answers_under_any_protocol(
+    models: dict[str, TrialModel],
+) -> None:
+    from analysis.adapters.oip_v2 import SYNTHETIC_GENERATOR
+    from common.onnx_model import GENERATOR
+
+    assert GENERATOR == SYNTHETIC_GENERATOR
+    model = models["iris_names_zipmap"]
+    answer = load(model).predict_body(oip_body(model.X[:2]))
+    assert isinstance(answer, bytes)
+    for protocol in ("mlflow", "tfserving", "openai"):
+        parsed = select_adapter(OutputSettings(protocol=protocol)).parse(b"", answer)
+        assert parsed.synthetic
+        assert [r.label for r in parsed.rows] == list(model.estimator.predict(model.X[:2]))
