@@ -285,6 +285,13 @@ def test_jsonpath_label_and_proba_paths() -> None:
     assert out.rows[1].classes == ("approve", "review", "deny")
 
 
+def test_jsonpath_proba_as_class_to_probability_objects() -> None:
+    adapter = select_adapter(OutputSettings(protocol="jsonpath", proba="$.result.items[*].scores"))
+    out = adapter.parse(b"", body("custom_scoring.json"))
+    assert [r.label for r in out.rows] == ["approve", "deny"]
+    assert out.rows[0].classes == out.labels == ("approve", "review", "deny")
+
+
 def test_jsonpath_list_without_wildcard_is_one_row_per_element() -> None:
     adapter = select_adapter(OutputSettings(protocol="jsonpath", score="$.y"))
     out = adapter.parse(b"", b'{"y": [1.5, 2.5, 3.0]}')

@@ -7,7 +7,8 @@ How a path maps to rows:
   matches a list of lists (`$.probs` -> [[.1, .9], [.8, .2]]), else one row;
 - a path matching a scalar yields one row.
 Every configured path that matches must give the same row count. `[outputs] classes` names
-the classes in probability order.
+the classes in probability order; a `proba` path matching `{class: p}` objects names
+them itself.
 """
 
 from __future__ import annotations
@@ -81,13 +82,18 @@ class JsonPathAdapter(RequestRows):
         contract = tuple(
             ContractField(k, json_type(v[0]) if v else "", _width(v)) for k, v in found.items()
         )
-        return ParsedOutput(self.name, kind, rows, contract, self.classes or ())
+        declared = self.classes or next((r.classes for r in rows if r.classes), None)
+        return ParsedOutput(self.name, kind, rows, contract, declared or ())
 
     def _row(self, label: object, proba: object, score: object) -> Prediction:
-        text = map_label(label_text(label), label, self.classes) if label is not None else None
+        classes = self.classes
+        if isinstance(proba, dict) and proba:  # {class: probability}
+            classes = tuple(str(k) for k in proba)
+            proba = list(proba.values())
+        text = map_label(label_text(label), label, classes) if label is not None else None
         probs = [float(proba)] if is_number(proba) else number_list(proba)  # type: ignore[arg-type]
         if probs is not None:
-            row = from_probs(probs, self.classes, text)
+            row = from_probs(probs, classes, text)
         elif text is not None:
             row = Prediction(label=text)
         else:
