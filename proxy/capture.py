@@ -125,8 +125,8 @@ class Capture:
 
     @property
     def depth(self) -> int:
-        """Records waiting to be written."""
-        return len(self._pending)
+        """Records not yet written: queued, plus the batch on the wire."""
+        return len(self._pending) + len(self._sending)
 
     def start(self) -> None:
         """Start the writer task on the running loop."""
@@ -145,7 +145,7 @@ class Capture:
         if not self.redis_up:
             item.spooled = True
             self._metrics.captured(candidate, CAPTURE_SPOOLED)
-            self._metrics.spool_depth.set(len(self._pending))
+            self._metrics.spool_depth.set(self.depth)
         self._wake.set()
 
     async def _run(self) -> None:
@@ -185,14 +185,14 @@ class Capture:
         self.redis_up = False
         self.last_error = str(exc)
         self._metrics.redis_up.set(0)
-        for item in batch:
+        self._pending.extendleft(reversed(batch))
+        for item in self._pending:  # everything queued now waits for Redis
             if not item.spooled:
                 item.spooled = True
                 self._metrics.captured(item.candidate, CAPTURE_SPOOLED)
-        self._pending.extendleft(reversed(batch))
         while len(self._pending) > self._spool_max:  # the newest go first
             self._metrics.captured(self._pending.pop().candidate, CAPTURE_DROPPED)
-        self._metrics.spool_depth.set(len(self._pending))
+        self._metrics.spool_depth.set(self.depth)
 
     def _written(self, batch: list[_Pending], results: list[object]) -> None:
         if not self.redis_up:
@@ -209,7 +209,7 @@ class Capture:
             counts[key] = counts.get(key, 0) + 1
         for (candidate, outcome), count in counts.items():
             self._metrics.captured(candidate, outcome, count)
-        self._metrics.spool_depth.set(len(self._pending))
+        self._metrics.spool_depth.set(self.depth)
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Flush what is queued (up to `timeout_s`), drop and count the rest, disconnect."""

@@ -230,7 +230,7 @@ class Forwarder:
             return body, None, len(body) > limit
         parts = [body]
         size = len(body)
-        while True:
+        while size <= limit:
             message = await receive()
             if message["type"] == "http.disconnect":
                 raise ClientGone
@@ -239,8 +239,7 @@ class Forwarder:
             size += len(chunk)
             if not message.get("more_body", False):
                 return b"".join(parts), None, size > limit
-            if size > limit:
-                return None, _stream_body(receive, parts), True
+        return None, _stream_body(receive, parts), True
 
     async def _exchange(
         self,

@@ -118,6 +118,8 @@ async def serve_process(settings: Settings, redis_url: str, reuse_port: bool) ->
         loop.add_signal_handler(sig, stop)
     watch = loop.create_task(_watch_parent(stop)) if reuse_port else None
     admin_task = loop.create_task(admin.serve(sockets=[admin_sock]))
+    if reuse_port:
+        log.info("worker %d serving", os.getpid())
     await data.serve(sockets=[data_sock])
     admin.should_exit = True
     await admin_task

@@ -8,7 +8,8 @@ import gzip
 import socket
 import struct
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import orjson
 from servers import serve_app
 
+from common.records import OUTCOMES
 from common.settings import Settings, settings_from_mapping
 from proxy.app import ProxyApp, create_app
 
@@ -23,6 +25,7 @@ JSON_BODY = b'{"id":"resp-1","outputs":[{"name":"label","data":["positive"]}],"s
 BINARY_BODY = bytes(range(256)) * 64
 GZIP_BODY = gzip.compress(b'{"big": "' + b"x" * 5000 + b'"}', mtime=0)
 CHUNKS = [b"first chunk\n", b"second chunk\n", b"third chunk\n"]
+MIRROR_OUTCOMES = (*OUTCOMES, "shed", "too_large", "primary_failed")
 _LINGER_ZERO = struct.pack("ii", 1, 0)  # close() sends RST instead of FIN
 CANDIDATE_BODY = b'{"id":"resp-1","outputs":[{"name":"label","data":["negative"]}]}'
 
@@ -57,13 +60,15 @@ class Gate:
             loop.call_soon_threadsafe(event.set)
 
 
-async def _read_body(receive: Any) -> bytes:
+async def _read_body(receive: Any, partial: threading.Event | None = None) -> bytes:
     parts = []
     while True:
         message = await receive()
         parts.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(parts)
+        if partial is not None:
+            partial.set()
 
 
 async def _respond(send: Any, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
@@ -78,11 +83,12 @@ class Primary:
 
     sse_gate: Gate = field(default_factory=Gate)
     received: list[dict[str, Any]] = field(default_factory=list)
+    partial_body: threading.Event = field(default_factory=threading.Event)  # body in parts
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = await _read_body(receive)
+        body = await _read_body(receive, self.partial_body)
         path: str = scope["path"]
         seen = {
             "method": scope["method"],
@@ -203,14 +209,25 @@ def reset_server() -> Iterator[str]:
 
 
 def proxy_settings(primary: str, candidates: list[dict[str, Any]] | None = None,
-                   prefix: str = "shadowtrial", **proxy: Any) -> Settings:  # fmt: skip
+                   prefix: str = "shadowtrial", slices: list[dict[str, Any]] | None = None,
+                   **proxy: Any) -> Settings:  # fmt: skip
     """Settings for an in-process proxy (environment ignored)."""
     raw: dict[str, Any] = {
         "proxy": {"primary": primary, **proxy},
         "redis": {"prefix": prefix},
         "candidates": candidates or [],
+        "slices": slices or [],
     }
     return settings_from_mapping(raw, environ={})
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0, what: str = "") -> None:
+    """Poll until `predicate()` holds, or fail after the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        time.sleep(0.01)
 
 
 @dataclass
@@ -224,6 +241,31 @@ class RunningProxy:
     def value(self, name: str, **labels: str) -> float:
         """A metric's current value."""
         return self.app.metrics.value(name, labels)
+
+    def outcome(self, candidate: str, outcome: str) -> float:
+        """shadowtrial_mirror_outcomes_total for one candidate and outcome."""
+        return self.value("shadowtrial_mirror_outcomes_total", candidate=candidate, outcome=outcome)
+
+    def captured(self, candidate: str, outcome: str) -> float:
+        """shadowtrial_capture_total for one candidate and outcome."""
+        return self.value("shadowtrial_capture_total", candidate=candidate, outcome=outcome)
+
+    def sampled(self, candidate: str) -> float:
+        """shadowtrial_mirror_sampled_total for one candidate."""
+        return self.value("shadowtrial_mirror_sampled_total", candidate=candidate)
+
+    def settled(self, candidate: str) -> bool:
+        """No mirror in flight and nothing waiting for Redis."""
+        in_flight = self.value("shadowtrial_mirrors_in_flight", candidate=candidate)
+        return in_flight == 0 and self.app.capture.depth == 0
+
+    def check_accounting(self, candidate: str) -> None:
+        """sampled = sum of mirror outcomes; candidate outcomes = recorded + dropped."""
+        outcomes = {o: self.outcome(candidate, o) for o in MIRROR_OUTCOMES}
+        assert self.sampled(candidate) == sum(outcomes.values()), outcomes
+        handed = sum(outcomes[o] for o in OUTCOMES)
+        stored = self.captured(candidate, "recorded") + self.captured(candidate, "dropped")
+        assert handed == stored, (outcomes, stored)
 
 
 @contextmanager

