@@ -94,8 +94,8 @@ def write_results(text: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, check tools, measure, judge, write; exit 1 on a harness failure."""
     plan = plan_from_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGHUP, _interrupt)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     log(f"estimated wall time: {plan.estimate() / 60:.1f} min")
     started = time.monotonic()
     try:

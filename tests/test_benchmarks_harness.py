@@ -310,3 +310,17 @@ def test_render_writes_every_table_of_a_synthetic_run() -> None:
     assert "#### Fixed rate 1,400 req/s" in text
     assert "**The machine was not quiet**" in text
     assert "capture did not happen" in text  # no pair stream counted
+
+
+def test_metrics_excerpt_keeps_nonzero_mirror_counters_only() -> None:
+    text = "\n".join(
+        [
+            "# HELP shadowtrial_mirror_outcomes_total Mirror outcomes",
+            'shadowtrial_mirror_outcomes_total{candidate="slow",outcome="shed"} 3806.0',
+            'shadowtrial_mirror_outcomes_created{candidate="slow",outcome="ok"} 1.79e+09',
+            'shadowtrial_mirror_outcomes_total{candidate="slow",outcome="timeout"} 0.0',
+            'shadowtrial_requests_total{method="POST",status_class="2xx"} 10.0',
+        ]
+    )
+    picked = [line for line in text.splitlines() if report._interesting(line)]
+    assert picked == ['shadowtrial_mirror_outcomes_total{candidate="slow",outcome="shed"} 3806.0']

@@ -199,15 +199,11 @@ class Bench:
     def smoke(self) -> None:
         """One request per configuration: status 200 and the primary's exact bytes back."""
         expected = PRIMARY_BODY.read_bytes().strip()
-        for name in self._all_configs():
+        for name in self.plan.all_configs():
             status, body = tools.http(self.url(name), BODY.read_bytes())
             if status != 200 or body.strip() != expected:
                 raise HarnessError(f"smoke request to {name} got {status}: {body[:300]!r}")
         log("smoke: every configuration answers 200 with the primary's bytes")
-
-    def _all_configs(self) -> list[str]:
-        found = self.plan.throughput_configs() + [c for _, c in self.plan.rate_modes()]
-        return list(dict.fromkeys(found))
 
     def url(self, config: str) -> str:
         """The URL the load generators hit for a configuration."""
@@ -291,7 +287,7 @@ class Bench:
 
     def warm_up(self) -> None:
         """A short unrecorded run per configuration: connection pools, caches, page faults."""
-        for config in self._all_configs():
+        for config in self.plan.all_configs():
             self.wrk(config, max(self.plan.conns), self.plan.warmup)
         time.sleep(self.plan.gap)
 

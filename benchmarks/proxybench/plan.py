@@ -9,7 +9,7 @@ from proxybench.results import estimate_seconds
 
 DIRECT = "direct"
 NGINX_MIRROR = "nginx-mirror"
-STARTUP_S = 15.0  # servers, smoke requests and warm-up runs, measured on the 2-core machine
+STARTUP_S = 8.0  # servers up and answering, measured on the 2-core machine
 
 
 def off(workers: int) -> str:
@@ -73,6 +73,11 @@ class Plan:
         w = self.main_workers
         return [("mirror-off", off(w)), ("mirror-on", full(w)), ("slow-candidate", slow(w))]
 
+    def all_configs(self) -> list[str]:
+        """Every configuration measured in some phase, each once."""
+        found = self.throughput_configs() + [config for _, config in self.rate_modes()]
+        return list(dict.fromkeys(found))
+
     def shadowtrial_instances(self) -> list[tuple[str, int, str | None]]:
         """(name, workers, candidate kind) of every shadowtrial server to start."""
         out: list[tuple[str, int, str | None]] = []
@@ -91,7 +96,9 @@ class Plan:
             rate_runs=len(self.rate_modes()) * self.reps,
             rate_duration=self.rate_duration + self.rate_warmup + 0.5,  # + generator start-up
             gap=self.gap,
-            fixed_cost=STARTUP_S + (self.duration if self.profile else 0),
+            fixed_cost=STARTUP_S
+            + len(self.all_configs()) * (self.warmup + self.gap)
+            + (self.duration if self.profile else 0),
         )
 
 
@@ -148,7 +155,7 @@ def plan_from_args(argv: list[str] | None = None) -> Plan:
         rate_duration=3 if quick else a.rate_duration,
         rate_warmup=1.0,
         warmup=1 if quick else 2,
-        gap=0.5,
+        gap=0.3,
         rate=a.rate,
         slow_ms=a.slow_ms,
         mirror_concurrency=a.mirror_concurrency,

@@ -126,7 +126,7 @@ def _cells(cells: list[str]) -> str:
 
 
 def _med(rows: Sequence[Row], key: str) -> float:
-    return median(r[key] for r in rows)
+    return median(r.get(key) for r in rows)
 
 
 def cpu_us_per_request(summary: Row) -> float:
@@ -163,8 +163,8 @@ def _rate_table(out: Outcome) -> list[str]:
         f"{out.plan.rate_duration} s; latency from each request's scheduled send time)",
         "",
         "| primary path | p50 ms | p99 ms | p99.9 ms | p99 ÷ mirror-off | p99 spread ms "
-        "| SUT CPU % | generator CPU % | errors | generator late p99 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| SUT CPU % | generator CPU % | other CPU % | errors | generator late p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for mode, config in out.plan.rate_modes():
         rows = select(out.rate_rows, config=config)
@@ -172,7 +172,7 @@ def _rate_table(out: Outcome) -> list[str]:
         p99 = [r["p99_ms"] for r in rows]
         cells = [f"{mode} ({config})", fmt(_med(rows, "p50_ms")), fmt(median(p99))]
         cells += [fmt(_med(rows, "p999_ms")), fmt(ratio), fmt(spread(p99))]
-        cells += [fmt(_med(rows, "sut_cpu"), ".0f"), fmt(_med(rows, "gen_cpu"), ".0f")]
+        cells += [fmt(_med(rows, k), ".0f") for k in ("sut_cpu", "gen_cpu", "other_cpu")]
         cells += [str(sum(r["errors"] for r in rows)), fmt(_med(rows, "lag_p99_ms"))]
         table.append(_cells(cells))
     return table
@@ -258,7 +258,8 @@ def _extras(out: Outcome) -> list[str]:
 def _interesting(line: str) -> bool:
     if line.startswith("#") or not line.strip():
         return False
-    name, _, value = line.rpartition(" ")
+    series, _, value = line.rpartition(" ")
+    name = series.split("{", 1)[0]
     keep = any(k in name for k in ("mirror", "capture", "shed", "spool", "drop"))
     return keep and not name.endswith(("_created", "_bucket")) and value not in ("0", "0.0")
 
