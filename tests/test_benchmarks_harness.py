@@ -252,6 +252,7 @@ def test_profile_aggregates_self_and_inclusive_time_by_package() -> None:
     assert p.inclusive_by_package["uvicorn"] == 10 and p.inclusive_by_package["proxy"] == 9
     assert p.self_by_function.most_common(1)[0] == ("request (aiohttp/client.py)", 6)
     assert profile.package_of("/x/lib/python3.11/site-packages/redis/client.py") == "redis"
+    assert p.inclusive_by_project_function == {"forward (proxy/forward.py)": 9}
 
 
 def test_targets_judge_a_synthetic_run() -> None:

@@ -16,6 +16,8 @@ _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
 # --subprocesses adds `process NNN:"command line";` root frames; a command line may hold ';'.
 _PROCESS = re.compile(r'process \d+:"(?:[^"\\]|\\.)*";?')
 _NOT_CODE = ("?", "<string>", "")
+PROJECT_PACKAGES = frozenset({"proxy", "common", "shadowtrial"})
+_ROOTS = ("proxy/server.py",)  # process and event-loop entry points: on every stack
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,7 @@ class Profile:
     self_by_function: Counter[str]
     self_by_package: Counter[str]
     inclusive_by_package: Counter[str]
+    inclusive_by_project_function: Counter[str]
 
     def share(self, count: int) -> float:
         """A count as a percentage of all samples."""
@@ -58,6 +61,7 @@ def parse_collapsed(lines: Iterable[str]) -> Profile:
     by_func: Counter[str] = Counter()
     by_pkg: Counter[str] = Counter()
     incl: Counter[str] = Counter()
+    ours: Counter[str] = Counter()
     total = 0
     for line in lines:
         stack, _, count_text = line.rstrip("\n").rpartition(" ")
@@ -71,9 +75,14 @@ def parse_collapsed(lines: Iterable[str]) -> Profile:
         func, path = split_frame(frames[-1])
         by_func[f"{func} ({path})"] += count
         by_pkg[package_of(path)] += count
-        for pkg in {package_of(split_frame(f)[1]) for f in frames}:
+        split = [split_frame(f) for f in frames]
+        for pkg in {package_of(path) for _, path in split}:
             incl[pkg] += count
-    return Profile(total, by_func, by_pkg, incl)
+        for name in {
+            f"{fn} ({path})" for fn, path in split if package_of(path) in PROJECT_PACKAGES
+        }:
+            ours[name] += count
+    return Profile(total, by_func, by_pkg, incl, ours)
 
 
 def render(profile: Profile, top: int = 12) -> list[str]:
@@ -87,5 +96,8 @@ def render(profile: Profile, top: int = 12) -> list[str]:
             out.append(f"| {pkg} | {profile.share(count):.1f} | {incl:.1f} |")
     out += ["", "| hottest functions (self time) | self % |", "|---|---:|"]
     for func, count in profile.self_by_function.most_common(top):
+        out.append(f"| `{func}` | {profile.share(count):.1f} |")
+    out += ["", "| shadowtrial's own functions (inclusive: with all they call) | % |", "|---|---:|"]
+    for func, count in profile.inclusive_by_project_function.most_common(top):
         out.append(f"| `{func}` | {profile.share(count):.1f} |")
     return out
