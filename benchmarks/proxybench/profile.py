@@ -56,6 +56,10 @@ def _frames(stack: str) -> list[str]:
     return [f for f in _PROCESS.sub("", stack).split(";") if f]
 
 
+def _ours(path: str) -> bool:
+    return package_of(path) in PROJECT_PACKAGES and not path.endswith(_ROOTS)
+
+
 def parse_collapsed(lines: Iterable[str]) -> Profile:
     """Aggregate py-spy raw output; malformed lines are skipped."""
     by_func: Counter[str] = Counter()
@@ -78,9 +82,7 @@ def parse_collapsed(lines: Iterable[str]) -> Profile:
         split = [split_frame(f) for f in frames]
         for pkg in {package_of(path) for _, path in split}:
             incl[pkg] += count
-        for name in {
-            f"{fn} ({path})" for fn, path in split if package_of(path) in PROJECT_PACKAGES
-        }:
+        for name in {f"{fn} ({path})" for fn, path in split if _ours(path)}:
             ours[name] += count
     return Profile(total, by_func, by_pkg, incl, ours)
 
