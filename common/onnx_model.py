@@ -342,9 +342,13 @@ def _array(values: object, inp: ModelInput, where: str) -> np.ndarray:
         raise _BadInput(f"{where}: non-numeric values (strings or nulls) for input {inp.name!r}")
     if raw.dtype.kind == "f" and not np.isfinite(raw).all():
         raise _BadInput(f"{where}: NaN or infinite value for input {inp.name!r}")
-    if inp.kind == "int" and raw.dtype.kind == "f" and not np.array_equal(raw, np.round(raw)):
-        raise _BadInput(f"{where}: fractional values for integer input {inp.name!r}")
-    return raw.astype(inp.dtype, copy=False)
+    with np.errstate(over="ignore", invalid="ignore"):  # checked right below instead
+        cast = raw.astype(inp.dtype, copy=False)
+    if inp.kind == "float" and not np.isfinite(cast).all():
+        raise _BadInput(f"{where}: a value beyond {cast.dtype} range for input {inp.name!r}")
+    if inp.kind == "int" and not np.array_equal(cast, raw):
+        raise _BadInput(f"{where}: fractional or out-of-range values for input {inp.name!r}")
+    return cast
 
 
 def _fit(array: np.ndarray, inp: ModelInput, where: str) -> np.ndarray:
@@ -390,13 +394,17 @@ def _feed_oip(model: OnnxModel, doc: object) -> dict[str, np.ndarray]:
 def _oip_array(tensor: dict[str, Any], inp: ModelInput) -> np.ndarray:
     shape = tensor.get("shape")
     array = _array(tensor.get("data"), inp, f"tensor {tensor.get('name')!r}")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(_is_size(d) for d in shape):
         raise _BadInput(f"tensor {tensor.get('name')!r}: shape must be a list of sizes")
     if math.prod(shape) != array.size:
         raise _BadInput(
             f"tensor {tensor.get('name')!r}: {array.size} values do not fit shape {shape}"
         )
     return array.reshape(shape)
+
+
+def _is_size(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _feed_instances(model: OnnxModel, doc: object) -> dict[str, np.ndarray]:

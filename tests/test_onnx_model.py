@@ -3,12 +3,15 @@ load errors, and bad requests isolated inside a batch."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
-from fixtures.onnx_models import TrialModel, build_models, tiny_model
+from fixtures.onnx_models import IRIS_COLUMNS, TrialModel, build_models, tiny_model
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from analysis.adapters import select_adapter
 from analysis.adapters.base import KIND_CLASSIFICATION, KIND_REGRESSION, ParsedOutput
@@ -200,6 +203,12 @@ def test_instances_errors(models: dict[str, TrialModel]) -> None:
     assert_matches_sklearn(parse(answers[3]), model, model.X[:2])
 
 
+def test_values_beyond_float32_are_rejected(models: dict[str, TrialModel]) -> None:
+    onnx = load(models["iris_nozipmap"], input="instances")
+    (answer,) = onnx.predict_bodies([b'{"instances": [[1e308, 1, 1, 1]]}'])
+    assert isinstance(answer, CandidateError) and "beyond float32 range" in answer.detail
+
+
 def test_mlflow_missing_column_is_a_request_error(models: dict[str, TrialModel]) -> None:
     model = models["iris_nozipmap"]
     onnx = load(model, input="mlflow-split", columns=model.columns)
@@ -271,3 +280,74 @@ def test_answers_are_read_as_onnx_answers_under_any_protocol(
         parsed = select_adapter(OutputSettings(protocol=protocol)).parse(b"", answer)
         assert parsed.synthetic
         assert [r.label for r in parsed.rows] == list(model.estimator.predict(model.X[:2]))
+
+
+# -- fuzz: no body makes predict_bodies raise ---------------------------------------------------
+
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=4)
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: (
+        st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=24,
+)
+_tensor = st.fixed_dictionaries(
+    {"name": st.sampled_from(["X", "input-0", "size"]), "data": _values},
+    optional={
+        "shape": st.lists(st.integers(-1, 5) | st.booleans(), max_size=3),
+        "datatype": st.just("FP32"),
+    },
+)
+_wide = st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**63), 2**63 - 1)
+_bodies = st.one_of(
+    st.builds(
+        lambda v: {"instances": v},
+        st.lists(st.lists(_wide, min_size=4, max_size=4), min_size=1, max_size=3),
+    ),
+    st.builds(lambda t: {"inputs": t}, st.lists(_tensor, max_size=3)),
+    st.builds(lambda v: {"instances": v}, _values),
+    st.builds(lambda c, d: {"dataframe_split": {"columns": c, "data": d}}, _values, _values),
+    st.builds(lambda r: {"dataframe_records": r}, _values),
+    _values,
+)
+
+
+@settings(
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "150")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(bodies=st.lists(_bodies, min_size=1, max_size=4), raw=st.binary(max_size=16))
+def test_no_body_makes_predict_bodies_raise(
+    models: dict[str, TrialModel], bodies: list[object], raw: bytes
+) -> None:
+    encoded = [orjson.dumps(b) for b in bodies] + [raw]
+    for name, adapter, columns in (
+        ("iris_zipmap", "oip-v2", ()),
+        ("iris_nozipmap", "instances", IRIS_COLUMNS),
+        ("iris_columns", "mlflow-split", ()),
+        ("iris_names_zipmap", "mlflow-split", IRIS_COLUMNS),
+    ):
+        onnx = _loaded(models, name, adapter, columns)
+        answers = onnx.predict_bodies(encoded)
+        assert len(answers) == len(encoded)
+        assert all(isinstance(a, bytes | CandidateError) for a in answers)
+
+
+_LOADED: dict[tuple[str, str], OnnxModel] = {}
+
+
+def _loaded(
+    models: dict[str, TrialModel], name: str, adapter: str, columns: tuple[str, ...]
+) -> OnnxModel:
+    key = (name, adapter)
+    if key not in _LOADED:
+        _LOADED[key] = load(models[name], input=adapter, columns=columns)
+    return _LOADED[key]
