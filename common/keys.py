@@ -33,7 +33,11 @@ class Keys:
 
     def bucket(self, candidate: str, bucket_start: int) -> str:
         """Hash of additive counters for one time bucket (epoch seconds of its start)."""
-        return f"{self._tag(candidate)}:bucket:{bucket_start}"
+        return f"{self.bucket_base(candidate)}{bucket_start}"
+
+    def bucket_base(self, candidate: str) -> str:
+        """`bucket(candidate, start)` without the start: Lua scripts append it themselves."""
+        return f"{self._tag(candidate)}:bucket:"
 
     def bucket_index(self, candidate: str) -> str:
         """Sorted set of bucket starts that exist, so a window is one ZRANGEBYSCORE."""
@@ -46,6 +50,19 @@ class Keys:
     def applied(self, candidate: str) -> str:
         """Set of stream ids already applied: makes apply-and-ack idempotent."""
         return f"{self._tag(candidate)}:applied"
+
+    def admitted(self, candidate: str, feature: str) -> str:
+        """Set of the (at most analysis.slices.MAX_VALUES) values of a feature counted apart."""
+        return f"{self._tag(candidate)}:admitted:{feature}"
+
+    def label_join(self, candidate: str, kind: str) -> str:
+        """Base name of the label-join hashes (kind "preds" or "labels"), by generation.
+
+        `preds` maps request id -> both predicted labels (a pair seen, its label not yet);
+        `labels` maps request id -> ground truth (a label seen, its pair not yet). Each kind
+        lives in generations `<base>:<n>` of capped size plus a counter `<base>:gen`.
+        """
+        return f"{self._tag(candidate)}:join:{kind}"
 
     # -- global --
     def registry(self) -> str:
@@ -67,6 +84,10 @@ class Keys:
     def label(self, request_id: str) -> str:
         """Ground-truth label for one request (from POST /v1/feedback)."""
         return f"{self.prefix}:label:{request_id}"
+
+    def candidates_seen(self) -> str:
+        """Hash candidate name -> role for every candidate a worker has summarised."""
+        return f"{self.prefix}:seen"
 
     def worker_health(self, worker_id: str) -> str:
         """Heartbeat of one worker, expiring after WORKER_HEALTH_TTL_S."""

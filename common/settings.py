@@ -233,6 +233,10 @@ class WorkerSettings:
     block_ms: int = _setting(1000, _at_least(_cast_int, 1))
     claim_idle_ms: int = _setting(30_000, _at_least(_cast_int, 100))
     retention_hours: int = _setting(24 * 7, _at_least(_cast_int, 1))
+    # Ground-truth joins: a pair's predictions (or an early label) wait this long for
+    # their other half, in at most two generations of label_join_max entries each.
+    label_join_hours: int = _setting(24, _at_least(_cast_int, 1))
+    label_join_max: int = _setting(500_000, _at_least(_cast_int, 1))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,417 @@
+"""The report: a window's buckets merged, every statistic computed, the gate applied.
+
+`build_report` reads the window's bucket hashes with one pipelined HGETALL each, sums them
+(analysis.summaries), and turns the counters into the JSON of DESIGN.md's Report section.
+Extra keys beside the contract ones: `rows` (compared rows; `pairs` counts pair records),
+`records` {trimmed, bad, deferred}, `contract`, `unparseable`, `confidence_deltas`,
+`dangerous_flips`, `timeline` (per bucket), and more detail inside each section. Every
+value is JSON-safe: NaN and infinities become null.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import redis
+
+from analysis import stats
+from analysis.drilldown import read_samples, recent_pairs
+from analysis.gate import evaluate_gate
+from analysis.summaries import (
+    CONF_BINS,
+    CONF_EDGES,
+    DANGEROUS_DECILE,
+    DIFF_EDGES,
+    LATENCY_EDGES,
+    MICRO,
+    Summary,
+    merge_raw,
+)
+from common.errors import StoreError
+from common.keys import Keys
+from common.settings import Settings
+
+__all__ = ["build_report", "load_window", "recent_pairs"]
+
+PRIMARY_FAILURES = ("primary", "primary_unparseable")
+MIN_SUPPORT = 32  # SliceLine's minimum support: smaller slices are shown, never flagged
+DISCOVERED_K = 4
+
+
+def _bucket_range(window_s: float, now: float, bucket_seconds: int) -> tuple[int, float]:
+    """First bucket start overlapping the window, and the window's end."""
+    start = now - window_s
+    return int(start // bucket_seconds * bucket_seconds), now
+
+
+def load_window(
+    client: redis.Redis, keys: Keys, candidate: str, first: int, last: float
+) -> tuple[Summary, list[dict[str, Any]]]:
+    """Merge the buckets starting in [first, last]; also return per-bucket totals."""
+    try:
+        starts = client.zrangebyscore(keys.bucket_index(candidate), first, last)
+        pipe = client.pipeline(transaction=False)
+        for start in starts:
+            pipe.hgetall(keys.bucket(candidate, int(start)))
+        raws = pipe.execute() if starts else []
+    except redis.RedisError as exc:
+        raise StoreError(f"cannot read the summaries of {candidate}: {exc}") from exc
+    timeline = [_timeline_point(int(s), raw) for s, raw in zip(starts, raws, strict=True) if raw]
+    timeline.sort(key=lambda p: p["t"])
+    return Summary(merge_raw(raws)), timeline
+
+
+def _timeline_point(start: int, raw: dict[bytes, bytes]) -> dict[str, Any]:
+    rows, agree = int(raw.get(b"rows", 0)), int(raw.get(b"agree", 0))
+    return {
+        "t": start,
+        "pairs": int(raw.get(b"records", 0)),
+        "rows": rows,
+        "agreement": agree / rows if rows else None,
+    }
+
+
+def build_report(
+    client: redis.Redis,
+    keys: Keys,
+    settings: Settings,
+    candidate: str,
+    window_s: float,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """The report for one candidate over the last `window_s` seconds (see DESIGN.md)."""
+    now = time.time() if now is None else now
+    first, last = _bucket_range(window_s, now, settings.worker.bucket_seconds)
+    summary, timeline = load_window(client, keys, candidate, first, last)
+    labels, matrix = summary.flip_matrix()
+    report: dict[str, Any] = {
+        "candidate": candidate,
+        "window": _window(first, last, window_s, settings.worker.bucket_seconds, len(timeline)),
+        "pairs": summary.get("records"),
+        "rows": summary.get("rows"),
+        "sampled": summary.get("mirror:sampled") or summary.get("records"),
+        "shed": summary.get("mirror:shed"),
+        "records": _records(summary),
+        "errors": _errors(summary),
+        "agreement": _agreement(summary, matrix),
+        "flips": _flips(summary, labels, matrix),
+        "dangerous_flips": _dangerous(summary),
+        "confidence": _confidence(summary),
+        "confidence_deltas": _deltas(summary),
+        "regression": _regression(summary),
+        "latency": _latency(summary),
+        "slices": _slices(summary, settings),
+        "discovered": _discovered(summary),
+        "noise_floor": _noise_floor(client, keys, settings, candidate, summary, first, last),
+        "labels": _labels(summary),
+        "contract": _contract(client, keys, candidate, summary),
+        "unparseable": _unparseable(client, keys, candidate, summary),
+        "timeline": timeline,
+    }
+    report["gate"] = evaluate_gate(report, settings.gate)
+    return json_safe(report)
+
+
+# -- sections ---------------------------------------------------------------------------
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _window(
+    first: int, last: float, window_s: float, bucket_s: int, buckets: int
+) -> dict[str, Any]:
+    return {
+        "start": _iso(first),
+        "end": _iso(last),
+        "start_ts": first,
+        "end_ts": last,
+        "seconds": window_s,
+        "bucket_seconds": bucket_s,
+        "buckets": buckets,
+    }
+
+
+def _records(s: Summary) -> dict[str, int]:
+    return {"trimmed": s.get("trimmed"), "bad": s.get("bad"), "deferred": s.get("deferred")}
+
+
+def _rate(x: float, n: float) -> float | None:
+    return x / n if n else None
+
+
+def _errors(s: Summary) -> dict[str, Any]:
+    kinds = {k: int(v) for k, v in s.group("err").items()}
+    primary = sum(kinds.pop(k, 0) for k in PRIMARY_FAILURES)
+    candidate = sum(kinds.values())
+    pairs = s.get("records")
+    return {
+        "primary": primary,
+        "candidate": candidate,
+        "timeouts": kinds.get("timeout", 0),
+        "by_kind": dict(sorted(kinds.items())),
+        "primary_rate": _rate(primary, pairs),
+        "candidate_rate": _rate(candidate, pairs),
+    }
+
+
+def _agreement(s: Summary, matrix: np.ndarray) -> dict[str, Any]:
+    rows, agree = s.get("rows"), s.get("agree")
+    ci_low, ci_high = stats.wilson_interval(agree, rows)
+    cs_low, cs_high = stats.confidence_sequence(agree, rows)
+    return {
+        "rate": _rate(agree, rows),
+        "ci_low": ci_low,
+        "ci_high": ci_high,
+        "cs_low": cs_low,
+        "cs_high": cs_high,
+        "kappa": stats.cohens_kappa(matrix) if matrix.size else None,
+        "n": rows,
+        "disagree": rows - agree,
+    }
+
+
+def _flips(s: Summary, labels: list[str], matrix: np.ndarray) -> dict[str, Any]:
+    flips = s.hist("fd", 10)
+    rows = s.hist("td", 10)
+    return {
+        "matrix": matrix.tolist(),
+        "labels": labels,
+        "by_class": stats.per_class_flip_rates(matrix, labels) if labels else [],
+        "class_mix_p": stats.class_mix_shift_p(matrix) if labels else None,
+        "by_confidence_decile": [
+            {
+                "decile": f"{i / 10:.1f}-{(i + 1) / 10:.1f}",
+                "rows": int(rows[i]),
+                "flips": int(flips[i]),
+            }
+            for i in range(10)
+        ],
+    }
+
+
+def _dangerous(s: Summary) -> dict[str, Any]:
+    """Flips where the primary was confident (>= 0.9): the kind users notice."""
+    count, of = s.get(f"fd:{DANGEROUS_DECILE}"), s.get(f"td:{DANGEROUS_DECILE}")
+    low, high = stats.wilson_interval(count, of)
+    return {"count": count, "of": of, "rate": _rate(count, of), "ci_low": low, "ci_high": high}
+
+
+def _side(s: Summary, conf: str, margin: str, n: str, total: str) -> dict[str, Any]:
+    hist = s.hist(conf, CONF_BINS)
+    return {
+        "mean": _rate(s.get(total) / MICRO, s.get(n)),
+        "hist": hist.tolist(),
+        "margin_hist": s.hist(margin, CONF_BINS).tolist(),
+        "n": s.get(n),
+    }
+
+
+def _near_boundary(s: Summary) -> dict[str, Any]:
+    """Share of paired rows with margin < 0.1 per side; McNemar on the discordant cells."""
+    both, p_only, c_only = s.get("nb:11"), s.get("nb:10"), s.get("nb:01")
+    n = both + p_only + c_only + s.get("nb:00")
+    primary, candidate = both + p_only, both + c_only
+    return {
+        "primary": _rate(primary, n),
+        "candidate": _rate(candidate, n),
+        "primary_ci": list(stats.wilson_interval(primary, n)),
+        "candidate_ci": list(stats.wilson_interval(candidate, n)),
+        "n": n,
+        "p": stats.mcnemar_exact(p_only, c_only) if n else None,
+    }
+
+
+def _confidence(s: Summary) -> dict[str, Any]:
+    primary = _side(s, "cp", "mp", "cpn", "cps")
+    candidate = _side(s, "cc", "mc", "ccn", "ccs")
+    hp, hc = s.hist("cp", CONF_BINS), s.hist("cc", CONF_BINS)
+    dn = s.get("dn")
+    return {
+        "primary": primary,
+        "candidate": candidate,
+        "shift": _rate(s.get("ds") / MICRO, dn),
+        "ks_p": stats.ks_p_hist(hp, hc),
+        "near_boundary": _near_boundary(s),
+        "effect_sizes": {
+            "ks": stats.ks_distance_hist(hp, hc),
+            "wasserstein": stats.wasserstein_hist(hp, hc, CONF_EDGES),
+            "js": stats.js_distance_hist(hp, hc),
+            "psi": stats.psi_hist(hp, hc),
+        },
+    }
+
+
+def _deltas(s: Summary) -> dict[str, Any]:
+    """Paired conf_c - conf_p: exact integer moments -> Welford state -> interval, sign test."""
+    n, total, squares = s.get("dn"), s.get("ds"), s.get("dss")
+    mean = total / MICRO / n if n else None
+    m2 = (squares - total * total / n) / MICRO**2 if n else 0.0
+    low, high = stats.mean_interval(n, mean or 0.0, m2)
+    pos, neg = s.get("dpos"), s.get("dneg")
+    return {
+        "n": n,
+        "mean": mean,
+        "ci_low": low,
+        "ci_high": high,
+        "sd": math.sqrt(max(m2, 0.0) / (n - 1)) if n > 1 else None,
+        "positive": pos,
+        "negative": neg,
+        "sign_p": stats.sign_test(pos, neg),
+    }
+
+
+def _regression(s: Summary) -> dict[str, Any]:
+    n = s.get("rn")
+    if not n:
+        keys = ("mean_abs_diff", "p95_abs_diff", "mean_diff", "rmse", "sd", "loa_low", "loa_high")
+        return {**dict.fromkeys(keys), "n": 0, "beyond_tolerance": None}
+    mean = s.getf("rs") / n
+    var = max(s.getf("rss") / n - mean * mean, 0.0) * n / max(n - 1, 1)
+    sd = math.sqrt(var)
+    return {
+        "mean_abs_diff": s.getf("ras") / n,
+        "p95_abs_diff": stats.hist_quantile(s.hist("rh", len(DIFF_EDGES) - 1), DIFF_EDGES, 0.95),
+        "mean_diff": mean,
+        "rmse": math.sqrt(max(s.getf("rss") / n, 0.0)),
+        "sd": sd,
+        "loa_low": mean - 1.96 * sd,
+        "loa_high": mean + 1.96 * sd,
+        "n": n,
+        "beyond_tolerance": s.get("rbeyond") / n,
+    }
+
+
+def _latency(s: Summary) -> dict[str, Any]:
+    bins = len(LATENCY_EDGES) - 1
+    hp, hc = s.hist("lp", bins), s.hist("lc", bins)
+    primary = {**stats.latency_quantiles(hp, LATENCY_EDGES), "n": int(hp.sum())}
+    candidate = {**stats.latency_quantiles(hc, LATENCY_EDGES), "n": int(hc.sum())}
+    p99p, p99c = primary.get("p99"), candidate.get("p99")
+    return {
+        "primary": primary,
+        "candidate": candidate,
+        "p99_ratio": p99c / p99p if p99p and p99c is not None else None,
+        # A worker-run candidate's latency is its share of a batch: not comparable.
+        "comparable": s.get("deferred") == 0,
+    }
+
+
+_SLICE_KEYS = (
+    "slice", "value", "pairs", "disagree", "agreement", "complement_agreement",
+    "delta_vs_overall", "p", "p_adj", "flagged", "phi", "risk_ratio", "ci_low", "ci_high",
+)  # fmt: skip
+
+
+def _slices(s: Summary, settings: Settings) -> list[dict[str, Any]]:
+    rows = s.slices()
+    if not rows:
+        return []
+    total, agree = s.get("rows"), s.get("agree")
+    tested = stats.slice_tests(
+        rows, total, total - agree, min_support=MIN_SUPPORT, min_drop=settings.gate.max_slice_drop
+    )
+    out = [{k: r.get(k) for k in _SLICE_KEYS} for r in tested]
+    out.sort(key=lambda r: (not r["flagged"], r["slice"], -r["pairs"], r["value"]))
+    return out
+
+
+def _discovered(s: Summary) -> list[dict[str, Any]]:
+    total, agree = s.get("rows"), s.get("agree")
+    singles = [
+        {"conditions": [[r["slice"], r["value"]]], "pairs": r["pairs"], "disagree": r["disagree"]}
+        for r in s.slices()
+    ]
+    found = stats.discover_slices(singles + s.slice_pairs(), total, total - agree, k=DISCOVERED_K)
+    return [
+        {k: r[k] for k in ("conditions", "pairs", "agreement", "p_adj", "score")} for r in found
+    ]
+
+
+def _secondaries(client: redis.Redis, keys: Keys, settings: Settings) -> list[str]:
+    names = {c.name for c in settings.candidates if c.role == "secondary"}
+    try:
+        seen = client.hgetall(keys.candidates_seen())
+    except redis.RedisError as exc:
+        raise StoreError(f"cannot read the candidates seen: {exc}") from exc
+    names |= {k.decode() for k, v in seen.items() if v == b"secondary"}
+    return sorted(names)
+
+
+def _noise_floor(
+    client: redis.Redis,
+    keys: Keys,
+    settings: Settings,
+    candidate: str,
+    own: Summary,
+    first: int,
+    last: float,
+) -> dict[str, Any]:
+    """Agreement of a secondary replica of the primary over the same window (noise alone)."""
+    secondaries = _secondaries(client, keys, settings)
+    if not secondaries:
+        return {"agreement": None, "candidate": None}
+    name = candidate if candidate in secondaries else secondaries[0]
+    noise = own if name == candidate else load_window(client, keys, name, first, last)[0]
+    n_noise, d_noise = noise.get("rows"), noise.get("rows") - noise.get("agree")
+    n_raw, d_raw = own.get("rows"), own.get("rows") - own.get("agree")
+    low, high = stats.wilson_interval(n_noise - d_noise, n_noise)
+    return {
+        "agreement": _rate(n_noise - d_noise, n_noise),
+        "ci_low": low,
+        "ci_high": high,
+        "candidate": name,
+        "pairs": n_noise,
+        "excess": stats.excess_disagreement(d_raw, n_raw, d_noise, n_noise),
+    }
+
+
+def _labels(s: Summary) -> dict[str, Any]:
+    a, b, c, d = (s.get(f) for f in ("la", "lb", "lc", "ld"))
+    result = stats.accuracy_comparison(a, b, c, d)
+    if not result["n"]:
+        result["mcnemar_p"] = None
+    return {**result, "negative_flips": b, "positive_flips": c}
+
+
+def _contract(client: redis.Redis, keys: Keys, candidate: str, s: Summary) -> dict[str, Any]:
+    by_kind = {k: int(v) for k, v in sorted(s.group("ct").items())}
+    examples: dict[str, str] = {}
+    if by_kind or s.get("err:contract"):
+        for sample in read_samples(client, keys, candidate, "contract"):
+            examples.setdefault(sample["kind"], sample["detail"])
+    return {"total": sum(by_kind.values()), "by_kind": by_kind, "examples": examples}
+
+
+def _unparseable(client: redis.Redis, keys: Keys, candidate: str, s: Summary) -> dict[str, Any]:
+    primary, candidate_n = s.get("err:primary_unparseable"), s.get("err:unparseable")
+    samples = (
+        read_samples(client, keys, candidate, "unparseable", 5) if primary or candidate_n else []
+    )
+    return {"primary": primary, "candidate": candidate_n, "samples": samples}
+
+
+# -- JSON safety ------------------------------------------------------------------------
+
+
+def json_safe(value: Any) -> Any:
+    """Plain Python values only; NaN and infinities become None."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        f = float(value)
+        return f if math.isfinite(f) else None
+    return value

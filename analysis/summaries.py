@@ -1,0 +1,479 @@
+"""Mergeable bucket state: what the worker counts per pair, and how buckets become a window.
+
+Everything is an additive counter in one Redis hash per (candidate, time bucket), so a
+window is the sum of its buckets and N workers leave exactly the state one would. Fields
+(user text is joined with SEP, never with ':' so labels and slice values cannot collide):
+
+    records, rows, agree            pair records, compared rows, agreeing rows
+    err:<kind>                      records per failure: primary (non-2xx), unparseable
+                                    primary, and the candidate's timeout / http_error /
+                                    error / unparseable / contract / model_load
+    fm SEP p SEP c                  flip matrix, primary label -> candidate label (ERR)
+    cp:i cc:i mp:i mc:i             100-bin histograms on [0, 1]: confidence, margin
+    cpn cps ccn ccs                 confidence count and sum (micro-units) per side
+    dn ds dss dpos dneg             paired delta conf_c - conf_p: n, sum, sum of squares
+                                    (micro-units, exact integers) and signs
+    nb:PC                           near-boundary 2x2 (margin < 0.1), P/C in {0, 1}
+    td:k fd:k                       rows / flips by the primary's confidence decile k
+    lp:i lc:i                       latency histograms on stats.log_latency_edges()
+    rn rbeyond rh:i / rs rss ras    regression rows, beyond tolerance, |d| histogram /
+                                    float sums of d, d^2, |d| (HINCRBYFLOAT)
+    s SEP f SEP v / sd ...          per-slice rows / disagreeing rows
+    q SEP f SEP v SEP g SEP w / qd  per pair of slice conditions (SliceLine level 2)
+    ct SEP kind                     contract differences per kind
+    la lb lc ld                     labelled pairs: both right, primary only, candidate
+                                    only, both wrong
+    trimmed bad deferred            entries trimmed before reading, undecodable records,
+                                    records whose candidate the worker ran itself
+
+Bound: a bucket holds at most about 460 fixed fields + 2 x 1,475 latency bins + the
+populated regression bins + (C + 2)^2 flip cells + 2 x sum_f (V_f + 1) slice fields
++ 2 x sum_{f<g} (V_f + 1)(V_g + 1) pair fields, where C and V_f are capped at
+analysis.slices.MAX_VALUES (50) by the admitted-value sets; and never more fields than a constant
+times the pairs it counted. Buckets expire after `worker.retention_hours`.
+
+Integer fields are exact whatever the batching. The regression sums are HINCRBYFLOAT
+(long double in Redis): equal across worker counts to about 1e-15 relative.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from analysis import stats
+from analysis.slices import OTHER
+
+if TYPE_CHECKING:
+    from analysis.adapters.base import Prediction
+
+SEP = "\x1f"
+ERR = "ERR"  # the error class of the flip matrix: a failed candidate is evidence
+CONF_BINS = 100
+MICRO = 1_000_000  # confidence sums and deltas are integers in micro-units
+NEAR_BOUNDARY = 0.1  # margin below this: the model barely chose
+DANGEROUS_DECILE = 9  # a flip where the primary had confidence >= 0.9
+
+# Output-derived slice features; ':' cannot appear in configured slice names.
+CLASS_FEATURE = "primary:class"
+CONFIDENCE_FEATURE = "primary:confidence"
+LABEL_FEATURE = "@label"  # admitted-set name for the flip matrix's classes
+
+LATENCY_EDGES = stats.log_latency_edges()
+DIFF_EDGES = stats.log_latency_edges(1e-9, 1e12, 0.01)
+_LATENCY_EDGES = LATENCY_EDGES.tolist()
+_DIFF_EDGES = DIFF_EDGES.tolist()
+CONF_EDGES = np.linspace(0.0, 1.0, CONF_BINS + 1)
+
+FLOAT_FIELDS = frozenset({"rs", "rss", "ras"})
+
+# Precomputed field names for the hot loop (avoid formatting a string per row).
+_CP = [f"cp:{i}" for i in range(CONF_BINS)]
+_CC = [f"cc:{i}" for i in range(CONF_BINS)]
+_MP = [f"mp:{i}" for i in range(CONF_BINS)]
+_MC = [f"mc:{i}" for i in range(CONF_BINS)]
+_TD = [f"td:{i}" for i in range(10)]
+_FD = [f"fd:{i}" for i in range(10)]
+_DECILE_NAMES = [f"{i / 10:.1f}-{(i + 1) / 10:.1f}" for i in range(10)]
+
+Fold = Callable[[str, str], str]
+
+
+@dataclass(slots=True)
+class PairEvidence:
+    """One pair record, understood: everything the summaries count about it.
+
+    `rows` holds the compared rows when the candidate answered (RowComparison from
+    analysis.compare); when it did not, `candidate_error` names why and every row of
+    `primary_rows` counts against the class ERR. `slice_rows` has one dict per row.
+    """
+
+    request_id: str
+    ts_ms: int
+    primary_ms: float
+    candidate_ms: float | None
+    primary_failure: str | None = None  # "primary" (non-2xx) or "unparseable"
+    candidate_error: str | None = None  # candidate outcome kind, or unparseable / contract
+    rows: Sequence[Any] = ()
+    primary_rows: Sequence[Prediction] = ()
+    contract_kinds: Sequence[str] = ()
+    slice_rows: Sequence[dict[str, str]] = ()
+    deferred: bool = False
+
+    @property
+    def n_rows(self) -> int:
+        """Compared rows this record contributes (0 when the primary failed)."""
+        if self.primary_failure is not None:
+            return 0
+        return len(self.primary_rows) if self.candidate_error else len(self.rows)
+
+    def row_agreement(self) -> list[bool]:
+        """Per-row agreement, ERR rows disagreeing."""
+        if self.primary_failure is not None:
+            return []
+        if self.candidate_error:
+            return [False] * len(self.primary_rows)
+        return [bool(r.agree) for r in self.rows]
+
+    def labels(self) -> tuple[str | None, str | None]:
+        """First row's (primary, candidate) labels; candidate None for ERR."""
+        if self.primary_failure is not None or not self.primary_rows:
+            return None, None
+        primary = self.primary_rows[0].label
+        if self.candidate_error or not self.rows:
+            return primary, None
+        return primary, self.rows[0].candidate.label
+
+
+def bucket_start(ts_ms: int, bucket_seconds: int) -> int:
+    """Epoch second at which the bucket holding `ts_ms` starts."""
+    seconds = ts_ms // 1000
+    return seconds - seconds % bucket_seconds
+
+
+def conf_bin(value: float) -> int:
+    """Bin of a probability on the fixed 100-bin grid (1.0 goes to the last bin)."""
+    index = int(value * CONF_BINS)
+    return 0 if index < 0 else (CONF_BINS - 1 if index >= CONF_BINS else index)
+
+
+def latency_bin(ms: float) -> int:
+    """Bin of a latency on the shared log-spaced edges (clipped at both ends)."""
+    index = bisect.bisect_right(_LATENCY_EDGES, ms) - 1
+    return min(max(index, 0), len(_LATENCY_EDGES) - 2)
+
+
+def diff_bin(abs_diff: float) -> int:
+    """Bin of a regression |difference| on log-spaced edges from 1e-9 (clipped)."""
+    index = bisect.bisect_right(_DIFF_EDGES, abs_diff) - 1
+    return min(max(index, 0), len(_DIFF_EDGES) - 2)
+
+
+def decile_name(decile: int) -> str:
+    """Slice value naming a confidence decile, e.g. '0.9-1.0'."""
+    return _DECILE_NAMES[decile]
+
+
+def slice_field(feature: str, value: str, disagree: bool = False) -> str:
+    """Hash field of a level-1 slice count."""
+    return f"{'sd' if disagree else 's'}{SEP}{feature}{SEP}{value}"
+
+
+class BucketDelta:
+    """Increments for one bucket: integers (HINCRBY) and floats (HINCRBYFLOAT)."""
+
+    __slots__ = ("floats", "ints")
+
+    def __init__(self) -> None:
+        self.ints: defaultdict[str, int] = defaultdict(int)
+        self.floats: defaultdict[str, float] = defaultdict(float)
+
+
+@dataclass
+class BatchDelta:
+    """A batch of evidence aggregated locally into per-bucket counter increments."""
+
+    bucket_seconds: int
+    buckets: dict[int, BucketDelta] = field(default_factory=dict)
+
+    def bucket(self, start: int) -> BucketDelta:
+        """The increments of one bucket, created on first use."""
+        delta = self.buckets.get(start)
+        if delta is None:
+            delta = self.buckets[start] = BucketDelta()
+        return delta
+
+    def add(self, ev: PairEvidence, fold: Fold) -> None:
+        """Count one record; `fold(feature, value)` maps values beyond the cap to OTHER."""
+        delta = self.bucket(bucket_start(ev.ts_ms, self.bucket_seconds))
+        ints = delta.ints
+        ints["records"] += 1
+        _count_record(ints, ev)
+        if ev.primary_failure is not None:
+            return
+        for kind in ev.contract_kinds:
+            ints[f"ct{SEP}{kind}"] += 1
+        if ev.candidate_error:
+            _count_error_rows(ints, ev, fold)
+        else:
+            _count_rows(delta, ev, fold)
+
+    def add_trimmed(self, count: int, now_s: float) -> None:
+        """Entries trimmed from the stream before any worker read them (counted, not lost)."""
+        self.bucket(bucket_start(int(now_s * 1000), self.bucket_seconds)).ints["trimmed"] += count
+
+    def add_bad(self, ts_ms: int) -> None:
+        """A stream entry that is not a pair record this version understands."""
+        self.bucket(bucket_start(ts_ms, self.bucket_seconds)).ints["bad"] += 1
+
+
+def _count_record(ints: defaultdict[str, int], ev: PairEvidence) -> None:
+    """Per-record counters: failures by kind and both latencies."""
+    if ev.deferred:
+        ints["deferred"] += 1
+    if ev.primary_failure is not None:
+        ints[f"err:{ev.primary_failure}"] += 1
+    elif ev.candidate_error:
+        ints[f"err:{ev.candidate_error}"] += 1
+    if ev.primary_ms > 0:
+        ints[f"lp:{latency_bin(ev.primary_ms)}"] += 1
+    if ev.candidate_ms is not None and ev.candidate_ms > 0:
+        ints[f"lc:{latency_bin(ev.candidate_ms)}"] += 1
+
+
+def slice_items(ev: PairEvidence, i: int, primary: Prediction, fold: Fold) -> list[tuple[str, str]]:
+    """Row i's (feature, folded value) pairs, output-derived ones included, sorted."""
+    items = [(f, fold(f, v)) for f, v in ev.slice_rows[i].items()] if ev.slice_rows else []
+    if primary.label is not None:
+        items.append((CLASS_FEATURE, fold(LABEL_FEATURE, primary.label)))
+    if primary.confidence is not None:
+        items.append((CONFIDENCE_FEATURE, _DECILE_NAMES[conf_bin(primary.confidence) // 10]))
+    items.sort()
+    return items
+
+
+def _count_slices(
+    ints: defaultdict[str, int], items: list[tuple[str, str]], disagree: bool
+) -> None:
+    """Level-1 and level-2 slice counters for one row."""
+    singles = [f"{f}{SEP}{v}" for f, v in items]
+    for name in singles:
+        ints["s" + SEP + name] += 1
+        if disagree:
+            ints["sd" + SEP + name] += 1
+    for i in range(len(singles) - 1):
+        for j in range(i + 1, len(singles)):
+            name = f"{singles[i]}{SEP}{singles[j]}"
+            ints["q" + SEP + name] += 1
+            if disagree:
+                ints["qd" + SEP + name] += 1
+
+
+def _count_primary_side(ints: defaultdict[str, int], p: Prediction, flipped: bool) -> int | None:
+    """Primary confidence counters; returns the margin-near flag (None if unknown)."""
+    conf = p.confidence
+    if conf is None:
+        return None
+    b = conf_bin(conf)
+    ints[_CP[b]] += 1
+    ints["cpn"] += 1
+    ints["cps"] += round(conf * MICRO)
+    decile = b // 10
+    ints[_TD[decile]] += 1
+    if flipped:
+        ints[_FD[decile]] += 1
+    if p.margin is None:
+        return None
+    ints[_MP[conf_bin(p.margin)]] += 1
+    return 1 if p.margin < NEAR_BOUNDARY else 0
+
+
+def _count_candidate_side(ints: defaultdict[str, int], c: Prediction) -> int | None:
+    """Candidate confidence counters; returns the margin-near flag (None if unknown)."""
+    conf = c.confidence
+    if conf is None:
+        return None
+    ints[_CC[conf_bin(conf)]] += 1
+    ints["ccn"] += 1
+    ints["ccs"] += round(conf * MICRO)
+    if c.margin is None:
+        return None
+    ints[_MC[conf_bin(c.margin)]] += 1
+    return 1 if c.margin < NEAR_BOUNDARY else 0
+
+
+def _count_delta(ints: defaultdict[str, int], p: Prediction, c: Prediction) -> None:
+    """Paired confidence delta in exact micro-unit integers, and its sign."""
+    if p.confidence is None or c.confidence is None:
+        return
+    d = round((c.confidence - p.confidence) * MICRO)
+    ints["dn"] += 1
+    ints["ds"] += d
+    ints["dss"] += d * d
+    if d > 0:
+        ints["dpos"] += 1
+    elif d < 0:
+        ints["dneg"] += 1
+
+
+def _count_regression(delta: BucketDelta, row: Any) -> None:
+    """Difference moments and |d| histogram for numeric outputs."""
+    d = row.diff
+    if d is None:
+        return
+    ints, floats = delta.ints, delta.floats
+    abs_d = abs(d)
+    ints["rn"] += 1
+    ints[f"rh:{diff_bin(abs_d)}"] += 1
+    if not row.agree:
+        ints["rbeyond"] += 1
+    floats["rs"] += d
+    floats["rss"] += d * d
+    floats["ras"] += abs_d
+
+
+def _count_rows(delta: BucketDelta, ev: PairEvidence, fold: Fold) -> None:
+    """Rows the candidate answered: agreement, flips, confidence, regression, slices."""
+    ints = delta.ints
+    for i, row in enumerate(ev.rows):
+        p, c = row.primary, row.candidate
+        agree = bool(row.agree)
+        ints["rows"] += 1
+        if agree:
+            ints["agree"] += 1
+        if p.label is not None:
+            clabel = fold(LABEL_FEATURE, c.label) if c.label is not None else ERR
+            ints[f"fm{SEP}{fold(LABEL_FEATURE, p.label)}{SEP}{clabel}"] += 1
+        near_p = _count_primary_side(ints, p, not agree)
+        near_c = _count_candidate_side(ints, c)
+        if near_p is not None and near_c is not None:
+            ints[f"nb:{near_p}{near_c}"] += 1
+        _count_delta(ints, p, c)
+        _count_regression(delta, row)
+        _count_slices(ints, slice_items(ev, i, p, fold), not agree)
+
+
+def _count_error_rows(ints: defaultdict[str, int], ev: PairEvidence, fold: Fold) -> None:
+    """The candidate gave no usable answer: every primary row flips to ERR."""
+    for i, p in enumerate(ev.primary_rows):
+        ints["rows"] += 1
+        if p.label is not None:
+            ints[f"fm{SEP}{fold(LABEL_FEATURE, p.label)}{SEP}{ERR}"] += 1
+        _count_primary_side(ints, p, True)
+        _count_slices(ints, slice_items(ev, i, p, fold), True)
+
+
+def fold_candidates(evidence: Iterable[PairEvidence]) -> dict[str, set[str]]:
+    """Every (feature -> raw values) the batch would count, for one admission round trip."""
+    wanted: dict[str, set[str]] = defaultdict(set)
+    for ev in evidence:
+        if ev.primary_failure is not None:
+            continue
+        for values in ev.slice_rows:
+            for f, v in values.items():
+                wanted[f].add(v)
+        for p in ev.primary_rows:
+            if p.label is not None:
+                wanted[LABEL_FEATURE].add(p.label)
+        for row in ev.rows:
+            if row.candidate.label is not None:
+                wanted[LABEL_FEATURE].add(row.candidate.label)
+    return wanted
+
+
+# --------------------------------------------------------------------------------------
+# Reading: buckets merged into a window
+# --------------------------------------------------------------------------------------
+
+
+def merge_raw(buckets: Iterable[dict[bytes, bytes]]) -> dict[str, float | int]:
+    """Sum HGETALL results field by field (ints exact; the few float fields as floats)."""
+    acc: dict[bytes, int] = {}
+    facc: dict[bytes, float] = {}
+    float_names = {f.encode() for f in FLOAT_FIELDS}
+    for raw in buckets:
+        for k, v in raw.items():
+            if k in float_names:
+                facc[k] = facc.get(k, 0.0) + float(v)
+            else:
+                acc[k] = acc.get(k, 0) + int(v)
+    merged: dict[str, float | int] = {k.decode(): v for k, v in acc.items()}
+    merged.update({k.decode(): v for k, v in facc.items()})
+    return merged
+
+
+class Summary:
+    """A merged window of counters, grouped for the report's questions."""
+
+    def __init__(self, counts: dict[str, float | int]) -> None:
+        self.counts = counts
+        self._groups: dict[str, dict[str, float | int]] = defaultdict(dict)
+        for name, value in counts.items():
+            kind, rest = _split_field(name)
+            if rest is not None:
+                self._groups[kind][rest] = value
+
+    def get(self, name: str) -> int:
+        """A scalar integer counter (0 when absent)."""
+        return int(self.counts.get(name, 0))
+
+    def getf(self, name: str) -> float:
+        """A scalar float counter (0.0 when absent)."""
+        return float(self.counts.get(name, 0.0))
+
+    def group(self, kind: str) -> dict[str, float | int]:
+        """Every field of one kind, keyed by the rest of its name."""
+        return self._groups.get(kind, {})
+
+    def hist(self, kind: str, bins: int) -> np.ndarray:
+        """A fixed-bin histogram (missing bins are zero)."""
+        out = np.zeros(bins, dtype=np.int64)
+        for index, value in self.group(kind).items():
+            i = int(index)
+            if 0 <= i < bins:
+                out[i] += int(value)
+        return out
+
+    def flip_matrix(self) -> tuple[list[str], np.ndarray]:
+        """Labels (most frequent first, OTHER then ERR last) and the count matrix."""
+        cells = {tuple(k.split(SEP, 1)): int(v) for k, v in self.group("fm").items()}
+        totals: dict[str, int] = defaultdict(int)
+        for (p, c), n in cells.items():
+            totals[p] += n
+            totals[c] += n
+        tail = [x for x in (OTHER, ERR) if x in totals]
+        head = sorted((x for x in totals if x not in (OTHER, ERR)), key=lambda x: (-totals[x], x))
+        labels = head + tail
+        index = {label: i for i, label in enumerate(labels)}
+        matrix = np.zeros((len(labels), len(labels)), dtype=np.int64)
+        for (p, c), n in cells.items():
+            matrix[index[p], index[c]] += n
+        return labels, matrix
+
+    def slices(self) -> list[dict[str, Any]]:
+        """Level-1 slices: [{slice, value, pairs, disagree}]."""
+        disagree = self.group("sd")
+        rows = []
+        for key, n in self.group("s").items():
+            feature, _, value = key.partition(SEP)
+            rows.append(
+                {
+                    "slice": feature,
+                    "value": value,
+                    "pairs": int(n),
+                    "disagree": int(disagree.get(key, 0)),
+                }
+            )
+        rows.sort(key=lambda r: (r["slice"], -r["pairs"], r["value"]))
+        return rows
+
+    def slice_pairs(self) -> list[dict[str, Any]]:
+        """Level-2 slices as discovery candidates: [{conditions, pairs, disagree}]."""
+        disagree = self.group("qd")
+        rows = []
+        for key, n in self.group("q").items():
+            f, v, g, w = key.split(SEP)
+            rows.append(
+                {
+                    "conditions": [[f, v], [g, w]],
+                    "pairs": int(n),
+                    "disagree": int(disagree.get(key, 0)),
+                }
+            )
+        return rows
+
+
+def _split_field(name: str) -> tuple[str, str | None]:
+    """'cp:17' -> ('cp', '17'); 'fm<SEP>a<SEP>b' -> ('fm', 'a<SEP>b'); 'rows' -> ('rows', None)."""
+    cut = name.find(SEP)
+    colon = name.find(":")
+    if cut < 0 or (0 <= colon < cut):
+        cut = colon
+    if cut < 0:
+        return name, None
+    return name[:cut], name[cut + 1 :]
