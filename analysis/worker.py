@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -54,6 +55,7 @@ from common.records import (
     RecordError,
 )
 from common.settings import Settings
+from common.store import default_socket_dir, resolve_redis_url
 
 log = logging.getLogger("shadowtrial.worker")
 
@@ -499,3 +501,38 @@ class Worker:
         done = self.processor.process(self.streams[key], entries)
         self.applied += done
         return done
+
+
+# -- the process ------------------------------------------------------------------------
+
+
+def serve_worker(settings: Settings, consumer: str | None = None) -> int:
+    """Run one worker until SIGTERM/SIGINT; the batch in hand is applied first. Exit code."""
+    url, server = resolve_redis_url(settings.redis.url)
+    client = redis.Redis.from_url(url, socket_keepalive=True, health_check_interval=30)
+    worker = Worker(client, settings, consumer=consumer)
+    previous = {
+        sig: signal.signal(sig, lambda *_: worker.stop()) for sig in (signal.SIGTERM, signal.SIGINT)
+    }
+    try:
+        worker.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        client.close()
+        if server is not None:
+            server.stop()
+    return 0
+
+
+def check_health(settings: Settings) -> bool:
+    """True when at least one worker refreshed its health key recently (for probes)."""
+    url = settings.redis.url or f"unix://{default_socket_dir() / 'redis.sock'}"
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        pattern = Keys(settings.redis.prefix).worker_health("*")
+        return next(iter(client.scan_iter(match=pattern, count=1000)), None) is not None
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()

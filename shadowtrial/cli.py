@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from common.errors import AdminError, ConfigError, ModelLoadError, ShadowtrialError
 
-COMMANDS: list[str] = ["serve"]
+COMMANDS: list[str] = ["serve", "worker"]
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2

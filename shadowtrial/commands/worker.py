@@ -1,0 +1,55 @@
+"""`shadowtrial worker`: run one comparison worker (start several for more throughput)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from shadowtrial.commands import add_config_option, load_config
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+
+
+def register(subparsers: Any) -> None:
+    """Add the `worker` subcommand."""
+    parser = subparsers.add_parser(
+        "worker",
+        help="run one comparison worker; start several for more throughput",
+        description="Read pair records from every candidate's stream (one consumer group), "
+        "compare both answers and add the evidence to the summaries in Redis, exactly once. "
+        "Stops cleanly on SIGTERM/SIGINT: the batch in hand is applied and acknowledged.",
+    )
+    add_config_option(parser)
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 0 if any worker reported itself healthy in the last "
+        "30 seconds, else 1 (for liveness probes)",
+    )
+    parser.add_argument(
+        "--id", default=None, metavar="NAME", help="consumer name (default: host-pid-random)"
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log level (default: info)",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check health, or work until a stop signal; returns the exit code."""
+    settings = load_config(args)
+    from analysis.worker import check_health, serve_worker
+
+    if args.check:
+        healthy = check_health(settings)
+        print("a worker is healthy" if healthy else "no healthy worker", file=sys.stderr)
+        return 0 if healthy else 1
+    logging.basicConfig(
+        level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr, force=True
+    )
+    return serve_worker(settings, consumer=args.id)
