@@ -73,6 +73,19 @@ class Keys:
         """Hash with the current and previous primary URL and a version counter."""
         return f"{self.prefix}:routing"
 
+    def registry_seeded(self) -> str:
+        """Set of config-file candidate names already seeded into the registry: a candidate
+        deleted at runtime is not brought back by the next restart."""
+        return f"{self.prefix}:registry:seeded"
+
+    def lock(self, name: str) -> str:
+        """A short-lived SET NX lock or lease (one replica acts: time-box ends, automation)."""
+        return f"{self.prefix}:lock:{name}"
+
+    def gate_passing(self) -> str:
+        """Hash candidate name -> epoch seconds since when its gate has passed (automation)."""
+        return f"{self.prefix}:gate:passing"
+
     def events(self) -> str:
         """Pub/sub channel announcing registry or routing changes to every replica."""
         return f"{self.prefix}:events"

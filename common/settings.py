@@ -8,11 +8,13 @@ the value, so `serve` and `worker` fail at start with one clear line.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +122,81 @@ def _cast_redis_url(key: str, value: Any) -> str | None:
     return text
 
 
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)", re.IGNORECASE)
+_DURATION_MAX_S = 100 * 365 * 86400
+_INSTANT_EXAMPLE = "e.g. 2030-01-31T18:00:00Z"
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str | float) -> float:
+    """Seconds in '30s', '15m', '1h30m', '2d' or a plain number of seconds (ValueError else).
+
+    One spelling for every duration a user types: report windows, trial lengths, gates.
+    """
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        seconds = float(text)
+    elif isinstance(text, str):
+        raw = text.strip().replace(" ", "")
+        try:
+            seconds = float(raw)
+        except ValueError:
+            parts = _DURATION_PART.findall(raw)
+            if not raw or "".join(n + u for n, u in parts).lower() != raw.lower():
+                raise ValueError(f"not a duration: {text!r} (examples: 30s, 15m, 1h, 2d)") from None
+            seconds = sum(float(n) * _DURATION_UNITS[u.lower()] for n, u in parts)
+    else:
+        raise ValueError(f"not a duration: {text!r} (examples: 30s, 15m, 1h, 2d)")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"a duration must be positive, got {text!r}")
+    if seconds > _DURATION_MAX_S:
+        raise ValueError(f"a duration must be at most 100 years, got {text!r}")
+    return seconds
+
+
+def parse_instant(value: str | datetime) -> datetime:
+    """An ISO 8601 time (or a TOML datetime) as an aware UTC datetime; naive means UTC."""
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(f"not an ISO 8601 time: {value!r} ({_INSTANT_EXAMPLE})") from None
+    else:
+        raise ValueError(f"not an ISO 8601 time: {value!r} ({_INSTANT_EXAMPLE})")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def format_instant(moment: datetime | float) -> str:
+    """UTC ISO 8601 with a Z, to the millisecond: how every time is written back."""
+    if not isinstance(moment, datetime):
+        moment = datetime.fromtimestamp(moment, UTC)
+    text = moment.astimezone(UTC).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
+
+
+def _cast_optional_duration(key: str, value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ConfigError(key, value, str(exc)) from None
+
+
+def _cast_optional_instant(key: str, value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, date) and not isinstance(value, datetime):
+        raise ConfigError(key, value, "expected a date and time, e.g. 2030-01-31T18:00:00Z")
+    try:
+        return format_instant(parse_instant(value))
+    except ValueError as exc:
+        raise ConfigError(key, value, str(exc)) from None
+
+
 def _choice(*allowed: str) -> Callable[[str, Any], str]:
     def cast(key: str, value: Any) -> str:
         text = _cast_str(key, value)
@@ -203,6 +280,11 @@ class AdminSettings:
 
     token_env: str = _setting("SHADOWTRIAL_ADMIN_TOKEN", _cast_str)
     open_reads: bool = _setting(True, _cast_bool)
+    # Every replica re-reads the registry this often, so a missed pub/sub message heals
+    # well within the one second a change may take to reach every replica.
+    sync_ms: int = _setting(500, _at_least(_cast_int, 10))
+    # The audit stream of decisions keeps about this many entries.
+    audit_max: int = _setting(10_000, _at_least(_cast_int, 10))
 
     def token(self) -> str | None:
         """The configured bearer token, read from the environment at call time."""
@@ -251,6 +333,11 @@ class GateSettings:
     max_accuracy_loss: float = _setting(0.01, _fraction)
     auto_reject: bool = _setting(False, _cast_bool)
     auto_promote_after_s: int = _setting(0, _at_least(_cast_int, 0))
+    # The evidence a promotion is judged on: the last `window` ("6h"), or, unset, the
+    # candidate's whole trial so far.
+    window: float | None = _setting(None, _cast_optional_duration)
+    # How often the automation (auto_reject / auto_promote_after_s) re-evaluates the gate.
+    check_interval_s: float = _setting(10.0, _at_least(_cast_float, 0.05))
 
 
 @dataclass(frozen=True)
@@ -268,6 +355,10 @@ class CandidateSettings:
     role: str = _setting("candidate", _choice("candidate", "secondary"))
     threads: int = _setting(2, _at_least(_cast_int, 1))
     queue: int = _setting(64, _at_least(_cast_int, 1))
+    # A time-boxed trial: mirroring stops at `ends_at` (ISO 8601, stored as UTC text) or
+    # `duration` seconds ("2h" in TOML) after the candidate was first registered.
+    ends_at: str | None = _setting(None, _cast_optional_instant)
+    duration: float | None = _setting(None, _cast_optional_duration)
 
 
 @dataclass(frozen=True)
@@ -366,6 +457,8 @@ def _check_candidates(candidates: tuple[CandidateSettings, ...]) -> None:
         seen.add(cand.name)
         if (cand.url is None) == (cand.onnx is None):
             raise ConfigError(f"{where}", cand.name, "set exactly one of url or onnx")
+        if cand.ends_at is not None and cand.duration is not None:
+            raise ConfigError(f"{where}", cand.name, "set at most one of ends_at or duration")
 
 
 def _check_slices(slices: tuple[SliceSettings, ...]) -> None:
@@ -396,6 +489,13 @@ def settings_from_mapping(
     _check_candidates(lists["candidates"])
     _check_slices(lists["slices"])
     return Settings(**sections, **lists)
+
+
+def candidate_from_mapping(raw: Mapping[str, Any], where: str = "candidate") -> CandidateSettings:
+    """One candidate validated by the config file's rules (the admin API registers them)."""
+    cand = _build(CandidateSettings, raw, where)
+    _check_candidates((cand,))
+    return cand
 
 
 def load_settings(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Settings:
