@@ -7,7 +7,9 @@ from collections.abc import Iterable, Sequence
 import orjson
 import redis
 
+from analysis.worker import Worker
 from common.records import OUTCOME_OK, PairRecord
+from common.settings import Settings, settings_from_mapping
 
 CLASSES = ("setosa", "versicolor", "virginica")
 TS0 = 1_700_000_000_000  # a fixed arrival time (ms), start of a minute bucket
@@ -19,14 +21,26 @@ def oip_request(country: str, rows: int = 1, tenant: str = "acme") -> bytes:
         {
             "parameters": {"tenant": tenant},
             "inputs": [
-                {"name": "features", "shape": [rows, 2], "datatype": "FP32", "data": [5.1, 3.5] * rows},
-                {"name": "country", "shape": [rows, 1], "datatype": "BYTES", "data": [country] * rows},
+                {
+                    "name": "features",
+                    "shape": [rows, 2],
+                    "datatype": "FP32",
+                    "data": [5.1, 3.5] * rows,
+                },
+                {
+                    "name": "country",
+                    "shape": [rows, 1],
+                    "datatype": "BYTES",
+                    "data": [country] * rows,
+                },
             ],
         }
     )
 
 
-def oip_answer(probs: Sequence[Sequence[float]], classes: Sequence[str] = CLASSES, name: str = "predict_proba") -> bytes:
+def oip_answer(
+    probs: Sequence[Sequence[float]], classes: Sequence[str] = CLASSES, name: str = "predict_proba"
+) -> bytes:
     """An OIP-v2 answer: a label tensor and a probability tensor, one row per input row."""
     labels = [classes[max(range(len(p)), key=p.__getitem__)] for p in probs]
     return orjson.dumps(
@@ -83,7 +97,9 @@ def record(
     )
 
 
-def write(client: redis.Redis, stream: str, records: Iterable[PairRecord], chunk: int = 2000) -> int:
+def write(
+    client: redis.Redis, stream: str, records: Iterable[PairRecord], chunk: int = 2000
+) -> int:
     """XADD records with a pipeline; returns how many were written."""
     pipe = client.pipeline(transaction=False)
     n = 0
@@ -94,3 +110,26 @@ def write(client: redis.Redis, stream: str, records: Iterable[PairRecord], chunk
             pipe.execute()
     pipe.execute()
     return n
+
+
+def settings(prefix: str, **worker: object) -> Settings:
+    """Settings for worker tests: candidate v2, slices country (per row) and tenant (header)."""
+    raw = {
+        "redis": {"prefix": prefix},
+        "worker": {"block_ms": 10, **worker},
+        "candidates": [{"name": "v2", "url": "http://127.0.0.1:9"}],
+        "slices": [
+            {"name": "country", "from": "$.inputs[1].data[*]"},
+            {"name": "tenant", "from": "header:x-tenant"},
+        ],
+    }
+    return settings_from_mapping(raw, environ={})
+
+
+def drain(worker: Worker) -> int:
+    """Apply everything new in the worker's streams; returns the entries applied."""
+    worker.discover()
+    total = 0
+    while done := worker.read_new(block=False):
+        total += done
+    return total
