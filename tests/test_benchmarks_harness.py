@@ -325,3 +325,37 @@ def test_metrics_excerpt_keeps_nonzero_mirror_counters_only() -> None:
     )
     picked = [line for line in text.splitlines() if report._interesting(line)]
     assert picked == ['shadowtrial_mirror_outcomes_total{candidate="slow",outcome="shed"} 3806.0']
+
+
+openloop = _load("proxybench.openloop")
+
+
+def test_openloop_frames_answers_by_content_length_or_chunks() -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\ncontent-length: 199"
+    assert openloop.response_length(head) == (200, 199)
+    chunked = b"HTTP/1.1 502 Bad Gateway\r\nTransfer-Encoding: chunked"
+    assert openloop.response_length(chunked) == (502, -1)
+    assert openloop.response_length(b"HTTP/1.1 204 No Content\r\nX-A: b") == (204, 0)
+    assert openloop.chunked_complete(b"5\r\nhello\r\n0\r\n\r\n")
+    assert not openloop.chunked_complete(b"5\r\nhello\r\n")
+
+
+def test_openloop_summary_counts_errors_and_reports_lateness() -> None:
+    tally = openloop.Tally(latencies=[0.001, 0.002, 0.010], lags=[0.0, 0.0, 0.006], non_2xx=1)
+    tally.failed = 2
+    s = openloop.summary(tally, rate=100.0, duration=1.0)
+    assert (s["ok"], s["errors"]) == (2, 3)
+    assert s["p50_ms"] == pytest.approx(2.0) and s["lag_p99_ms"] == pytest.approx(6.0)
+
+
+def test_rate_targets_are_void_when_the_generator_fell_behind() -> None:
+    full, off, slow = plan_mod.full(2), plan_mod.off(2), plan_mod.slow(2)
+    rows = [
+        {**_row(name, 0, 0, 0, p99=p99), "lag_p99_ms": 40.0}
+        for name, p99 in ((off, 10.0), (full, 11.0), (slow, 11.0))
+    ]
+    verdicts = [t.verdict for t in report.rate_targets(rows, 2)]
+    assert verdicts == ["n/a (load generator late by 40 ms)"] * 2
+    for row in rows:
+        row["lag_p99_ms"] = 1.0
+    assert [t.verdict for t in report.rate_targets(rows, 2)] == ["PASS", "PASS"]

@@ -117,10 +117,13 @@ class Target:
     at_least: bool  # True: value >= limit passes; False: value <= limit passes
     stretch: float | None = None
     unit: str = "x"
+    void: str | None = None  # why the measurement cannot be judged (verdict n/a)
 
     @property
     def verdict(self) -> str:
-        """PASS / MISS, or n/a when the value could not be measured."""
+        """PASS / MISS, or n/a when the value could not be measured or judged."""
+        if self.void is not None:
+            return f"n/a ({self.void})"
         if math.isnan(self.value):
             return "n/a"
         ok = self.value >= self.limit if self.at_least else self.value <= self.limit
