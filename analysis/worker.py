@@ -55,7 +55,7 @@ from common.records import (
     RecordError,
 )
 from common.settings import Settings
-from common.store import default_socket_dir, resolve_redis_url
+from common.store import resolve_redis_url
 
 log = logging.getLogger("shadowtrial.worker")
 
@@ -499,7 +499,10 @@ class Worker:
     def _apply(self, stream: Any, entries: Sequence[tuple[Any, Any]]) -> int:
         key = stream.decode() if isinstance(stream, bytes) else stream
         done = self.processor.process(self.streams[key], entries)
+        first = self.applied == 0 and done > 0
         self.applied += done
+        if first:
+            self.heartbeat()  # say "applying" at once, not at the next heartbeat
         return done
 
 
@@ -509,7 +512,7 @@ class Worker:
 def serve_worker(settings: Settings, consumer: str | None = None) -> int:
     """Run one worker until SIGTERM/SIGINT; the batch in hand is applied first. Exit code."""
     url, server = resolve_redis_url(settings.redis.url)
-    client = redis.Redis.from_url(url, socket_keepalive=True, health_check_interval=30)
+    client = redis.Redis.from_url(url, health_check_interval=30)
     worker = Worker(client, settings, consumer=consumer)
     previous = {
         sig: signal.signal(sig, lambda *_: worker.stop()) for sig in (signal.SIGTERM, signal.SIGINT)
@@ -523,16 +526,3 @@ def serve_worker(settings: Settings, consumer: str | None = None) -> int:
         if server is not None:
             server.stop()
     return 0
-
-
-def check_health(settings: Settings) -> bool:
-    """True when at least one worker refreshed its health key recently (for probes)."""
-    url = settings.redis.url or f"unix://{default_socket_dir() / 'redis.sock'}"
-    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
-    try:
-        pattern = Keys(settings.redis.prefix).worker_health("*")
-        return next(iter(client.scan_iter(match=pattern, count=1000)), None) is not None
-    except (redis.RedisError, OSError):
-        return False
-    finally:
-        client.close()

@@ -7,6 +7,7 @@ import logging
 import sys
 from typing import Any
 
+from common.settings import Settings
 from shadowtrial.commands import add_config_option, load_config
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
@@ -43,13 +44,34 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Check health, or work until a stop signal; returns the exit code."""
     settings = load_config(args)
-    from analysis.worker import check_health, serve_worker
-
     if args.check:
         healthy = check_health(settings)
         print("a worker is healthy" if healthy else "no healthy worker", file=sys.stderr)
         return 0 if healthy else 1
+    from analysis.worker import serve_worker
+
     logging.basicConfig(
         level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr, force=True
     )
     return serve_worker(settings, consumer=args.id)
+
+
+def check_health(settings: Settings) -> bool:
+    """True when a worker refreshed its health key within WORKER_HEALTH_TTL_S (arq-style).
+
+    Imports only redis: probes run often and must be quick. Never starts a Redis.
+    """
+    import redis
+
+    from common.keys import Keys
+    from common.store import default_socket_dir
+
+    url = settings.redis.url or f"unix://{default_socket_dir() / 'redis.sock'}"
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        pattern = Keys(settings.redis.prefix).worker_health("*")
+        return next(iter(client.scan_iter(match=pattern, count=1000)), None) is not None
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
