@@ -7,7 +7,7 @@ the mirror path turns failures into counters and pair records, never into except
 
 Runners:
 - `HttpCandidate`: the same method, path, query, headers (hop-by-hop removed) and body,
-  sent to the candidate's base URL with aiohttp, under the candidate's own timeout.
+  sent to the candidate's base URL (proxy.http1), under the candidate's own timeout.
 - `DeferredCandidate`: `onnx = ...` with `run = "worker"`. Returns `deferred` at once
   without doing any work; the comparison worker runs the model later from the record.
 - `proxy.onnx_runner.OnnxCandidate(settings)`: `onnx = ...` with `run = "proxy"`; runs the
@@ -20,8 +20,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-import aiohttp
-
 from common.errors import ModelLoadError
 from common.records import (
     OUTCOME_DEFERRED,
@@ -31,6 +29,7 @@ from common.records import (
     OUTCOME_TIMEOUT,
 )
 from common.settings import CandidateSettings, Settings
+from proxy.http1 import Http1Client, ProtocolError
 
 
 @dataclass(slots=True)
@@ -92,10 +91,10 @@ class CandidateRunner(Protocol):
 
 @dataclass
 class HttpCandidate:
-    """A candidate reached over HTTP at `url`; owns a connection pool of its own.
+    """A candidate reached over HTTP at `url`, through a keep-alive pool of its own.
 
     A separate pool keeps a hanging candidate from ever taking connections the primary
-    needs. The session is created on first use, inside the running event loop.
+    needs; the lean client (proxy.http1) keeps a mirror about as cheap as it can be.
     """
 
     name: str
@@ -104,64 +103,37 @@ class HttpCandidate:
     role: str = "candidate"
     max_body: int = 1_048_576
     pool_size: int = 256
-    _session: aiohttp.ClientSession | None = field(default=None, repr=False)
+    _client: Http1Client | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        self._timeout = aiohttp.ClientTimeout(total=self.timeout_ms / 1000)
-
-    def _open(self) -> aiohttp.ClientSession:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.pool_size, limit_per_host=0),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
-            timeout=self._timeout,
-        )
-        return self._session
+        self._timeout_s = self.timeout_ms / 1000
+        self._client = Http1Client(self.url, self.max_body, self.pool_size)
 
     async def run(self, request: MirrorRequest) -> CandidateResult:
         """Send the request; classify whatever happens into an outcome."""
-        session = self._session or self._open()
-        url = self.url + request.path
-        if request.query:
-            url = f"{url}?{request.query}"
+        assert self._client is not None
+        target = f"{request.path}?{request.query}" if request.query else request.path
         start = time.perf_counter()
         try:
-            status, body, ctype = await self._exchange(session, url, request)
+            answer = await self._client.request(
+                request.method, target, request.headers, request.body, self._timeout_s
+            )
         except TimeoutError:
             return _failed(OUTCOME_TIMEOUT, f"no answer within {self.timeout_ms} ms", start)
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
+        except (OSError, ProtocolError, ValueError) as exc:
             return _failed(OUTCOME_ERROR, f"{type(exc).__name__}: {exc}"[:500], start)
         elapsed = (time.perf_counter() - start) * 1000
+        status = answer.status
         if 200 <= status < 300:
-            return CandidateResult(OUTCOME_OK, status, body, ctype, elapsed)
-        return CandidateResult(OUTCOME_HTTP_ERROR, status, body, ctype, elapsed, f"HTTP {status}")
-
-    async def _exchange(
-        self, session: aiohttp.ClientSession, url: str, request: MirrorRequest
-    ) -> tuple[int, bytes, str]:
-        resp = await session.request(
-            request.method,
-            url,
-            headers=request.headers,
-            data=request.body or None,
-            allow_redirects=False,
+            return CandidateResult(OUTCOME_OK, status, answer.body, answer.content_type, elapsed)
+        return CandidateResult(
+            OUTCOME_HTTP_ERROR, status, answer.body, answer.content_type, elapsed, f"HTTP {status}"
         )
-        try:
-            body = await read_capped(resp.content, self.max_body)
-        finally:
-            # A body cut at max_body leaves unread bytes: that connection cannot be reused.
-            if resp.content.at_eof():
-                resp.release()
-            else:
-                resp.close()
-        return resp.status, body, resp.headers.get("Content-Type", "")
 
     async def close(self) -> None:
-        """Close the connection pool."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Close the idle connections."""
+        if self._client is not None:
+            await self._client.close()
 
 
 @dataclass
@@ -177,20 +149,6 @@ class DeferredCandidate:
 
     async def close(self) -> None:
         """Nothing to release."""
-
-
-async def read_capped(content: aiohttp.StreamReader, limit: int) -> bytes:
-    """Read a body, keeping at most `limit` bytes (the rest is not read)."""
-    parts: list[bytes] = []
-    size = 0
-    while size <= limit:
-        chunk = await content.readany()
-        if not chunk:
-            break
-        parts.append(chunk)
-        size += len(chunk)
-    body = parts[0] if len(parts) == 1 else b"".join(parts)
-    return body[:limit] if size > limit else body
 
 
 def _failed(outcome: str, error: str, start: float) -> CandidateResult:

@@ -8,9 +8,9 @@
   of a 30% one, and every replica decides alike.
 - Bounded: at most `proxy.mirror_concurrency` mirrors in flight (sent and not yet handed
   to capture); beyond it new mirrors are shed and counted.
-- Detached: one task per sampled request runs its candidates, then waits for the
-  primary's answer and hands one pair record per candidate to capture. The client's
-  response never waits for it.
+- Detached: one task per sampled request runs its candidates; each, once it and the
+  primary are done, hands its pair record to capture and frees its slot. The client's
+  response never waits for any of it.
 """
 
 from __future__ import annotations
@@ -141,23 +141,31 @@ class Mirror:
         primary: asyncio.Future[PrimaryAnswer],
         arrival_s: float,
     ) -> None:
+        if len(targets) == 1:
+            await self._run_target(targets[0], request, primary, arrival_s)
+        else:  # each candidate ends on its own: a slow one never holds the others' slots
+            await asyncio.gather(
+                *(self._run_target(t, request, primary, arrival_s) for t in targets)
+            )
+
+    async def _run_target(
+        self,
+        target: MirrorTarget,
+        request: MirrorRequest,
+        primary: asyncio.Future[PrimaryAnswer],
+        arrival_s: float,
+    ) -> None:
         try:
-            if len(targets) == 1:
-                results = [await _run_one(targets[0], request)]
-            else:
-                results = await asyncio.gather(*(_run_one(t, request) for t in targets))
+            result = await _run_one(target, request)
             answer = await primary
         except asyncio.CancelledError:
             # Only at shutdown, past the drain timeout: still one outcome per sampled mirror.
-            for target in targets:
-                self._metrics.mirror_outcome(target.name, OUTCOME_ERROR)
+            self._metrics.mirror_outcome(target.name, OUTCOME_ERROR)
             raise
         finally:
-            self.in_flight -= len(targets)
-            for target in targets:
-                self._metrics.in_flight(target.name, -1)
-        for target, result in zip(targets, results, strict=True):
-            self._finish(target, request, answer, result, arrival_s)
+            self.in_flight -= 1
+            self._metrics.in_flight(target.name, -1)
+        self._finish(target, request, answer, result, arrival_s)
 
     def _finish(
         self,

@@ -123,7 +123,10 @@ def test_failing_candidates_change_neither_answer_nor_latency(
         ]
         plain = stack.enter_context(running_proxy(proxy_settings(primary[1]), redis_url))
         shadow = stack.enter_context(
-            running_proxy(proxy_settings(primary[1], candidates, prefix=prefix), redis_url)
+            running_proxy(
+                proxy_settings(primary[1], candidates, prefix=prefix, mirror_concurrency=4096),
+                redis_url,
+            )
         )
         n = 60
         with httpx.Client(timeout=10) as client:
@@ -369,3 +372,27 @@ def test_proxy_code_never_imports_analysis() -> None:
             elif isinstance(node, ast.ImportFrom):
                 names = [node.module or ""]
             assert not any(n == "analysis" or n.startswith("analysis.") for n in names), path
+
+
+def test_a_hanging_candidate_does_not_hold_back_the_others(
+    primary: tuple[Primary, str], redis_url: str, prefix: str, client: httpx.Client
+) -> None:
+    gate = Gate()
+    with serve_app(Candidate(gate=gate)) as stuck, serve_app(Candidate()) as fast:
+        try:
+            candidates = [
+                {"name": "stuck", "url": stuck, "timeout_ms": 30_000},
+                {"name": "fast", "url": fast},
+            ]
+            settings = proxy_settings(primary[1], candidates, prefix=prefix)
+            with running_proxy(settings, redis_url) as px:
+                client.post(px.url + "/json", content=b"{}")
+                # Recorded and its slot freed while the other candidate is still stuck.
+                wait_until(lambda: px.captured("fast", "recorded") == 1, what="fast recorded")
+                assert px.value("shadowtrial_mirrors_in_flight", candidate="fast") == 0
+                assert px.value("shadowtrial_mirrors_in_flight", candidate="stuck") == 1
+                assert px.app.mirror.in_flight == 1
+                gate.open()
+                wait_until(lambda: px.captured("stuck", "recorded") == 1, what="stuck recorded")
+        finally:
+            gate.open()
