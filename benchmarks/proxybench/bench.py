@@ -148,7 +148,10 @@ class Bench:
                 "PRIMARY_PORT": self.ports["primary"],
                 "MIRROR_CONCURRENCY": self.plan.mirror_concurrency,
                 "REDIS_URL": self.redis_url,
-                "REDIS_PREFIX": self.prefix,
+                # One prefix per instance: instances sharing a prefix are replicas of one
+                # deployment and share its candidate registry (a config without candidates
+                # would then mirror to another instance's candidate).
+                "REDIS_PREFIX": f"{self.prefix}-{name.removeprefix('shadowtrial-')}",
                 "MAX_PAIRS": MAX_PAIRS,
             },
             candidate,
@@ -405,16 +408,17 @@ class Bench:
             try:
                 self.captured = delete_prefix(self.redis_url, self.prefix)
             except redis.RedisError as exc:
-                log(f"could not delete Redis keys {self.prefix}:*: {exc}")
+                log(f"could not delete Redis keys {self.prefix}*: {exc}")
         self.procs.stop_all()
 
 
 def delete_prefix(url: str, prefix: str) -> dict[str, int]:
-    """Delete every key under `prefix:`; return the length of each stream found first."""
+    """Delete every key starting with `prefix` (random per run: nothing else has it);
+    return the length of each stream found first."""
     client = redis.Redis.from_url(url)
     lengths: dict[str, int] = {}
     try:
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
         for key in keys:
             if client.type(key) == b"stream":
                 lengths[key.decode()] = int(client.xlen(key))
