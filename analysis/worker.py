@@ -35,6 +35,7 @@ from analysis.adapters.base import UnparseableOutput
 from analysis.apply_script import Admission, Applier, BatchExtras
 from analysis.compare import compare_outputs
 from analysis.feedback import join_value
+from analysis.jsonpath import compile_path
 from analysis.slices import SliceExtractor
 from analysis.summaries import (
     BatchDelta,
@@ -90,6 +91,12 @@ class Evaluator:
         self.outputs = settings.outputs
         self.extractor = SliceExtractor(settings.slices)
         self.has_slices = bool(settings.slices)
+        # Decode the request, and split it into rows, only when some slice reads them.
+        paths = [
+            compile_path(s.source) for s in settings.slices if not s.source.startswith("header:")
+        ]
+        self.needs_json = bool(paths)
+        self.needs_rows = any(not p.has_wildcard for p in paths)
 
     def evaluate(self, item: Item, deferred: bool = False) -> None:
         """Fill `item.evidence` (and its diagnostics) from `item.record`."""
@@ -133,11 +140,15 @@ class Evaluator:
             ev.rows = comparison.rows
 
     def _slices(self, rec: PairRecord, n_rows: int) -> list[dict[str, str]]:
-        try:
-            request = orjson.loads(rec.request_body) if rec.request_body else None
-        except orjson.JSONDecodeError:
-            request = None
-        rows = self.adapter.rows_from_json(request) if request is not None else []
+        request = None
+        if self.needs_json and rec.request_body:
+            try:
+                request = orjson.loads(rec.request_body)
+            except orjson.JSONDecodeError:
+                request = None
+        rows = (
+            self.adapter.rows_from_json(request) if self.needs_rows and request is not None else []
+        )
         return self.extractor.row_values(rows, request, rec.headers, n_rows)
 
 
