@@ -8,13 +8,19 @@ script tag, to check that pages show it as text.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import redis
+import redis.asyncio as aredis
+from starlette.applications import Starlette
 
 from analysis.feedback import record_feedback
+from analysis.ui import ui_routes
 from analysis.worker import Worker
 from common.keys import Keys
 from common.records import OUTCOME_TIMEOUT
@@ -134,3 +140,47 @@ def seed_trial(
         if i < labelled * n:
             record_feedback(client, keys, rid, label)
     return Trial(settings=settings, name=name, pairs=n, now=now)
+
+
+@dataclass
+class PageContext:
+    """The duck-typed context `analysis.ui.ui_routes` needs, over a real Redis."""
+
+    settings: Settings
+    keys: Keys
+    redis: Any  # redis.asyncio.Redis, used on the serving loop only
+    entries: list[dict[str, Any]]
+    redis_url: str | None = None
+
+    async def candidates(self) -> list[dict[str, Any]]:
+        return [dict(e) for e in self.entries]
+
+
+def entry(name: str, state: str = "active", url: str = "http://127.0.0.1:8002") -> dict[str, Any]:
+    """A registry entry as proxy.registry lists it."""
+    return {"name": name, "url": url, "onnx": None, "sample": 1.0, "timeout_ms": 2000,
+            "role": "candidate", "state": state, "ends_at": None}  # fmt: skip
+
+
+def page_context(
+    settings: Settings, redis_url: str, entries: list[dict[str, Any]], with_url: bool = True
+) -> PageContext:
+    """A context on `redis_url`; `with_url=False` makes the UI derive its sync client."""
+    return PageContext(
+        settings=settings,
+        keys=Keys(settings.redis.prefix),
+        redis=aredis.Redis.from_url(redis_url),
+        entries=entries,
+        redis_url=redis_url if with_url else None,
+    )
+
+
+def ui_app(ctx: PageContext) -> Starlette:
+    """The UI routes alone, closing the context's async client when the server stops."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await ctx.redis.aclose()
+
+    return Starlette(routes=ui_routes(ctx), lifespan=lifespan)

@@ -3,10 +3,13 @@
 `ui_routes(context)` returns Starlette routes the admin app mounts next to its own. The
 context is duck-typed: `settings` (common.settings.Settings), `keys` (common.keys.Keys),
 `redis` (a redis.asyncio client) and `async candidates() -> list[dict]` (registry entries:
-name, url or onnx, sample, timeout_ms, role, state, ends_at). Reports are built by the
-synchronous `analysis.report.build_report` in a worker thread, on a synchronous client
-of the same server: from `context.redis_url` when the context has one (ProxyApp does),
-else `settings.redis.url`, else rebuilt from the async client's connection settings.
+name, url or onnx, sample, timeout_ms, role, state, ends_at). When the context also has
+`async report(name, window_s) -> dict` (proxy.admin.AdminContext does), reports come from
+it; otherwise the synchronous `analysis.report.build_report` runs in a worker thread on
+a synchronous client of the same server: from `context.redis_url` when the context has
+one, else `settings.redis.url`, else rebuilt from the async client's connection settings.
+Candidates with evidence but no registry entry (a replay's target) are listed too, as
+"unregistered".
 
 Pages are rendered on the server (jinja2, autoescape on; charts are SVG strings from
 analysis.ui.charts, which escape their own text), served with a Content-Security-Policy
@@ -16,7 +19,6 @@ that allows only this origin's script and style, so a value from traffic can nev
 from __future__ import annotations
 
 import asyncio
-import re
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -34,14 +36,12 @@ from analysis.series import agreement_points
 from analysis.ui import charts, present
 from common.errors import ShadowtrialError, StoreError
 from common.keys import Keys
-from common.settings import Settings
+from common.settings import Settings, parse_duration
 
 HERE = Path(__file__).parent
 DEFAULT_WINDOW = "1h"
 WINDOWS = ("15m", "1h", "6h", "24h", "7d")
 REFRESH_S = 5
-_WINDOW_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -56,14 +56,6 @@ class UiContext(Protocol):
     redis: Any
 
     async def candidates(self) -> list[dict[str, Any]]: ...
-
-
-def parse_window(text: str) -> float:
-    """'15m' -> 900.0; a bare number is seconds. Raises ValueError on anything else."""
-    match = _WINDOW_RE.match(text or "")
-    if not match or float(match.group(1)) <= 0:
-        raise ValueError(f"window {text!r}: expected a duration such as 15m, 1h, 6h, 7d")
-    return float(match.group(1)) * _UNITS[match.group(2)]
 
 
 def sync_redis(context: Any) -> redis.Redis:
@@ -109,14 +101,20 @@ class Pages:
         return self._client
 
     async def report(self, name: str, window_s: float) -> dict[str, Any]:
-        """The candidate's report, built off the event loop."""
+        """The candidate's report, built off the event loop (by the context, if it can)."""
         ctx = self.context
-        return await asyncio.to_thread(
-            build_report, self.client, ctx.keys, ctx.settings, name, window_s
-        )
+        if callable(getattr(ctx, "report", None)):
+            return await ctx.report(name, window_s)
+        try:
+            return await asyncio.to_thread(
+                build_report, self.client, ctx.keys, ctx.settings, name, window_s
+            )
+        except redis.RedisError as exc:
+            raise StoreError(f"cannot build the report of {name}: {exc}") from exc
 
     def render(self, request: Request, template: str, status: int = 200, **values: Any) -> Response:
         root = request.scope.get("root_path", "")
+        values.setdefault("window", DEFAULT_WINDOW)
         html = self.env.get_template(template).render(
             static=f"{root}/ui/static", root=root, refresh_s=REFRESH_S, windows=WINDOWS, **values
         )
@@ -128,14 +126,19 @@ class Pages:
 
     # -- pages --
 
+    def _window(self, request: Request) -> tuple[str, float]:
+        """The `?window=` text and its seconds; ValueError names a bad one."""
+        text = request.query_params.get("window", DEFAULT_WINDOW)
+        return text, parse_duration(text)
+
     async def overview(self, request: Request) -> Response:
-        window = request.query_params.get("window", DEFAULT_WINDOW)
         try:
-            window_s = parse_window(window)
-            entries = await self._entries()
-            reports = await asyncio.gather(*(self.report(e["name"], window_s) for e in entries))
+            window, window_s = self._window(request)
         except ValueError as exc:
             return self.error(request, 400, "Bad window", str(exc))
+        try:
+            entries = await self._entries()
+            reports = await asyncio.gather(*(self.report(e["name"], window_s) for e in entries))
         except ShadowtrialError as exc:
             return self.error(request, 503, "Evidence unavailable", str(exc))
         rows = [present.overview_row(e, r) for e, r in zip(entries, reports, strict=True)]
@@ -143,15 +146,15 @@ class Pages:
 
     async def candidate(self, request: Request) -> Response:
         name = request.path_params["name"]
-        window = request.query_params.get("window", DEFAULT_WINDOW)
         try:
-            window_s = parse_window(window)
+            window, window_s = self._window(request)
+        except ValueError as exc:
+            return self.error(request, 400, "Bad window", str(exc))
+        try:
             entry = await self._entry(name)
             if entry is None:
                 return self.error(request, 404, "No such candidate", f"{name!r} is not known")
             report = await self.report(name, window_s)
-        except ValueError as exc:
-            return self.error(request, 400, "Bad window", str(exc))
         except ShadowtrialError as exc:
             return self.error(request, 503, "Evidence unavailable", str(exc))
         root = request.scope.get("root_path", "")
@@ -190,7 +193,7 @@ class Pages:
         try:
             entries = list(await self.context.candidates())
             seen = await self.context.redis.hgetall(self.context.keys.candidates_seen())
-        except redis.RedisError as exc:
+        except (redis.RedisError, OSError) as exc:
             raise StoreError(f"cannot read the candidates: {exc}") from exc
         known = {e["name"] for e in entries}
         for raw_name, raw_role in sorted(seen.items()):
