@@ -99,8 +99,10 @@ def _configs(app: object, admin: object, grace_s: float) -> tuple[uvicorn.Config
     return data, admin_cfg
 
 
-async def serve_process(settings: Settings, redis_url: str, reuse_port: bool) -> None:
-    """Run both ports of one process until SIGTERM/SIGINT (or the parent going away)."""
+async def serve_process(
+    settings: Settings, redis_url: str, reuse_port: bool, parent: int | None = None
+) -> None:
+    """Run both ports of one process until SIGTERM/SIGINT (or process `parent` exits)."""
     from proxy.app import create_app
 
     data_sock = bind(settings.proxy.listen, reuse_port)
@@ -111,12 +113,14 @@ async def serve_process(settings: Settings, redis_url: str, reuse_port: bool) ->
     data, admin = _Server(data_cfg), _Server(admin_cfg)
 
     def stop() -> None:
+        if not data.should_exit:
+            log.info("stopping: finishing in-flight requests, flushing capture")
         data.should_exit = admin.should_exit = True
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
-    watch = loop.create_task(_watch_parent(stop)) if reuse_port else None
+    watch = loop.create_task(_watch_parent(parent, stop)) if parent is not None else None
     admin_task = loop.create_task(admin.serve(sockets=[admin_sock]))
     if reuse_port:
         log.info("worker %d serving", os.getpid())
@@ -127,19 +131,23 @@ async def serve_process(settings: Settings, redis_url: str, reuse_port: bool) ->
         watch.cancel()
 
 
-async def _watch_parent(stop: Callable[[], None]) -> None:
-    """A worker whose parent died (SIGKILL) stops by itself instead of lingering."""
-    parent = os.getppid()
+async def _watch_parent(parent: int, stop: Callable[[], None]) -> None:
+    """A worker whose parent died (SIGKILL) stops by itself instead of lingering.
+
+    `parent` comes from the supervisor: read here, it could already be init's pid.
+    """
     while os.getppid() == parent:
         await asyncio.sleep(1.0)
     log.warning("parent process %d is gone; stopping", parent)
     stop()
 
 
-def _run_loop(settings: Settings, redis_url: str, reuse_port: bool) -> None:
+def _run_loop(
+    settings: Settings, redis_url: str, reuse_port: bool, parent: int | None = None
+) -> None:
     import uvloop
 
-    uvloop.run(serve_process(settings, redis_url, reuse_port))
+    uvloop.run(serve_process(settings, redis_url, reuse_port, parent))
 
 
 def _log_listening(settings: Settings, workers: int) -> None:
@@ -174,11 +182,11 @@ def _stop_embedded(embedded: EmbeddedRedis | None) -> None:
         log.info("stopped the embedded Redis")
 
 
-def _worker_main(settings: Settings, redis_url: str, level: str) -> None:
+def _worker_main(settings: Settings, redis_url: str, level: str, parent: int) -> None:
     """Entry point of one spawned worker process."""
     configure_logging(level)
     try:
-        _run_loop(settings, redis_url, reuse_port=True)
+        _run_loop(settings, redis_url, reuse_port=True, parent=parent)
     except ShadowtrialError as exc:
         print(str(exc), file=sys.stderr)
         sys.exit(EXIT_CONFIG)
@@ -193,7 +201,9 @@ def _supervise(settings: Settings, redis_url: str, workers: int) -> int:
     level = logging.getLevelName(logging.getLogger().level)
     ctx = multiprocessing.get_context("spawn")
     procs = [
-        ctx.Process(target=_worker_main, args=(settings, redis_url, level), name=f"worker-{i}")
+        ctx.Process(
+            target=_worker_main, args=(settings, redis_url, level, os.getpid()), name=f"worker-{i}"
+        )
         for i in range(workers)
     ]
     stopping = False

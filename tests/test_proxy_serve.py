@@ -192,3 +192,37 @@ def test_port_in_use_fails_with_a_clear_line(tmp_path: Path, redis_url: str) -> 
         )
     assert result.returncode == 1
     assert "cannot listen on" in result.stderr.decode().strip().splitlines()[-1]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_workers_stop_when_their_parent_is_killed(tmp_path: Path, redis_url: str) -> None:
+    with serve_app(Primary()) as primary:
+        config = write_config(tmp_path, primary)
+        with serve_process(config, child_env(REDIS_URL=redis_url), "--workers", "2") as process:
+            workers = _children(process.pid)
+            assert workers
+            process.kill()
+            process.wait()
+            deadline = time.monotonic() + 15
+            while any(_alive(pid) for pid in workers):
+                assert time.monotonic() < deadline, "workers outlived their parent"
+                time.sleep(0.05)
