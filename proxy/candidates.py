@@ -48,7 +48,11 @@ class MirrorRequest:
     query: str
     headers: list[tuple[str, str]]
     body: bytes
-    content_type: str = ""
+
+    @property
+    def content_type(self) -> str:
+        """The request's Content-Type ('' when absent)."""
+        return next((v for n, v in self.headers if n.lower() == "content-type"), "")
 
 
 @dataclass(slots=True)
