@@ -74,8 +74,8 @@ class Keys:
         return f"{self.prefix}:routing"
 
     def registry_seeded(self) -> str:
-        """Set of config-file candidate names already seeded into the registry: a candidate
-        deleted at runtime is not brought back by the next restart."""
+        """Hash config-file candidate name -> its config entry as last seeded: a candidate
+        deleted or changed at runtime stays so after a restart, unless the file changed."""
         return f"{self.prefix}:registry:seeded"
 
     def lock(self, name: str) -> str:

@@ -1,27 +1,73 @@
-"""The admin port: health, readiness and metrics (more routes join here later).
+"""The admin port: health, metrics, the candidate registry, reports, decisions, the web page.
 
-A separate Starlette app on `proxy.admin_listen`; the data port never serves these. Its
-handlers only read plain state of the proxy (flags, counters, the routing table), never
-its event-loop-bound clients, so it can run on another loop or thread.
+A separate Starlette app on `proxy.admin_listen`; the data port never serves these. It
+may run on another event loop or thread than the data port (tests do that), so it never
+touches the proxy's loop-bound clients: it has its own Redis clients (`AdminContext`),
+and only reads plain state of the proxy (flags, counters, the routing table). Changes
+go to Redis; every replica, this one included, applies them through its RegistrySync.
+
+Errors are JSON `{"error": ..., "detail": ...}`. Writes need a bearer token
+(proxy.auth.RequireToken). The route table and its OpenAPI document are in
+proxy.openapi.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib
+import importlib.util
+import re
+import shlex
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute
 
+from common.errors import StoreError
+from common.keys import Keys
+from common.settings import Settings, parse_duration
+from proxy.auth import RequireToken
+from proxy.decisions import Decisions, Reports
 from proxy.metrics import METRICS_CONTENT_TYPE
+from proxy.openapi import OPERATIONS, admin_routes, openapi_document
+from proxy.registry import (
+    PROMOTED,
+    Change,
+    Conflict,
+    Invalid,
+    NotFound,
+    RegistryError,
+    RegistryStore,
+    Snapshot,
+    new_entry,
+    patched_entry,
+    redis_client,
+)
 
 if TYPE_CHECKING:
     from proxy.app import ProxyApp
 
 PROBE_TIMEOUT_S = 1.0
+DEFAULT_WINDOW = "1h"
+MAX_BODY_BYTES = 8 * 1024 * 1024
+MAX_FEEDBACK_ITEMS = 10_000
+MAX_PAIRS = 200
+REDACTED = "[redacted]"
+# Names whose values are secrets wherever they show up (headers, query, JSON fields).
+_SECRET_NAME = re.compile(
+    r"(authorization|cookie|token|secret|passw|api[-_]?key|apikey|signature|credential|session)",
+    re.IGNORECASE,
+)
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"", "0", "false", "no", "off"}
 
 
 async def primary_reachable(host: str, port: int, timeout_s: float = PROBE_TIMEOUT_S) -> str:
@@ -41,13 +87,225 @@ async def primary_reachable(host: str, port: int, timeout_s: float = PROBE_TIMEO
     return ""
 
 
-def create_admin_app(proxy: ProxyApp) -> Starlette:
-    """The admin app for one proxy process."""
+class AdminContext:
+    """What the admin handlers and the web page (analysis.ui) work with.
 
-    async def healthz(request: Request) -> Response:
+    Attributes: `settings` (Settings), `keys` (common.keys.Keys), `redis` (a
+    redis.asyncio.Redis client for the admin app's loop), `redis_url`, `store` (RegistryStore),
+    `decisions` (proxy.decisions.Decisions), `proxy` (the ProxyApp). Coroutines:
+    `candidates()` (registry entries as dicts), `routing()` (primary, previous, version),
+    `report(name, window_s)` (analysis.report in a thread).
+    """
+
+    def __init__(self, proxy: ProxyApp) -> None:
+        self.proxy = proxy
+        self.settings: Settings = proxy.settings
+        self.keys = Keys(self.settings.redis.prefix)
+        self.redis_url = proxy.redis_url
+        self.redis = redis_client(proxy.redis_url)
+        self.store = RegistryStore(self.redis, self.keys, self.settings)
+        self.reports = Reports.from_url(proxy.redis_url, self.keys, self.settings)
+        self.decisions = Decisions(self.store, self.reports, self.settings)
+
+    async def snapshot(self) -> Snapshot:
+        """The registry from Redis; with Redis down, the last state this replica applied."""
+        try:
+            return await self.store.snapshot()
+        except StoreError:
+            known = self.proxy.registry.snapshot
+            if known is None:
+                raise
+            return known
+
+    async def candidates(self) -> list[dict[str, Any]]:
+        """Every registry entry (name, url or onnx, sample, timeout_ms, role, state, ...)."""
+        snap = await self.snapshot()
+        return [snap.entries[name].as_dict() for name in sorted(snap.entries)]
+
+    async def routing(self) -> dict[str, Any]:
+        """Where traffic goes: the primary (and which candidate it is), the previous one."""
+        snap = await self.snapshot()
+        return _routing_view(snap, self.settings.proxy.primary)
+
+    async def report(self, name: str, window_s: float) -> dict[str, Any]:
+        """The report of one candidate over the last `window_s` seconds."""
+        return await self.reports.build(name, window_s)
+
+    async def close(self) -> None:
+        """Release the admin app's clients."""
+        await self.redis.aclose()
+        self.reports.close()
+
+
+def _routing_view(snap: Snapshot, fallback: str) -> dict[str, Any]:
+    routing = snap.routing
+    return {
+        "primary": snap.primary(fallback),
+        "primary_name": routing.get("primary_name", ""),
+        "previous": routing.get("previous", ""),
+        "previous_name": routing.get("previous_name", ""),
+        "version": snap.version,
+    }
+
+
+# -- request helpers --------------------------------------------------------------------
+
+
+async def _body(request: Request) -> Any:
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise Invalid("body too large", f"at most {MAX_BODY_BYTES} bytes")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Invalid("invalid JSON", str(exc)) from None
+
+
+def _flag(request: Request, name: str) -> bool:
+    value = request.query_params.get(name, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise Invalid(f"invalid {name}", f"expected true or false, got {value!r}")
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise Invalid(f"invalid {name}", f"expected a whole number, got {text!r}") from None
+    if not low <= value <= high:
+        raise Invalid(f"invalid {name}", f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def _actor(request: Request) -> str:
+    return str(getattr(request.state, "actor", "") or "anonymous")
+
+
+async def _known(ctx: AdminContext, name: str) -> Snapshot:
+    """The snapshot, after checking the candidate is registered or has evidence."""
+    snap = await ctx.snapshot()
+    if name in snap.entries:
+        return snap
+    try:
+        seen = await ctx.redis.hexists(ctx.keys.candidates_seen(), name)
+    except Exception as exc:  # redis.asyncio raises several families; all mean "down"
+        raise StoreError(f"cannot read the candidates seen: {exc}") from exc
+    if not seen:
+        raise NotFound(f"no candidate named {name!r}", "GET /v1/candidates lists them")
+    return snap
+
+
+def _window(ctx: AdminContext, request: Request, snap: Snapshot, name: str) -> float:
+    text = request.query_params.get("window", DEFAULT_WINDOW)
+    if text.strip().lower() == "trial":
+        entry = snap.entries.get(name)
+        if entry is None:
+            raise Invalid("invalid window", f"{name} is not registered: it has no trial")
+        return ctx.decisions.trial_window(entry, time.time())
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise Invalid("invalid window", str(exc)) from None
+
+
+# -- copy-as-curl -----------------------------------------------------------------------
+
+
+def _redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _redact_query(query: str) -> str:
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if not any(_SECRET_NAME.search(k) for k, _ in pairs):
+        return query
+    return urlencode([(k, REDACTED if _SECRET_NAME.search(k) else v) for k, v in pairs])
+
+
+def _redact_json(value: Any, names: frozenset[str]) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: REDACTED
+            if (k.lower() in names or _SECRET_NAME.search(k))
+            else _redact_json(v, names)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_redact_json(v, names) for v in value]
+    return value
+
+
+def _redact_body(body: str, names: frozenset[str]) -> str:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body
+    if not isinstance(parsed, dict | list):
+        return body
+    redacted = _redact_json(parsed, names)
+    return body if redacted == parsed else orjson.dumps(redacted).decode()
+
+
+def curl_line(base_url: str, pair: Mapping[str, Any], redact_fields: frozenset[str]) -> str:
+    """A shell command that sends this pair's request to `base_url`, secrets redacted."""
+    path = str(pair.get("path") or "/")
+    query = _redact_query(str(pair.get("query") or ""))
+    url = _redact_url(base_url.rstrip("/")) + path + (f"?{query}" if query else "")
+    parts = ["curl", "-sS", "-X", str(pair.get("method") or "POST"), shlex.quote(url)]
+    for name, value in sorted((pair.get("headers") or {}).items()):
+        shown = REDACTED if _SECRET_NAME.search(name) else value
+        parts += ["-H", shlex.quote(f"{name}: {shown}")]
+    body = str(pair.get("request_body") or "")
+    if body:
+        parts += ["--data-binary", shlex.quote(_redact_body(body, redact_fields))]
+    return " ".join(parts)
+
+
+def _with_curl(
+    pairs: list[dict[str, Any]], primary: str, candidate: str | None, redact: frozenset[str]
+) -> list[dict[str, Any]]:
+    for pair in pairs:
+        pair["curl"] = {
+            "primary": curl_line(primary, pair, redact),
+            "candidate": None if candidate is None else curl_line(candidate, pair, redact),
+        }
+        if pair.get("request_truncated"):
+            pair["curl"]["note"] = "the request body was cut when it was stored"
+    return pairs
+
+
+# -- the app ----------------------------------------------------------------------------
+
+
+class Endpoints:
+    """Every admin endpoint, by the handler name proxy.openapi's route table uses."""
+
+    def __init__(self, ctx: AdminContext) -> None:
+        self.ctx = ctx
+        self.proxy = ctx.proxy
+        self.settings = ctx.settings
+
+    def table(self) -> dict[str, Callable[[Request], Any]]:
+        """Handler name -> endpoint."""
+        return {op.handler: getattr(self, op.handler) for op in OPERATIONS}
+
+    # -- health --
+
+    async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    async def readyz(request: Request) -> Response:
+    async def readyz(self, request: Request) -> Response:
+        proxy = self.proxy
         host, port = proxy.routing.primary_address()
         problem = await primary_reachable(host, port)
         body: dict[str, Any] = {
@@ -58,6 +316,7 @@ def create_admin_app(proxy: ProxyApp) -> Starlette:
                 "spool": proxy.capture.depth,
                 "last_error": proxy.capture.last_error,
             },
+            "registry": proxy.registry.status(),
             "mirrors_in_flight": proxy.mirror.in_flight,
             "candidates": [
                 {"name": m.name, "role": m.runner.role, "sample": m.sample}
@@ -68,20 +327,205 @@ def create_admin_app(proxy: ProxyApp) -> Starlette:
             body["primary"]["error"] = problem
         return JSONResponse(body, status_code=200 if not problem else 503)
 
-    async def metrics(request: Request) -> Response:
-        return Response(proxy.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
+    async def metrics(self, request: Request) -> Response:
+        return Response(self.proxy.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        return JSONResponse(
-            {"error": exc.detail, "detail": request.url.path}, status_code=exc.status_code
-        )
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(openapi_document())
 
-    return Starlette(
-        routes=[
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]),
-        ],
-        exception_handlers={HTTPException: http_error},
+    # -- the registry --
+
+    async def list_candidates(self, request: Request) -> Response:
+        snap = await self.ctx.snapshot()
+        entries = [snap.entries[n].as_dict() for n in sorted(snap.entries)]
+        routing = _routing_view(snap, self.settings.proxy.primary)
+        return JSONResponse({"routing": routing, "candidates": entries})
+
+    async def add_candidate(self, request: Request) -> Response:
+        entry = new_entry(await _body(request), time.time())
+
+        def decide(snap: Snapshot) -> Change:
+            if entry.name in snap.entries:
+                raise Conflict(f"a candidate named {entry.name!r} exists",
+                               "PATCH it, or DELETE it first")  # fmt: skip
+            return Change(put={entry.name: entry})
+
+        _, version = await self.ctx.store.transaction(decide)
+        return JSONResponse({**entry.as_dict(), "version": version}, status_code=201)
+
+    async def patch_candidate(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        body = await _body(request)
+        now = time.time()
+        changed: dict[str, Any] = {}
+
+        def decide(snap: Snapshot) -> Change:
+            entry = patched_entry(snap.entry(name), body, now)
+            changed["entry"] = entry
+            return Change(put={name: entry})
+
+        _, version = await self.ctx.store.transaction(decide)
+        return JSONResponse({**changed["entry"].as_dict(), "version": version})
+
+    async def delete_candidate(self, request: Request) -> Response:
+        name = request.path_params["name"]
+
+        def decide(snap: Snapshot) -> Change:
+            if snap.entry(name).state == PROMOTED:
+                raise Conflict(f"{name} is the primary", "POST /v1/rollback first")
+            return Change(delete=[name])
+
+        _, version = await self.ctx.store.transaction(decide)
+        return JSONResponse({"deleted": name, "version": version})
+
+    # -- evidence --
+
+    async def report(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        snap = await _known(self.ctx, name)
+        window_s = _window(self.ctx, request, snap, name)
+        return JSONResponse(await self.ctx.report(name, window_s))
+
+    async def pairs(self, request: Request) -> Response:
+        ctx = self.ctx
+        name = request.path_params["name"]
+        snap = await _known(ctx, name)
+        divergent = _flag(request, "divergent")
+        where = request.query_params.get("slice") or None
+        if where is not None and "=" not in where:
+            raise Invalid("invalid slice", "expected feature=value, e.g. country=FR")
+        limit = _int_param(request, "limit", 50, 1, MAX_PAIRS)
+        found = await asyncio.to_thread(_recent_pairs, ctx, name, divergent, where, limit)
+        entry = snap.entries.get(name)
+        primary = snap.primary(self.settings.proxy.primary)
+        redact = frozenset(f.lower() for f in self.settings.proxy.redact_fields)
+        found = _with_curl(found, primary, entry.url if entry else None, redact)
+        return JSONResponse({"candidate": name, "pairs": found})
+
+    async def feedback(self, request: Request) -> Response:
+        items = _feedback_items(await _body(request))
+        results = await asyncio.to_thread(_record_feedback, self.ctx, items)
+        return JSONResponse({"recorded": len(results), "results": results})
+
+    # -- decisions --
+
+    async def promote(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        force = _flag(request, "force")
+        result = await self.ctx.decisions.promote(name, _actor(request), force=force)
+        return JSONResponse(result)
+
+    async def reject(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        return JSONResponse(await self.ctx.decisions.reject(name, _actor(request)))
+
+    async def rollback(self, request: Request) -> Response:
+        return JSONResponse(await self.ctx.decisions.rollback(_actor(request)))
+
+    async def decisions(self, request: Request) -> Response:
+        limit = _int_param(request, "limit", 100, 1, 1000)
+        return JSONResponse({"decisions": await self.ctx.decisions.history(limit)})
+
+
+def _feedback_items(body: Any) -> list[tuple[str, Any]]:
+    items = body if isinstance(body, list) else [body]
+    if not items or len(items) > MAX_FEEDBACK_ITEMS:
+        raise Invalid("invalid feedback", f"send 1 to {MAX_FEEDBACK_ITEMS} labels")
+    out = []
+    for i, item in enumerate(items):
+        where = f"item {i}: " if isinstance(body, list) else ""
+        if not isinstance(item, dict) or set(item) != {"request_id", "label"}:
+            raise Invalid(
+                "invalid feedback", f'{where}expected {{"request_id": ..., "label": ...}}'
+            )
+        rid, label = item["request_id"], item["label"]
+        if not isinstance(rid, str) or not 0 < len(rid) <= 256:
+            raise Invalid("invalid feedback", f"{where}request_id must be a non-empty string")
+        if isinstance(label, float) or not isinstance(label, str | int | bool):
+            raise Invalid("invalid feedback", f"{where}label must be a string, integer or boolean")
+        out.append((rid, label))
+    return out
+
+
+def _record_feedback(ctx: AdminContext, items: list[tuple[str, Any]]) -> list[dict[str, Any]]:
+    from analysis.feedback import record_feedback
+
+    results = []
+    for rid, label in items:
+        try:
+            joined = record_feedback(ctx.reports.client, ctx.keys, rid, label, ctx.settings.worker)
+        except ValueError as exc:
+            raise Invalid("invalid feedback", f"{rid}: {exc}") from None
+        results.append({"request_id": rid, "candidates": joined})
+    return results
+
+
+def _recent_pairs(
+    ctx: AdminContext, name: str, divergent: bool, where: str | None, limit: int
+) -> list[dict[str, Any]]:
+    from analysis.drilldown import recent_pairs
+
+    return recent_pairs(ctx.reports.client, ctx.keys, name, divergent, where, limit)
+
+
+def _ui_routes(ctx: AdminContext) -> list[BaseRoute]:
+    """The web page's routes, when analysis.ui provides them (the API works without)."""
+    if importlib.util.find_spec("analysis.ui") is None:
+        return []
+    factory = getattr(importlib.import_module("analysis.ui"), "ui_routes", None)
+    return list(factory(ctx)) if factory is not None else []
+
+
+# -- errors -----------------------------------------------------------------------------
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    error = exc.detail if exc.status_code != 404 else "not found"
+    return JSONResponse({"error": error, "detail": request.url.path}, status_code=exc.status_code)
+
+
+async def _registry_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RegistryError)
+    body = {"error": exc.error, "detail": exc.detail, **exc.extra}
+    return JSONResponse(body, status_code=exc.status)
+
+
+async def _store_error(request: Request, exc: Exception) -> Response:
+    body = {"error": "Redis unavailable", "detail": str(exc)}
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    body = {"error": "internal error", "detail": f"{type(exc).__name__}: {exc}"[:300]}
+    return JSONResponse(body, status_code=500)
+
+
+def create_admin_app(proxy: ProxyApp) -> Starlette:
+    """The admin app for one proxy process."""
+
+    ctx = AdminContext(proxy)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await ctx.close()
+
+    admin = proxy.settings.admin
+    guard = Middleware(RequireToken, token_env=admin.token_env, open_reads=admin.open_reads)
+    app = Starlette(
+        routes=[*admin_routes(Endpoints(ctx).table()), *_ui_routes(ctx)],
+        middleware=[guard],
+        exception_handlers={
+            HTTPException: _http_error,
+            RegistryError: _registry_error,
+            StoreError: _store_error,
+            Exception: _server_error,
+        },
+        lifespan=lifespan,
     )
+    app.state.context = ctx
+    return app
+
+
+__all__ = ["AdminContext", "create_admin_app", "curl_line", "primary_reachable"]

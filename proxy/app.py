@@ -3,8 +3,10 @@
 `create_app(settings, redis_url)` builds the candidate runners (a model that cannot be
 loaded fails here, before anything listens), the routing table, capture, mirror and
 forwarder. The data port is this raw ASGI callable (no framework routing on the hot
-path); its lifespan opens and closes the upstream sessions and the capture writer. The
-admin port is a separate Starlette app, `app.admin`, that reads this object's state.
+path); its lifespan opens and closes the upstream sessions and the capture writer, and
+starts the registry sync (proxy.registry: live primary and candidates from Redis) with
+its time-box and gate-automation watch (proxy.decisions). The admin port is a separate
+Starlette app, `app.admin`, that reads this object's state.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from common.settings import Settings
 from proxy.admin import create_admin_app
 from proxy.candidates import CandidateRunner, build_runners
 from proxy.capture import Capture
+from proxy.decisions import TrialWatch
 from proxy.forward import Forwarder, Receive, Scope, Send
 from proxy.metrics import Metrics
 from proxy.mirror import Mirror
+from proxy.registry import RegistrySync
 from proxy.routing import RoutingTable
 
 log = logging.getLogger("shadowtrial.proxy")
@@ -44,6 +48,8 @@ class ProxyApp:
         self.capture = Capture.from_settings(settings, redis_url, self.metrics)
         self.mirror = Mirror(settings.proxy, self.capture, self.metrics)
         self.forwarder = Forwarder(settings, self.routing, self.mirror, self.metrics)
+        self.registry = RegistrySync(settings, redis_url, self.routing, self.runners)
+        self.trials = TrialWatch(self.registry, redis_url)
         self.started = False
         self.admin = create_admin_app(self)
 
@@ -60,12 +66,16 @@ class ProxyApp:
         """Open upstream sessions and start the capture writer (inside the serving loop)."""
         await self.forwarder.start()
         self.capture.start()
+        await self.registry.start()
+        self.trials.start()
         self.started = True
 
     async def shutdown(self) -> None:
         """Let in-flight mirrors end, flush capture, close every client."""
         slowest = max((c.timeout_ms for c in self.settings.candidates), default=0)
+        await self.trials.stop()
         await self.mirror.drain(timeout_s=slowest / 1000 + 1.0)
+        await self.registry.stop()
         await self.capture.close(timeout_s=CAPTURE_FLUSH_S)
         await self.forwarder.close()
         for runner in self.runners:

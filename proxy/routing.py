@@ -3,8 +3,9 @@
 The forwarder reads `table.primary` and `table.mirrors` once per request; every change
 replaces an attribute with a new immutable value, so a swap is one assignment (atomic on
 the event loop): requests already in flight keep the values they read, new ones see the
-new ones. For now the values come from the settings; the decisions work makes them live
-(Redis pub/sub) by calling `set_primary` / `set_mirrors` on every replica.
+new ones. The values start from the settings; proxy.registry.RegistrySync then keeps them
+in step with the registry in Redis (pub/sub plus a periodic re-read) on every replica,
+through `set_primary` / `set_mirrors`, and records the registry `version` applied.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class RoutingTable:
     def __init__(self, primary: str, mirrors: Iterable[MirrorTarget] = ()) -> None:
         self.primary = primary.rstrip("/")
         self.mirrors: tuple[MirrorTarget, ...] = tuple(mirrors)
+        self.version = 0  # registry version last applied (0: the settings alone)
 
     @classmethod
     def from_settings(cls, settings: Settings, runners: Sequence[CandidateRunner]) -> RoutingTable:

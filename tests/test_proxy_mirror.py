@@ -357,6 +357,11 @@ def test_running_proxy_metrics_are_exposed_on_admin(
         assert line in text
 
 
+# The admin side (reports, feedback, drill-down, the web page) calls analysis, but only
+# inside the functions that need it: never at import, never on the data port's path.
+ADMIN_SIDE = {"admin.py", "decisions.py"}
+
+
 def test_proxy_code_never_imports_analysis() -> None:
     import ast
     from pathlib import Path
@@ -365,7 +370,7 @@ def test_proxy_code_never_imports_analysis() -> None:
 
     for path in Path(proxy.__file__).parent.glob("*.py"):
         tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
+        for node in tree.body if path.name in ADMIN_SIDE else ast.walk(tree):
             names = []
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]

@@ -1,0 +1,486 @@
+"""Decisions on candidates: promote, reject, rollback, time-boxed ends, optional automation.
+
+Each decision is one registry transaction (proxy.registry): the state change and its
+audit entry are written by the same Lua script, so there is never one without the other.
+The audit stream (`Keys.decisions()`) records time, actor (the token's name), action,
+candidate, outcome, the gate's verdict and reasons, whether the gate was forced, and the
+primary before and after. Refused promotions are audited too.
+
+Promote judges the gate (analysis.report + analysis.gate, built in a thread: they are
+synchronous) over `gate.window`, or the candidate's whole trial so far, unless forced.
+An ONNX candidate never becomes the primary: there is no URL to send traffic to.
+
+`TrialWatch` runs on every proxy replica: when a trial's time box is over it records the
+final verdict, exactly once across replicas (a SET NX lock per trial end, and a
+transaction that only ends a trial that is still active). With `[gate] auto_reject` or
+`auto_promote_after_s`, one replica at a time (a Redis lease) re-judges active
+candidates every `gate.check_interval_s` and decides as actor "automation".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import orjson
+import redis
+from redis.exceptions import RedisError
+
+from common.errors import ShadowtrialError, StoreError
+from common.keys import Keys
+from common.settings import Settings, format_instant
+from proxy.registry import (
+    ACTIVE,
+    ENDED,
+    HISTORY_KEPT,
+    PROMOTED,
+    REJECTED,
+    Change,
+    Conflict,
+    Entry,
+    RegistryStore,
+    RegistrySync,
+    Snapshot,
+)
+
+log = logging.getLogger("shadowtrial.decisions")
+
+PASS = "pass"
+NOT_CHECKED = "not checked"
+ACTOR_TIME_BOX = "time-box"
+ACTOR_AUTOMATION = "automation"
+END_LOCK_MS = 60_000
+DECISIONS_MAX = 1000  # GET /v1/decisions returns at most this many
+
+
+class Reports:
+    """Reports and gate verdicts, built in a thread on a synchronous Redis client."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, settings: Settings) -> None:
+        self.client = client
+        self.keys = keys
+        self.settings = settings
+
+    @classmethod
+    def from_url(cls, url: str, keys: Keys, settings: Settings) -> Reports:
+        """Reports on their own client (thread-safe connection pool)."""
+        client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=10.0)
+        return cls(client, keys, settings)
+
+    async def build(self, name: str, window_s: float, now: float | None = None) -> dict[str, Any]:
+        """analysis.report.build_report for one candidate (StoreError if Redis fails)."""
+        return await asyncio.to_thread(self._build, name, window_s, now)
+
+    def _build(self, name: str, window_s: float, now: float | None) -> dict[str, Any]:
+        from analysis.report import build_report  # heavy (numpy, scipy): only when asked
+
+        try:
+            return build_report(self.client, self.keys, self.settings, name, window_s, now)
+        except redis.RedisError as exc:
+            raise StoreError(f"cannot build the report of {name}: {exc}") from exc
+
+    def close(self) -> None:
+        """Release the connections."""
+        self.client.close()
+
+
+def _gate_summary(report: dict[str, Any], window_s: float) -> dict[str, Any]:
+    gate = report.get("gate") or {}
+    return {
+        "verdict": gate.get("verdict", NOT_CHECKED),
+        "reasons": list(gate.get("reasons") or []),
+        "rules": list(gate.get("rules") or []),
+        "window_s": window_s,
+        "pairs": report.get("pairs", 0),
+    }
+
+
+def _unchecked(why: str) -> dict[str, Any]:
+    return {"verdict": NOT_CHECKED, "reasons": [why], "window_s": None, "pairs": None}
+
+
+class Decisions:
+    """The decisions, on one event loop's registry store."""
+
+    def __init__(
+        self,
+        store: RegistryStore,
+        reports: Reports,
+        settings: Settings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.reports = reports
+        self.settings = settings
+        self.clock = clock
+
+    # -- the gate --
+
+    def trial_window(self, entry: Entry, now: float) -> float:
+        """Seconds of evidence a decision is judged on: gate.window, else the whole trial."""
+        if self.settings.gate.window is not None:
+            return self.settings.gate.window
+        end = min(now, entry.ends_s or now)
+        return max(end - entry.started_s, float(self.settings.worker.bucket_seconds))
+
+    async def gate(self, entry: Entry, now: float | None = None) -> dict[str, Any]:
+        """The verdict on a candidate's trial: {verdict, reasons, window_s, pairs}."""
+        now = self.clock() if now is None else now
+        window_s = self.trial_window(entry, now)
+        end = min(now, entry.ends_s or now)
+        report = await self.reports.build(entry.name, window_s, end)
+        return _gate_summary(report, window_s)
+
+    async def _gate_or_note(self, entry: Entry) -> dict[str, Any]:
+        """The verdict for the audit log; a report that cannot be built is noted, not fatal."""
+        try:
+            return await self.gate(entry)
+        except Exception as exc:  # evidence missing must not block a forced decision
+            log.warning("no gate verdict for %s", entry.name, exc_info=True)
+            return _unchecked(f"the report could not be built: {exc}")
+
+    # -- decisions --
+
+    async def promote(
+        self, name: str, actor: str, force: bool = False, gate: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Make the candidate the primary on every replica (gate first unless forced)."""
+        entry = (await self.store.snapshot()).entry(name)
+        _check_promotable(entry)
+        if gate is None:
+            gate = await (self._gate_or_note(entry) if force else self.gate(entry))
+        if not force and gate["verdict"] != PASS:
+            await self.store.audit(self._audit("promote", actor, name, gate, "refused", force))
+            raise Conflict(
+                f"the gate refuses to promote {name}",
+                f"verdict {gate['verdict']}; promote with force=true to override",
+                gate=gate,
+            )
+        fallback = self.settings.proxy.primary
+        now = self.clock()
+
+        def decide(snap: Snapshot) -> Change:
+            current = snap.entry(name)
+            _check_promotable(current)
+            before = snap.primary(fallback)
+            history = [
+                *snap.history(),
+                {"url": before, "name": snap.routing.get("primary_name", "")},
+            ]
+            change = Change(routing=_routing(current.url or "", name, history[-HISTORY_KEPT:]))
+            change.put[name] = _moved(current, PROMOTED, f"promoted by {actor}", now)
+            _demote_previous(snap, change, name, now)
+            after = current.url or ""
+            change.audit = self._audit("promote", actor, name, gate, "done", force, before, after)
+            return change
+
+        snap, version = await self.store.transaction(decide)
+        return {
+            "action": "promote",
+            "candidate": name,
+            "actor": actor,
+            "forced": force,
+            "primary": snap.entry(name).url,
+            "previous": snap.primary(fallback),
+            "gate": gate,
+            "version": version,
+        }
+
+    async def reject(
+        self, name: str, actor: str, gate: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Stop mirroring the candidate; its stream and summaries stay as evidence."""
+        entry = (await self.store.snapshot()).entry(name)
+        _check_rejectable(entry)
+        gate = gate if gate is not None else await self._gate_or_note(entry)
+        now = self.clock()
+
+        def decide(snap: Snapshot) -> Change:
+            current = snap.entry(name)
+            _check_rejectable(current)
+            return Change(
+                put={name: _moved(current, REJECTED, f"rejected by {actor}", now)},
+                audit=self._audit("reject", actor, name, gate, "done", False),
+            )
+
+        _, version = await self.store.transaction(decide)
+        return {
+            "action": "reject",
+            "candidate": name,
+            "actor": actor,
+            "state": REJECTED,
+            "gate": gate,
+            "version": version,
+        }
+
+    async def rollback(self, actor: str) -> dict[str, Any]:
+        """The previous primary becomes the primary again (walks back one step)."""
+        fallback = self.settings.proxy.primary
+        now = self.clock()
+        restored: dict[str, str] = {}
+
+        def decide(snap: Snapshot) -> Change:
+            history = snap.history()
+            if not history:
+                raise Conflict("nothing to roll back to", "no earlier primary is recorded")
+            back = history.pop()
+            restored.update(back)
+            before, before_name = snap.primary(fallback), snap.routing.get("primary_name", "")
+            change = Change(routing=_routing(back["url"], back.get("name", ""), history))
+            undone = snap.entries.get(before_name)
+            if undone is not None and undone.state == PROMOTED:
+                change.put[before_name] = _moved(undone, REJECTED, f"rolled back by {actor}", now)
+            again = snap.entries.get(back.get("name", ""))
+            if again is not None:
+                change.put[again.name] = _moved(again, PROMOTED, f"restored by {actor}", now)
+            note = _unchecked("a rollback is not gated")
+            after = back["url"]
+            change.audit = self._audit(
+                "rollback", actor, before_name, note, "done", False, before, after
+            )
+            return change
+
+        snap, version = await self.store.transaction(decide)
+        return {
+            "action": "rollback",
+            "actor": actor,
+            "primary": restored["url"],
+            "primary_name": restored.get("name", ""),
+            "previous": snap.primary(fallback),
+            "version": version,
+        }
+
+    async def end_trial(self, name: str, ends_at: str, lock_owner: str) -> bool:
+        """Record a time-boxed trial's final verdict; True when this call recorded it."""
+        client = self.store.client
+        lock = self.store.keys.lock(f"end:{name}:{ends_at}")
+        if not await client.set(lock, lock_owner, nx=True, px=END_LOCK_MS):
+            return False
+        entry = (await self.store.snapshot()).entries.get(name)
+        if entry is None or entry.state != ACTIVE or entry.ends_at != ends_at:
+            return False
+        gate = await self._gate_or_note(entry)
+        now = self.clock()
+        recorded = False
+
+        def decide(snap: Snapshot) -> Change | None:
+            nonlocal recorded
+            current = snap.entries.get(name)
+            if current is None or current.state != ACTIVE or current.ends_at != ends_at:
+                return None
+            recorded = True
+            return Change(
+                put={name: _moved(current, ENDED, f"trial ended at {ends_at}", now)},
+                audit=self._audit("end", ACTOR_TIME_BOX, name, gate, "done", False),
+            )
+
+        await self.store.transaction(decide)
+        return recorded
+
+    # -- the audit log --
+
+    def _audit(
+        self,
+        action: str,
+        actor: str,
+        candidate: str,
+        gate: dict[str, Any],
+        outcome: str,
+        forced: bool,
+        before: str = "",
+        after: str = "",
+    ) -> dict[str, str]:
+        """One audit entry (stream fields are text: reasons as JSON, forced as true/false)."""
+        return {
+            "time": format_instant(self.clock()),
+            "actor": actor,
+            "action": action,
+            "candidate": candidate,
+            "outcome": outcome,
+            "verdict": str(gate.get("verdict", NOT_CHECKED)),
+            "reasons": orjson.dumps(gate.get("reasons") or []).decode(),
+            "forced": "true" if forced else "false",
+            "primary_before": before,
+            "primary_after": after,
+        }
+
+    async def history(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The audit log, newest first."""
+        limit = max(1, min(limit, DECISIONS_MAX))
+        try:
+            rows = await self.store.client.xrevrange(self.store.keys.decisions(), count=limit)
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"cannot read the audit log: {exc}") from exc
+        return [_decision(entry_id, fields) for entry_id, fields in rows]
+
+
+def _decision(entry_id: bytes, fields: dict[bytes, bytes]) -> dict[str, Any]:
+    item: dict[str, Any] = {"id": entry_id.decode()}
+    for key, value in fields.items():
+        item[key.decode()] = value.decode()
+    try:
+        item["reasons"] = orjson.loads(item.get("reasons", "[]"))
+    except orjson.JSONDecodeError:
+        item["reasons"] = [item.get("reasons", "")]
+    item["forced"] = item.get("forced") == "true"
+    return item
+
+
+def _check_promotable(entry: Entry) -> None:
+    if entry.url is None:
+        raise Conflict(
+            f"{entry.name} is an ONNX candidate and cannot become the primary",
+            "the primary is an HTTP endpoint: serve the model behind a URL, register that"
+            " URL as a candidate, and promote it",
+        )
+    if entry.state == PROMOTED:
+        raise Conflict(f"{entry.name} is already the primary", "nothing to do")
+
+
+def _check_rejectable(entry: Entry) -> None:
+    if entry.state == PROMOTED:
+        raise Conflict(
+            f"{entry.name} is the primary", "POST /v1/rollback goes back to the previous primary"
+        )
+    if entry.state == REJECTED:
+        raise Conflict(f"{entry.name} is already rejected", "nothing to do")
+
+
+def _moved(entry: Entry, state: str, reason: str, now: float) -> Entry:
+    return replace(entry, state=state, reason=reason, updated_at=format_instant(now))
+
+
+def _routing(url: str, name: str, history: list[dict[str, str]]) -> dict[str, str]:
+    previous = history[-1] if history else {"url": "", "name": ""}
+    return {
+        "primary": url,
+        "primary_name": name,
+        "previous": previous["url"],
+        "previous_name": previous.get("name", ""),
+        "history": orjson.dumps(history).decode(),
+        "decided": "1",
+    }
+
+
+def _demote_previous(snap: Snapshot, change: Change, name: str, now: float) -> None:
+    """A promoted candidate replaced as primary by another one ends its reign as `ended`."""
+    old = snap.entries.get(snap.routing.get("primary_name", ""))
+    if old is not None and old.name != name and old.state == PROMOTED:
+        change.put[old.name] = _moved(old, ENDED, f"replaced as primary by {name}", now)
+
+
+# -- on every replica: time boxes and automation -----------------------------------------
+
+_RENEW_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
+"""
+
+
+class TrialWatch:
+    """Ends time-boxed trials and, when configured, runs the gate automation."""
+
+    def __init__(self, sync: RegistrySync, redis_url: str) -> None:
+        self.sync = sync
+        self.settings = sync.settings
+        self.redis_url = redis_url
+        self.owner = secrets.token_hex(8)
+        self.ended: list[str] = []  # trials this replica ended (for tests and logs)
+        self.ticks = 0
+        self._decisions: Decisions | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def automated(self) -> bool:
+        """True when [gate] asks for auto-reject or auto-promote."""
+        gate = self.settings.gate
+        return gate.auto_reject or gate.auto_promote_after_s > 0
+
+    def start(self) -> None:
+        """Hook into the registry sync (after RegistrySync.start)."""
+        reports = Reports.from_url(self.redis_url, self.sync.keys, self.settings)
+        self._decisions = Decisions(self.sync.store, reports, self.settings, self.sync.clock)
+        self.sync.on_tick.append(self.check_time_boxes)
+        if self.automated:
+            self._task = asyncio.get_running_loop().create_task(self._automate())
+
+    async def stop(self) -> None:
+        """Stop the automation and release the report client."""
+        if self.check_time_boxes in self.sync.on_tick:
+            self.sync.on_tick.remove(self.check_time_boxes)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self._decisions is not None:
+            self._decisions.reports.close()
+
+    async def check_time_boxes(self) -> None:
+        """End every trial whose time is up (once per sync tick, cheap when none is)."""
+        self.ticks += 1
+        snap = self.sync.snapshot
+        if snap is None or self._decisions is None:
+            return
+        now = self.sync.clock()
+        for entry in snap.entries.values():
+            if entry.state != ACTIVE or not entry.expired(now) or entry.ends_at is None:
+                continue
+            try:
+                if await self._decisions.end_trial(entry.name, entry.ends_at, self.owner):
+                    self.ended.append(entry.name)
+                    log.info("trial of %s ended; final verdict recorded", entry.name)
+            except (ShadowtrialError, RedisError, OSError) as exc:
+                log.warning("could not end the trial of %s: %s", entry.name, exc)
+
+    async def _automate(self) -> None:
+        interval = self.settings.gate.check_interval_s
+        while True:
+            try:
+                if await self._lease(int(interval * 3000)):
+                    await self.automate_once()
+            except (ShadowtrialError, RedisError, OSError) as exc:
+                log.warning("gate automation skipped a round: %s", exc)
+            await asyncio.sleep(interval)
+
+    async def _lease(self, ttl_ms: int) -> bool:
+        store = self.sync.store
+        script = store.client.register_script(_RENEW_LUA)
+        key = store.keys.lock("automation")
+        return bool(await script(keys=[key], args=[self.owner, ttl_ms]))
+
+    async def automate_once(self) -> None:
+        """One round: reject failing candidates, promote one that passed long enough."""
+        decisions = self._decisions
+        assert decisions is not None
+        gate_settings = self.settings.gate
+        snap = await decisions.store.snapshot()
+        now = self.sync.clock()
+        for entry in snap.entries.values():
+            if entry.role != "candidate" or not entry.mirrored(now):
+                continue
+            gate = await decisions.gate(entry, now)
+            if gate["verdict"] == "fail" and gate_settings.auto_reject:
+                await decisions.reject(entry.name, ACTOR_AUTOMATION, gate=gate)
+            elif await self._passed_long_enough(entry, gate, now):
+                await decisions.promote(entry.name, ACTOR_AUTOMATION, gate=gate)
+                await decisions.store.client.delete(decisions.store.keys.gate_passing())
+                return
+
+    async def _passed_long_enough(self, entry: Entry, gate: dict[str, Any], now: float) -> bool:
+        """Track since when the gate has passed; True once it held auto_promote_after_s."""
+        after_s = self.settings.gate.auto_promote_after_s
+        client, key = self.sync.store.client, self.sync.store.keys.gate_passing()
+        if gate["verdict"] != PASS or after_s <= 0 or entry.url is None:
+            await client.hdel(key, entry.name)
+            return False
+        await client.hsetnx(key, entry.name, repr(now))
+        since = float(await client.hget(key, entry.name) or now)
+        return now - since >= after_s
