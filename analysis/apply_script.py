@@ -118,22 +118,29 @@ local n_joins = tonumber(ARGV[pos]); pos = pos + 1
 if n_joins > 0 then
   local pcur, _, pmeta = join_gens(preds_base, true, join_cap, join_ttl, now)
   local lcur, lprev = join_gens(labels_base, false, join_cap, join_ttl, now)
-  local stored = false
+  -- labels rarely come first: look them up only when some are waiting
+  local waiting = redis.call('EXISTS', lcur, lprev) > 0
+  local store = {}
   for _ = 1, n_joins do
     local rid, enc, b = ARGV[pos], ARGV[pos + 1], tonumber(ARGV[pos + 2]); pos = pos + 3
-    local where = lcur
-    local label = redis.call('HGET', lcur, rid)
-    if not label then where = lprev; label = redis.call('HGET', lprev, rid) end
+    local where, label = lcur, false
+    if waiting then
+      label = redis.call('HGET', lcur, rid)
+      if not label then where = lprev; label = redis.call('HGET', lprev, rid) end
+    end
     if label then
       redis.call('HDEL', where, rid)
       local _, field = join_category(enc, label)
       redis.call('HINCRBY', KEYS[6 + b], field, 1)
     else
-      redis.call('HSET', pcur, rid, enc)
-      stored = true
+      store[#store + 1] = rid
+      store[#store + 1] = enc
     end
   end
-  if stored then
+  for i = 1, #store, 2000 do
+    redis.call('HSET', pcur, unpack(store, i, math.min(i + 1999, #store)))
+  end
+  if #store > 0 then
     redis.call('EXPIRE', pcur, 2 * join_ttl)
     redis.call('EXPIRE', pmeta, 4 * join_ttl)
   end
