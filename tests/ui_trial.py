@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,15 +44,23 @@ class Trial:
     now: float
 
 
-def trial_settings(prefix: str, name: str = "v2", **gate: object) -> Settings:
-    """Settings with candidate `name` and a per-row `country` slice."""
-    raw = {
+def trial_settings(
+    prefix: str, names: Sequence[str] = ("v2",), **sections: dict[str, Any]
+) -> Settings:
+    """Settings with HTTP candidates `names` and a per-row `country` slice.
+
+    `sections` are extra config tables (`gate={...}` is merged over the trial's gate).
+    """
+    raw: dict[str, Any] = {
         "redis": {"prefix": prefix},
         "worker": {"block_ms": 10},
-        "gate": {"min_pairs": 500, "min_agreement": 0.9, **gate},
-        "candidates": [{"name": name, "url": "http://127.0.0.1:9"}],
+        "candidates": [
+            {"name": n, "url": f"http://127.0.0.1:{9 + i}"} for i, n in enumerate(names)
+        ],
         "slices": [{"name": "country", "from": "$.inputs[1].data[*]"}],
+        **sections,
     }
+    raw["gate"] = {"min_pairs": 500, "min_agreement": 0.9, **sections.get("gate", {})}
     return settings_from_mapping(raw, environ={})
 
 
@@ -78,13 +86,15 @@ def _country(rng: random.Random, hostile: bool) -> str:
     return "FR"
 
 
-def _records(n: int, now: float, name: str, hostile: bool, seed: int) -> tuple[list, dict]:
+def _records(
+    n: int, now: float, name: str, hostile: bool, seed: int, regress: bool = True
+) -> tuple[list, dict]:
     """n single-row pairs spread over the hour before `now`, and the truth per request."""
     rng = random.Random(seed)
     records, truth = [], {}
     for i in range(n):
         country = _country(rng, hostile)
-        disagree_rate = COUNTRIES.get(country, (0, 0.03))[1]
+        disagree_rate = COUNTRIES.get(country, (0, 0.03))[1] if regress else 0.02
         label = rng.randrange(3)
         flip = rng.random() < disagree_rate
         cand_label = (label + rng.choice((1, 2))) % 3 if flip else label
@@ -106,7 +116,7 @@ def _records(n: int, now: float, name: str, hostile: bool, seed: int) -> tuple[l
                 candidate_ms=2000.0 if timeout else rng.lognormvariate(2.8, 0.3),
             )
         )
-        truth[rid] = _truth(rng, country, flip, label, cand_label)
+        truth[rid] = _truth(rng, country if regress else "", flip, label, cand_label)
     return records, truth
 
 
@@ -127,11 +137,15 @@ def seed_trial(
     labelled: float = 0.5,
     seed: int = 7,
     now: float | None = None,
+    regress: bool = True,
 ) -> Trial:
-    """Write n pairs for `name`, run the real worker over them, send labels for a share."""
+    """Write n pairs for `name`, run the real worker over them, send labels for a share.
+
+    `regress=False`: a candidate that agrees about 98% everywhere (no slice stands out).
+    """
     now = time.time() if now is None else now
-    settings = trial_settings(prefix, name)
-    records, truth = _records(n, now, name, hostile, seed)
+    settings = trial_settings(prefix, (name,))
+    records, truth = _records(n, now, name, hostile, seed, regress)
     pf.write(client, Keys(prefix).pairs(name), records)
     applied = pf.drain(Worker(client, settings))
     assert applied == n, f"the worker applied {applied} of {n} pairs"
