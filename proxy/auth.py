@@ -43,17 +43,21 @@ def _digest(value: str) -> bytes:
     return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
 
 
-def parse_tokens(raw: str | None) -> tuple[Token, ...]:
-    """The tokens in an environment value (empty when unset or blank)."""
+def split_named(raw: str | None) -> list[tuple[str, str]]:
+    """[(actor, token)] of an environment value: named tokens, or one token as "admin"."""
     text = (raw or "").strip()
     if not text:
-        return ()
-    parts = [part.strip() for part in text.split(",")]
-    named = [part.partition("=") for part in parts]
+        return []
+    named = [part.strip().partition("=") for part in text.split(",")]
     if all(_ACTOR_RE.match(name) and sep and value and not value.startswith("=")
            for name, sep, value in named):  # fmt: skip
-        return tuple(Token(name, _digest(value.strip())) for name, _, value in named)
-    return (Token(DEFAULT_ACTOR, _digest(text)),)
+        return [(name, value.strip()) for name, _, value in named]
+    return [(DEFAULT_ACTOR, text)]
+
+
+def parse_tokens(raw: str | None) -> tuple[Token, ...]:
+    """The tokens in an environment value (empty when unset or blank)."""
+    return tuple(Token(actor, _digest(value)) for actor, value in split_named(raw))
 
 
 def tokens_from_env(token_env: str, environ: Mapping[str, str] | None = None) -> tuple[Token, ...]:

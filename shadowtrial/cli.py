@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from common.errors import AdminError, ConfigError, ModelLoadError, ShadowtrialError
 
-COMMANDS: list[str] = ["serve", "worker"]
+COMMANDS: list[str] = ["serve", "worker", "candidates", "promote", "reject", "rollback"]
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
