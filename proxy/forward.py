@@ -309,8 +309,10 @@ class Forwarder:
             else:
                 resp.close()
             self._metrics.request_done(method, resp.status, elapsed if complete else None)
-            if primary is not None:
-                body = b"".join(copy or ())[: self._limit]
+            if primary is not None and copy is not None:
+                body = copy[0] if len(copy) == 1 else b"".join(copy)
+                if len(body) > self._limit:
+                    body = body[: self._limit]
                 _resolve(
                     primary,
                     PrimaryAnswer(resp.status, body, content_type, elapsed * 1000, not complete),
