@@ -24,7 +24,7 @@ from typing import Any
 import redis
 
 from analysis.slices import MAX_VALUES, OTHER, RESERVED
-from analysis.summaries import BatchDelta
+from analysis.summaries import FLOAT_FIELDS, BatchDelta
 from common.errors import StoreError
 from common.keys import SAMPLES_KEPT, Keys
 
@@ -342,3 +342,78 @@ def admitted_values(
     return {
         f: {v.decode() for v in members} for f, members in zip(names, pipe.execute(), strict=True)
     }
+
+
+# -- rollup: old buckets merged into hourly ones ----------------------------------------
+
+ROLLUP_SECONDS = 3600
+
+# Move every listed bucket's counters into the hour's rollup hash and delete the bucket,
+# atomically: a report sees each count in exactly one of them. A bucket recreated later
+# by a late record is simply rolled up again.
+ROLLUP_LUA = r"""
+local index, hour = KEYS[1], KEYS[2]
+local n_float = tonumber(ARGV[4])
+local floats = {}
+for i = 1, n_float do floats[ARGV[4 + i]] = true end
+local moved = 0
+for k = 3, #KEYS do
+  local fields = redis.call('HGETALL', KEYS[k])
+  for i = 1, #fields, 2 do
+    if floats[fields[i]] then
+      redis.call('HINCRBYFLOAT', hour, fields[i], fields[i + 1])
+    else
+      redis.call('HINCRBY', hour, fields[i], fields[i + 1])
+    end
+  end
+  if #fields > 0 then moved = moved + 1 end
+  redis.call('DEL', KEYS[k])
+  redis.call('ZREM', index, ARGV[4 + n_float + k - 2])
+end
+if redis.call('EXISTS', hour) == 1 then
+  redis.call('ZADD', index, ARGV[2], ARGV[1])
+  redis.call('EXPIRE', hour, ARGV[3])
+end
+return moved
+"""
+
+
+def roll_up(
+    client: redis.Redis,
+    keys: Keys,
+    candidate: str,
+    *,
+    now_s: float,
+    bucket_seconds: int,
+    after_s: int,
+    ttl_s: int,
+) -> int:
+    """Merge the buckets of every hour that ended more than `after_s` ago; returns how many."""
+    if bucket_seconds >= ROLLUP_SECONDS or ROLLUP_SECONDS % bucket_seconds:
+        return 0
+    horizon = int(now_s) - after_s
+    try:
+        members = client.zrangebyscore(keys.bucket_index(candidate), "-inf", horizon)
+        hours: dict[int, list[int]] = {}
+        for member in members:
+            text = member.decode()
+            if text.isdigit():
+                start = int(text)
+                hours.setdefault(start - start % ROLLUP_SECONDS, []).append(start)
+        ready = {h: starts for h, starts in hours.items() if h + ROLLUP_SECONDS <= horizon}
+        if not ready:
+            return 0
+        script = client.register_script(ROLLUP_LUA)
+        floats = sorted(FLOAT_FIELDS)
+        pipe = client.pipeline(transaction=False)
+        for hour, starts in sorted(ready.items()):
+            bucket_keys = [keys.bucket(candidate, s) for s in starts]
+            script(
+                keys=[keys.bucket_index(candidate), keys.rollup(candidate, hour), *bucket_keys],
+                args=[f"h{hour}", hour, ttl_s, len(floats), *floats, *starts],
+                client=pipe,
+            )
+        moved = pipe.execute()
+    except redis.RedisError as exc:
+        raise StoreError(f"rollup failed for {candidate}: {exc}") from exc
+    return sum(1 for m in moved if m)

@@ -20,7 +20,7 @@ import time
 import redis
 
 from analysis.adapters.base import label_text
-from analysis.apply_script import JOIN_LUA
+from analysis.apply_script import JOIN_LUA, ROLLUP_SECONDS
 from analysis.summaries import SEP
 from common.errors import StoreError
 from common.keys import Keys
@@ -32,6 +32,7 @@ FEEDBACK_LUA = (
 local preds_base, labels_base, bucket_base = ARGV[1], ARGV[2], ARGV[3]
 local rid, label = ARGV[4], ARGV[5]
 local cap, ttl, now = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local rollup = tonumber(ARGV[9])
 local pcur, pprev = join_gens(preds_base, false, cap, ttl, now)
 local where = pcur
 local enc = redis.call('HGET', pcur, rid)
@@ -40,6 +41,10 @@ if enc then
   redis.call('HDEL', where, rid)
   local bucket, field = join_category(enc, label)
   local key = bucket_base .. bucket
+  if redis.call('EXISTS', key) == 0 then  -- rolled up into its hour, or expired
+    local start = tonumber(bucket)
+    key = bucket_base .. 'h' .. (start - start % rollup)
+  end
   if redis.call('EXISTS', key) == 1 then redis.call('HINCRBY', key, field, 1) end
   return 'joined'
 end
@@ -102,7 +107,7 @@ def record_feedback(
             args = [preds, labels, keys.bucket_base(name), request_id, text]
             script(
                 keys=[f"{preds}:gen", f"{labels}:gen"],
-                args=[*args, worker.label_join_max, ttl, now],
+                args=[*args, worker.label_join_max, ttl, now, ROLLUP_SECONDS],
                 client=pipe,
             )
         answers = pipe.execute() if candidates else []

@@ -20,6 +20,7 @@ import redis
 from scipy import stats as scipy_stats
 
 from analysis import stats
+from analysis.apply_script import ROLLUP_SECONDS
 from analysis.drilldown import read_samples, recent_pairs
 from analysis.gate import evaluate_gate
 from analysis.summaries import (
@@ -50,27 +51,52 @@ def _bucket_range(window_s: float, now: float, bucket_seconds: int) -> tuple[int
     return int(start // bucket_seconds * bucket_seconds), now
 
 
+def _window_buckets(
+    client: redis.Redis, keys: Keys, candidate: str, first: int, last: float
+) -> list[tuple[int, int, str]]:
+    """(start, seconds, key) of every bucket and hourly rollup overlapping [first, last]."""
+    lowest = first - ROLLUP_SECONDS + 1
+    members = client.zrangebyscore(keys.bucket_index(candidate), lowest, last)
+    found = []
+    for member in members:
+        text = member.decode()
+        if text.startswith("h"):
+            start = int(text[1:])
+            found.append((start, ROLLUP_SECONDS, keys.rollup(candidate, start)))
+        elif int(text) >= first:
+            found.append((int(text), 0, keys.bucket(candidate, int(text))))
+    return found
+
+
 def load_window(
     client: redis.Redis, keys: Keys, candidate: str, first: int, last: float
 ) -> tuple[Summary, list[dict[str, Any]]]:
-    """Merge the buckets starting in [first, last]; also return per-bucket totals."""
+    """Merge the buckets and hourly rollups overlapping [first, last]; also per-bucket totals.
+
+    A rollup counts whole: a window starting inside an old hour includes all of that hour.
+    """
     try:
-        starts = client.zrangebyscore(keys.bucket_index(candidate), first, last)
+        found = _window_buckets(client, keys, candidate, first, last)
         pipe = client.pipeline(transaction=False)
-        for start in starts:
-            pipe.hgetall(keys.bucket(candidate, int(start)))
-        raws = pipe.execute() if starts else []
+        for _, _, key in found:
+            pipe.hgetall(key)
+        raws = pipe.execute() if found else []
     except redis.RedisError as exc:
         raise StoreError(f"cannot read the summaries of {candidate}: {exc}") from exc
-    timeline = [_timeline_point(int(s), raw) for s, raw in zip(starts, raws, strict=True) if raw]
+    timeline = [
+        _timeline_point(start, seconds, raw)
+        for (start, seconds, _), raw in zip(found, raws, strict=True)
+        if raw
+    ]
     timeline.sort(key=lambda p: p["t"])
     return Summary(merge_raw(raws)), timeline
 
 
-def _timeline_point(start: int, raw: dict[bytes, bytes]) -> dict[str, Any]:
+def _timeline_point(start: int, seconds: int, raw: dict[bytes, bytes]) -> dict[str, Any]:
     rows, agree = int(raw.get(b"rows", 0)), int(raw.get(b"agree", 0))
     return {
         "t": start,
+        "hour": seconds > 0,  # an hourly rollup rather than one bucket
         "pairs": int(raw.get(b"records", 0)),
         "rows": rows,
         "agreement": agree / rows if rows else None,

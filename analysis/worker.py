@@ -2,7 +2,8 @@
 
 One consumer group (WORKER_GROUP) per candidate stream; every worker process is one
 consumer with a unique name. A loop iteration: discover streams (configured candidates
-and any `Keys.pairs("*")` registered at runtime), refresh the health key, take over
+and any `Keys.pairs("*")` registered at runtime), refresh the health key, roll old
+buckets up into hourly ones, take over
 entries idle longer than `claim_idle_ms` (a dead worker's), then XREADGROUP a batch per
 stream. A batch is understood (adapters, comparison, slices), aggregated locally into
 counter increments and applied with one Lua script that also acknowledges it (see
@@ -32,7 +33,7 @@ import redis
 from analysis import drilldown
 from analysis.adapters import select_adapter
 from analysis.adapters.base import UnparseableOutput
-from analysis.apply_script import Admission, Applier, BatchExtras
+from analysis.apply_script import Admission, Applier, BatchExtras, roll_up
 from analysis.compare import compare_outputs
 from analysis.feedback import join_value
 from analysis.jsonpath import compile_path
@@ -62,6 +63,7 @@ log = logging.getLogger("shadowtrial.worker")
 
 DISCOVER_EVERY_S = 5.0
 HEARTBEAT_EVERY_S = 2.0
+ROLLUP_EVERY_S = 60.0
 RECENT_PER_BATCH = 20  # pairs of each batch pushed to the `recent` drill-down list
 _TIMED_OUTCOMES = (OUTCOME_OK, OUTCOME_HTTP_ERROR, OUTCOME_TIMEOUT)
 
@@ -400,6 +402,8 @@ class Worker:
         if self._due("heartbeat", now, HEARTBEAT_EVERY_S):
             self.heartbeat()
         done = 0
+        if self._due("rollup", now, ROLLUP_EVERY_S):
+            self.roll_up()
         if self._due("claim", now, self.settings.worker.claim_idle_ms / 2000.0):
             done += self.claim_idle()
         done += self.read_new(block=done == 0)
@@ -433,6 +437,24 @@ class Worker:
             if role:
                 self.client.hset(self.keys.candidates_seen(), name, role)
             self.streams[stream] = name
+
+    def roll_up(self) -> int:
+        """Merge old buckets into hourly ones (atomic and idempotent: any worker may)."""
+        w = self.settings.worker
+        if not w.rollup_after_hours:
+            return 0
+        return sum(
+            roll_up(
+                self.client,
+                self.keys,
+                name,
+                now_s=self.clock(),
+                bucket_seconds=w.bucket_seconds,
+                after_s=w.rollup_after_hours * 3600,
+                ttl_s=w.retention_hours * 3600,
+            )
+            for name in set(self.streams.values())
+        )
 
     def heartbeat(self) -> None:
         """Refresh this worker's health key (`shadowtrial worker --check` reads it)."""

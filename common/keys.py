@@ -35,12 +35,16 @@ class Keys:
         """Hash of additive counters for one time bucket (epoch seconds of its start)."""
         return f"{self.bucket_base(candidate)}{bucket_start}"
 
+    def rollup(self, candidate: str, hour_start: int) -> str:
+        """Hash of one hour's counters, merged from its buckets once they are old."""
+        return f"{self.bucket_base(candidate)}h{hour_start}"
+
     def bucket_base(self, candidate: str) -> str:
         """`bucket(candidate, start)` without the start: Lua scripts append it themselves."""
         return f"{self._tag(candidate)}:bucket:"
 
     def bucket_index(self, candidate: str) -> str:
-        """Sorted set of bucket starts that exist, so a window is one ZRANGEBYSCORE."""
+        """Sorted set of buckets by start: members `<start>` (bucket) and `h<start>` (rollup)."""
         return f"{self._tag(candidate)}:buckets"
 
     def samples(self, candidate: str, kind: str) -> str:

@@ -318,7 +318,10 @@ class WorkerSettings:
     # Ground-truth joins: a pair's predictions (or an early label) wait this long for
     # their other half, in at most two generations of label_join_max entries each.
     label_join_hours: int = _setting(24, _at_least(_cast_int, 1))
-    label_join_max: int = _setting(500_000, _at_least(_cast_int, 1))
+    label_join_max: int = _setting(250_000, _at_least(_cast_int, 1))
+    # Buckets older than this are merged into hourly ones (0: never), so a week of
+    # retention holds ~170 hourly buckets instead of ~10,000 minute ones.
+    rollup_after_hours: int = _setting(6, _at_least(_cast_int, 0))
 
 
 @dataclass(frozen=True)
@@ -466,7 +469,9 @@ def _check_slices(slices: tuple[SliceSettings, ...]) -> None:
         if not sl.name:
             raise ConfigError(f"slices[{i}].name", sl.name, "every slice needs a name")
         if not (sl.source.startswith("$") or sl.source.startswith("header:")):
-            raise ConfigError(f"slices[{i}].from", sl.source, "expected a $.json.path or header:Name")
+            raise ConfigError(
+                f"slices[{i}].from", sl.source, "expected a $.json.path or header:Name"
+            )
 
 
 def settings_from_mapping(
@@ -483,7 +488,9 @@ def settings_from_mapping(
             raise ConfigError(key, "...", "unknown section")
     sections = {name: _build(cls, merged.get(name, {}), name) for name, cls in _SECTIONS.items()}
     lists = {
-        name: tuple(_build(cls, entry, f"{name}[{i}]") for i, entry in enumerate(merged.get(name, [])))
+        name: tuple(
+            _build(cls, entry, f"{name}[{i}]") for i, entry in enumerate(merged.get(name, []))
+        )
         for name, cls in _LISTS.items()
     }
     _check_candidates(lists["candidates"])

@@ -112,3 +112,14 @@ def test_waiting_predictions_are_bounded(redis_client: redis.Redis, prefix: str)
 def test_feedback_refuses_labels_that_are_no_class() -> None:
     with pytest.raises(ValueError, match="label"):
         record_feedback(None, Keys("x"), "r0", {"not": "a label"})  # type: ignore[arg-type]
+
+
+def test_a_label_after_rollup_counts_in_the_hour(redis_client: redis.Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    pf.write(redis_client, keys.pairs("v2"), _pairs())
+    worker = Worker(redis_client, pf.settings(prefix), clock=lambda: pf.TS0 / 1000 + 10 * 3600)
+    pf.drain(worker)
+    assert worker.roll_up() == 1
+    for rid, label in TRUTH.items():
+        assert record_feedback(redis_client, keys, rid, label) == {"v2": "joined"}
+    _check(_labels(redis_client, prefix))

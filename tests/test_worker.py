@@ -192,3 +192,47 @@ def test_runtime_candidates_are_discovered_with_their_role(
     assert pf.drain(Worker(redis_client, pf.settings(prefix))) == 1
     assert redis_client.hget(keys.candidates_seen(), "late") == b"secondary"
     assert redis_client.hget(keys.candidates_seen(), "v2") == b"candidate"  # configured
+
+
+def test_rollup_into_hours_keeps_every_count(redis_client: redis.Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    settings = pf.settings(prefix)
+    hour0 = pf.TS0 // 1000 - pf.TS0 // 1000 % 3600
+    records = _varied_records(600)
+    for i, rec in enumerate(records):
+        rec.ts_ms = hour0 * 1000 + i * 12_000  # one every 12 s: two hours
+    pf.write(redis_client, keys.pairs("v2"), records)
+    worker = Worker(redis_client, settings, clock=lambda: hour0 + 10 * 3600)
+    pf.drain(worker)
+    window = dict(now=hour0 + 7200 - 1, window_s=7200)
+
+    def report() -> dict:
+        return build_report(
+            redis_client, keys, settings, "v2", window["window_s"], now=window["now"]
+        )
+
+    before = report()
+    assert before["window"]["buckets"] == 120
+    assert worker.roll_up() == 2
+    assert worker.roll_up() == 0  # idempotent
+    after = report()
+    assert after["window"]["buckets"] == 2 and all(p["hour"] for p in after["timeline"])
+    for section in (
+        "pairs",
+        "rows",
+        "errors",
+        "agreement",
+        "flips",
+        "confidence",
+        "latency",
+        "slices",
+    ):
+        assert after[section] == before[section], section
+    # a late pair for the first hour lands in a new bucket, counted beside the rollup
+    late = _varied_records(1, seed=99)[0]
+    late.ts_ms, late.request_id = hour0 * 1000 + 5_000, "late"
+    pf.write(redis_client, keys.pairs("v2"), [late])
+    pf.drain(worker)
+    assert report()["pairs"] == 601
+    assert worker.roll_up() == 1
+    assert report()["pairs"] == 601 and report()["window"]["buckets"] == 2

@@ -75,8 +75,13 @@ def applied_by(client: redis.Redis, keys: Keys, consumer: str) -> int:
 
 def summarised_pairs(client: redis.Redis, keys: Keys, candidate: str = "v2") -> int:
     """Pair records counted in every bucket of the candidate."""
-    starts = client.zrange(keys.bucket_index(candidate), 0, -1)
-    return sum(int(client.hget(keys.bucket(candidate, int(s)), "records") or 0) for s in starts)
+    total = 0
+    for member in client.zrange(keys.bucket_index(candidate), 0, -1):
+        text = member.decode()
+        start = int(text.lstrip("h"))
+        key = keys.rollup(candidate, start) if text[0] == "h" else keys.bucket(candidate, start)
+        total += int(client.hget(key, "records") or 0)
+    return total
 
 
 def consumed(client: redis.Redis, keys: Keys, candidate: str = "v2") -> bool:
