@@ -62,6 +62,7 @@ from common.store import resolve_redis_url
 log = logging.getLogger("shadowtrial.worker")
 
 DISCOVER_EVERY_S = 5.0
+SCAN_EVERY_S = 60.0
 HEARTBEAT_EVERY_S = 2.0
 ROLLUP_EVERY_S = 60.0
 RECENT_PER_BATCH = 20  # pairs of each batch pushed to the `recent` drill-down list
@@ -348,6 +349,16 @@ class BatchProcessor:
                 )
 
 
+def _registered_role(raw: bytes) -> str:
+    """The role in a registry entry (JSON of the candidate's live settings), if it says."""
+    try:
+        entry = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return ""
+    role = entry.get("role") if isinstance(entry, dict) else None
+    return role if role in ("candidate", "secondary") else ""
+
+
 class Worker:
     """One consumer of every candidate stream; `run()` until `stop()`."""
 
@@ -398,7 +409,7 @@ class Worker:
         """One iteration: housekeeping, take over idle entries, read and apply new ones."""
         now = time.monotonic()
         if self._due("discover", now, DISCOVER_EVERY_S):
-            self.discover()
+            self.discover(scan=self._due("scan", now, SCAN_EVERY_S))
         if self._due("heartbeat", now, HEARTBEAT_EVERY_S):
             self.heartbeat()
         done = 0
@@ -417,26 +428,35 @@ class Worker:
 
     # -- streams and groups --
 
-    def discover(self) -> None:
-        """Join the group of every configured or runtime-registered candidate's stream."""
+    def discover(self, scan: bool = True) -> None:
+        """Join the group of every configured, registered or (with `scan`) existing stream.
+
+        The registry hash is read every few seconds; SCAN for `Keys.pairs("*")` walks the
+        whole keyspace, so it runs only once a minute (and at start).
+        """
         names = {c.name: c.role for c in self.settings.candidates}
-        pattern = self.keys.pairs("*")
-        head, tail = pattern.split("*")
-        for key in self.client.scan_iter(match=pattern, count=1000, _type="stream"):
-            text = key.decode()
-            names.setdefault(text[len(head) : len(text) - len(tail)], "")
+        for name, raw in self.client.hgetall(self.keys.registry()).items():
+            names.setdefault(name.decode(), _registered_role(raw))
+        if scan:
+            pattern = self.keys.pairs("*")
+            head, tail = pattern.split("*")
+            for key in self.client.scan_iter(match=pattern, count=1000, _type="stream"):
+                text = key.decode()
+                names.setdefault(text[len(head) : len(text) - len(tail)], "")
         for name, role in names.items():
-            stream = self.keys.pairs(name)
-            if stream in self.streams:
-                continue
-            try:
-                self.client.xgroup_create(stream, WORKER_GROUP, id="0", mkstream=True)
-            except redis.ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
-            if role:
-                self.client.hset(self.keys.candidates_seen(), name, role)
-            self.streams[stream] = name
+            if self.keys.pairs(name) not in self.streams:
+                self._join(name, role)
+
+    def _join(self, name: str, role: str) -> None:
+        stream = self.keys.pairs(name)
+        try:
+            self.client.xgroup_create(stream, WORKER_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        if role:
+            self.client.hset(self.keys.candidates_seen(), name, role)
+        self.streams[stream] = name
 
     def roll_up(self) -> int:
         """Merge old buckets into hourly ones (atomic and idempotent: any worker may)."""

@@ -236,3 +236,18 @@ def test_rollup_into_hours_keeps_every_count(redis_client: redis.Redis, prefix: 
     assert report()["pairs"] == 601
     assert worker.roll_up() == 1
     assert report()["pairs"] == 601 and report()["window"]["buckets"] == 2
+
+
+def test_candidates_registered_at_runtime_are_joined_before_their_first_pair(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    redis_client.hset(
+        keys.registry(), "shadow", '{"name": "shadow", "role": "secondary", "sample": 1.0}'
+    )
+    worker = Worker(redis_client, pf.settings(prefix))
+    worker.discover(scan=False)
+    assert keys.pairs("shadow") in worker.streams
+    assert redis_client.hget(keys.candidates_seen(), "shadow") == b"secondary"
+    groups = redis_client.xinfo_groups(keys.pairs("shadow"))
+    assert [g["name"] for g in groups] == [WORKER_GROUP.encode()]
