@@ -9,7 +9,7 @@ reader refuses versions it does not know instead of guessing.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import orjson
@@ -58,7 +58,8 @@ class PairRecord:
 
     def to_fields(self) -> dict[bytes, bytes]:
         """Encode as stream entry fields (the form XADD takes)."""
-        meta = {k: v for k, v in asdict(self).items() if k not in self._BODIES}
+        # Built by hand: dataclasses.asdict deep-copies and cost ~6% of the proxy's CPU.
+        meta = {name: getattr(self, name) for name in _META_FIELDS}
         meta["v"] = SCHEMA_VERSION
         return {
             b"m": orjson.dumps(meta),
@@ -86,6 +87,9 @@ class PairRecord:
             )
         except TypeError as exc:
             raise RecordError(f"pair record fields do not match the schema: {exc}") from None
+
+
+_META_FIELDS = tuple(f.name for f in fields(PairRecord) if f.name not in PairRecord._BODIES)
 
 
 def _field_getter(fields: dict[Any, Any]) -> Callable[[str], bytes]:

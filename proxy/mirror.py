@@ -179,6 +179,8 @@ class Mirror:
             self._metrics.mirror_outcome(target.name, MIRROR_PRIMARY_FAILED)
             return
         self._metrics.mirror_outcome(target.name, result.outcome)
+        if result.outcome == MIRROR_SHED:  # an in-process runner's queue was full: no pair
+            return
         record = PairRecord(
             request_id=request.request_id,
             candidate=target.name,
