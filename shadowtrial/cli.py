@@ -15,7 +15,9 @@ from collections.abc import Sequence
 
 from common.errors import AdminError, ConfigError, ModelLoadError, ShadowtrialError
 
-COMMANDS: list[str] = ["serve", "worker", "candidates", "promote", "reject", "rollback"]
+COMMANDS: list[str] = [
+    "serve", "worker", "candidates", "promote", "reject", "rollback", "report", "replay",
+]  # fmt: skip
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2

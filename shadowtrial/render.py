@@ -1,0 +1,229 @@
+"""The report as terminal tables (rich): what `shadowtrial report NAME` prints.
+
+Same numbers and formatting as the web page (analysis.ui.present), laid out for a
+terminal: the gate's verdict and reasons first, then agreement, slices, confidence,
+latency, errors and labels. Text from traffic (slice values, class labels) goes into
+`rich.text.Text` cells, never through markup, so `[red]` in a slice value prints as is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from analysis.ui.present import interval, ms, num, pct, pts, pval, ratio, signed
+
+STYLE = {"pass": "bold green", "fail": "bold red", "insufficient": "bold yellow", "skip": "dim"}
+SLICES_SHOWN = 12
+
+
+def _get(report: Mapping[str, Any], *path: str) -> Any:
+    value: Any = report
+    for key in path:
+        value = value.get(key) if isinstance(value, Mapping) else None
+    return value
+
+
+def _table(title: str, *columns: str) -> Table:
+    table = Table(title=title, title_justify="left", title_style="bold", header_style="dim")
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    return table
+
+
+def _add(table: Table, *cells: str | Text) -> None:
+    """A row whose plain strings are text, never markup."""
+    table.add_row(*(c if isinstance(c, Text) else Text(str(c)) for c in cells))
+
+
+def _bracket(fmt: Callable[[object], str], value: object, low: object, high: object) -> str:
+    """'value [low, high]' in one format."""
+    return f"{fmt(value)} [{fmt(low)}, {fmt(high)}]"
+
+
+def header(report: Mapping[str, Any]) -> Text:
+    """Which candidate, which window, how much evidence."""
+    window = report.get("window") or {}
+    text = Text()
+    text.append(str(report.get("candidate")), style="bold")
+    text.append(f"  {window.get('start')} to {window.get('end')}", style="dim")
+    text.append(
+        f"\n{num(report.get('pairs'))} pairs ({num(report.get('rows'))} rows)"
+        f", sampled {num(report.get('sampled'))}, shed {num(report.get('shed'))}"
+    )
+    return text
+
+
+def gate(report: Mapping[str, Any]) -> Group:
+    """The verdict, coloured, and one line per rule."""
+    verdict = str(_get(report, "gate", "verdict") or "insufficient")
+    lines = [Text.assemble("gate: ", (verdict.upper(), STYLE.get(verdict, "bold")))]
+    rules = _get(report, "gate", "rules") or []
+    for rule in rules:
+        outcome = str(rule.get("outcome"))
+        lines.append(
+            Text.assemble(
+                "  ",
+                (f"{outcome:<12}", STYLE.get(outcome, "")),
+                (str(rule.get("rule")), "bold"),
+                " ",
+                str(rule.get("detail")),
+            )
+        )
+    if not rules:
+        lines += [Text(f"  {reason}") for reason in _get(report, "gate", "reasons") or []]
+    return Group(*lines)
+
+
+def agreement(report: Mapping[str, Any]) -> Table:
+    ag = report.get("agreement") or {}
+    table = _table("Agreement", "", "value", "95% interval")
+    _add(
+        table, "agreement", pct(ag.get("rate"), 2), interval(ag.get("ci_low"), ag.get("ci_high"), 2)
+    )
+    _add(table, "anytime-valid (CS)", "", interval(ag.get("cs_low"), ag.get("cs_high"), 2))
+    kappa = ag.get("kappa")
+    _add(table, "Cohen's kappa", "—" if kappa is None else f"{kappa:.3f}", "")
+    _add(table, "rows that differ", f"{num(ag.get('disagree'))} of {num(ag.get('n'))}", "")
+    noise = report.get("noise_floor") or {}
+    if noise.get("agreement") is not None:
+        _add(
+            table,
+            Text(f"noise floor ({noise.get('candidate')})"),
+            pct(noise.get("agreement"), 2),
+            interval(noise.get("ci_low"), noise.get("ci_high"), 2),
+        )
+    return table
+
+
+def _slice_cells(row: Mapping[str, Any]) -> list[Text]:
+    style = "red" if row.get("flagged") else ("dim" if row.get("p_adj") is None else "")
+    p_text = pval(row.get("p_adj")) if row.get("p_adj") is not None else "n < 32"
+    cells = [
+        str(row.get("slice")), str(row.get("value")), num(row.get("pairs")),
+        pct(row.get("agreement")), interval(row.get("ci_low"), row.get("ci_high")),
+        pts(row.get("delta_vs_overall")), p_text, "FLAGGED" if row.get("flagged") else "",
+    ]  # fmt: skip
+    return [Text(cell, style=style) for cell in cells]
+
+
+def slices(report: Mapping[str, Any], shown: int = SLICES_SHOWN) -> Table | None:
+    """Flagged slices first (red, with adjusted p-values), then the most divergent."""
+    from analysis.ui.present import slice_rows
+
+    rows = slice_rows(report, str(report.get("candidate")))
+    if not rows:
+        return None
+    title = f"Slices (flagged first, then by divergence; {min(shown, len(rows))} of {len(rows)})"
+    table = _table(
+        title, "slice", "value", "pairs", "agreement", "95% interval", "Δ", "p (adj.)", ""
+    )
+    for row in rows[:shown]:
+        _add(table, *_slice_cells(row))
+    return table
+
+
+def discovered(report: Mapping[str, Any]) -> Table | None:
+    rows = report.get("discovered") or []
+    if not rows:
+        return None
+    table = _table("Discovered slices (SliceLine)", "conditions", "pairs", "agreement", "p (adj.)")
+    for row in rows:
+        conditions = " and ".join(f"{f}={v}" for f, v in row.get("conditions") or [])
+        _add(
+            table,
+            Text(conditions),
+            num(row.get("pairs")),
+            pct(row.get("agreement")),
+            pval(row.get("p_adj")),
+        )
+    return table
+
+
+def confidence(report: Mapping[str, Any]) -> Table:
+    conf = report.get("confidence") or {}
+    deltas = report.get("confidence_deltas") or {}
+    near = conf.get("near_boundary") or {}
+    table = _table("Confidence", "", "primary", "candidate", "test")
+    _add(
+        table,
+        "mean confidence",
+        pct(_get(conf, "primary", "mean")),
+        pct(_get(conf, "candidate", "mean")),
+        "",
+    )
+    _add(
+        table,
+        "paired shift (candidate minus primary)",
+        "",
+        _bracket(signed, deltas.get("mean"), deltas.get("ci_low"), deltas.get("ci_high")),
+        f"sign test p {pval(deltas.get('sign_p'))}",
+    )
+    _add(
+        table,
+        "near the boundary (margin < 0.1)",
+        pct(near.get("primary")),
+        pct(near.get("candidate")),
+        f"McNemar p {pval(near.get('p'))}",
+    )
+    return table
+
+
+def latency(report: Mapping[str, Any]) -> Table:
+    from analysis.ui.present import latency_rows
+
+    table = _table("Latency", "", "primary", "candidate", "ratio")
+    for row in latency_rows(report):
+        _add(table, row["q"], ms(row["primary"]), ms(row["candidate"]), ratio(row["ratio"]))
+    if _get(report, "latency", "comparable") is False:
+        table.caption = "the candidate runs in the worker: latencies are not comparable"
+    return table
+
+
+def errors(report: Mapping[str, Any]) -> Table:
+    err = report.get("errors") or {}
+    table = _table("Errors", "", "count", "rate")
+    _add(table, "primary", num(err.get("primary")), pct(err.get("primary_rate"), 2))
+    _add(table, "candidate", num(err.get("candidate")), pct(err.get("candidate_rate"), 2))
+    for kind, count in (err.get("by_kind") or {}).items():
+        _add(table, Text(f"  {kind}"), num(count), "")
+    return table
+
+
+def labels(report: Mapping[str, Any]) -> Table | None:
+    lab = report.get("labels") or {}
+    if not lab.get("n"):
+        return None
+    table = _table(f"Ground truth ({num(lab.get('n'))} labelled pairs)", "", "value")
+    _add(table, "accuracy, primary", pct(lab.get("primary_accuracy")))
+    _add(table, "accuracy, candidate", pct(lab.get("candidate_accuracy")))
+    _add(
+        table,
+        "change",
+        _bracket(pts, lab.get("delta"), lab.get("delta_ci_low"), lab.get("delta_ci_high")),
+    )
+    _add(
+        table,
+        "wrong where the primary was right / the reverse",
+        f"{num(lab.get('negative_flips'))} / {num(lab.get('positive_flips'))}",
+    )
+    _add(table, "McNemar p", pval(lab.get("mcnemar_p")))
+    return table
+
+
+def render_report(report: Mapping[str, Any], console: Console) -> None:
+    """Print every section that has something to say."""
+    console.print(header(report))
+    console.print(gate(report))
+    sections = [
+        agreement(report), slices(report), discovered(report), confidence(report),
+        latency(report), errors(report), labels(report),
+    ]  # fmt: skip
+    for section in sections:
+        if section is not None:
+            console.print()
+            console.print(section)
