@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import pytest
 import redis
 
 from common.keys import WORKER_GROUP, Keys
@@ -36,6 +37,7 @@ def _holds_a_batch(client: redis.Redis, keys: Keys, consumer: str) -> bool:
     return held.get(consumer, held.get(consumer.encode(), 0)) > 0
 
 
+@pytest.mark.slow  # 15-25 s on 2 shared cores: 50,000 pairs through three processes
 def test_sigkill_mid_run_loses_and_duplicates_nothing(
     redis_client: redis.Redis, redis_url: str, prefix: str, tmp_path: Path
 ) -> None:
