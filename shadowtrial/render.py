@@ -15,7 +15,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from analysis.ui.present import interval, ms, num, pct, pts, pval, ratio, signed
+from analysis.ui.present import interval, ms, num, pct, peq, pts, pval, ratio, signed
 
 STYLE = {"pass": "bold green", "fail": "bold red", "insufficient": "bold yellow", "skip": "dim"}
 SLICES_SHOWN = 12
@@ -161,14 +161,14 @@ def confidence(report: Mapping[str, Any]) -> Table:
         "paired shift (candidate minus primary)",
         "",
         _bracket(signed, deltas.get("mean"), deltas.get("ci_low"), deltas.get("ci_high")),
-        f"sign test p {pval(deltas.get('sign_p'))}",
+        f"sign test {peq(deltas.get('sign_p'))}",
     )
     _add(
         table,
         "near the boundary (margin < 0.1)",
         pct(near.get("primary")),
         pct(near.get("candidate")),
-        f"McNemar p {pval(near.get('p'))}",
+        f"McNemar {peq(near.get('p'))}",
     )
     return table
 
