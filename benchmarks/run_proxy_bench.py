@@ -67,20 +67,46 @@ def commit() -> str:
 
 def measure(plan: Plan, work: Path, paths: dict[str, str]) -> report.Outcome:
     """Run every phase with all servers up; the servers stop when this returns or raises."""
+    clock = PhaseClock()
     with Bench(plan, work, paths) as bench:
         bench.start()
+        clock.lap("servers up")
         bench.warm_up()
+        clock.lap("warm-up")
         rows = bench.series(plan.throughput_configs(), plan.conns, plan.duration, "throughput")
+        clock.lap("throughput")
         rows += bench.series(plan.latency_configs(), (1,), plan.latency_duration, "latency")
+        clock.lap("c=1")
         rate = plan.rate or 0.5 * bench.max_rate(rows)
         if math.isnan(rate) or rate <= 0:
             raise HarnessError("full shadowing measured no throughput: cannot pick a fixed rate")
         rate_rows = bench.fixed_rate(rate)
+        clock.lap("fixed rate")
         found, profile_rps = bench.profile() if plan.profile else (None, math.nan)
         bench.collect()
+        clock.lap("profile")
+    clock.lap("stop")
+    log(f"phases: {clock}")
     outcome = report.Outcome(plan, rows, rate_rows, rate, {}, found, profile_rps)
     outcome.captured, outcome.metrics = bench.captured, bench.metrics
     return outcome
+
+
+class PhaseClock:
+    """Seconds each phase took, to keep the runtime estimate honest."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+        self.laps: list[tuple[str, float]] = []
+
+    def lap(self, name: str) -> None:
+        """Close the phase that just ended."""
+        now = time.monotonic()
+        self.laps.append((name, now - self.last))
+        self.last = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name} {seconds:.0f} s" for name, seconds in self.laps)
 
 
 def write_results(text: str) -> None:

@@ -9,7 +9,7 @@ from proxybench.results import estimate_seconds
 
 DIRECT = "direct"
 NGINX_MIRROR = "nginx-mirror"
-STARTUP_S = 8.0  # servers up and answering, measured on the 2-core machine
+STARTUP_S = 18.0  # servers up and answering, then stopped: measured on the busy 2-core machine
 
 
 def off(workers: int) -> str:
@@ -129,7 +129,7 @@ def parser() -> argparse.ArgumentParser:
         default=(2, 1),
         help="serve --workers values; targets use the first (default 2,1)",
     )
-    ap.add_argument("--latency-duration", type=int, default=4, help="seconds per c=1 run (4)")
+    ap.add_argument("--latency-duration", type=int, default=3, help="seconds per c=1 run (3)")
     ap.add_argument("--rate-duration", type=int, default=6, help="seconds per fixed-rate run (6)")
     ap.add_argument("--rate", type=float, default=None, help="fixed rate (default: half max)")
     ap.add_argument("--slow-ms", type=float, default=500.0, help="slow candidate delay (500)")

@@ -138,15 +138,19 @@ class Target:
         return f"{text} (stretch {self.stretch:g}{self.unit})" if self.stretch is not None else text
 
 
-def slow_candidate_noise(on_p99: Sequence[float], off_p99: Sequence[float], floor: float) -> float:
+def slow_candidate_noise(
+    on_p99: Sequence[float], off_p99: Sequence[float], floor: float, floor_ms: float = 1.0
+) -> float:
     """How far the slow-candidate p99 may move and still count as 'no change' (ms).
 
-    The run-to-run spread of the mirror-on and mirror-off p99s measures noise; `floor` (a
-    fraction of the mirror-on median) keeps a single-repeat smoke run from demanding 0.
+    The run-to-run spread of the mirror-on and mirror-off p99s measures noise; the floors
+    (`floor` of the mirror-on median, and `floor_ms`: scheduling jitter on a shared 2-core
+    machine) keep a single-repeat smoke run or a tiny p99 from demanding exactly 0.
     """
     noise = max(spread(on_p99) if on_p99 else 0.0, spread(off_p99) if off_p99 else 0.0)
     base = median(on_p99)
-    return max(0.0 if math.isnan(noise) else noise, floor * (0.0 if math.isnan(base) else base))
+    relative = floor * (0.0 if math.isnan(base) else base)
+    return max(0.0 if math.isnan(noise) else noise, relative, floor_ms)
 
 
 # -- scheduling ------------------------------------------------------------------------------
