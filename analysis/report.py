@@ -121,8 +121,10 @@ def build_report(
         "window": _window(first, last, window_s, settings.worker.bucket_seconds, len(timeline)),
         "pairs": summary.get("records"),
         "rows": summary.get("rows"),
+        # Filled when proxies count mirror outcomes into the buckets (fields mirror:sampled
+        # and mirror:shed); until then every recorded pair was sampled and shed is unknown.
         "sampled": summary.get("mirror:sampled") or summary.get("records"),
-        "shed": summary.get("mirror:shed"),
+        "shed": summary.get("mirror:shed") if "mirror:sampled" in summary.counts else None,
         "records": _records(summary),
         "errors": _errors(summary),
         "agreement": _agreement(summary, matrix),
