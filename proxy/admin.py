@@ -64,7 +64,7 @@ MAX_PAIRS = 200
 REDACTED = "[redacted]"
 # Names whose values are secrets wherever they show up (headers, query, JSON fields).
 _SECRET_NAME = re.compile(
-    r"(authorization|cookie|token|secret|passw|api[-_]?key|apikey|signature|credential|session)",
+    r"(auth|cookie|token|secret|passw|api[-_]?key|apikey|signature|credential|session)",
     re.IGNORECASE,
 )
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"", "0", "false", "no", "off"}
@@ -271,10 +271,21 @@ def curl_line(base_url: str, pair: Mapping[str, Any], redact_fields: frozenset[s
     return " ".join(parts)
 
 
+def redact_pair(pair: dict[str, Any], redact_fields: frozenset[str]) -> dict[str, Any]:
+    """The pair with secrets replaced: secret-named headers, query parameters, JSON fields."""
+    headers = pair.get("headers") or {}
+    pair["headers"] = {k: REDACTED if _SECRET_NAME.search(k) else v for k, v in headers.items()}
+    pair["query"] = _redact_query(str(pair.get("query") or ""))
+    if pair.get("request_body"):
+        pair["request_body"] = _redact_body(str(pair["request_body"]), redact_fields)
+    return pair
+
+
 def _with_curl(
     pairs: list[dict[str, Any]], primary: str, candidate: str | None, redact: frozenset[str]
 ) -> list[dict[str, Any]]:
     for pair in pairs:
+        redact_pair(pair, redact)
         pair["curl"] = {
             "primary": curl_line(primary, pair, redact),
             "candidate": None if candidate is None else curl_line(candidate, pair, redact),
