@@ -197,6 +197,8 @@ def test_the_page_refreshes_itself_when_new_pairs_arrive(site: Site, watched: Wa
         timeout=15_000,
     )
     assert page.locator("#status").inner_text().startswith("updated")
+    paths = page.evaluate("document.querySelectorAll('#chart-agreement svg path').length")
+    assert paths >= 2  # the swapped-in charts are live SVG, not text
     assert watched.errors == []
 
 
