@@ -132,7 +132,7 @@ OPERATIONS: tuple[Operation, ...] = (
                 "schema": {"type": "boolean", "default": False}},
                {"name": "slice", "in": "query", "required": False,
                 "description": "feature=value, e.g. country=FR",
-                "schema": {"type": "string"}},
+                "schema": {"type": "string", "pattern": "^[^=]+=.*$"}},
                {"name": "limit", "in": "query", "required": False,
                 "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}})),
     Operation("POST", "/v1/candidates/{name}/promote", "promote",
