@@ -525,7 +525,7 @@ class RunnerPool:
         self._made: dict[str, tuple[tuple[Any, ...], CandidateRunner]] = {}
         self._max_body = max_body
         self._pool_size = pool_size
-        self._retiring: set[asyncio.Task[None]] = set()
+        self._retiring: dict[asyncio.Task[None], CandidateRunner] = {}
         self._missing_warned: set[str] = set()
 
     def runner_for(self, entry: Entry) -> CandidateRunner | None:
@@ -562,15 +562,17 @@ class RunnerPool:
             await _close(runner)
 
         task = asyncio.get_running_loop().create_task(later())
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+        self._retiring[task] = runner
+        task.add_done_callback(lambda done: self._retiring.pop(done, None))
 
     async def close(self) -> None:
-        """Close every runner made here (configured ones belong to the ProxyApp)."""
-        for task in list(self._retiring):
+        """Close every runner made here, retiring ones too (configured ones belong to the
+        ProxyApp)."""
+        retiring, self._retiring = self._retiring, {}
+        for task in retiring:
             task.cancel()
         made, self._made = self._made, {}
-        for _, runner in made.values():
+        for runner in [*retiring.values(), *(r for _, r in made.values())]:
             await _close(runner)
 
 
