@@ -17,6 +17,7 @@ from common.errors import AdminError, ConfigError, ModelLoadError, ShadowtrialEr
 
 COMMANDS: list[str] = [
     "serve", "worker", "candidates", "promote", "reject", "rollback", "report", "replay",
+    "demo",
 ]  # fmt: skip
 
 EXIT_FAILED = 1

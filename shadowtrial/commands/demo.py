@@ -1,0 +1,77 @@
+"""`shadowtrial demo`: the whole story on one machine, with an embedded Redis."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from shadowtrial.commands import positive_int
+
+
+def _seconds(text: str) -> float:
+    """argparse type for --duration: seconds, or a duration such as 30s or 5m."""
+    from common.settings import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def register(subparsers: Any) -> None:
+    """Add the `demo` subcommand."""
+    parser = subparsers.add_parser(
+        "demo",
+        help="the whole story on this machine: models, proxy, workers, traffic, report, web page",
+        description="Start an embedded Redis, three model servers, the proxy and two workers "
+        "on free loopback ports; train a primary and a candidate on a real survey; send "
+        "traffic with late ground truth; print the report and the gate's verdict; serve the "
+        "web page until Ctrl-C. Everything it starts is stopped on exit.",
+    )
+    parser.add_argument(
+        "--candidate",
+        choices=["flawed", "good"],
+        default="flawed",
+        help="which v2 is on trial: the one with a silent training/serving skew "
+        "(default), or one trained right",
+    )
+    when = parser.add_mutually_exclusive_group()
+    when.add_argument(
+        "--duration",
+        type=_seconds,
+        default=None,
+        metavar="S",
+        help="after the report, keep serving for S seconds (30, 2m), then stop",
+    )
+    when.add_argument("--no-wait", action="store_true", help="stop right after printing the report")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="work in DIR and keep it (config, logs, models, reports, pids.json) "
+        "instead of a temporary folder removed at the end",
+    )
+    parser.add_argument(
+        "--requests",
+        type=positive_int,
+        default=3000,
+        metavar="N",
+        help="requests to send through the proxy (default: 3000)",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo; the exit code."""
+    from shadowtrial.demo.run import Options, run_demo
+
+    options = Options(
+        candidate=args.candidate,
+        duration=args.duration,
+        no_wait=args.no_wait,
+        keep=args.keep,
+        requests=args.requests,
+    )
+    return run_demo(options)
