@@ -74,13 +74,17 @@ def load_window(
     """Merge the buckets and hourly rollups overlapping [first, last]; also per-bucket totals.
 
     A rollup counts whole: a window starting inside an old hour includes all of that hour.
+    If buckets vanish between listing and reading them (rolled up meanwhile), read again.
     """
     try:
-        found = _window_buckets(client, keys, candidate, first, last)
-        pipe = client.pipeline(transaction=False)
-        for _, _, key in found:
-            pipe.hgetall(key)
-        raws = pipe.execute() if found else []
+        for _ in range(3):
+            found = _window_buckets(client, keys, candidate, first, last)
+            pipe = client.pipeline(transaction=False)
+            for _, _, key in found:
+                pipe.hgetall(key)
+            raws = pipe.execute() if found else []
+            if all(raws):
+                break
     except redis.RedisError as exc:
         raise StoreError(f"cannot read the summaries of {candidate}: {exc}") from exc
     timeline = [
