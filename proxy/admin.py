@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
+from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -194,7 +195,7 @@ async def _known(ctx: AdminContext, name: str) -> Snapshot:
         return snap
     try:
         seen = await ctx.redis.hexists(ctx.keys.candidates_seen(), name)
-    except Exception as exc:  # redis.asyncio raises several families; all mean "down"
+    except (RedisError, OSError) as exc:
         raise StoreError(f"cannot read the candidates seen: {exc}") from exc
     if not seen:
         raise NotFound(f"no candidate named {name!r}", "GET /v1/candidates lists them")

@@ -427,8 +427,8 @@ class TrialWatch:
         """End every trial whose time is up (once per sync tick, cheap when none is)."""
         self.ticks += 1
         snap = self.sync.snapshot
-        if snap is None or self._decisions is None:
-            return
+        if snap is None or self._decisions is None or self.sync.last_error:
+            return  # Redis is down: the trial ends (mirroring stops) and is recorded later
         now = self.sync.clock()
         for entry in snap.entries.values():
             if entry.state != ACTIVE or not entry.expired(now) or entry.ends_at is None:
