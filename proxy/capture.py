@@ -7,7 +7,8 @@ spool: records wait (counted once as `spooled`) while the writer retries with ba
 beyond `proxy.spool_max` waiting records, new ones are dropped and counted. (While Redis
 is up the queue is bounded by max(spool_max, BATCH) as a safety net.)
 Recording resumes by itself when Redis answers again. A client request never waits on
-any of this.
+any of this. Secrets never reach the queue: captured headers are redacted by
+HeaderCapture, configured JSON fields and query parameters by proxy.redact in `submit`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from common.keys import Keys
 from common.records import PairRecord
 from common.settings import Settings
 from proxy.metrics import CAPTURE_DROPPED, CAPTURE_RECORDED, CAPTURE_SPOOLED, Metrics
+from proxy.redact import BodyRedactor
 
 log = logging.getLogger("shadowtrial.capture")
 
@@ -88,6 +90,7 @@ class Capture:
         spool_max: int,
         metrics: Metrics,
         headers: HeaderCapture,
+        redactor: BodyRedactor | None = None,
     ) -> None:
         self._client = client
         self._keys = keys
@@ -96,6 +99,7 @@ class Capture:
         self._capacity = max(spool_max, BATCH)
         self._metrics = metrics
         self.headers = headers
+        self.redactor = redactor  # proxy.redact_fields, applied before a record is queued
         self._pending: deque[_Pending] = deque()
         self._sending: list[_Pending] = []  # the batch on the wire right now
         self._streams: dict[str, str] = {}
@@ -121,6 +125,7 @@ class Capture:
             settings.proxy.spool_max,
             metrics,
             HeaderCapture.from_settings(settings),
+            BodyRedactor.from_settings(settings),
         )
 
     @property
@@ -140,6 +145,8 @@ class Capture:
         stream = self._streams.get(candidate)
         if stream is None:
             stream = self._streams[candidate] = self._keys.pairs(candidate)
+        if self.redactor is not None:
+            self.redactor.record(record)
         item = _Pending(candidate, stream, record.to_fields())
         self._pending.append(item)
         if not self.redis_up:
