@@ -2,7 +2,10 @@
 
 Keys that belong to one candidate carry the hash tag `{prefix:name}` so that, on a Redis
 Cluster, a candidate's stream, consumer group and summaries live in one slot and the
-worker's atomic apply-and-acknowledge script can touch them together.
+worker's atomic apply-and-acknowledge script can touch them together. The registry's
+keys (registry, routing, registry_seeded, decisions) carry the tag `{prefix}`: one Lua
+script changes them together and one MULTI reads them. Every key still starts with
+`prefix:`, so `SCAN prefix:*` finds all of them.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ class Keys:
 
     def _tag(self, candidate: str) -> str:
         return f"{self.prefix}:{{{self.prefix}:{candidate}}}"
+
+    def _registry_tag(self) -> str:
+        return f"{self.prefix}:{{{self.prefix}}}"
 
     # -- per candidate (one cluster slot each) --
     def pairs(self, candidate: str) -> str:
@@ -68,19 +74,19 @@ class Keys:
         """
         return f"{self._tag(candidate)}:join:{kind}"
 
-    # -- global --
+    # -- global (the registry's keys share one slot) --
     def registry(self) -> str:
         """Hash candidate name -> JSON of its live settings (sample, timeout, state)."""
-        return f"{self.prefix}:registry"
+        return f"{self._registry_tag()}:registry"
 
     def routing(self) -> str:
         """Hash with the current and previous primary URL and a version counter."""
-        return f"{self.prefix}:routing"
+        return f"{self._registry_tag()}:routing"
 
     def registry_seeded(self) -> str:
         """Hash config-file candidate name -> its config entry as last seeded: a candidate
         deleted or changed at runtime stays so after a restart, unless the file changed."""
-        return f"{self.prefix}:registry:seeded"
+        return f"{self._registry_tag()}:registry:seeded"
 
     def lock(self, name: str) -> str:
         """A short-lived SET NX lock or lease (one replica acts: time-box ends, automation)."""
@@ -96,7 +102,7 @@ class Keys:
 
     def decisions(self) -> str:
         """Audit stream of promote / reject / rollback decisions."""
-        return f"{self.prefix}:decisions"
+        return f"{self._registry_tag()}:decisions"
 
     def label(self, request_id: str) -> str:
         """Ground-truth label for one request (from POST /v1/feedback)."""
