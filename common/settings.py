@@ -117,8 +117,12 @@ def _cast_redis_url(key: str, value: Any) -> str | None:
     if value in (None, ""):
         return None
     text = _cast_str(key, value)
-    if not re.match(r"^(rediss?|unix)://", text):
-        raise ConfigError(key, value, "expected a redis://, rediss:// or unix:// URL")
+    if not re.match(r"^(rediss?(\+cluster)?|unix)://", text):
+        raise ConfigError(
+            key, value, "expected a redis://, rediss://, unix:// or redis+cluster:// URL"
+        )
+    if "+cluster://" in text and not re.match(r"^[^/]+://[^/]+(/0?)?$", text.split("?")[0]):
+        raise ConfigError(key, value, "a Redis Cluster has only database 0")
     return text
 
 
