@@ -56,6 +56,7 @@ from common.records import (
     PairRecord,
     RecordError,
 )
+from common.redis_client import slot_groups, sync_client
 from common.settings import Settings
 from common.store import resolve_redis_url
 
@@ -495,18 +496,32 @@ class Worker:
     # -- reading --
 
     def read_new(self, block: bool = True) -> int:
-        """XREADGROUP one batch per stream and apply each."""
+        """XREADGROUP one batch per stream and apply each.
+
+        One call for all streams; on a Redis Cluster one per slot (a candidate's keys
+        share one): a quick pass first, then, if nothing came, block_ms shared out.
+        """
         if not self.streams:
             self._stopping.wait(self.settings.worker.block_ms / 1000.0)
             return 0
-        w = self.settings.worker
+        groups = slot_groups(self.client, list(self.streams))
+        block_ms = self.settings.worker.block_ms if block else None
+        if len(groups) == 1:
+            return self._read(groups[0], block_ms)
+        done = sum(self._read(streams, None) for streams in groups)
+        if done or block_ms is None:
+            return done
+        share = max(1, block_ms // len(groups))
+        return sum(self._read(streams, share) for streams in groups)
+
+    def _read(self, streams: list[str], block_ms: int | None) -> int:
         try:
             response = self.client.xreadgroup(
                 WORKER_GROUP,
                 self.consumer,
-                dict.fromkeys(self.streams, ">"),
-                count=w.batch,
-                block=w.block_ms if block else None,
+                dict.fromkeys(streams, ">"),
+                count=self.settings.worker.batch,
+                block=block_ms,
             )
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
@@ -565,7 +580,7 @@ class Worker:
 def serve_worker(settings: Settings, consumer: str | None = None) -> int:
     """Run one worker until SIGTERM/SIGINT; the batch in hand is applied first. Exit code."""
     url, server = resolve_redis_url(settings.redis.url)
-    client = redis.Redis.from_url(url, health_check_interval=30)
+    client = sync_client(url, health_check_interval=30)
     worker = Worker(client, settings, consumer=consumer)
     previous = {
         sig: signal.signal(sig, lambda *_: worker.stop()) for sig in (signal.SIGTERM, signal.SIGINT)
