@@ -27,6 +27,7 @@ from analysis.slices import MAX_VALUES, OTHER, RESERVED
 from analysis.summaries import FLOAT_FIELDS, BatchDelta
 from common.errors import StoreError
 from common.keys import SAMPLES_KEPT, Keys
+from common.redis_client import queue_script
 
 SAMPLE_KINDS = ("divergent", "recent", "unparseable", "contract")
 
@@ -308,7 +309,7 @@ class Admission:
         pipe = self.client.pipeline(transaction=False)
         for feature, _, new in asks:
             key = self.keys.admitted(candidate, feature)
-            self._script(keys=[key], args=[self.cap, self.ttl_s, *new], client=pipe)
+            queue_script(self._script, pipe, [key], [self.cap, self.ttl_s, *new])
         try:
             answers = pipe.execute()
         except redis.RedisError as exc:
@@ -408,10 +409,11 @@ def roll_up(
         pipe = client.pipeline(transaction=False)
         for hour, starts in sorted(ready.items()):
             bucket_keys = [keys.bucket(candidate, s) for s in starts]
-            script(
-                keys=[keys.bucket_index(candidate), keys.rollup(candidate, hour), *bucket_keys],
-                args=[f"h{hour}", hour, ttl_s, len(floats), *floats, *starts],
-                client=pipe,
+            queue_script(
+                script,
+                pipe,
+                [keys.bucket_index(candidate), keys.rollup(candidate, hour), *bucket_keys],
+                [f"h{hour}", hour, ttl_s, len(floats), *floats, *starts],
             )
         moved = pipe.execute()
     except redis.RedisError as exc:

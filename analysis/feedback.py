@@ -24,6 +24,7 @@ from analysis.apply_script import JOIN_LUA, ROLLUP_SECONDS
 from analysis.summaries import SEP
 from common.errors import StoreError
 from common.keys import Keys
+from common.redis_client import queue_script
 from common.settings import WorkerSettings
 
 FEEDBACK_LUA = (
@@ -105,10 +106,11 @@ def record_feedback(
         for name in candidates:
             preds, labels = keys.label_join(name, "preds"), keys.label_join(name, "labels")
             args = [preds, labels, keys.bucket_base(name), request_id, text]
-            script(
-                keys=[f"{preds}:gen", f"{labels}:gen"],
-                args=[*args, worker.label_join_max, ttl, now, ROLLUP_SECONDS],
-                client=pipe,
+            queue_script(
+                script,
+                pipe,
+                [f"{preds}:gen", f"{labels}:gen"],
+                [*args, worker.label_join_max, ttl, now, ROLLUP_SECONDS],
             )
         answers = pipe.execute() if candidates else []
     except redis.RedisError as exc:
