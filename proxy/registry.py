@@ -46,6 +46,7 @@ from redis.exceptions import RedisError
 
 from common.errors import ConfigError, ShadowtrialError, StoreError
 from common.keys import Keys
+from common.redis_client import async_client
 from common.settings import (
     CandidateSettings,
     Settings,
@@ -274,8 +275,9 @@ return new
 
 
 def redis_client(url: str, socket_timeout_s: float = 5.0) -> aioredis.Redis:
-    """An asyncio client that fails fast (callers retry on their own schedule)."""
-    return aioredis.Redis.from_url(
+    """An asyncio client that fails fast (callers retry on their own schedule); a
+    `redis+cluster://` URL gives a cluster client (common.redis_client)."""
+    return async_client(
         url,
         socket_connect_timeout=1.0,
         socket_timeout=socket_timeout_s,
