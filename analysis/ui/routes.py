@@ -36,6 +36,7 @@ from analysis.series import agreement_points
 from analysis.ui import charts, present
 from common.errors import ShadowtrialError, StoreError
 from common.keys import Keys
+from common.redis_client import sync_client
 from common.settings import Settings, parse_duration
 
 HERE = Path(__file__).parent
@@ -62,7 +63,7 @@ def sync_redis(context: Any) -> redis.Redis:
     """A synchronous client on the server the context's async client talks to."""
     url = getattr(context, "redis_url", None) or context.settings.redis.url
     if url:
-        return redis.Redis.from_url(url)
+        return sync_client(url)
     pool = context.redis.connection_pool
     kw = pool.connection_kwargs
     common = {k: kw[k] for k in ("db", "username", "password") if kw.get(k) is not None}

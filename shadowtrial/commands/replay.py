@@ -162,13 +162,13 @@ async def resolve_target(args: argparse.Namespace, settings: Any, client: Any, k
 async def _replay(args: argparse.Namespace, settings: Any, total: int | None) -> Tally:
     import httpx
     import redis
-    import redis.asyncio as aredis
 
     from common.keys import Keys
+    from common.redis_client import async_client
     from proxy.capture import HeaderCapture
 
     keys = Keys(settings.redis.prefix)
-    client = aredis.Redis.from_url(redis_url(settings), socket_connect_timeout=2.0)
+    client = async_client(redis_url(settings), socket_connect_timeout=2.0)
     try:
         target = await resolve_target(args, settings, client, keys)
         if args.from_stream:
