@@ -26,8 +26,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--check",
         action="store_true",
-        help="exit 0 if any worker reported itself healthy in the last "
-        "30 seconds, else 1 (for liveness probes)",
+        help="exit 0 if any worker (with --id, that one; a glob such as 'host-*' "
+        "allowed) reported itself healthy in the last 30 seconds, else 1 (for probes)",
     )
     parser.add_argument(
         "--id", default=None, metavar="NAME", help="consumer name (default: host-pid-random)"
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     """Check health, or work until a stop signal; returns the exit code."""
     settings = load_config(args)
     if args.check:
-        healthy = check_health(settings)
+        healthy = check_health(settings, args.id)
         print("a worker is healthy" if healthy else "no healthy worker", file=sys.stderr)
         return 0 if healthy else 1
     from analysis.worker import serve_worker
@@ -56,20 +56,26 @@ def run(args: argparse.Namespace) -> int:
     return serve_worker(settings, consumer=args.id)
 
 
-def check_health(settings: Settings) -> bool:
-    """True when a worker refreshed its health key within WORKER_HEALTH_TTL_S (arq-style).
+def check_health(settings: Settings, consumer: str | None = None) -> bool:
+    """True when a worker refreshed its health key within WORKER_HEALTH_TTL_S (arq-style):
+    the consumer named (a glob allowed), else any. A probe per container passes its own
+    name, so one stuck worker is restarted even while others are healthy.
 
     Imports only redis: probes run often and must be quick. Never starts a Redis.
     """
     import redis
 
     from common.keys import Keys
+    from common.redis_client import sync_client
     from common.store import default_socket_dir
 
     url = settings.redis.url or f"unix://{default_socket_dir() / 'redis.sock'}"
-    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    client = sync_client(url, socket_connect_timeout=2, socket_timeout=2)
+    keys = Keys(settings.redis.prefix)
     try:
-        pattern = Keys(settings.redis.prefix).worker_health("*")
+        if consumer and not any(c in consumer for c in "*?["):
+            return bool(client.exists(keys.worker_health(consumer)))
+        pattern = keys.worker_health(consumer or "*")
         return next(iter(client.scan_iter(match=pattern, count=1000)), None) is not None
     except (redis.RedisError, OSError):
         return False
