@@ -34,6 +34,7 @@ from redis.exceptions import RedisError
 
 from common.errors import ShadowtrialError, StoreError
 from common.keys import Keys
+from common.redis_client import sync_client
 from common.settings import Settings, format_instant
 from proxy.registry import (
     ACTIVE,
@@ -70,7 +71,7 @@ class Reports:
     @classmethod
     def from_url(cls, url: str, keys: Keys, settings: Settings) -> Reports:
         """Reports on their own client (thread-safe connection pool)."""
-        client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=10.0)
+        client = sync_client(url, socket_connect_timeout=1.0, socket_timeout=10.0)
         return cls(client, keys, settings)
 
     async def build(self, name: str, window_s: float, now: float | None = None) -> dict[str, Any]:
