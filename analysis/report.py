@@ -3,6 +3,7 @@
 `build_report` reads the window's bucket hashes with one pipelined HGETALL each, sums them
 (analysis.summaries), and turns the counters into the JSON of DESIGN.md's Report section.
 Extra keys beside the contract ones: `rows` (compared rows; `pairs` counts pair records),
+`dropped` and `pending` (the accounting of sampled mirrors, see `_accounting`),
 `records` {trimmed, bad, deferred}, `contract`, `unparseable`, `confidence_deltas`,
 `dangerous_flips`, `timeline` (per bucket), and more detail inside each section. Every
 value is JSON-safe: NaN and infinities become null.
@@ -34,7 +35,15 @@ from analysis.summaries import (
     merge_raw,
 )
 from common.errors import StoreError
-from common.keys import Keys
+from common.keys import (
+    FIELD_CANCELLED,
+    FIELD_CAPTURE_DROPPED,
+    FIELD_PRIMARY_FAILED,
+    FIELD_SAMPLED,
+    FIELD_SHED,
+    FIELD_TOO_LARGE,
+    Keys,
+)
 from common.settings import Settings
 
 __all__ = ["build_report", "load_window", "recent_pairs"]
@@ -125,10 +134,7 @@ def build_report(
         "window": _window(first, last, window_s, settings.worker.bucket_seconds, len(timeline)),
         "pairs": summary.get("records"),
         "rows": summary.get("rows"),
-        # Filled when proxies count mirror outcomes into the buckets (fields mirror:sampled
-        # and mirror:shed); until then every recorded pair was sampled and shed is unknown.
-        "sampled": summary.get("mirror:sampled") or summary.get("records"),
-        "shed": summary.get("mirror:shed") if "mirror:sampled" in summary.counts else None,
+        **_accounting(summary),
         "records": _records(summary),
         "errors": _errors(summary),
         "agreement": _agreement(summary, matrix),
@@ -169,6 +175,30 @@ def _window(
         "bucket_seconds": bucket_s,
         "buckets": buckets,
     }
+
+
+def _accounting(s: Summary) -> dict[str, Any]:
+    """sampled, shed, dropped {...} and pending, from the counts proxies add to the buckets:
+
+        sampled = pairs + shed + dropped.{too_large, primary_failed, cancelled, capture}
+                  + records.trimmed + records.bad + pending
+
+    where pending is what is still on its way (mirrors in flight, records in a proxy's
+    spool or in the stream not yet read). Pairs written without a proxy (replay) carry no
+    counts: then every pair was sampled, and shed and dropped are unknown (null).
+    """
+    pairs = s.get("records")
+    if FIELD_SAMPLED not in s.counts:
+        return {"sampled": pairs, "shed": None, "dropped": None, "pending": None}
+    sampled, shed = s.get(FIELD_SAMPLED), s.get(FIELD_SHED)
+    dropped = {
+        "too_large": s.get(FIELD_TOO_LARGE),
+        "primary_failed": s.get(FIELD_PRIMARY_FAILED),
+        "cancelled": s.get(FIELD_CANCELLED),
+        "capture": s.get(FIELD_CAPTURE_DROPPED),
+    }
+    ended = pairs + shed + sum(dropped.values()) + s.get("trimmed") + s.get("bad")
+    return {"sampled": sampled, "shed": shed, "dropped": dropped, "pending": sampled - ended}
 
 
 def _records(s: Summary) -> dict[str, int]:

@@ -25,6 +25,8 @@ window is the sum of its buckets and N workers leave exactly the state one would
                                     only, both wrong
     trimmed bad deferred            entries trimmed before reading, undecodable records,
                                     records whose candidate the worker ran itself
+    mirror:sampled mirror:shed ...  added by the proxies, not the worker (common.keys
+    capture:dropped                 FIELD_*): mirrors sampled, and those left without a pair
 
 Bound: a bucket holds at most about 460 fixed fields + 2 x 1,475 latency bins + the
 populated regression bins + (C + 2)^2 flip cells + 2 x sum_f (V_f + 1) slice fields

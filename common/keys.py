@@ -19,6 +19,17 @@ WORKER_HEALTH_TTL_S = 30
 # Drill-down samples (divergent pairs, unparseable bodies) kept per candidate.
 SAMPLES_KEPT = 200
 
+# Fields the proxies add to a candidate's bucket hashes (Keys.bucket), beside the worker's
+# own: what became of each sampled mirror that did not become a pair record, so a report
+# accounts for every one (sampled = pairs + shed + too_large + primary_failed + cancelled
+# + capture_dropped + trimmed + bad + in flight).
+FIELD_SAMPLED = "mirror:sampled"  # requests sampled for the candidate
+FIELD_SHED = "mirror:shed"  # mirror_concurrency reached, or the runner's queue was full
+FIELD_TOO_LARGE = "mirror:too_large"  # request body over max_capture_bytes
+FIELD_PRIMARY_FAILED = "mirror:primary_failed"  # no complete primary answer to pair with
+FIELD_CANCELLED = "mirror:cancelled"  # still running when the proxy stopped
+FIELD_CAPTURE_DROPPED = "capture:dropped"  # spool full, refused by Redis, or at shutdown
+
 
 @dataclass(frozen=True)
 class Keys:

@@ -7,8 +7,16 @@ spool: records wait (counted once as `spooled`) while the writer retries with ba
 beyond `proxy.spool_max` waiting records, new ones are dropped and counted. (While Redis
 is up the queue is bounded by max(spool_max, BATCH) as a safety net.)
 Recording resumes by itself when Redis answers again. A client request never waits on
-any of this. Secrets never reach the queue: captured headers are redacted by
-HeaderCapture, configured JSON fields and query parameters by proxy.redact in `submit`.
+any of this.
+
+The writer also sends the accounting counts (`count`): per candidate and time bucket, how
+many mirrors were sampled, shed, too large, left without a primary answer, cancelled, or
+dropped here. They are summed locally and added (HINCRBY) to the worker's bucket hashes at
+most once a second, in the same round trip as XADDs when there are any; during an outage
+they wait here and are written when Redis returns.
+
+Secrets never reach the queue: captured headers are redacted by HeaderCapture, configured
+JSON fields and query parameters by proxy.redact in `submit`.
 """
 
 from __future__ import annotations
@@ -16,8 +24,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Iterable
+from itertools import chain
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -25,7 +36,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from common.errors import StoreError
-from common.keys import Keys
+from common.keys import FIELD_CAPTURE_DROPPED, Keys
 from common.records import PairRecord
 from common.settings import Settings
 from proxy.metrics import CAPTURE_DROPPED, CAPTURE_RECORDED, CAPTURE_SPOOLED, Metrics
@@ -37,6 +48,22 @@ BATCH = 256  # XADDs per pipelined round trip
 BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 1.0
 REDACTED = "[redacted]"
+COUNTS_EVERY_S = 1.0  # accounting counts are written at most this often
+
+# Add accounting counts to one bucket, keep it as long as the worker keeps its own, and
+# index it so a window finds it even without pairs. Atomic: an hourly rollup running at
+# the same time never leaves a bucket without its index entry or an entry without a bucket.
+# KEYS: bucket, bucket index; ARGV: bucket start, ttl, (field, increment)*
+COUNT_LUA = r"""
+for i = 3, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[1])
+return 1
+"""
+
+Counts = dict[tuple[str, int], dict[str, int]]  # (candidate, bucket start) -> field -> n
 
 
 class HeaderCapture:
@@ -69,13 +96,62 @@ class HeaderCapture:
         return kept
 
 
-class _Pending:
-    __slots__ = ("candidate", "fields", "spooled", "stream")
+class BucketCounts:
+    """Accounting counters by (candidate, bucket start) waiting to be written.
 
-    def __init__(self, candidate: str, stream: str, fields: dict[bytes, bytes]) -> None:
+    Buckets are those of the worker (`worker.bucket_seconds`, by the record's timestamp),
+    so a count lands in the bucket its pair would have. Memory: one small dict per
+    candidate and bucket not yet written (an outage of an hour at 60 s buckets: 60 each).
+    """
+
+    def __init__(self, keys: Keys, bucket_seconds: int, ttl_s: int) -> None:
+        self._keys = keys
+        self._bucket_s = bucket_seconds
+        self._ttl_s = ttl_s
+        self.waiting: Counts = {}
+
+    def add(self, candidate: str, field: str, ts_ms: int, n: int = 1) -> None:
+        """Count `n` in the bucket holding `ts_ms` (epoch milliseconds)."""
+        seconds = ts_ms // 1000
+        key = (candidate, seconds - seconds % self._bucket_s)
+        fields = self.waiting.get(key)
+        if fields is None:
+            fields = self.waiting[key] = {}
+        fields[field] = fields.get(field, 0) + n
+
+    def take(self) -> Counts:
+        """Everything waiting, now owned by the caller (give it back with `restore`)."""
+        taken, self.waiting = self.waiting, {}
+        return taken
+
+    def restore(self, taken: Counts) -> None:
+        """Counts that could not be written wait again, added to those counted since."""
+        for key, fields in taken.items():
+            mine = self.waiting.setdefault(key, {})
+            for name, n in fields.items():
+                mine[name] = mine.get(name, 0) + n
+
+    def queue(self, pipe: Any, taken: Counts) -> None:
+        """One COUNT_LUA call per bucket on the pipeline, in the order of `taken`.
+
+        EVAL with the script's text rather than EVALSHA: it is written at most once a
+        second, needs no SCRIPT LOAD round trip, and works the same on a cluster pipeline.
+        """
+        keys = self._keys
+        for (candidate, start), fields in taken.items():
+            bucket, index = keys.bucket(candidate, start), keys.bucket_index(candidate)
+            flat = chain.from_iterable(fields.items())
+            pipe.execute_command("EVAL", COUNT_LUA, 2, bucket, index, start, self._ttl_s, *flat)
+
+
+class _Pending:
+    __slots__ = ("candidate", "fields", "spooled", "stream", "ts_ms")
+
+    def __init__(self, candidate: str, stream: str, fields: dict[bytes, bytes], ts_ms: int) -> None:
         self.candidate = candidate
         self.stream = stream
         self.fields = fields
+        self.ts_ms = ts_ms
         self.spooled = False
 
 
@@ -91,6 +167,9 @@ class Capture:
         metrics: Metrics,
         headers: HeaderCapture,
         redactor: BodyRedactor | None = None,
+        *,
+        bucket_seconds: int = 60,
+        bucket_ttl_s: int = 7 * 24 * 3600,
     ) -> None:
         self._client = client
         self._keys = keys
@@ -106,6 +185,8 @@ class Capture:
         self._wake = asyncio.Event()
         self._closing = False
         self._writer: asyncio.Task[None] | None = None
+        self.counts = BucketCounts(keys, bucket_seconds, bucket_ttl_s)
+        self._counts_at = 0.0  # monotonic time from which waiting counts are written
         self.redis_up = True
         self.last_error = ""
 
@@ -126,6 +207,8 @@ class Capture:
             metrics,
             HeaderCapture.from_settings(settings),
             BodyRedactor.from_settings(settings),
+            bucket_seconds=settings.worker.bucket_seconds,
+            bucket_ttl_s=settings.worker.retention_hours * 3600,
         )
 
     @property
@@ -137,17 +220,28 @@ class Capture:
         """Start the writer task on the running loop."""
         self._writer = asyncio.get_running_loop().create_task(self._run())
 
+    def count(self, candidate: str, field: str, ts_ms: int) -> None:
+        """Add one to an accounting field of the candidate's bucket at `ts_ms`; never blocks."""
+        if not self.counts.waiting:
+            self._wake.set()  # an idle writer arms its timer for these
+        self.counts.add(candidate, field, ts_ms)
+
+    def _dropped(self, item: _Pending | str, ts_ms: int) -> None:
+        candidate = item if isinstance(item, str) else item.candidate
+        self._metrics.captured(candidate, CAPTURE_DROPPED)
+        self.count(candidate, FIELD_CAPTURE_DROPPED, ts_ms)
+
     def submit(self, candidate: str, record: PairRecord) -> None:
         """Queue one record for its candidate's stream; never blocks, never raises."""
         if len(self._pending) >= (self._capacity if self.redis_up else self._spool_max):
-            self._metrics.captured(candidate, CAPTURE_DROPPED)
+            self._dropped(candidate, record.ts_ms)
             return
         stream = self._streams.get(candidate)
         if stream is None:
             stream = self._streams[candidate] = self._keys.pairs(candidate)
         if self.redactor is not None:
             self.redactor.record(record)
-        item = _Pending(candidate, stream, record.to_fields())
+        item = _Pending(candidate, stream, record.to_fields(), record.ts_ms)
         self._pending.append(item)
         if not self.redis_up:
             item.spooled = True
@@ -155,31 +249,54 @@ class Capture:
             self._metrics.spool_depth.set(self.depth)
         self._wake.set()
 
+    def _counts_due(self) -> bool:
+        return bool(self.counts.waiting) and (self._closing or time.monotonic() >= self._counts_at)
+
+    async def _idle(self) -> None:
+        """Wait for records, or until waiting counts are due."""
+        self._wake.clear()
+        if not self.counts.waiting:
+            await self._wake.wait()
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(self._counts_at - time.monotonic(), 0.0)):
+                await self._wake.wait()
+
     async def _run(self) -> None:
         backoff = BACKOFF_MIN_S
-        while self._pending or not self._closing:
-            if not self._pending:
-                self._wake.clear()
-                await self._wake.wait()
+        while self._pending or self.counts.waiting or not self._closing:
+            if not self._pending and not self._counts_due():
+                await self._idle()
                 continue
             batch = [self._pending.popleft() for _ in range(min(BATCH, len(self._pending)))]
+            counts = self._take_counts()
             self._sending = batch
             try:
-                results = await self._write(batch)
+                results = await self._write(batch, counts)
             except StoreError as exc:
                 self._sending = []
+                self.counts.restore(counts)
                 self._spool(batch, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
                 continue
             self._sending = []
             backoff = BACKOFF_MIN_S
-            self._written(batch, results)
+            self._written(batch, results[: len(batch)])
+            self._counted(counts, results[len(batch) :])
 
-    async def _write(self, batch: list[_Pending]) -> list[object]:
+    def _take_counts(self) -> Counts:
+        """The waiting counts when they are due (at most once per COUNTS_EVERY_S)."""
+        if not self._counts_due():
+            return {}
+        self._counts_at = time.monotonic() + COUNTS_EVERY_S
+        return self.counts.take()
+
+    async def _write(self, batch: list[_Pending], counts: Counts) -> list[object]:
         pipe = self._client.pipeline(transaction=False)
         for item in batch:
             pipe.xadd(item.stream, item.fields, maxlen=self._max_pairs, approximate=True)
+        self.counts.queue(pipe, counts)
         try:
             return await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
@@ -198,7 +315,8 @@ class Capture:
                 item.spooled = True
                 self._metrics.captured(item.candidate, CAPTURE_SPOOLED)
         while len(self._pending) > self._spool_max:  # the newest go first
-            self._metrics.captured(self._pending.pop().candidate, CAPTURE_DROPPED)
+            dropped = self._pending.pop()
+            self._dropped(dropped, dropped.ts_ms)
         self._metrics.spool_depth.set(self.depth)
 
     def _written(self, batch: list[_Pending], results: list[object]) -> None:
@@ -207,16 +325,23 @@ class Capture:
             self.redis_up = True
             self.last_error = ""
             self._metrics.redis_up.set(1)
-        counts: dict[tuple[str, str], int] = {}
+        recorded: dict[str, int] = {}
         for item, result in zip(batch, results, strict=True):
-            outcome = CAPTURE_DROPPED if isinstance(result, Exception) else CAPTURE_RECORDED
-            if outcome == CAPTURE_DROPPED:
+            if isinstance(result, Exception):
                 self.last_error = f"Redis refused a record: {result}"
-            key = (item.candidate, outcome)
-            counts[key] = counts.get(key, 0) + 1
-        for (candidate, outcome), count in counts.items():
-            self._metrics.captured(candidate, outcome, count)
+                self._dropped(item, item.ts_ms)
+            else:
+                recorded[item.candidate] = recorded.get(item.candidate, 0) + 1
+        for candidate, count in recorded.items():
+            self._metrics.captured(candidate, CAPTURE_RECORDED, count)
         self._metrics.spool_depth.set(self.depth)
+
+    def _counted(self, counts: Counts, results: list[object]) -> None:
+        """Counts Redis refused wait for the next round."""
+        for (key, fields), result in zip(counts.items(), results, strict=True):
+            if isinstance(result, Exception):
+                self.last_error = f"Redis refused accounting counts: {result}"
+                self.counts.restore({key: fields})
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Flush what is queued (up to `timeout_s`), drop and count the rest, disconnect."""
@@ -229,15 +354,34 @@ class Capture:
                 writer.cancel()
                 await asyncio.wait({writer}, timeout=1.0)
         self._drop_pending()
+        await self._flush_counts_at_close()
         with contextlib.suppress(RedisError, OSError):
             await self._client.aclose()
+
+    async def _flush_counts_at_close(self, timeout_s: float = 1.0) -> None:
+        """One last try for counts made after the writer stopped (drops at shutdown)."""
+        counts = self.counts.take()
+        if not counts:
+            return
+        try:
+            async with asyncio.timeout(timeout_s):
+                results = await self._write([], counts)
+        except (StoreError, TimeoutError) as exc:
+            results = [exc] * len(counts)
+        lost = sum(
+            sum(fields.values())
+            for fields, result in zip(counts.values(), results, strict=True)
+            if isinstance(result, Exception)
+        )
+        if lost:
+            log.warning("%d accounting counts not written before shutdown", lost)
 
     def _drop_pending(self) -> None:
         left = [*self._sending, *self._pending]
         if left:
             log.warning("dropping %d pair records not written before shutdown", len(left))
         for item in left:
-            self._metrics.captured(item.candidate, CAPTURE_DROPPED)
+            self._dropped(item, item.ts_ms)
         self._sending = []
         self._pending.clear()
         self._metrics.spool_depth.set(0)

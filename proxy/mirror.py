@@ -23,6 +23,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from common.keys import (
+    FIELD_CANCELLED,
+    FIELD_PRIMARY_FAILED,
+    FIELD_SAMPLED,
+    FIELD_SHED,
+    FIELD_TOO_LARGE,
+)
 from common.records import OUTCOME_ERROR, PairRecord
 from common.settings import ProxySettings
 from proxy.candidates import CandidateResult, MirrorRequest, empty_result
@@ -39,6 +46,12 @@ log = logging.getLogger("shadowtrial.mirror")
 
 _TWO_64 = float(2**64)
 _PATH_CACHE_MAX = 4096
+# Mirror outcomes that leave no pair record, and the bucket field that accounts for them.
+_UNRECORDED = {
+    MIRROR_SHED: FIELD_SHED,
+    MIRROR_TOO_LARGE: FIELD_TOO_LARGE,
+    MIRROR_PRIMARY_FAILED: FIELD_PRIMARY_FAILED,
+}
 
 
 def sample_point(key: str) -> float:
@@ -107,28 +120,36 @@ class Mirror:
         chosen = [t for t in targets if point < t.sample]
         if not chosen:
             return None
-        metrics = self._metrics
+        arrival_s = time.time()
+        ts_ms = int(arrival_s * 1000)  # the pair record's timestamp: the same bucket
+        metrics, count = self._metrics, self._capture.count
         for target in chosen:
             metrics.sampled(target.name)
+            count(target.name, FIELD_SAMPLED, ts_ms)
         if too_large:
             for target in chosen:
-                metrics.mirror_outcome(target.name, MIRROR_TOO_LARGE)
+                self._unrecorded(target.name, MIRROR_TOO_LARGE, ts_ms)
             return None
-        running = self._take_slots(chosen)
+        running = self._take_slots(chosen, ts_ms)
         if not running:
             return None
         loop = asyncio.get_running_loop()
         primary: asyncio.Future[PrimaryAnswer] = loop.create_future()
-        task = loop.create_task(self._run(running, request, primary, time.time()))
+        task = loop.create_task(self._run(running, request, primary, arrival_s))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return primary
 
-    def _take_slots(self, chosen: list[MirrorTarget]) -> list[MirrorTarget]:
+    def _unrecorded(self, candidate: str, outcome: str, ts_ms: int) -> None:
+        """A sampled mirror that ends without a pair: in /metrics and in the buckets."""
+        self._metrics.mirror_outcome(candidate, outcome)
+        self._capture.count(candidate, _UNRECORDED[outcome], ts_ms)
+
+    def _take_slots(self, chosen: list[MirrorTarget], ts_ms: int) -> list[MirrorTarget]:
         free = self._limit - self.in_flight
         running = chosen if free >= len(chosen) else chosen[: max(free, 0)]
         for target in chosen[len(running) :]:
-            self._metrics.mirror_outcome(target.name, MIRROR_SHED)
+            self._unrecorded(target.name, MIRROR_SHED, ts_ms)
         self.in_flight += len(running)
         for target in running:
             self._metrics.in_flight(target.name, 1)
@@ -161,6 +182,7 @@ class Mirror:
         except asyncio.CancelledError:
             # Only at shutdown, past the drain timeout: still one outcome per sampled mirror.
             self._metrics.mirror_outcome(target.name, OUTCOME_ERROR)
+            self._capture.count(target.name, FIELD_CANCELLED, int(arrival_s * 1000))
             raise
         finally:
             self.in_flight -= 1
@@ -176,11 +198,12 @@ class Mirror:
         arrival_s: float,
     ) -> None:
         if answer.failed and not self._record_failed_primary:
-            self._metrics.mirror_outcome(target.name, MIRROR_PRIMARY_FAILED)
+            self._unrecorded(target.name, MIRROR_PRIMARY_FAILED, int(arrival_s * 1000))
+            return
+        if result.outcome == MIRROR_SHED:  # an in-process runner's queue was full: no pair
+            self._unrecorded(target.name, MIRROR_SHED, int(arrival_s * 1000))
             return
         self._metrics.mirror_outcome(target.name, result.outcome)
-        if result.outcome == MIRROR_SHED:  # an in-process runner's queue was full: no pair
-            return
         record = PairRecord(
             request_id=request.request_id,
             candidate=target.name,
