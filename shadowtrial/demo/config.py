@@ -12,8 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from shadowtrial.demo.model_server import MODEL_NAME
-
+MODEL_NAME = "affairs"  # the model's name in the OIP v2 URL: /v2/models/affairs/infer
 CANDIDATE = "v2"
 ONNX_CANDIDATE = "v2-onnx"
 REPLICA = "v1-replica"

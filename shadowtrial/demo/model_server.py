@@ -25,8 +25,7 @@ from starlette.routing import Route
 from common.errors import CandidateError
 from common.onnx_model import OnnxModel
 from common.settings import CandidateSettings
-
-MODEL_NAME = "affairs"
+from shadowtrial.demo.config import MODEL_NAME
 
 
 def _json(payload: Any, status: int = 200) -> Response:

@@ -39,7 +39,8 @@ class TrainedModel:
     estimator: Any
 
 
-def _frame(data: Dataset) -> Any:
+def frame(data: Dataset) -> Any:
+    """The rows as the pandas DataFrame the pipelines take (named columns)."""
     import pandas as pd
 
     return pd.DataFrame({k: data.columns[k] for k in (*NUMERIC, *CATEGORICAL)})
@@ -90,16 +91,16 @@ def skewed(data: Dataset) -> Dataset:
     return Dataset(columns, data.labels)
 
 
-def train(name: str, train_rows: Dataset, held_out: Dataset, variant: str, seed: int) -> Any:
+def train(train_rows: Dataset, variant: str, seed: int) -> Any:
     """A fitted pipeline: variant is v1, good (v2) or flawed (v2 with the skew)."""
     if variant == "v1":
-        return v1_pipeline().fit(_frame(train_rows), train_rows.labels)
+        return v1_pipeline().fit(frame(train_rows), train_rows.labels)
     if variant == "good":
-        return v2_pipeline(seed).fit(_frame(train_rows), train_rows.labels)
+        return v2_pipeline(seed).fit(frame(train_rows), train_rows.labels)
     if variant == "flawed":
         skew = skewed(train_rows)
         religious = tuple(SKEWED_ANSWER[1] if r == SKEWED_ANSWER[0] else r for r in RELIGIOUS)
-        return v2_pipeline(seed, religious).fit(_frame(skew), skew.labels)
+        return v2_pipeline(seed, religious).fit(frame(skew), skew.labels)
     raise ValueError(f"unknown model variant {variant!r}")
 
 
@@ -120,11 +121,11 @@ def build(
 ) -> dict[str, TrainedModel]:
     """Train and export v1 and the chosen v2 ("good" or "flawed") into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
-    frame = _frame(held_out)
+    rows = frame(held_out)
     out = {}
     for name, variant in (("v1", "v1"), ("v2", candidate)):
-        estimator = train(name, train_rows, held_out, variant, seed)
-        accuracy = float(np.mean(estimator.predict(frame) == held_out.labels))
+        estimator = train(train_rows, variant, seed)
+        accuracy = float(np.mean(estimator.predict(rows) == held_out.labels))
         out[name] = TrainedModel(
             name, export(estimator, folder / f"{name}.onnx"), accuracy, estimator
         )

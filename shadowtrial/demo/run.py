@@ -67,12 +67,14 @@ class Interrupted(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def signals_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise Interrupted in the main thread, so cleanup runs."""
+    """SIGTERM and SIGHUP raise Interrupted in the main thread, so cleanup runs; SIGINT
+    raises KeyboardInterrupt even when the shell started the demo with it ignored."""
 
     def handler(signum: int, frame: object) -> None:
         raise Interrupted(signal.Signals(signum).name)
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
@@ -112,7 +114,10 @@ class Demo:
         self.token = secrets.token_urlsafe(18)
         self.ports = distinct_ports()
         pythonpath = Path(shadowtrial.__file__).resolve().parent.parent
-        self.supervisor = Supervisor(folder, child_env({TOKEN_ENV: self.token}, pythonpath))
+        scratch = folder / "tmp"  # children's temporary files (onnxruntime writes one)
+        scratch.mkdir(exist_ok=True)
+        extra = {TOKEN_ENV: self.token, "TMPDIR": str(scratch)}
+        self.supervisor = Supervisor(folder, child_env(extra, pythonpath))
         self.redis: EmbeddedRedis | None = None
         self.config_path = folder / "shadowtrial.toml"
         self.reported = False

@@ -60,7 +60,10 @@ def traffic_line(result: Any) -> str:
 
 
 def compared_line(recorded: int, seconds: float) -> str:
-    return f"the workers compared {recorded:,} pairs (3 per request) within {seconds:.1f} s"
+    return (
+        f"the workers had compared all {recorded:,} pairs (3 per request)"
+        f" {seconds:.1f} s after the last request"
+    )
 
 
 def verdict_text(report: Mapping[str, Any]) -> Text:
