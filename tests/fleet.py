@@ -298,13 +298,15 @@ def metric_sum(admin: str, name: str, **labels: str) -> float:
 def wait_for_pairs(
     fleet: Fleet, admin: str, expected: dict[str, int], timeout_s: float = 60.0
 ) -> dict[str, dict[str, Any]]:
-    """Poll the reports until every candidate summarised its expected pairs; the reports."""
+    """Poll the reports until every candidate summarised its expected pairs (and the
+    proxies, which add their sampled counts at most once a second, counted them); the
+    reports."""
     reports: dict[str, dict[str, Any]] = {}
 
     def done() -> bool:
         for name, n in expected.items():
-            reports[name] = report(admin, name)
-            if (reports[name]["pairs"] or 0) < n:
+            reports[name] = rep = report(admin, name)
+            if (rep["pairs"] or 0) < n or (rep["sampled"] or 0) < n:
                 return False
         return True
 
