@@ -25,8 +25,10 @@ from analysis.apply_script import ROLLUP_SECONDS
 from analysis.drilldown import read_samples, recent_pairs
 from analysis.gate import evaluate_gate
 from analysis.summaries import (
+    CLASS_FEATURE,
     CONF_BINS,
     CONF_EDGES,
+    CONFIDENCE_FEATURE,
     DANGEROUS_DECILE,
     DIFF_EDGES,
     LATENCY_EDGES,
@@ -378,10 +380,19 @@ def _latency(s: Summary) -> dict[str, Any]:
     }
 
 
+DERIVED_FEATURES = frozenset({CLASS_FEATURE, CONFIDENCE_FEATURE})
+
 _SLICE_KEYS = (
     "slice", "value", "pairs", "disagree", "agreement", "complement_agreement",
     "delta_vs_overall", "p", "p_adj", "flagged", "phi", "risk_ratio", "ci_low", "ci_high",
 )  # fmt: skip
+
+
+def _is_derived(feature: str) -> bool:
+    """Output-derived slices (the primary's class or confidence decile) describe where the
+    models disagree, not a population of requests: disagreement always concentrates where
+    the primary was unsure, so they are shown but never flagged, gated or discovered."""
+    return feature in DERIVED_FEATURES
 
 
 def _slices(s: Summary, settings: Settings) -> list[dict[str, Any]]:
@@ -389,11 +400,22 @@ def _slices(s: Summary, settings: Settings) -> list[dict[str, Any]]:
     if not rows:
         return []
     total, agree = s.get("rows"), s.get("agree")
-    tested = stats.slice_tests(
-        rows, total, total - agree, min_support=MIN_SUPPORT, min_drop=settings.gate.max_slice_drop
-    )
-    out = [{k: r.get(k) for k in _SLICE_KEYS} for r in tested]
-    out.sort(key=lambda r: (not r["flagged"], r["slice"], -r["pairs"], r["value"]))
+    out: list[dict[str, Any]] = []
+    for derived in (False, True):
+        family = [r for r in rows if _is_derived(r["slice"]) == derived]
+        tested = stats.slice_tests(
+            family,
+            total,
+            total - agree,
+            min_support=MIN_SUPPORT,
+            min_drop=settings.gate.max_slice_drop,
+        )
+        for r in tested:
+            row = {k: r.get(k) for k in _SLICE_KEYS}
+            row["derived"] = derived
+            row["flagged"] = bool(row["flagged"]) and not derived
+            out.append(row)
+    out.sort(key=lambda r: (not r["flagged"], r["derived"], r["slice"], -r["pairs"], r["value"]))
     return out
 
 
@@ -402,8 +424,10 @@ def _discovered(s: Summary) -> list[dict[str, Any]]:
     singles = [
         {"conditions": [[r["slice"], r["value"]]], "pairs": r["pairs"], "disagree": r["disagree"]}
         for r in s.slices()
+        if not _is_derived(r["slice"])
     ]
-    found = stats.discover_slices(singles + s.slice_pairs(), total, total - agree, k=DISCOVERED_K)
+    pairs = [p for p in s.slice_pairs() if not any(_is_derived(f) for f, _ in p["conditions"])]
+    found = stats.discover_slices(singles + pairs, total, total - agree, k=DISCOVERED_K)
     return [
         {k: r[k] for k in ("conditions", "pairs", "agreement", "p_adj", "score")} for r in found
     ]

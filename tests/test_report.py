@@ -150,11 +150,17 @@ def test_slices_match_hand_counts(fixed_report: dict) -> None:
     # output-derived slices: the primary's class and confidence decile
     assert rows[("primary:class", "setosa")]["pairs"] == 44
     assert rows[("primary:confidence", "0.9-1.0")]["pairs"] == 44
-    # FR against the rest (7 disagreements in 65); BH over every testable slice
+    # FR against the rest (7 disagreements in 65); BH over every testable input slice,
+    # output-derived slices in a family of their own and never flagged
     assert rows[("country", "FR")]["p"] == pytest.approx(stats.two_proportion_p(10, 40, 7, 65))
-    testable = [r for r in fixed_report["slices"] if r["p"] is not None]
-    adjusted = stats.benjamini_hochberg([r["p"] for r in testable])
-    assert [r["p_adj"] for r in testable] == pytest.approx(list(adjusted))
+    for derived in (False, True):
+        family = [r for r in fixed_report["slices"] if r["derived"] is derived]
+        testable = [r for r in family if r["p"] is not None]
+        adjusted = stats.benjamini_hochberg([r["p"] for r in testable])
+        assert [r["p_adj"] for r in testable] == pytest.approx(list(adjusted))
+    assert not any(r["flagged"] for r in fixed_report["slices"] if r["derived"])
+    assert rows[("primary:class", "setosa")]["derived"] is True
+    assert rows[("country", "FR")]["derived"] is False
 
 
 def test_contract_and_unparseable_are_counted_with_examples(fixed_report: dict) -> None:
