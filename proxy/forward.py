@@ -145,7 +145,11 @@ class Forwarder:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one HTTP request on the data port."""
-        incoming = self._read_headers(scope)
+        try:
+            incoming = self._read_headers(scope)
+        except UnicodeDecodeError:
+            await self._refuse_header(send, scope["method"])
+            return
         try:
             body, stream, too_large = await self._read_body(receive, incoming.content_length)
         except ClientGone:
@@ -172,7 +176,10 @@ class Forwarder:
         await self._exchange(receive, send, method, URL(url, encoded=True), incoming, data, primary)
 
     def _read_headers(self, scope: Scope) -> _Incoming:
-        """One pass over the request headers: what to forward and what to remember."""
+        """One pass over the request headers: what to forward and what to remember.
+
+        Values are decoded as UTF-8 because aiohttp encodes them as UTF-8: the primary and
+        the candidates then get the client's exact bytes (UnicodeDecodeError otherwise)."""
         out = _Incoming()
         headers = out.headers
         actions = self._actions
@@ -180,18 +187,19 @@ class Forwarder:
         for name, value in scope["headers"]:
             action = actions.get(name)
             if action is None:
-                headers.append((name.decode("latin-1"), value.decode("latin-1")))
+                headers.append((name.decode("latin-1"), value.decode()))
                 if name == self._sample_header and out.sample_value is None:
-                    out.sample_value = value.decode("latin-1")
+                    out.sample_value = value.decode()
             elif action == _LENGTH:
                 out.content_length = int(value) if value.isdigit() else -1
             elif action == _REQUEST_ID:
+                # Not forwarded as sent unless printable ASCII (else replaced): any decoding.
                 out.request_id = out.request_id or value.decode("latin-1")
             elif action == _XFF:
                 out.xff = value if out.xff is None else out.xff + b", " + value
             elif action == _PROTO:
                 out.proto = True
-                headers.append(("x-forwarded-proto", value.decode("latin-1")))
+                headers.append(("x-forwarded-proto", value.decode()))
             elif action == _CONNECTION:
                 connection.append(value)
         if connection:
@@ -206,7 +214,7 @@ class Forwarder:
         headers = out.headers
         headers.append(("x-request-id", out.request_id))
         client = scope.get("client")
-        xff = out.xff.decode("latin-1") if out.xff else ""
+        xff = out.xff.decode() if out.xff else ""
         if client:
             headers.append(("x-forwarded-for", f"{xff}, {client[0]}" if xff else client[0]))
         elif xff:
@@ -356,6 +364,13 @@ class Forwarder:
         headers = [*_JSON, (b"x-request-id", incoming.request_id.encode("latin-1"))]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def _refuse_header(self, send: Send, method: str) -> None:
+        """400 for header bytes that are not UTF-8: they cannot be forwarded unchanged."""
+        incoming = _Incoming()
+        incoming.request_id = self._ids.new()
+        detail = "a header value is not valid UTF-8; it cannot be forwarded unchanged"
+        await self._fail(send, method, 400, "bad request", detail, incoming, None, 0.0)
 
 
 def _response_headers(

@@ -221,7 +221,7 @@ class Http1Client:
         if body or method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
             lines.append(f"\r\ncontent-length: {len(body)}")
         lines.append("\r\n\r\n")
-        head = "".join(lines).encode("latin-1")
+        head = "".join(lines).encode()  # header values are UTF-8 text (proxy.forward)
         return head + body if body else head
 
     async def close(self) -> None:
