@@ -267,6 +267,10 @@ class ProxySettings:
     capture_headers: tuple[str, ...] = _setting(("content-type",), _cast_str_list)
     spool_max: int = _setting(10_000, _at_least(_cast_int, 0))
     workers: int = _setting(1, _at_least(_cast_int, 1))
+    # A request head (request line and headers) larger than this gets 431; one not
+    # complete this long after the connection opened (slowloris) gets 408 (proxy.http_limits).
+    max_header_bytes: int = _setting(65_536, _at_least(_cast_int, 1024))
+    header_timeout_ms: int = _setting(30_000, _at_least(_cast_int, 100))
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,9 @@ accept queue lets one worker take most long-lived keep-alive connections). Metri
 prometheus-client's multiprocess mode in a temporary folder the parent creates and
 removes, so /metrics on any worker reports the sum over all of them (see proxy.metrics).
 
+Both ports speak HTTP/1.1 through proxy.http_limits (uvicorn's httptools protocol with a
+bounded request head: 431 past proxy.max_header_bytes, 408 past proxy.header_timeout_ms).
+
 SIGTERM / SIGINT: stop accepting, finish in-flight requests, let mirrors end, flush
 capture, exit 0. The parent forwards the signal to its workers and then stops the
 embedded Redis it started, if any.
@@ -34,6 +37,7 @@ import uvicorn
 from common.errors import ShadowtrialError
 from common.settings import Settings, split_hostport
 from common.store import EmbeddedRedis, resolve_redis_url
+from proxy.http_limits import guarded_http
 from proxy.metrics import MULTIPROC_ENV
 
 log = logging.getLogger("shadowtrial.serve")
@@ -78,9 +82,12 @@ def bind(hostport: str, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def _configs(app: object, admin: object, grace_s: float) -> tuple[uvicorn.Config, uvicorn.Config]:
+def _configs(
+    app: object, admin: object, grace_s: float, settings: Settings
+) -> tuple[uvicorn.Config, uvicorn.Config]:
+    proxy = settings.proxy
     common = {
-        "http": "httptools",
+        "http": guarded_http(proxy.max_header_bytes, proxy.header_timeout_ms / 1000),
         "log_config": None,
         "access_log": False,
         "backlog": 4096,
@@ -109,7 +116,7 @@ async def serve_process(
     admin_sock = bind(settings.proxy.admin_listen, reuse_port)
     app = create_app(settings, redis_url)
     grace_s = settings.proxy.primary_timeout_ms / 1000 + GRACE_EXTRA_S
-    data_cfg, admin_cfg = _configs(app, app.admin, grace_s)
+    data_cfg, admin_cfg = _configs(app, app.admin, grace_s, settings)
     data, admin = _Server(data_cfg), _Server(admin_cfg)
 
     def stop() -> None:
