@@ -28,11 +28,6 @@ from shadowtrial.demo.processes import pid_alive
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGURED = ("religious", "occupation", "tenant")
-GATE_IGNORES_OUTPUT_SLICES = (
-    "analysis/gate.py fails every candidate on the output-derived slices primary:class and"
-    " primary:confidence (disagreement always concentrates where the primary was unsure);"
-    " until the gate judges only input slices, the good candidate cannot pass"
-)
 
 
 @dataclass(frozen=True)
@@ -139,7 +134,6 @@ def test_flawed_slice_is_flagged_and_the_gate_fails(flawed: DemoRun) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=GATE_IGNORES_OUTPUT_SLICES)
 def test_flawed_gate_reason_names_the_slice(flawed: DemoRun) -> None:
     assert "religious=not" in _rule(flawed.report(), "slices")["detail"]
 
@@ -169,7 +163,6 @@ def test_good_changes_no_configured_slice_beyond_policy(good: DemoRun) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=GATE_IGNORES_OUTPUT_SLICES)
 def test_good_passes_the_gate(good: DemoRun) -> None:
     assert "gate: PASS" in good.out
 
