@@ -37,9 +37,12 @@ class AutoAdapter(RequestRows):
 
     def parse(self, request_body: bytes, response_body: bytes) -> ParsedOutput:
         """Detect the answer's protocol and lift it."""
-        if response_body.lstrip()[:5] == b"data:":
+        if response_body[:1] != b"{" and response_body.lstrip()[:5] == b"data:":
             return self.openai.parse(request_body, response_body)
         doc = load_json(response_body, "response")
+        fast = self.oip.fast.lift(doc)  # the usual OIP v2 answer: detected by lifting it
+        if fast is not None:
+            return fast
         adapter = detect(doc, request_body, self)
         if adapter is not None:
             return adapter.parse_json(doc)

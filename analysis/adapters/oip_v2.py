@@ -9,6 +9,10 @@ roles:
 - score: otherwise the first floating-point tensor (regression; per-row vectors allowed).
 Every tensor's name, datatype and per-row shape form the answer's contract, so a renamed
 output is a contract difference, not a parse error.
+
+The usual answers (a label and a named probability tensor, flat data) take the fast path
+of analysis.adapters.oip_v2_fast, which decides per answer shape what this module decides
+per answer, and hands anything unusual back here.
 """
 
 from __future__ import annotations
@@ -31,16 +35,19 @@ from analysis.adapters.base import (
     looks_like_probs,
     map_label,
 )
+from analysis.adapters.oip_v2_fast import (
+    FLOAT_TYPES,
+    LABEL_NAMES,
+    LABEL_TYPES,
+    PROB_HINTS,
+    SYNTHETIC_GENERATOR,
+    FastOip,
+    class_names,
+)
 from analysis.adapters.rows import RequestRows, tensor_rows
 from common.settings import OutputSettings
 
-# The top-level `parameters.generator` of answers produced by common.onnx_model.
-SYNTHETIC_GENERATOR = "shadowtrial-onnx"
-
-_LABEL_NAMES = {"label", "labels", "output_label", "predicted_label", "class", "classes", "predict"}
-_LABEL_TYPES = ("BYTES", "INT", "UINT", "BOOL")
-_FLOAT_TYPES = ("FP", "BF16")
-_PROB_HINTS = ("prob", "softmax")
+__all__ = ["SYNTHETIC_GENERATOR", "OipV2Adapter"]
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,7 @@ class _Tensor:
 
     @property
     def is_float(self) -> bool:
-        return self.datatype.startswith(_FLOAT_TYPES)
+        return self.datatype.startswith(FLOAT_TYPES)
 
     def float_rows(self) -> list[list[float]]:
         out = [r if isinstance(r, list) else [r] for r in self.rows]
@@ -72,7 +79,7 @@ def _tensor(item: object) -> _Tensor:
     if rows is None:
         raise UnparseableOutput(f"oip-v2: output {item['name']!r}: data does not fit shape {shape}")
     params = item.get("parameters")
-    names = _class_names(params) if isinstance(params, dict) else None
+    names = class_names(params) if isinstance(params, dict) else None
     return _Tensor(
         name=str(item["name"]),
         datatype=str(item.get("datatype", "")).upper(),
@@ -82,14 +89,6 @@ def _tensor(item: object) -> _Tensor:
     )
 
 
-def _class_names(params: dict[str, object]) -> tuple[str, ...] | None:
-    for key in ("classes", "class_names", "labels"):
-        names = params.get(key)
-        if isinstance(names, list) and names and all(is_label_like(n) for n in names):
-            return tuple(label_text(n) or "" for n in names)
-    return None
-
-
 class OipV2Adapter(RequestRows):
     """The Open Inference Protocol v2 REST answer."""
 
@@ -97,6 +96,7 @@ class OipV2Adapter(RequestRows):
 
     def __init__(self, outputs: OutputSettings) -> None:
         self.classes = outputs.classes or None
+        self.fast = FastOip(self.classes)
 
     def parse(self, request_body: bytes, response_body: bytes) -> ParsedOutput:
         """Lift an OIP v2 answer."""
@@ -104,6 +104,11 @@ class OipV2Adapter(RequestRows):
 
     def parse_json(self, doc: object) -> ParsedOutput:
         """Lift an already decoded answer."""
+        fast = self.fast.lift(doc)
+        return fast if fast is not None else self.parse_general(doc)
+
+    def parse_general(self, doc: object) -> ParsedOutput:
+        """Lift any answer tensor by tensor (the fast path's reference)."""
         outputs = doc.get("outputs") if isinstance(doc, dict) else None
         if not isinstance(outputs, list) or not outputs:
             raise UnparseableOutput("oip-v2: no `outputs` tensor list")
@@ -145,7 +150,7 @@ class OipV2Adapter(RequestRows):
 
     def _prob_tensor(self, tensors: list[_Tensor], label_t: _Tensor | None) -> _Tensor | None:
         floats = [t for t in tensors if t.is_float and t is not label_t]
-        named = next((t for t in floats if any(h in t.name.lower() for h in _PROB_HINTS)), None)
+        named = next((t for t in floats if any(h in t.name.lower() for h in PROB_HINTS)), None)
         if named is not None:
             return named
         for t in floats:
@@ -162,7 +167,7 @@ class OipV2Adapter(RequestRows):
 
 def _label_tensor(tensors: list[_Tensor]) -> _Tensor | None:
     for t in tensors:
-        typed = t.datatype.startswith(_LABEL_TYPES) or t.name.lower() in _LABEL_NAMES
+        typed = t.datatype.startswith(LABEL_TYPES) or t.name.lower() in LABEL_NAMES
         if typed and all(is_label_like(r) for r in t.rows):
             return t
     return None

@@ -113,7 +113,7 @@ def _walk(data: list[object]) -> Iterator[object]:
 def tensor_rows(shape: object, data: object) -> list[object] | None:
     """Split one tensor into per-row values (scalar or list); None if shape and data disagree."""
     flat = flatten(data)
-    dims = shape if isinstance(shape, list) and all(_is_dim(d) for d in shape) else None
+    dims = shape if isinstance(shape, list) and all(is_dim(d) for d in shape) else None
     if dims is None:
         return None
     n = dims[0] if dims else 1
@@ -125,7 +125,8 @@ def tensor_rows(shape: object, data: object) -> list[object] | None:
     return [flat[i * width : (i + 1) * width] for i in range(n)]
 
 
-def _is_dim(value: object) -> bool:
+def is_dim(value: object) -> bool:
+    """A tensor dimension: a non-negative int below 2**31 (bool is not one)."""
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31
 
 
