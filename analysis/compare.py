@@ -129,7 +129,7 @@ def contract_diffs(primary: ParsedOutput, candidate: ParsedOutput) -> list[Contr
         if primary.protocol != candidate.protocol:
             detail = f"primary {primary.protocol}, candidate {candidate.protocol}"
             diffs.append(ContractDiff("protocol", detail))
-        else:
+        elif primary.contract != candidate.contract:  # usually the very same tuple
             diffs.extend(_field_diffs(primary.contract, candidate.contract))
     diffs.extend(_label_set_diffs(primary, candidate))
     diffs.extend(_missing_fields(primary, candidate))
@@ -165,6 +165,8 @@ def _label_set_diffs(primary: ParsedOutput, candidate: ParsedOutput) -> list[Con
     if KIND_CLASSIFICATION not in (primary.kind, candidate.kind):
         return []
     p_set, c_set = set(primary.labels), set(candidate.labels)
+    if primary.labels == candidate.labels:  # the same declared classes, or none
+        return []
     if p_set and c_set:
         if p_set == c_set:
             return []
@@ -189,9 +191,14 @@ def _missing_fields(primary: ParsedOutput, candidate: ParsedOutput) -> list[Cont
         return []
     diffs = []
     for name, what in _FIELDS.items():
-        has_p = any(getattr(r, name) is not None for r in primary.rows)
-        has_c = any(getattr(r, name) is not None for r in candidate.rows)
-        if has_p and not has_c:
+        if _has(primary.rows, name) and not _has(candidate.rows, name):
             detail = f"{name}: candidate answers carry no {what}"
             diffs.append(ContractDiff("missing_field", detail))
     return diffs
+
+
+def _has(rows: tuple[Prediction, ...], name: str) -> bool:
+    """Some row has the field (one row, the usual case, without a generator)."""
+    if len(rows) == 1:
+        return getattr(rows[0], name) is not None
+    return any(getattr(row, name) is not None for row in rows)
