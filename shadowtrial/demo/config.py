@@ -21,11 +21,13 @@ MIN_PAIRS_CAP = 1000
 # The gate policy. v2 is a different model from v1 and changes about one answer in
 # eight (mostly where v1, trained to favour recall, said "affair" too readily), so the
 # policy tolerates 20 points of disagreement beyond the noise floor overall, and 15
-# points less agreement in any one slice than in the rest of the traffic.
+# points less agreement in any one slice than in the rest of the traffic. All the demo's
+# processes share one laptop's cores, so a model server that the scheduler leaves waiting
+# for a few hundred milliseconds moves a p99 a lot: the latency rule allows 3x.
 GATE = {
     "min_agreement": 0.80,
     "max_slice_drop": 0.15,
-    "max_p99_ratio": 2.0,
+    "max_p99_ratio": 3.0,
     "max_error_rate_increase": 0.01,
     "max_accuracy_loss": 0.02,
 }

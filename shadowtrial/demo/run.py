@@ -55,7 +55,7 @@ class Options:
     no_wait: bool = False
     keep: Path | None = None
     requests: int = 3000
-    rate: float = 150.0
+    rate: float = 125.0
     concurrency: int = 16
     label_share: float = 0.5
     seed: int = SEED
