@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,6 +176,31 @@ def test_good_leaves_nothing_running_and_no_files(good: DemoRun) -> None:
     assert [p for p in pids.values() if pid_alive(p)] == []
     assert [p for p in good.ports() if _listening(p)] == []
     assert list(good.tmpdir.iterdir()) == []  # the demo's temporary folder is gone
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_serving_stops_everything(tmp_path: Path) -> None:
+    keep = tmp_path / "keep"
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    argv = [sys.executable, "-m", "shadowtrial", "demo", "--requests", "300", "--keep", str(keep)]
+    log = tmp_path / "demo.log"
+    with log.open("wb") as out:
+        demo = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        while "serving until Ctrl-C" not in log.read_text(errors="replace"):
+            assert demo.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+        pids = json.loads((keep / "pids.json").read_text())
+        assert all(pid_alive(p) for p in pids.values())
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(timeout=30) == 0
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert [n for n, p in pids.items() if pid_alive(p)] == []
+    assert "interrupted: stopping everything" in log.read_text()
 
 
 # -- the pieces, fast -------------------------------------------------------------------------
