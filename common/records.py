@@ -78,6 +78,7 @@ class PairRecord:
             raise RecordError(f"metadata is not JSON: {exc}") from None
         if not isinstance(meta, dict) or meta.pop("v", None) != SCHEMA_VERSION:
             raise RecordError(f"unknown pair record version (expected {SCHEMA_VERSION})")
+        _check_types(meta)
         try:
             return cls(
                 **meta,
@@ -90,6 +91,25 @@ class PairRecord:
 
 
 _META_FIELDS = tuple(f.name for f in fields(PairRecord) if f.name not in PairRecord._BODIES)
+_ANNOTATED = {"str": (str,), "int": (int,), "float": (int, float), "dict[str, str]": (dict,)}
+_META_TYPES = {
+    f.name: _ANNOTATED[str(f.type)] for f in fields(PairRecord) if f.name in _META_FIELDS
+}
+
+
+def _check_types(meta: dict[str, Any]) -> None:
+    """RecordError for a field of the wrong type: a worker must count such an entry as bad,
+    not fail on it later (an entry that stops every worker would stop the evidence)."""
+    for name, value in meta.items():
+        expected = _META_TYPES.get(name)
+        if expected is None:
+            continue  # unknown names fail in the constructor, with its message
+        if not isinstance(value, expected) or isinstance(value, bool):
+            raise RecordError(f"pair record field {name} is a {type(value).__name__}")
+        if expected[0] is dict and not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise RecordError(f"pair record field {name} must map text to text")
 
 
 def _field_getter(fields: dict[Any, Any]) -> Callable[[str], bytes]:
