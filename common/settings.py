@@ -117,13 +117,24 @@ def _cast_redis_url(key: str, value: Any) -> str | None:
     if value in (None, ""):
         return None
     text = _cast_str(key, value)
+    shown = _hide_password(text)  # the error line must not print the password
     if not re.match(r"^(rediss?(\+cluster)?|unix)://", text):
         raise ConfigError(
-            key, value, "expected a redis://, rediss://, unix:// or redis+cluster:// URL"
+            key, shown, "expected a redis://, rediss://, unix:// or redis+cluster:// URL"
         )
     if "+cluster://" in text and not re.match(r"^[^/]+://[^/]+(/0?)?$", text.split("?")[0]):
-        raise ConfigError(key, value, "a Redis Cluster has only database 0")
+        raise ConfigError(key, shown, "a Redis Cluster has only database 0")
     return text
+
+
+def _hide_password(url: str) -> str:
+    """The URL with the password of its user part replaced by ***."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}{slash}{path}"
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)", re.IGNORECASE)
