@@ -76,7 +76,11 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
         ({"proxy": {"mirror_concurrency": 0}}, {}, "proxy.mirror_concurrency"),
         ({"proxy": {"primary": "ftp://x"}}, {}, "proxy.primary"),
         ({"proxy": {"lisen": "1:2"}}, {}, "proxy.lisen"),
-        ({"candidates": [{"name": "a", "url": "http://x", "sample": 2}]}, {}, "candidates[0].sample"),
+        (
+            {"candidates": [{"name": "a", "url": "http://x", "sample": 2}]},
+            {},
+            "candidates[0].sample",
+        ),
         ({"candidates": [{"name": "a"}]}, {}, "candidates[0]"),
         ({"candidates": [{"name": "a", "url": "http://x", "onnx": "m.onnx"}]}, {}, "candidates[0]"),
         ({"outputs": {"protocol": "grpc"}}, {}, "outputs.protocol"),
