@@ -51,6 +51,7 @@ class Bench:
         self.admin: dict[str, int] = {}  # shadowtrial configuration -> admin port
         self.prefix = f"bench{uuid.uuid4().hex[:10]}"
         self.redis_url = os.environ.get("REDIS_URL", "")
+        self.body = BODY  # what wrk and openloop send (a subclass may send another request)
         self.captured: dict[str, int] = {}
         self.metrics: dict[str, str] = {}
         self._taken: set[int] = set()
@@ -195,7 +196,7 @@ class Bench:
         """One request per configuration: status 200 and the primary's exact bytes back."""
         expected = PRIMARY_BODY.read_bytes().strip()
         for name in self.plan.all_configs():
-            status, body = tools.http(self.url(name), BODY.read_bytes())
+            status, body = tools.http(self.url(name), self.body.read_bytes())
             if status != 200 or body.strip() != expected:
                 raise HarnessError(f"smoke request to {name} got {status}: {body[:300]!r}")
         log("smoke: every configuration answers 200 with the primary's bytes")
@@ -277,7 +278,7 @@ class Bench:
         """post.lua rendered with the request body's path."""
         path = self.work / "post.lua"
         if not path.exists():
-            render.render_file(render.LUA_DIR / "post.lua.in", path, {"BODY_PATH": BODY})
+            render.render_file(render.LUA_DIR / "post.lua.in", path, {"BODY_PATH": self.body})
         return path
 
     def warm_up(self) -> None:
@@ -328,7 +329,7 @@ class Bench:
             "--url",
             self.url(config),
             "--body",
-            str(BODY),
+            str(self.body),
             "--rate",
             f"{rate:.1f}",
             "--duration",

@@ -190,23 +190,29 @@ def estimate_seconds(
 # -- RESULTS.md ------------------------------------------------------------------------------
 
 
-def replace_section(text: str | None, body: str) -> str:
-    """Put `body` between our markers, keeping everything outside them byte for byte.
+def markers(name: str) -> tuple[str, str]:
+    """The start and end markers of one script's section (`proxy_bench`, `onnx_bench`)."""
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+def replace_section(text: str | None, body: str, name: str = "proxy_bench") -> str:
+    """Put `body` between the `name` markers, keeping everything outside them byte for byte.
 
     No file: a new one with a title. No markers: the section is appended. A start marker
     without an end marker is refused rather than guessing where our section stops.
     """
-    block = f"{START_MARKER}\n{body.strip()}\n{END_MARKER}"
+    start_marker, end_marker = markers(name)
+    block = f"{start_marker}\n{body.strip()}\n{end_marker}"
     if text is None:
         return f"# Benchmark results\n\n{block}\n"
-    start = text.find(START_MARKER)
+    start = text.find(start_marker)
     if start < 0:
         sep = "" if text.endswith("\n\n") else ("\n" if text.endswith("\n") else "\n\n")
         return f"{text}{sep}{block}\n"
-    end = text.find(END_MARKER, start)
+    end = text.find(end_marker, start)
     if end < 0:
-        raise HarnessError(f"RESULTS.md has {START_MARKER} but no {END_MARKER}; fix it by hand")
-    return text[:start] + block + text[end + len(END_MARKER) :]
+        raise HarnessError(f"RESULTS.md has {start_marker} but no {end_marker}; fix it by hand")
+    return text[:start] + block + text[end + len(end_marker) :]
 
 
 def fmt(value: float, spec: str = ".2f", dash: str = "-") -> str:
