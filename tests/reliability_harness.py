@@ -126,8 +126,9 @@ def write_config(
             **proxy,
         },
         "redis": {"url": redis_url, "prefix": prefix},
-        **(sections or {}),
     }
+    for name, extra in (sections or {}).items():  # merged into a table of the same name
+        tables.setdefault(name, {}).update(extra)
     lines = []
     for name, table in tables.items():
         lines.append(f"[{name}]")
