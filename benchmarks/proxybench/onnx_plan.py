@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from proxybench.results import estimate_seconds
 
 OFF, WORKER = "off", "worker"
-STARTUP_S = 30.0  # model built, servers and workers up, stopped: measured on the busy machine
+STARTUP_S = 45.0  # model built, 8 servers and 6 workers up, then stopped: on the busy machine
 MAX_CONNS = 32  # wrk -c of the no-candidate maximum (as the proxy benchmark's rate phase)
 
 
@@ -147,7 +147,7 @@ def plan_from_args(argv: list[str] | None = None) -> OnnxPlan:
     return OnnxPlan(
         reps=1 if quick else a.reps,
         rate_duration=2 if quick else a.duration,
-        rate_warmup=1.0,
+        rate_warmup=0.5,
         workers=a.workers,
         threads=a.threads,
         levels=a.levels,
