@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from itertools import chain
 from typing import Any
 
@@ -49,6 +49,12 @@ BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 1.0
 REDACTED = "[redacted]"
 COUNTS_EVERY_S = 1.0  # accounting counts are written at most this often
+# After a batch failed mid-way, its records are looked for in their streams (_skip_written):
+# this many entries per XRANGE, at most this many XRANGEs per stream, and without a
+# confirmed entry id to start from, this much clock skew allowed between proxy and Redis.
+RECONCILE_PAGE = 1000
+RECONCILE_PAGES = 20
+CLOCK_SKEW_MS = 60_000
 
 # Add accounting counts to one bucket, keep it as long as the worker keeps its own, and
 # index it so a window finds it even without pairs. Atomic: an hourly rollup running at
@@ -145,7 +151,7 @@ class BucketCounts:
 
 
 class _Pending:
-    __slots__ = ("candidate", "fields", "spooled", "stream", "ts_ms")
+    __slots__ = ("candidate", "fields", "spooled", "stream", "ts_ms", "unsure")
 
     def __init__(self, candidate: str, stream: str, fields: dict[bytes, bytes], ts_ms: int) -> None:
         self.candidate = candidate
@@ -153,6 +159,7 @@ class _Pending:
         self.fields = fields
         self.ts_ms = ts_ms
         self.spooled = False
+        self.unsure = False  # in a batch whose answer was lost: maybe written already
 
 
 class Capture:
@@ -182,6 +189,7 @@ class Capture:
         self._pending: deque[_Pending] = deque()
         self._sending: list[_Pending] = []  # the batch on the wire right now
         self._streams: dict[str, str] = {}
+        self._last_ids: dict[str, bytes] = {}  # stream -> id of this process's last XADD
         self._wake = asyncio.Event()
         self._closing = False
         self._writer: asyncio.Task[None] | None = None
@@ -272,10 +280,14 @@ class Capture:
             counts = self._take_counts()
             self._sending = batch
             try:
+                if any(item.unsure for item in batch):
+                    batch = self._sending = await self._skip_written(batch)
                 results = await self._write(batch, counts)
             except StoreError as exc:
                 self._sending = []
                 self.counts.restore(counts)
+                for item in batch:
+                    item.unsure = True
                 self._spool(batch, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
@@ -332,9 +344,55 @@ class Capture:
                 self._dropped(item, item.ts_ms)
             else:
                 recorded[item.candidate] = recorded.get(item.candidate, 0) + 1
+                self._last_ids[item.stream] = result  # type: ignore[assignment]
         for candidate, count in recorded.items():
             self._metrics.captured(candidate, CAPTURE_RECORDED, count)
         self._metrics.spool_depth.set(self.depth)
+
+    async def _skip_written(self, batch: list[_Pending]) -> list[_Pending]:
+        """The batch without the records already in their streams (counted as recorded).
+
+        A batch fails when Redis dies between running its XADDs and answering: those
+        records are in the stream (with an append-only file, also after a restart) and
+        must not be written twice. They are found by their metadata (unique per record)
+        among the stream's entries after this process's last confirmed one.
+        """
+        unsure: dict[str, dict[bytes, _Pending]] = {}
+        for item in batch:
+            if item.unsure:
+                unsure.setdefault(item.stream, {})[item.fields[b"m"]] = item
+                item.unsure = False
+        found: list[_Pending] = []
+        for stream, by_meta in unsure.items():
+            last = self._last_ids.get(stream)
+            oldest = min(item.ts_ms for item in by_meta.values()) - CLOCK_SKEW_MS
+            start = b"(" + last if last else f"{max(oldest, 0)}-0".encode()
+            async for entry_id, meta in self._entries_after(stream, start):
+                item = by_meta.pop(meta, None)
+                if item is not None:
+                    found.append(item)
+                    self._last_ids[stream] = entry_id
+                if not by_meta:
+                    break
+        if found:
+            log.warning("%d pair records were written before Redis failed; not again", len(found))
+            for item in found:
+                self._metrics.captured(item.candidate, CAPTURE_RECORDED)
+        seen = {id(item) for item in found}
+        return [item for item in batch if id(item) not in seen]
+
+    async def _entries_after(self, stream: str, start: bytes) -> AsyncIterator[tuple[bytes, bytes]]:
+        """(entry id, metadata) of up to RECONCILE_PAGES pages of entries from `start`."""
+        for _ in range(RECONCILE_PAGES):
+            try:
+                page = await self._client.xrange(stream, min=start, max="+", count=RECONCILE_PAGE)
+            except (RedisError, OSError) as exc:
+                raise StoreError(f"Redis unavailable: {exc}") from exc
+            for entry_id, fields in page:
+                yield entry_id, fields.get(b"m", b"")
+            if len(page) < RECONCILE_PAGE:
+                return
+            start = b"(" + page[-1][0]
 
     def _counted(self, counts: Counts, results: list[object]) -> None:
         """Counts Redis refused wait for the next round."""

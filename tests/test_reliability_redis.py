@@ -9,13 +9,18 @@ compared with the proxy's counters record for record.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
+from proxy_upstreams import proxy_settings
 from reliability_harness import (
     INFER,
     LoadResult,
@@ -31,6 +36,8 @@ from reliability_servers import ANSWER
 
 from common.keys import Keys
 from common.records import PairRecord
+from proxy.capture import Capture
+from proxy.metrics import Metrics as ProxyMetrics
 
 RATE = 100
 LOAD_S = 9.0
@@ -119,3 +126,95 @@ def _settled(admin: str, timeout_s: float = 20.0) -> Metrics:
             return metrics
         assert time.monotonic() < deadline, "capture did not settle"
         time.sleep(0.1)
+
+
+class LostAnswers:
+    """A TCP relay to Redis that, once armed, passes the next request holding an XADD to
+    Redis and then cuts the connection instead of passing the answer back: the records
+    are written, and the proxy cannot know it."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.armed = threading.Event()
+        self.cut = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target_port))
+            self.sockets += [client, server]
+            threading.Thread(target=self._pump, args=(server, client), daemon=True).start()
+            threading.Thread(target=self._requests, args=(client, server), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _requests(self, client: socket.socket, server: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                if self.armed.is_set() and b"XADD" in data:
+                    self.armed.clear()
+                    client.shutdown(socket.SHUT_RDWR)  # the proxy sees a dead link, and ...
+                    server.sendall(data)  # ... Redis runs what it got: the answer is lost
+                    self.cut.set()
+                    server.shutdown(socket.SHUT_WR)
+                    return
+                server.sendall(data)
+
+    def close(self) -> None:
+        self.listener.close()
+        for sock in self.sockets:
+            sock.close()
+
+
+async def test_records_written_before_an_answer_was_lost_are_not_written_twice(
+    tmp_path: Path,
+) -> None:
+    with redis_server(tmp_path) as store:
+        relay = LostAnswers(store.port)
+        try:
+            settings = proxy_settings("http://127.0.0.1:1", prefix="lost")
+            metrics = ProxyMetrics()
+            capture = Capture.from_settings(settings, f"redis://127.0.0.1:{relay.port}/0", metrics)
+            capture.start()
+            capture.submit("c", _record(0))  # a first batch goes through: a known last id
+            await _until(lambda: capture.depth == 0)
+            relay.armed.set()
+            for i in range(1, 200):
+                capture.submit("c", _record(i))
+            await _until(lambda: relay.cut.is_set() and capture.depth == 0)
+            await capture.close()
+        finally:
+            relay.close()
+        client = redis.Redis(port=store.port)
+        ids = [
+            PairRecord.from_fields(f).request_id for _, f in client.xrange(Keys("lost").pairs("c"))
+        ]
+        client.close()
+    recorded = metrics.value("shadowtrial_capture_total", {"candidate": "c", "outcome": "recorded"})
+    assert sorted(ids, key=lambda r: int(r[1:])) == [f"r{i}" for i in range(200)]
+    assert recorded == 200
+
+
+def _record(i: int) -> PairRecord:
+    return PairRecord(request_id=f"r{i}", candidate="c", ts_ms=int(time.time() * 1000) + i)
+
+
+async def _until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
