@@ -171,12 +171,20 @@ def build_runner(cand: CandidateSettings, max_body: int, pool_size: int) -> Cand
             pool_size=pool_size,
         )
     if cand.run == "worker":
+        _check_loadable(cand)
         return DeferredCandidate(name=cand.name, role=cand.role)
     try:
         from proxy.onnx_runner import OnnxCandidate
     except ImportError as exc:
         raise ModelLoadError(f"onnx candidates need proxy.onnx_runner ({exc})") from None
     return OnnxCandidate(cand)
+
+
+def _check_loadable(cand: CandidateSettings) -> None:
+    """Fail at start, not in the worker hours later, when a worker-run model is unusable."""
+    from common.onnx_model import OnnxModel  # onnxruntime only when an ONNX model is configured
+
+    OnnxModel.load(cand)  # raises ModelLoadError naming the file and the problem
 
 
 def build_runners(settings: Settings) -> list[CandidateRunner]:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
 from admin_harness import ALICE, BOB, EASY_GATE, INFER, Trial, run_worker, trial, wait_for
+from fixtures.onnx_models import tiny_model
 
 PROPAGATION_S = 1.0
 
@@ -109,9 +111,10 @@ def test_reject_stops_mirroring_and_keeps_the_evidence(
 
 
 def test_an_onnx_candidate_cannot_become_the_primary(
-    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    onnx = [{"name": "v2-onnx", "onnx": "model.onnx", "run": "worker"}]
+    model = tiny_model(tmp_path, "sum")
+    onnx = [{"name": "v2-onnx", "onnx": str(model), "run": "worker"}]
     with trial(redis_url, prefix, monkeypatch, candidates=onnx) as t:
         refused = _promote(t, "v2-onnx", force=True)
         assert refused.status_code == 409

@@ -83,7 +83,15 @@ def body(rows: np.ndarray) -> bytes:
 def test_onnx_candidate_in_the_proxy_agrees_with_the_primary(
     iris: TrialModel, primary: str, redis_url: str, prefix: str, redis_client: redis.Redis
 ) -> None:
-    candidates = [{"name": "iris-onnx", "onnx": str(iris.path), "input": "oip-v2", "threads": 1}]
+    candidates = [
+        {
+            "name": "iris-onnx",
+            "onnx": str(iris.path),
+            "input": "oip-v2",
+            "threads": 1,
+            "run": "proxy",
+        }
+    ]
     slices = [
         {"name": "petal", "from": "$['input-0'][2]", "bins": [2.0, 5.0]},
         {"name": "tenant", "from": "header:X-Tenant"},
