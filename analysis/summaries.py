@@ -239,21 +239,42 @@ def slice_items(ev: PairEvidence, i: int, primary: Prediction, fold: Fold) -> li
     return items
 
 
+# The counter names of a row's slice conditions, by the conditions: rows repeat the same
+# few combinations, so their names are built once. Bounded: cleared when full.
+_SLICE_FIELDS: dict[tuple[tuple[str, str], ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
+_SLICE_FIELDS_MAX = 4096
+
+
+def _slice_fields(items: list[tuple[str, str]]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(every row's counter names, every disagreeing row's) for these sorted conditions."""
+    key = tuple(items)
+    found = _SLICE_FIELDS.get(key)
+    if found is not None:
+        return found
+    singles = [f"{f}{SEP}{v}" for f, v in items]
+    pairs = [
+        f"{singles[i]}{SEP}{singles[j]}"
+        for i in range(len(singles) - 1)
+        for j in range(i + 1, len(singles))
+    ]
+    rows = tuple([f"s{SEP}{n}" for n in singles] + [f"q{SEP}{n}" for n in pairs])
+    disagree = tuple([f"sd{SEP}{n}" for n in singles] + [f"qd{SEP}{n}" for n in pairs])
+    if len(_SLICE_FIELDS) >= _SLICE_FIELDS_MAX:
+        _SLICE_FIELDS.clear()
+    found = _SLICE_FIELDS[key] = (rows, disagree)
+    return found
+
+
 def _count_slices(
     ints: defaultdict[str, int], items: list[tuple[str, str]], disagree: bool
 ) -> None:
     """Level-1 and level-2 slice counters for one row."""
-    singles = [f"{f}{SEP}{v}" for f, v in items]
-    for name in singles:
-        ints["s" + SEP + name] += 1
-        if disagree:
-            ints["sd" + SEP + name] += 1
-    for i in range(len(singles) - 1):
-        for j in range(i + 1, len(singles)):
-            name = f"{singles[i]}{SEP}{singles[j]}"
-            ints["q" + SEP + name] += 1
-            if disagree:
-                ints["qd" + SEP + name] += 1
+    rows, disagreeing = _slice_fields(items)
+    for name in rows:
+        ints[name] += 1
+    if disagree:
+        for name in disagreeing:
+            ints[name] += 1
 
 
 def _count_primary_side(ints: defaultdict[str, int], p: Prediction, flipped: bool) -> int | None:
