@@ -45,8 +45,16 @@ class JsonPath:
 
     def find(self, doc: object) -> list[object]:
         """Every value the path matches in `doc`, in document order."""
-        current = [doc]
-        for step in self.steps:
+        steps, node, done = self.steps, doc, 0
+        for kind, arg in steps:  # up to the first wildcard there is one node at most
+            if kind == "*":
+                break
+            node = _step_one(kind, arg, node)
+            if node is _MISSING:
+                return []
+            done += 1
+        current = [node]
+        for step in steps[done:]:
             current = [v for node in current for v in _apply(step, node)]
             if not current:
                 break
