@@ -38,6 +38,7 @@ from shadowtrial.examples.model_server import create_app as model_app
 from tests import fleet as fl
 
 REQUESTS = 800
+LABELLED = 120  # requests given a ground-truth label
 TOKEN = "cluster-test-token-0001"
 CANDIDATES = (("v2", "v2", 0.5), ("same", "v1", 1.0))  # name, model variant, sample
 STATE_OK_TIMEOUT_S = 30.0
@@ -234,7 +235,7 @@ def runs(
         )
         env = {"SHADOWTRIAL_ADMIN_TOKEN": TOKEN}
         proxies = [fleet.proxy(f"proxy-c{i}", on_cluster, env=env) for i in (1, 2)]
-        single = fleet.proxy("proxy-s1", on_single)
+        single = fleet.proxy("proxy-s1", on_single, env=env)
         for name in ("worker-c1", "worker-c2"):
             fleet.worker(name, on_cluster)
         fleet.worker("worker-s1", on_single)
@@ -244,20 +245,28 @@ def runs(
         assert fl.send(traffic, [p.data for p in proxies]) == {200: REQUESTS}
         assert fl.send(traffic, [single.data]) == {200: REQUESTS}
         expected = {n: fl.expected_pairs(traffic, s) for n, _, s in CANDIDATES}
-        yield Runs(
-            cluster,
-            prefix,
-            on_cluster,
-            proxies,
-            single,
-            expected,
-            fl.wait_for_pairs(fleet, proxies[1].admin, expected),
-            fl.wait_for_pairs(fleet, single.admin, expected),
-            fleet,
-        )
+        for proxy in (proxies[1], single):
+            fl.wait_for_pairs(fleet, proxy.admin, expected)
+            _feedback(proxy, traffic[:LABELLED])
+        reports = [
+            {name: fl.report(proxy.admin, name) for name in expected}
+            for proxy in (proxies[0], single)
+        ]
+        yield Runs(cluster, prefix, on_cluster, proxies, single, expected, *reports, fleet)
     finally:
         fleet.close()
         _delete_prefix(redis_url, single_prefix)
+
+
+def _feedback(proxy: fl.Proxy, traffic: list[fl.Request]) -> None:
+    """Ground truth for some requests (joined on the candidate's slot by a script)."""
+    labels = [
+        {"request_id": r.rid, "label": ("positive", "negative")[i % 2]}
+        for i, r in enumerate(traffic)
+    ]
+    headers = {"authorization": f"Bearer {TOKEN}"}
+    resp = httpx.post(f"{proxy.admin}/v1/feedback", json=labels, headers=headers, timeout=30)
+    assert resp.status_code == 200, resp.text
 
 
 def _delete_prefix(url: str, prefix: str) -> None:
@@ -304,7 +313,8 @@ def test_reports_on_the_cluster_equal_the_single_server_run(runs: Runs) -> None:
     assert v2["agreement"]["rate"] < 1.0 and v2["flips"]["matrix"][1][0] > 0
     assert runs.on_cluster["same"]["agreement"]["rate"] == 1.0
     assert {s["slice"] for s in v2["slices"]} >= {"tenant", "country"}
-    assert v2["discovered"]
+    assert len({s["agreement"] for s in v2["slices"]}) > 1
+    assert 0 < v2["labels"]["n"] < LABELLED  # single-row pairs of the sampled requests
 
 
 def test_candidates_live_on_their_own_masters_and_nothing_is_pending(runs: Runs) -> None:
