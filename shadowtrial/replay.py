@@ -316,6 +316,7 @@ class Replay:
         primary_url: str | None = None,
         max_pairs: int = 1_000_000,
         on_done: Callable[[str], None] = lambda outcome: None,
+        redact: Callable[[Any], None] | None = None,
     ) -> None:
         self.target = target
         self.redis = redis
@@ -326,6 +327,7 @@ class Replay:
         self.primary_url = primary_url
         self.max_pairs = max_pairs
         self.on_done = on_done
+        self.redact = redact  # proxy.redact's BodyRedactor.record: secrets out before Redis
         self.tally = Tally()
         self._records: asyncio.Queue[Any] = asyncio.Queue(maxsize=WRITE_BATCH * 4)
 
@@ -394,6 +396,8 @@ class Replay:
     async def _flush(self, records: list[Any]) -> None:
         pipe = self.redis.pipeline(transaction=False)
         for rec in records:
+            if self.redact is not None:
+                self.redact(rec)
             pipe.xadd(self.stream, rec.to_fields(), maxlen=self.max_pairs, approximate=True)
         await pipe.execute()
         self.tally.written += len(records)

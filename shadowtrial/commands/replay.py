@@ -166,6 +166,7 @@ async def _replay(args: argparse.Namespace, settings: Any, total: int | None) ->
     from common.keys import Keys
     from common.redis_client import async_client
     from proxy.capture import HeaderCapture
+    from proxy.redact import BodyRedactor
 
     keys = Keys(settings.redis.prefix)
     client = async_client(redis_url(settings), socket_connect_timeout=2.0)
@@ -179,13 +180,14 @@ async def _replay(args: argparse.Namespace, settings: Any, total: int | None) ->
         else:
             items = jsonl_items(args.file, args.limit)
         capture = HeaderCapture.from_settings(settings)
+        redactor = BodyRedactor.from_settings(settings)
         limits = httpx.Limits(max_connections=args.concurrency * 2)
         async with httpx.AsyncClient(limits=limits) as http:
             with _progress(total, target.name) as advance:
                 replay = Replay(
                     target, client, keys.pairs(target.name), http, TokenBucket(args.rate),
                     lambda h: capture.select(h.items()), args.primary, settings.redis.max_pairs,
-                    advance,
+                    advance, redactor.record if redactor else None,
                 )  # fmt: skip
                 return await replay.run(items, args.concurrency)
     except (redis.RedisError, OSError) as exc:
