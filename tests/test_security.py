@@ -302,3 +302,29 @@ def test_tls_without_the_ca_refuses_the_server_and_traffic_still_flows(
     ready = _capture_refused(url, model_url, caplog)
     assert "certificate" in ready["redis"]["last_error"].lower()
     assert REDIS_PASSWORD not in caplog.text
+
+
+def test_replayed_pairs_are_redacted_too(
+    tmp_path: Path, redis_url: str, prefix: str, redis_client: redis.Redis
+) -> None:
+    from shadowtrial import cli
+
+    candidate = Model("new")
+    lines = [
+        {"request_id": f"q{i}", "path": f"/infer?password={QUERY}",
+         "body": {"inputs": [1], "password": PASSWORD},
+         "primary_body": {"outputs": [], "api_token": TOKEN}}
+        for i in range(3)
+    ]  # fmt: skip
+    jsonl = tmp_path / "recorded.jsonl"
+    jsonl.write_text("".join(orjson.dumps(line).decode() + "\n" for line in lines))
+    config = tmp_path / "shadowtrial.toml"
+    config.write_text(f'[proxy]\nredact_fields = ["password", "api_token"]\n'
+                      f'[redis]\nurl = "{redis_url}"\nprefix = "{prefix}"\n')  # fmt: skip
+    with serve_app(candidate) as url:
+        code = cli.main(["replay", str(jsonl), "--candidate", "c", "--url", url,
+                         "--rate", "0", "-c", str(config)])  # fmt: skip
+    assert code == 0 and redis_client.xlen(Keys(prefix).pairs("c")) == 3
+    dump = redis_dump(redis_client, prefix)
+    assert all(secret.encode() not in dump for secret in (PASSWORD, TOKEN, QUERY))
+    assert all(PASSWORD.encode() in body for _, _, body in candidate.received)  # sent intact
