@@ -174,12 +174,10 @@ def from_probs(
     if label is None:
         best = max(range(len(probs)), key=probs.__getitem__)
         label = classes[best] if classes else str(best)
+    # Positional: this runs for every row of every answer (label, probs, classes, score,
+    # vector, text, confidence, margin).
     return Prediction(
-        label=label,
-        probs=tuple(probs),
-        classes=classes,
-        confidence=ranked[0],
-        margin=ranked[0] - ranked[1],
+        label, tuple(probs), classes, None, None, None, ranked[0], ranked[0] - ranked[1]
     )
 
 

@@ -88,13 +88,10 @@ class FastOip:
         if rows is None:
             return None
         params = doc.get("parameters")
+        synthetic = isinstance(params, dict) and params.get("generator") == SYNTHETIC_GENERATOR
+        # protocol, kind, rows, contract, labels, synthetic (positional: once per answer)
         return ParsedOutput(
-            protocol="oip-v2",
-            kind=KIND_CLASSIFICATION,
-            rows=rows,
-            contract=plan.contract,
-            labels=plan.classes or (),
-            synthetic=isinstance(params, dict) and params.get("generator") == SYNTHETIC_GENERATOR,
+            "oip-v2", KIND_CLASSIFICATION, rows, plan.contract, plan.classes or (), synthetic
         )
 
     def _plan(self, signature: Signature) -> Plan | None:
@@ -119,8 +116,10 @@ class FastOip:
         if labels is None:
             labels = [None] * plan.rows
         return tuple(
-            from_probs(flat[i * width : (i + 1) * width], classes, labels[i])
-            for i in range(plan.rows)
+            [
+                from_probs(flat[i * width : (i + 1) * width], classes, labels[i])
+                for i in range(plan.rows)
+            ]
         )
 
 
