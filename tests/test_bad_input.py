@@ -266,9 +266,11 @@ def test_an_endless_header_is_cut_off_without_growing_memory(world: World) -> No
         except (BrokenPipeError, ConnectionResetError):
             pass
         answer = read_all(sock)
+    grew = rss_kib(world.proxy.pid) - before
+    print(f"endless header: cut after {sent} bytes sent, RSS +{grew} KiB")
     assert sent < 32 * 2**20  # the proxy closed the connection
     assert answer == b"" or status_of(answer) == 431
-    assert rss_kib(world.proxy.pid) - before < 16 * 1024
+    assert grew < 16 * 1024
 
 
 def test_slowloris_is_cut_after_the_header_timeout_and_blocks_no_one(world: World) -> None:
@@ -301,6 +303,7 @@ def test_slowloris_is_cut_after_the_header_timeout_and_blocks_no_one(world: Worl
         dripper.join(timeout=5)
         for sock in slow:
             sock.close()
+    print(f"slowloris: 50 slow heads cut after {elapsed:.2f} s; others max {max(took):.3f} s")
     assert all(status_of(a) == 408 for a in answers), answers[:3]
     assert orjson.loads(body_of(answers[0]))["error"] == "request timeout"
     assert HEADER_TIMEOUT_MS / 1000 <= elapsed < HEADER_TIMEOUT_MS / 1000 + 5
