@@ -38,6 +38,7 @@ from redis.exceptions import RedisError
 from common.errors import StoreError
 from common.keys import FIELD_CAPTURE_DROPPED, Keys
 from common.records import PairRecord
+from common.redis_client import async_client
 from common.settings import Settings
 from proxy.metrics import CAPTURE_DROPPED, CAPTURE_RECORDED, CAPTURE_SPOOLED, Metrics
 from proxy.redact import BodyRedactor
@@ -201,7 +202,7 @@ class Capture:
     @classmethod
     def from_settings(cls, settings: Settings, redis_url: str, metrics: Metrics) -> Capture:
         """A capture writing to the Redis at `redis_url` under the configured prefix."""
-        client = aioredis.Redis.from_url(
+        client = async_client(
             redis_url,
             socket_connect_timeout=1.0,
             socket_timeout=5.0,
