@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from fixtures.onnx_models import tiny_model
 from proxy_upstreams import (
     Candidate,
     Gate,
@@ -86,7 +87,8 @@ def test_every_sampled_mirror_is_recorded_or_counted_once(
         }
         stack.callback(gate.open)  # before the hanging server stops
         candidates = [{"name": n, "url": u, "timeout_ms": 200} for n, u in urls.items()]
-        candidates.append({"name": "deferred", "onnx": "unused.onnx", "run": "worker"})
+        model = tiny_model(tmp_path, "deferred")  # run by the worker: the proxy records only
+        candidates.append({"name": "deferred", "onnx": str(model), "run": "worker"})
         settings = proxy_settings(
             primary_url, candidates, prefix=PREFIX, mirror_concurrency=12,
             max_capture_bytes=2000, spool_max=5, primary_timeout_ms=500,
