@@ -552,7 +552,10 @@ def _proxy_table(rows: list[dict], meta: dict[str, Any]) -> list[str]:
     note = [
         "",
         "`other CPU %`: processes this benchmark did not start (100 = one core). `pairs "
-        "recorded`: stream entries added during the run (= requests: nothing shed or dropped).",
+        "recorded`: stream entries added during the run (= requests: nothing shed or dropped). "
+        "While other processes compete for the cores, more replicas also win a larger share "
+        "of them, so the totals of 2 and 3 replicas overstate what replicas add on a quiet "
+        "2-core machine; CPU µs/req is the number to size with.",
     ]
     return head + body + note
 
@@ -585,18 +588,20 @@ def _memory_lines(workers: list[dict], meta: dict[str, Any]) -> list[str]:
         f"{meta['answer_bytes']} B each, 2 captured headers): `MEMORY USAGE` of the stream "
         f"= **{per_pair:,.0f} B per pair**, {per_pair * 1e6 / 2**20:,.0f} MiB per million "
         f"(INFO used_memory grew {one['stream_bytes'] / n:,.0f} B per pair while copying). "
-        "A record holds the request and both answers, so this grows with body sizes: about "
-        "the three bodies plus ~300 B. The stream is capped at `redis.max_pairs` per candidate.",
+        "A record holds the request and both answers, so this grows with body sizes: the "
+        f"three bodies plus ~{per_pair - meta['request_bytes'] - 2 * meta['answer_bytes']:,.0f}"
+        " B (metadata, captured headers, stream entry). The stream is capped at "
+        "`redis.max_pairs` per candidate.",
         "",
         f"After one worker summarised those {n:,} pairs, everything else under the prefix:",
         "",
-        "| kind | keys | bytes | per pair |",
-        "|---|---:|---:|---:|",
+        "| kind | keys | bytes | per key | per pair |",
+        "|---|---:|---:|---:|---:|",
     ]
     for kind, (keys, size) in sorted(mem["by_kind"].items()):
         if kind in ("stream", "join_entries"):
             continue
-        lines.append(f"| {kind} | {keys} | {size:,} | {size / n:,.1f} |")
+        lines.append(f"| {kind} | {keys} | {size:,} | {size / keys:,.0f} | {size / n:,.1f} |")
     entries = mem["by_kind"].get("join_entries", (0, 0))[1]
     lines += [
         "",
