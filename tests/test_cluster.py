@@ -303,6 +303,7 @@ def test_a_candidates_keys_share_one_slot_and_the_registrys_keys_another() -> No
     assert all(k.startswith("shadowtrial:") for k in per_candidate + registry)
 
 
+@pytest.mark.slow  # the fleets take ~15 s to start and fill
 def test_reports_on_the_cluster_equal_the_single_server_run(runs: Runs) -> None:
     for name, n in runs.expected.items():
         on_cluster, on_single = runs.on_cluster[name], runs.on_single[name]
@@ -317,6 +318,7 @@ def test_reports_on_the_cluster_equal_the_single_server_run(runs: Runs) -> None:
     assert 0 < v2["labels"]["n"] < LABELLED  # single-row pairs of the sampled requests
 
 
+@pytest.mark.slow  # the fleets take ~15 s to start and fill
 def test_candidates_live_on_their_own_masters_and_nothing_is_pending(runs: Runs) -> None:
     keys, cluster = Keys(runs.prefix), runs.cluster
     client = sync_client(cluster.url)
@@ -341,6 +343,7 @@ def test_candidates_live_on_their_own_masters_and_nothing_is_pending(runs: Runs)
     assert recorded == sum(runs.expected.values())
 
 
+@pytest.mark.slow  # the fleets take ~15 s to start and fill
 def test_worker_check_reads_health_keys_on_the_cluster(runs: Runs) -> None:
     base = [sys.executable, "-m", "shadowtrial", "worker", "-c", str(runs.config), "--check"]
     for consumer, code in (("worker-c1", 0), ("worker-c*", 0), ("nobody", 1)):
@@ -370,6 +373,7 @@ async def _reject_and_hear_it(runs: Runs) -> bytes:
         await client.aclose()
 
 
+@pytest.mark.slow  # the fleets take ~15 s to start and fill
 def test_a_decision_reaches_every_replica_through_the_cluster(runs: Runs) -> None:
     version = asyncio.run(_reject_and_hear_it(runs))
     assert int(version) > 0

@@ -28,6 +28,8 @@ from common.keys import Keys
 from tests import fleet as fl
 from tests import worker_procs as wp
 
+pytestmark = pytest.mark.slow  # ~30 s: nine processes start and 2 x 2,400 requests flow
+
 REQUESTS = 2400
 CANDIDATES = (("v2", "v2", 0.5), ("same", "v1", 1.0))  # name, model variant, sample
 WORKER = {"batch": 50}  # small batches: four workers all get a share
