@@ -31,6 +31,7 @@ import argparse
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -692,8 +693,12 @@ def main(argv: list[str] | None = None) -> int:
             log(f"workers: {count} on {n:,} pairs")
             workers.append(measure_workers(stack, source, count, n))
         meta = _meta(stack, args, began)
+    except BaseException:
+        log(f"failed; configs and logs are in {work}")
+        raise
     finally:
         _cleanup(stack)
+    shutil.rmtree(work, ignore_errors=True)
     text = render_section(meta, proxies, workers)
     print(text)
     if not args.no_write:
