@@ -7,6 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from fixtures.onnx_models import tiny_model
 from proxy_upstreams import proxy_settings, running_proxy, wait_until
 from servers import serve_app
 
@@ -61,11 +62,12 @@ def test_example_config_is_valid() -> None:
 
 
 def test_worker_run_onnx_candidate_is_recorded_as_deferred(
-    redis_url: str, prefix: str, redis_client: redis.Redis
+    redis_url: str, prefix: str, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
+    model = str(tiny_model(tmp_path, "sum"))  # serve checks a worker-run model loads
     with serve_app(create_app("v1")) as primary:
         settings = proxy_settings(
-            primary, [{"name": "later", "onnx": "model.onnx", "run": "worker"}], prefix=prefix
+            primary, [{"name": "later", "onnx": model, "run": "worker"}], prefix=prefix
         )
         with running_proxy(settings, redis_url) as px:
             response = httpx.post(px.url + "/v2/models/m/infer", json=infer_body(ROWS))
