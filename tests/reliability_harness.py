@@ -77,9 +77,12 @@ class ModelServers:
 
 
 @contextmanager
-def model_servers(**behaviours: str) -> Iterator[ModelServers]:
-    """One server per name=behaviour (see tests/reliability_servers.py)."""
+def model_servers(idle_s: float | None = None, **behaviours: str) -> Iterator[ModelServers]:
+    """One server per name=behaviour (see tests/reliability_servers.py); `idle_s` closes
+    connections idle that long."""
     args = [f"{name}={kind}" for name, kind in behaviours.items()]
+    if idle_s is not None:
+        args.insert(0, f"--idle-s={idle_s}")
     process = subprocess.Popen(
         [sys.executable, str(SERVERS_SCRIPT), *args],
         stdout=subprocess.PIPE,
@@ -233,6 +236,32 @@ def rss_kib(pid: int) -> int:
 def fd_count(pid: int) -> int:
     """Open file descriptors of a process."""
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+_TCP_STATES = {"01": "established", "06": "time_wait", "08": "close_wait", "0A": "listen"}
+
+
+def fd_kinds(pid: int) -> Counter[str]:
+    """A process's descriptors by kind: `tcp:<state>:<remote port>` for TCP sockets (so
+    idle keep-alive connections to an upstream can be told from leaked ones: a socket a
+    peer closed and the process never did waits in close_wait), else socket/pipe/file."""
+    tcp: dict[str, str] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            state = _TCP_STATES.get(cols[3], cols[3])
+            tcp[cols[9]] = f"tcp:{state}:{int(cols[2].rsplit(':', 1)[1], 16)}"
+    kinds: Counter[str] = Counter()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:["):
+            kinds[tcp.get(target[8:-1], "socket")] += 1
+        else:
+            kinds[target.split(":", 1)[0] if ":" in target else "file"] += 1
+    return kinds
 
 
 # -- metrics -----------------------------------------------------------------------------

@@ -1,14 +1,16 @@
 """Model servers with one behaviour each, in a process of their own (for load tests).
 
-    python tests/reliability_servers.py primary=ok hang=hang slow=slow ...
+    python tests/reliability_servers.py [--idle-s=S] primary=ok hang=hang slow=slow ...
 
 prints one line `{"primary": PORT, ...}` once every server listens, then serves until
-SIGTERM. Behaviours (`BEHAVIOURS`): ok (ANSWER), status500, hang (reads, never answers),
-reset (reads, then RST), slow (ANSWER after SLOW_S), garbage (bytes that are not HTTP,
-then close), junk200 (200 with a binary body that is not JSON), large (200 with a JSON
-body 100x ANSWER's size). A bare asyncio protocol on uvloop: a load test measures the
-proxy, so its upstreams must cost as little CPU as possible (uvicorn's cost per request
-would share the two cores with the proxy under test).
+SIGTERM. With --idle-s, a connection with no request in progress for S seconds is
+closed, as real servers close idle keep-alive connections. Behaviours (`BEHAVIOURS`):
+ok (ANSWER), status500, hang (reads, never answers), reset (reads, then RST), slow
+(ANSWER after SLOW_S), garbage (bytes that are not HTTP, then close), junk200 (200 with
+a binary body that is not JSON), large (200 with a JSON body 100x ANSWER's size). A bare
+asyncio protocol on uvloop: a load test measures the proxy, so its upstreams must cost
+as little CPU as possible (uvicorn's cost per request would share the two cores with
+the proxy under test).
 """
 
 from __future__ import annotations
@@ -61,15 +63,26 @@ BEHAVIOURS = (*FIXED, "hang", "reset", "garbage")
 class Model(asyncio.Protocol):
     """One connection of a server with behaviour `kind`."""
 
+    idle_s: float | None = None
+
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
+        self.idle: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._arm()
+
+    def _arm(self) -> None:
+        if self.idle_s is not None:
+            self.idle = asyncio.get_running_loop().call_later(self.idle_s, self._close)
 
     def data_received(self, data: bytes) -> None:
+        if self.idle is not None:
+            self.idle.cancel()
+            self.idle = None
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
@@ -92,11 +105,12 @@ class Model(asyncio.Protocol):
         elif self.kind == "slow":
             asyncio.get_running_loop().call_later(SLOW_S, self._write, FIXED["slow"])
         else:
-            transport.write(FIXED[self.kind])
+            self._write(FIXED[self.kind])
 
     def _write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
+            self._arm()
 
     def _close(self) -> None:
         if self.transport is not None:
@@ -109,6 +123,9 @@ async def main(specs: list[str]) -> None:
     ports: dict[str, int] = {}
     servers = []
     for spec in specs:
+        if spec.startswith("--idle-s="):
+            Model.idle_s = float(spec.split("=", 1)[1])
+            continue
         name, _, kind = spec.partition("=")
         if kind not in BEHAVIOURS:
             raise SystemExit(f"unknown behaviour {kind!r}; known: {', '.join(BEHAVIOURS)}")
