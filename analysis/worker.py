@@ -128,12 +128,15 @@ class Evaluator:
         if rec.candidate_outcome != OUTCOME_OK:
             ev.candidate_error = rec.candidate_outcome
             return
-        try:
-            candidate = self.adapter.parse(rec.request_body, rec.candidate_body)
-        except UnparseableOutput as exc:
-            ev.candidate_error = "unparseable"
-            item.unparseable = ("candidate", str(exc))
-            return
+        if rec.candidate_body == rec.primary_body:
+            candidate = primary  # the same bytes lift alike (a replica, an identical answer)
+        else:
+            try:
+                candidate = self.adapter.parse(rec.request_body, rec.candidate_body)
+            except UnparseableOutput as exc:
+                ev.candidate_error = "unparseable"
+                item.unparseable = ("candidate", str(exc))
+                return
         comparison = compare_outputs(primary, candidate, self.outputs)
         item.contract = comparison.contract_diffs
         ev.contract_kinds = [d.kind for d in comparison.contract_diffs]
