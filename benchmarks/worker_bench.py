@@ -37,7 +37,7 @@ import orjson  # noqa: E402
 import redis  # noqa: E402
 
 from analysis.report import build_report  # noqa: E402
-from analysis.worker import BatchProcessor, Item, Worker  # noqa: E402
+from analysis.worker import BatchProcessor, Item, Worker, freeze_startup_heap  # noqa: E402
 from common.keys import WORKER_GROUP, Keys  # noqa: E402
 from common.records import OUTCOME_OK, OUTCOME_TIMEOUT, PairRecord  # noqa: E402
 from common.settings import Settings, settings_from_mapping  # noqa: E402
@@ -149,6 +149,7 @@ def _child(url: str, prefix: str, ready: Any, go: Any, out: Any) -> None:
     client = redis.Redis.from_url(url)
     worker = Worker(client, bench_settings(prefix, url))
     worker.discover()
+    freeze_startup_heap()  # as serve_worker does (here it also hides the parent's pairs)
     ready.wait()
     go.wait()
     applied = 0
