@@ -274,6 +274,7 @@ def test_an_endless_header_is_cut_off_without_growing_memory(world: World) -> No
 
 
 def test_slowloris_is_cut_after_the_header_timeout_and_blocks_no_one(world: World) -> None:
+    started = time.monotonic()  # before connecting: the server's head timer starts on connect
     slow = [socket.create_connection(("127.0.0.1", world.port), timeout=10) for _ in range(50)]
     stop = threading.Event()
 
@@ -286,7 +287,6 @@ def test_slowloris_is_cut_after_the_header_timeout_and_blocks_no_one(world: Worl
                     sock.sendall(b"a")
 
     dripper = threading.Thread(target=drip, daemon=True)
-    started = time.monotonic()
     dripper.start()
     try:
         with httpx.Client(timeout=5) as client:  # others are served promptly meanwhile
