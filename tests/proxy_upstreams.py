@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from servers import serve_app
+from servers import LINGER_ZERO, raw_server, serve_app
 
 from common.records import OUTCOMES
 from common.settings import Settings, settings_from_mapping
@@ -26,7 +25,6 @@ BINARY_BODY = bytes(range(256)) * 64
 GZIP_BODY = gzip.compress(b'{"big": "' + b"x" * 5000 + b'"}', mtime=0)
 CHUNKS = [b"first chunk\n", b"second chunk\n", b"third chunk\n"]
 MIRROR_OUTCOMES = (*OUTCOMES, "shed", "too_large", "primary_failed")
-_LINGER_ZERO = struct.pack("ii", 1, 0)  # close() sends RST instead of FIN
 CANDIDATE_BODY = b'{"id":"resp-1","outputs":[{"name":"label","data":["negative"]}]}'
 
 
@@ -180,32 +178,15 @@ class Candidate:
 @contextmanager
 def reset_server() -> Iterator[str]:
     """A TCP server that reads a request and resets the connection (RST, no answer)."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(128)
-    listener.settimeout(0.2)
-    stop = threading.Event()
 
-    def loop() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                continue
-            with conn:
-                conn.settimeout(2)
-                with suppress(OSError):
-                    conn.recv(65536)
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+    def reset(conn: socket.socket) -> None:
+        conn.settimeout(2)
+        with suppress(OSError):
+            conn.recv(65536)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ZERO)
 
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        listener.close()
+    with raw_server(reset) as url:
+        yield url
 
 
 def proxy_settings(primary: str, candidates: list[dict[str, Any]] | None = None,

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 
 import uvicorn
 
@@ -50,3 +51,39 @@ def serve_app(app: object, port: int | None = None, **config: object) -> Iterato
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+# SO_LINGER on, timeout 0: close() sends RST instead of FIN (a connection reset).
+LINGER_ZERO = struct.pack("ii", 1, 0)
+
+
+@contextmanager
+def raw_server(reply: Callable[[socket.socket], None], backlog: int = 128) -> Iterator[str]:
+    """A bare TCP server calling `reply(conn)` for each connection; yields its base URL.
+
+    For peers no HTTP framework would play: resets, truncated answers, bad framing.
+    """
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(backlog)
+    listener.settimeout(0.1)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            with conn, suppress(OSError):
+                conn.settimeout(5)
+                reply(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()

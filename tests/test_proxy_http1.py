@@ -3,47 +3,15 @@
 from __future__ import annotations
 
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
 from typing import Any
 
 import orjson
 import pytest
 from proxy_upstreams import CHUNKS, Gate, Primary
-from servers import free_port, serve_app
+from servers import free_port, raw_server, serve_app
 
 from proxy.http1 import Http1Client, ProtocolError
-
-
-@contextmanager
-def raw_server(reply: Callable[[socket.socket], None]) -> Iterator[str]:
-    """A TCP server calling `reply(conn)` for each connection (in its own thread)."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    listener.settimeout(0.1)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                continue
-            with conn, suppress(OSError):
-                conn.settimeout(5)
-                reply(conn)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        listener.close()
 
 
 def read_request(conn: socket.socket) -> bytes:

@@ -10,21 +10,17 @@ a primary answering 5xx itself (an answer, not a failure), and recovery.
 from __future__ import annotations
 
 import socket
-import struct
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 
 import httpx
 import pytest
 import redis
 from proxy_upstreams import Candidate, Primary, proxy_settings, running_proxy, wait_until
-from servers import free_port, serve_app
+from servers import LINGER_ZERO, free_port, raw_server, serve_app
 
 from common.keys import Keys
 from common.records import PairRecord
-
-_LINGER_ZERO = struct.pack("ii", 1, 0)
 
 
 def pairs(client: redis.Redis, prefix: str) -> list[PairRecord]:
@@ -34,32 +30,15 @@ def pairs(client: redis.Redis, prefix: str) -> list[PairRecord]:
 @contextmanager
 def dies_mid_answer() -> Iterator[str]:
     """A primary that sends a head promising 1000 bytes, 10 of them, then resets."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    listener.settimeout(0.2)
-    stop = threading.Event()
 
-    def loop() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                continue
-            with conn, suppress(OSError):
-                conn.recv(65536)
-                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                             b"content-length: 1000\r\n\r\n{\"partial\":")  # fmt: skip
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+    def die(conn: socket.socket) -> None:
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                     b"content-length: 1000\r\n\r\n{\"partial\":")  # fmt: skip
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ZERO)
 
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        listener.close()
+    with raw_server(die, backlog=16) as url:
+        yield url
 
 
 @pytest.mark.parametrize("record_failures", [False, True])
