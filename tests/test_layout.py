@@ -35,7 +35,6 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_analysis_never_imports_proxy() -> None:
-    offenders = [
-        str(p.relative_to(ROOT)) for p in (ROOT / "analysis").rglob("*.py") if "proxy" in _imports(p)
-    ]
+    files = (ROOT / "analysis").rglob("*.py")
+    offenders = [str(p.relative_to(ROOT)) for p in files if "proxy" in _imports(p)]
     assert offenders == []
