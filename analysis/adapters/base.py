@@ -159,6 +159,27 @@ def map_label(label: str | None, raw: object, classes: tuple[str, ...] | None) -
     return label
 
 
+def resolve_classes(
+    declared: tuple[str, ...] | None, configured: tuple[str, ...] | None
+) -> tuple[str, ...] | None:
+    """The class names an answer's labels and probabilities mean.
+
+    Declared names win, except when they are only the indices "0" .. "k-1" and `[outputs]
+    classes` names k classes: a classifier trained on integer targets (scikit-learn's, and
+    its ONNX export) declares its indices, and the configured names are what they mean, so
+    both sides of a pair map their integers through the same names.
+    """
+    if not declared:
+        return configured
+    if configured and len(configured) == len(declared) and declared == _indices(len(declared)):
+        return configured
+    return declared
+
+
+def _indices(k: int) -> tuple[str, ...]:
+    return tuple(str(i) for i in range(k))
+
+
 def from_probs(
     probs: list[float], classes: tuple[str, ...] | None = None, label: str | None = None
 ) -> Prediction:
