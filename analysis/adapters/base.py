@@ -13,6 +13,8 @@ from typing import Protocol
 
 import orjson
 
+from common import oip_binary
+
 KIND_CLASSIFICATION = "classification"
 KIND_REGRESSION = "regression"
 KIND_TEXT = "text"
@@ -87,13 +89,21 @@ PROB_SUM_TOL = 1e-3
 
 
 def load_json(body: bytes, what: str = "body") -> object:
-    """Decode a JSON body, turning every failure into UnparseableOutput."""
+    """Decode a JSON body (or OIP v2 binary tensors), turning every failure into
+    UnparseableOutput."""
     if not body:
         raise UnparseableOutput(f"empty {what}")
     try:
         return orjson.loads(body)
     except (orjson.JSONDecodeError, TypeError) as exc:
-        raise UnparseableOutput(f"{what} is not JSON: {exc}") from None
+        error = exc
+    try:
+        doc = oip_binary.inline(body)
+    except oip_binary.BinaryTensorError as exc:
+        raise UnparseableOutput(f"{what}: binary tensor data: {exc}") from None
+    if doc is None:
+        raise UnparseableOutput(f"{what} is not JSON: {error}") from None
+    return doc
 
 
 def is_number(value: object) -> bool:
