@@ -122,6 +122,8 @@ def _binary_tensors(doc: dict[str, Any]) -> list[tuple[dict[str, Any], int]]:
             if not isinstance(params, dict) or "binary_data_size" not in params:
                 continue
             size = params.pop("binary_data_size")
+            if not params:  # as the JSON form would have it
+                del tensor["parameters"]
             if not _is_size(size):
                 raise BinaryTensorError(f"binary_data_size {str(size)[:40]!r} is not a size")
             if "data" in tensor:
