@@ -25,6 +25,8 @@ import orjson
 import pytest
 import redis
 from fixtures.onnx_models import TrialModel, build_models
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pairs_factory import TS0, drain, oip_answer, write
 from proxy_upstreams import running_proxy, wait_until
 from servers import serve_app
@@ -40,7 +42,9 @@ from analysis.adapters.base import UnparseableOutput
 from analysis.adapters.encoding import decode
 from analysis.report import build_report
 from analysis.worker import Worker
+from common.errors import CandidateError
 from common.keys import Keys
+from common.onnx_model import OnnxModel
 from common.records import PairRecord
 from common.settings import OutputSettings, Settings, settings_from_mapping
 
@@ -363,3 +367,32 @@ def test_compressed_answers_are_counted_when_they_cannot_be_read(
     assert report["unparseable"]["candidate"] == len(BROKEN)
     assert report["agreement"]["n"] == len(bodies)
     assert report["agreement"]["disagree"] == len(BROKEN)  # ERR rows, the rest agree
+
+
+# -- the ONNX runner fed tritonclient's requests ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def onnx_iris(iris: TrialModel) -> OnnxModel:
+    raw = {"candidates": [{"name": "onnx", "onnx": str(iris.path)}]}
+    return OnnxModel.load(settings_from_mapping(raw, environ={}).candidates[0])
+
+
+def test_the_onnx_runner_answers_binary_requests_as_their_json_form(
+    iris: TrialModel, onnx_iris: OnnxModel
+) -> None:
+    rows = iris.X[:7]
+    binary = onnx_iris.predict_body(triton_request({"input__0": rows})[0])
+    assert binary == onnx_iris.predict_body(_json_request(rows))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@given(cut=st.integers(0, 200), flip=st.integers(0, 200), xor=st.integers(1, 255))
+def test_mutated_binary_requests_are_errors_of_the_onnx_candidate(
+    onnx_iris: OnnxModel, cut: int, flip: int, xor: int
+) -> None:
+    body = bytearray(triton_request({"input__0": np.ones((2, 4), dtype=np.float32)})[0])
+    body[flip % len(body)] ^= xor
+    for request in (bytes(body), bytes(body[: len(body) - cut % len(body)])):
+        answer = onnx_iris.predict_bodies([request, request])
+        assert all(isinstance(a, bytes | CandidateError) for a in answer)
