@@ -42,6 +42,7 @@ from analysis.adapters.base import UnparseableOutput
 from analysis.adapters.encoding import decode
 from analysis.report import build_report
 from analysis.worker import Worker
+from common import oip_binary
 from common.errors import CandidateError
 from common.keys import Keys
 from common.onnx_model import OnnxModel
@@ -396,3 +397,18 @@ def test_mutated_binary_requests_are_errors_of_the_onnx_candidate(
     for request in (bytes(body), bytes(body[: len(body) - cut % len(body)])):
         answer = onnx_iris.predict_bodies([request, request])
         assert all(isinstance(a, bytes | CandidateError) for a in answer)
+
+
+def test_half_precision_binary_tensors_read_as_tritonclient_writes_them() -> None:
+    """BF16 as tritonclient's serialize_bf16_tensor writes it (the upper half of each
+    little-endian float32), FP16 as numpy's bytes."""
+    values = np.array([1.0, -2.5, 0.15625, 384.0], dtype=np.float32)
+    bf16 = b"".join(v.tobytes()[2:4] for v in values)
+    tensors = [
+        {"name": "b", "shape": [4], "datatype": "BF16", "parameters": {"binary_data_size": 8}},
+        {"name": "h", "shape": [2, 2], "datatype": "FP16", "parameters": {"binary_data_size": 8}},
+    ]
+    doc = oip_binary.inline(_answer(tensors, bf16 + values.astype(np.float16).tobytes()))
+    assert doc is not None
+    assert [t["data"] for t in doc["outputs"]] == [values.tolist(), values.tolist()]
+    assert [t.get("parameters") for t in doc["outputs"]] == [None, None]
