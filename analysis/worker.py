@@ -48,6 +48,7 @@ from analysis.summaries import (
 )
 from common.errors import CandidateError, StoreError
 from common.keys import SAMPLES_KEPT, WORKER_GROUP, WORKER_HEALTH_TTL_S, Keys
+from common.oip_binary import load_body
 from common.records import (
     OUTCOME_DEFERRED,
     OUTCOME_ERROR,
@@ -151,8 +152,8 @@ class Evaluator:
         request = None
         if self.needs_json and rec.request_body:
             try:
-                request = orjson.loads(rec.request_body)
-            except orjson.JSONDecodeError:
+                request = load_body(rec.request_body)
+            except ValueError:  # not JSON, nor binary tensors that fit: no row values
                 request = None
         rows = (
             self.adapter.rows_from_json(request) if self.needs_rows and request is not None else []

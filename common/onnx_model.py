@@ -30,6 +30,7 @@ import onnxruntime as ort
 import orjson
 
 from common.errors import CandidateError, ModelLoadError
+from common.oip_binary import BinaryTensorError, load_body
 from common.settings import CandidateSettings
 
 GENERATOR = "shadowtrial-onnx"  # == analysis.adapters.oip_v2.SYNTHETIC_GENERATOR
@@ -237,7 +238,9 @@ class OnnxModel:
 
     def _feeds(self, body: bytes) -> tuple[dict[str, np.ndarray], int]:
         try:
-            doc = orjson.loads(body)
+            doc = load_body(body)
+        except BinaryTensorError as exc:
+            raise _BadInput(f"request binary tensor data: {exc}") from None
         except (orjson.JSONDecodeError, TypeError) as exc:
             raise _BadInput(f"request body is not JSON: {exc}") from None
         if not isinstance(doc, dict | list):

@@ -323,6 +323,9 @@ class OutputSettings:
     classes: tuple[str, ...] = _setting((), _cast_str_list)
     atol: float = _setting(0.0, _at_least(_cast_float, 0))
     rtol: float = _setting(0.01, _at_least(_cast_float, 0))
+    # A gzip / deflate answer is decoded up to this size; beyond it (a bomb) it is counted
+    # unparseable without being expanded further (analysis.adapters.encoding).
+    max_decoded_bytes: int = _setting(8_388_608, _at_least(_cast_int, 1024))
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,13 @@ from starlette.routing import Route
 
 from analysis.adapters import select_adapter
 from analysis.compare import compare_outputs
+from analysis.report import build_report
 from analysis.slices import SliceExtractor
+from analysis.worker import Worker
 from common.keys import Keys
 from common.records import PairRecord
-from common.settings import OutputSettings
+from common.settings import OutputSettings, settings_from_mapping
+from tests import pairs_factory as pf
 
 INFER = "/v2/models/iris/infer"
 
@@ -132,3 +135,38 @@ def test_onnx_candidate_in_the_proxy_agrees_with_the_primary(
     assert (rows_seen, agreeing) == (150, 150)
     assert sorted(set(petals)) == ["<2", ">=5", "[2, 5)"]
     assert petals.count("<2") == 50  # iris: the 50 setosa have petals under 2 cm
+
+
+IRIS_NAMES = ["setosa", "versicolor", "virginica"]
+
+
+@pytest.mark.parametrize("run", ["proxy", "worker"])
+def test_an_onnx_copy_of_the_primary_agrees_through_configured_class_names(
+    run: str, iris: TrialModel, primary: str, redis_url: str, prefix: str,
+    redis_client: redis.Redis,
+) -> None:  # fmt: skip
+    """Issue 12: the primary's integer labels go through `[outputs] classes`; the ONNX copy
+    declares its integer classes "0", "1", "2" and scored 0% agreement until they did too."""
+    raw = {
+        "proxy": {"primary": primary},
+        "redis": {"prefix": prefix},
+        "outputs": {"classes": IRIS_NAMES},
+        "candidates": [{"name": "iris-onnx", "onnx": str(iris.path), "run": run}],
+    }
+    settings = settings_from_mapping(raw, environ={})
+    batches = [iris.X[i : i + 5] for i in range(0, 150, 5)]
+    stream = Keys(prefix).pairs("iris-onnx")
+    with running_proxy(settings, redis_url) as px, httpx.Client(timeout=10) as client:
+        for rows in batches:
+            assert client.post(px.url + INFER, content=body(rows)).status_code == 200
+        wait_until(lambda: redis_client.xlen(stream) == len(batches), what="one pair per request")
+    assert pf.drain(Worker(redis_client, settings)) == len(batches)
+    now = max(r.ts_ms for r in _records(redis_client, stream)) / 1000 + 1
+    report = build_report(redis_client, Keys(prefix), settings, "iris-onnx", 3600, now=now)
+    assert report["agreement"]["n"] == 150
+    assert report["agreement"]["disagree"] == 0
+    assert report["contract"]["total"] == 0
+
+
+def _records(client: redis.Redis, stream: str) -> list[PairRecord]:
+    return [PairRecord.from_fields(f) for _, f in client.xrange(stream)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from analysis.adapters.auto import AutoAdapter
 from analysis.adapters.base import OutputAdapter, ParsedOutput, Prediction, UnparseableOutput
+from analysis.adapters.encoding import Decoding
 from analysis.adapters.jsonpath import JsonPathAdapter
 from analysis.adapters.mlflow import MlflowAdapter
 from analysis.adapters.oip_v2 import OipV2Adapter
@@ -62,8 +63,9 @@ class OnnxAware(RequestRows):
 
 
 def select_adapter(outputs: OutputSettings) -> OutputAdapter:
-    """The adapter for `[outputs] protocol` (raises ConfigError for bad jsonpath paths)."""
+    """The adapter for `[outputs] protocol` (raises ConfigError for bad jsonpath paths),
+    decoding gzip / deflate answers first."""
     adapter = ADAPTERS[outputs.protocol](outputs)  # type: ignore[call-arg]
-    if outputs.protocol in ("auto", "oip-v2"):
-        return adapter
-    return OnnxAware(adapter, outputs)
+    if outputs.protocol not in ("auto", "oip-v2"):
+        adapter = OnnxAware(adapter, outputs)
+    return Decoding(adapter, outputs.max_decoded_bytes)

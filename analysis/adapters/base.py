@@ -13,6 +13,8 @@ from typing import Protocol
 
 import orjson
 
+from common import oip_binary
+
 KIND_CLASSIFICATION = "classification"
 KIND_REGRESSION = "regression"
 KIND_TEXT = "text"
@@ -87,13 +89,21 @@ PROB_SUM_TOL = 1e-3
 
 
 def load_json(body: bytes, what: str = "body") -> object:
-    """Decode a JSON body, turning every failure into UnparseableOutput."""
+    """Decode a JSON body (or OIP v2 binary tensors), turning every failure into
+    UnparseableOutput."""
     if not body:
         raise UnparseableOutput(f"empty {what}")
     try:
         return orjson.loads(body)
     except (orjson.JSONDecodeError, TypeError) as exc:
-        raise UnparseableOutput(f"{what} is not JSON: {exc}") from None
+        error = exc
+    try:
+        doc = oip_binary.inline(body)
+    except oip_binary.BinaryTensorError as exc:
+        raise UnparseableOutput(f"{what}: binary tensor data: {exc}") from None
+    if doc is None:
+        raise UnparseableOutput(f"{what} is not JSON: {error}") from None
+    return doc
 
 
 def is_number(value: object) -> bool:
@@ -157,6 +167,27 @@ def map_label(label: str | None, raw: object, classes: tuple[str, ...] | None) -
     if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw < len(classes):
         return classes[raw]
     return label
+
+
+def resolve_classes(
+    declared: tuple[str, ...] | None, configured: tuple[str, ...] | None
+) -> tuple[str, ...] | None:
+    """The class names an answer's labels and probabilities mean.
+
+    Declared names win, except when they are only the indices "0" .. "k-1" and `[outputs]
+    classes` names k classes: a classifier trained on integer targets (scikit-learn's, and
+    its ONNX export) declares its indices, and the configured names are what they mean, so
+    both sides of a pair map their integers through the same names.
+    """
+    if not declared:
+        return configured
+    if configured and len(configured) == len(declared) and declared == _indices(len(declared)):
+        return configured
+    return declared
+
+
+def _indices(k: int) -> tuple[str, ...]:
+    return tuple(str(i) for i in range(k))
 
 
 def from_probs(

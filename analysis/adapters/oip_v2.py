@@ -34,6 +34,7 @@ from analysis.adapters.base import (
     load_json,
     looks_like_probs,
     map_label,
+    resolve_classes,
 )
 from analysis.adapters.oip_v2_fast import (
     FLOAT_TYPES,
@@ -131,7 +132,7 @@ class OipV2Adapter(RequestRows):
         label_t = _label_tensor(tensors)
         prob_t = self._prob_tensor(tensors, label_t)
         if prob_t is not None:
-            classes = prob_t.classes or self.classes
+            classes = resolve_classes(prob_t.classes, self.classes)
             raws = label_t.rows if label_t else [None] * len(prob_t.rows)
             labels = [map_label(label_text(r), r, classes) for r in raws]
             rows = [
@@ -140,7 +141,7 @@ class OipV2Adapter(RequestRows):
             ]
             return rows, KIND_CLASSIFICATION, classes
         if label_t is not None:
-            classes = label_t.classes or self.classes
+            classes = resolve_classes(label_t.classes, self.classes)
             rows = [Prediction(label=map_label(label_text(r), r, classes)) for r in label_t.rows]
             return rows, KIND_CLASSIFICATION, classes
         score_t = next((t for t in tensors if t.is_float), None)
@@ -161,7 +162,7 @@ class OipV2Adapter(RequestRows):
         return None
 
     def _fits_classes(self, width: int, declared: tuple[str, ...] | None) -> bool:
-        classes = declared or self.classes
+        classes = resolve_classes(declared, self.classes)
         return classes is not None and len(classes) >= 2 and width in (1, len(classes))
 
 

@@ -25,6 +25,7 @@ from analysis.adapters.base import (
     is_label_like,
     label_text,
     map_label,
+    resolve_classes,
 )
 from analysis.adapters.rows import is_dim
 
@@ -200,7 +201,7 @@ def make_plan(signature: Signature, configured: tuple[str, ...] | None) -> Plan 
     if prob >= 0 and widths[prob] == 0:  # empty probability rows: the general path refuses
         return None
     rows = counts.pop()
-    classes = (signature[prob][3] if prob >= 0 else signature[label][3]) or configured
+    classes = resolve_classes(signature[prob if prob >= 0 else label][3], configured)
     return Plan(
         sizes=tuple(rows * w for w in widths),
         rows=rows,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
-import orjson
+from common.oip_binary import load_body
 
 Row = dict[str, object]
 
@@ -146,8 +146,8 @@ class RequestRows:
     def request_rows(self, request_body: bytes) -> list[Row]:
         """The request's rows as feature dicts ([] when the body is not JSON)."""
         try:
-            doc = orjson.loads(request_body)
-        except (orjson.JSONDecodeError, TypeError):
+            doc = load_body(request_body)
+        except (ValueError, TypeError):  # not JSON, or binary tensors that do not fit
             return []
         return rows_from_request(doc)
 
