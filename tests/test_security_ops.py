@@ -69,9 +69,7 @@ def test_model_url_credentials_never_shown_by_the_api_or_the_page(
         assert added.status_code == 201, added.text
         assert added.json()["url"].startswith("http://user:***@")
         t.send(n=2)  # the masked URL is only shown: the candidate is still reached
-        promoted = t.http.post(
-            t.admin() + "/v1/candidates/v3/promote?force=true", headers=ALICE
-        )
+        promoted = t.http.post(t.admin() + "/v1/candidates/v3/promote?force=true", headers=ALICE)
         assert promoted.status_code == 200, promoted.text
         t.send()
         shown = [
