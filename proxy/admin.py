@@ -37,6 +37,7 @@ from common.errors import StoreError
 from common.keys import Keys
 from common.settings import Settings, parse_duration
 from common.urls import mask_url
+from proxy.admin_guard import FailureLimit, HostAllowList
 from proxy.auth import RequireToken
 from proxy.decisions import Decisions, Reports
 from proxy.metrics import METRICS_CONTENT_TYPE
@@ -525,10 +526,18 @@ def create_admin_app(proxy: ProxyApp) -> Starlette:
         await ctx.close()
 
     admin = proxy.settings.admin
-    guard = Middleware(RequireToken, token_env=admin.token_env, open_reads=admin.open_reads)
+    refused = proxy.metrics.refused
+    hosts = Middleware(HostAllowList, patterns=admin.allowed_hosts, on_refused=refused)
+    guard = Middleware(
+        RequireToken,
+        token_env=admin.token_env,
+        open_reads=admin.open_reads,
+        limit=FailureLimit(admin.auth_failures_per_minute),
+        on_refused=refused,
+    )
     app = Starlette(
         routes=[*admin_routes(Endpoints(ctx).table()), *_ui_routes(ctx)],
-        middleware=[guard],
+        middleware=[hosts, guard],
         exception_handlers={
             HTTPException: _http_error,
             RegistryError: _registry_error,

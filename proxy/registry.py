@@ -521,6 +521,7 @@ def registry_audit(
         "action": action,
         "candidate": name,
         "outcome": "done",
+        "verdict": "not checked",  # a registry change is not gated
         "before": shown(before),
         "after": shown(after),
     }

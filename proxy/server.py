@@ -37,6 +37,8 @@ import uvicorn
 from common.errors import ShadowtrialError
 from common.settings import Settings, split_hostport
 from common.store import EmbeddedRedis, resolve_redis_url
+from common.urls import mask_url
+from proxy.auth import check_token_length
 from proxy.http_limits import guarded_http
 from proxy.metrics import MULTIPROC_ENV
 
@@ -162,7 +164,7 @@ def _log_listening(settings: Settings, workers: int) -> None:
     log.info(
         "data port http://%s -> primary %s; admin http://%s; %d candidate(s); %d worker(s)",
         proxy.listen,
-        proxy.primary,
+        mask_url(proxy.primary),
         proxy.admin_listen,
         len(settings.candidates),
         workers,
@@ -172,6 +174,7 @@ def _log_listening(settings: Settings, workers: int) -> None:
 def serve(settings: Settings, workers: int | None = None) -> int:
     """`shadowtrial serve`: resolve Redis, run the proxy, return the exit code."""
     workers = workers or settings.proxy.workers
+    check_token_length(settings.admin.token_env, settings.admin.min_token_length)
     redis_url, embedded = resolve_redis_url(settings.redis.url)
     try:
         _log_listening(settings, workers)

@@ -265,7 +265,10 @@ def test_compose_ports_and_model_servers_match_the_config() -> None:
         split_hostport(settings.proxy.admin_listen)[1],
     )
     for name in ("proxy-1", "proxy-2"):
-        assert {int(p.split(":")[1]) for p in services[name]["ports"]} == {data, admin}
+        assert {int(p.split(":")[-1]) for p in services[name]["ports"]} == {data, admin}
+        # open reads show request bodies: the admin port is published on loopback only
+        [published] = [p for p in services[name]["ports"] if p.endswith(f":{admin}")]
+        assert published.startswith("127.0.0.1:"), published
     wanted = {
         re.match(r"http://([^:/]+):(\d+)", u).groups()
         for u in (settings.proxy.primary, *(c.url for c in settings.candidates))

@@ -6,6 +6,11 @@ limit, minimum token length). Real proxies, real Redis, real HTTP."""
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -15,6 +20,9 @@ from common.errors import ConfigError
 from common.settings import settings_from_mapping
 from common.store import resolve_redis_url
 from common.urls import check_destination, mask_url
+from proxy import admin_guard
+from proxy.admin_guard import FailureLimit
+from proxy.auth import check_token_length
 
 URL_SECRET = "SECRET-URL-PW-0101"
 QUERY_SECRET = "SECRET-URL-Q-0102"
@@ -171,3 +179,80 @@ def test_registry_writes_refuse_metadata_urls_and_are_audited(
         assert orjson.loads(add["after"])["url"].startswith("http://u:***@")
         dump = b"".join(v for e in t.redis.xrange(t.keys.decisions()) for v in e[1].values())
         assert URL_SECRET.encode() not in dump
+
+
+# -- the admin port's front door ----------------------------------------------------------
+
+
+def _refused(t: Any, reason: str) -> float:
+    return t.replicas[0].app.metrics.value("shadowtrial_admin_refused_total", {"reason": reason})
+
+
+def test_the_admin_port_answers_only_allowed_host_names(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DNS rebinding: a page on evil.example resolving to 127.0.0.1 must not read /pairs."""
+    admin = {"allowed_hosts": ["localhost", "*.svc.cluster.local"]}
+    with trial(redis_url, prefix, monkeypatch, admin=admin) as t:
+        port = t.admin().rsplit(":", 1)[1]
+        for host in ("evil.example", f"evil.example:{port}", "localhost.evil.example", "svc"):
+            answer = t.http.get(t.admin() + "/v1/candidates/v2/pairs", headers={"host": host})
+            assert answer.status_code == 421, host
+            assert answer.json()["error"] == "host not allowed"
+        assert _refused(t, "host") == 4
+        for host in (f"localhost:{port}", "LOCALHOST", "st-admin.ns.svc.cluster.local:9901",
+                     "127.0.0.1", f"127.0.0.1:{port}", "[::1]:9901", "10.1.2.3"):  # fmt: skip
+            answer = t.http.get(t.admin() + "/v1/candidates", headers={"host": host})
+            assert answer.status_code == 200, host
+        assert t.http.get(t.admin() + "/healthz", headers={"host": "evil"}).status_code == 421
+
+
+def test_too_many_wrong_tokens_get_429_even_with_the_right_one(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    admin = {"auth_failures_per_minute": 3}
+    wrong = {"authorization": "Bearer wrong-token-000000"}
+    with trial(redis_url, prefix, monkeypatch, admin=admin) as t:
+        reject = t.admin() + "/v1/candidates/v2/reject"
+        assert [t.http.post(reject, headers=wrong).status_code for _ in range(3)] == [401] * 3
+        limited = t.http.post(reject, headers=ALICE)
+        assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 59
+        assert t.http.post(reject, headers=wrong).status_code == 429
+        assert t.http.get(t.admin() + "/v1/candidates").status_code == 200  # open reads
+        assert _refused(t, "unauthorized") == 3 and _refused(t, "auth_limited") == 2
+        assert t.http.get(t.admin() + "/v1/candidates").json()["candidates"][0]["state"] == (
+            "active"
+        )
+
+
+def test_the_failure_limit_slides_per_address_and_stays_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [1000.0]
+    limit = FailureLimit(2, clock=lambda: now[0])
+    limit.failed("a")
+    limit.failed("a")
+    assert limit.retry_after("a") == pytest.approx(60) and limit.retry_after("b") == 0
+    now[0] += 30
+    limit.failed("b")
+    assert limit.retry_after("a") == pytest.approx(30) and limit.retry_after("b") == 0
+    now[0] += 30.5
+    assert limit.retry_after("a") == 0
+    monkeypatch.setattr(admin_guard, "MAX_ADDRESSES", 100)
+    for i in range(1000):
+        limit.failed(f"10.0.{i // 256}.{i % 256}")
+    assert len(limit._failures) <= 100
+
+
+def test_serve_refuses_a_short_admin_token_without_printing_it(tmp_path: Path) -> None:
+    config = tmp_path / "shadowtrial.toml"
+    config.write_text('[redis]\nurl = "redis://127.0.0.1:1/0"\n')
+    for value in ("short-SECRET-1", "alice=alice-SECRET-token-01,bob=bob-SECRET"):
+        env = {**os.environ, "SHADOWTRIAL_ADMIN_TOKEN": value}
+        done = subprocess.run(
+            [sys.executable, "-m", "shadowtrial", "serve", "-c", str(config)],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        assert "min_token_length" in done.stderr and "SECRET" not in done.stderr
+    check_token_length("T", 16, {"T": "x" * 16})  # long enough: no error
