@@ -19,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 MASK = "***"
 # Query parameters whose values are credentials (password=, token=, key=, ...).
@@ -48,7 +48,11 @@ def mask_url(url: str) -> str:
         # No colon: the user part alone may be the secret (`redis://s3cret@host`).
         netloc = f"{user}:{MASK}@{host}" if user and ":" in userinfo else f"{MASK}@{host}"
     query = _mask_query(parts.query)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    if netloc == parts.netloc and query == parts.query:
+        return url
+    # Not urlunsplit: it turns unix:///path into unix:/path.
+    shown = f"{parts.scheme}://{netloc}{parts.path}" if "://" in url else url.split("?")[0]
+    return shown + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
 
 
 def _mask_query(query: str) -> str:

@@ -256,3 +256,11 @@ def test_serve_refuses_a_short_admin_token_without_printing_it(tmp_path: Path) -
         assert done.returncode == 2, done.stderr
         assert "min_token_length" in done.stderr and "SECRET" not in done.stderr
     check_token_length("T", 16, {"T": "x" * 16})  # long enough: no error
+
+
+def test_mask_url_leaves_urls_without_credentials_as_written() -> None:
+    for url in ("unix:///tmp/redis.sock", "unix:///tmp/r.sock?db=2", "redis+cluster://h:7000"):
+        assert mask_url(url) == url
+    assert (
+        mask_url(f"unix:///tmp/r.sock?password={URL_SECRET}") == "unix:///tmp/r.sock?password=***"
+    )
