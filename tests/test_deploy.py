@@ -41,15 +41,15 @@ K8S = DEPLOY / "kubernetes"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
-def _healthcheck() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("healthcheck", DEPLOY / "healthcheck.py")
+def _load_module(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-hc = _healthcheck()
+hc = _load_module(DEPLOY / "healthcheck.py")
 
 
 def _admin_paths(settings: Settings) -> set[str]:
@@ -129,12 +129,32 @@ def test_dockerfile_builds_runtime_dependencies_in_a_builder_from_one_base() -> 
     assert len(froms) == 2 and froms[0].endswith(" AS builder")
     assert froms[0].split()[0] == froms[1] == "${PYTHON_IMAGE}"  # the venv's python exists
     base = _last("ARG").partition("=")[2]
-    assert re.fullmatch(r"python:3\.1[1-9]-slim(-\w+)?", base), base
+    # the official image, pinned by digest (a moved tag never changes a rebuild)
+    assert re.fullmatch(r"python:3\.1[1-9]-slim(-\w+)?@sha256:[0-9a-f]{64}", base), base
     runs = " ".join(rest for ins, rest in _dockerfile() if ins == "RUN")
-    assert "pip install ." in runs and "[demo]" not in runs and "[test]" not in runs
+    assert "pip install -c constraints.txt ." in runs
+    assert "[demo]" not in runs and "[test]" not in runs
     assert "--from=builder /opt/venv /opt/venv" in " ".join(r for i, r in _dockerfile())
     packages = {s.rstrip("/") for sources, _ in _copies() for s in sources if "/" not in s}
     assert {"common", "proxy", "analysis", "shadowtrial"} <= packages
+
+
+def test_the_image_installs_the_versions_the_tests_ran_against() -> None:
+    """constraints.txt pins every runtime dependency (transitively) at this virtualenv's
+    version, for the image's Python; the Dockerfile copies and uses it."""
+    constraints = _load_module(DEPLOY / "constraints.py")
+    assert (ROOT / "constraints.txt").read_text() == constraints.render(
+        constraints.runtime_pins()
+    ), "regenerate: .venv/bin/python deploy/constraints.py > constraints.txt"
+    assert any("constraints.txt" in sources for sources, _ in _copies())
+    base = _last("ARG").partition("=")[2]
+    assert base.startswith(f"python:{sys.version_info.major}.{sys.version_info.minor}-")
+    pinned = [line for line in (ROOT / "constraints.txt").read_text().splitlines()
+              if line and not line.startswith("#")]  # fmt: skip
+    assert all(re.fullmatch(r"[a-z0-9-]+==\S+", line) for line in pinned)
+    for dependency in PYPROJECT["project"]["dependencies"]:
+        name = re.match(r"[A-Za-z0-9_.-]+", dependency).group().lower()
+        assert any(line.startswith(f"{name}==") for line in pinned), name
 
 
 def test_what_the_image_runs_needs_no_demo_extra() -> None:
