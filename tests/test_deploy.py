@@ -394,9 +394,16 @@ def test_selectors_bind_services_hpa_and_pdb_to_the_proxy() -> None:
             assert port["targetPort"] in port_names
     [hpa] = _by_kind("HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"]["name"] == "shadowtrial-proxy"
-    [pdb] = _by_kind("PodDisruptionBudget")
+    pdbs = {p["metadata"]["name"]: p for p in _by_kind("PodDisruptionBudget")}
+    assert set(pdbs) == set(deployments)  # one budget per Deployment
+    pdb = pdbs["shadowtrial-proxy"]
     assert pdb["spec"]["selector"]["matchLabels"].items() <= proxy_labels.items()
     assert pdb["spec"]["maxUnavailable"] < hpa["spec"]["minReplicas"]
+    worker_pdb = pdbs["shadowtrial-worker"]["spec"]
+    assert worker_pdb["selector"]["matchLabels"].items() <= worker_labels.items()
+    assert not worker_pdb["selector"]["matchLabels"].items() <= proxy_labels.items()
+    replicas = deployments["shadowtrial-worker"]["spec"]["replicas"]
+    assert worker_pdb["maxUnavailable"] < replicas  # a drain never stops every worker
     assert proxy["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
 
@@ -427,7 +434,7 @@ def test_ports_probes_and_secret_match_the_code() -> None:
     for _, container in _containers():
         for port in container.get("ports", []):
             assert ports[port["name"]] == port["containerPort"]
-        for probe in ("readinessProbe", "livenessProbe"):
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             http = container.get(probe, {}).get("httpGet")
             if http:
                 assert http["path"] in admin_paths and http["port"] == "admin"
@@ -513,3 +520,53 @@ def test_example_configs_validate(path: Path) -> None:
 def test_the_configmap_config_validates() -> None:
     settings = _configmap_settings()
     assert settings.redis.url and settings.candidates
+
+
+# -- issue 12: operator safety of the manifests ----------------------------------------
+
+
+def test_every_pod_has_a_startup_probe_and_no_service_links() -> None:
+    """startupProbe: liveness never kills a pod still loading; enableServiceLinks: false
+    keeps SHADOWTRIAL_*_PORT=tcp://... out of the environment (bug 9 of issue 12)."""
+    for spec, container in _containers():
+        assert spec["enableServiceLinks"] is False
+        startup = container["startupProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 60
+        assert "initialDelaySeconds" not in container["livenessProbe"]
+
+
+def test_a_config_change_rolls_every_pod() -> None:
+    checksum = _load_module(DEPLOY / "config_checksum.py")
+    digest = checksum.checksum()
+    for name, dep in _deployments().items():
+        annotations = dep["spec"]["template"]["metadata"]["annotations"]
+        assert annotations[checksum.ANNOTATION] == digest, (
+            f"{name}: run python3 deploy/config_checksum.py --write"
+        )
+
+
+def test_the_admin_port_is_reachable_only_from_admin_clients() -> None:
+    [policy] = _by_kind("NetworkPolicy")
+    proxy = _deployments()["shadowtrial-proxy"]["spec"]["template"]
+    labels = proxy["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    rules = {p["port"]: rule for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    [container] = proxy["spec"]["containers"]
+    assert set(rules) == {p["name"] for p in container["ports"]}  # no port left unlisted
+    assert "from" not in rules["data"]  # clients anywhere
+    assert rules["admin"]["from"] and all(
+        "podSelector" in peer or "namespaceSelector" in peer for peer in rules["admin"]["from"]
+    )
+
+
+def test_the_configmap_admin_answers_its_service_names() -> None:
+    from proxy.admin_guard import host_allowed
+
+    settings = _configmap_settings()
+    [admin] = [s for s in _by_kind("Service") if s["metadata"]["name"] == "shadowtrial-admin"]
+    namespace = yaml.safe_load((K8S / "kustomization.yaml").read_text())["namespace"]
+    name = admin["metadata"]["name"]
+    for host in (name, f"{name}.{namespace}", f"{name}.{namespace}.svc.cluster.local"):
+        assert host_allowed(f"{host}:9901", settings.admin.allowed_hosts), host
+    assert not host_allowed("evil.example", settings.admin.allowed_hosts)
