@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 
 import orjson
 
+from common.urls import mask_urls_in
+
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 FORMATS = ("text", "json")
 # JSON escapes only U+0000-U+001F; DEL, the C1 controls (U+009B starts a terminal escape)
@@ -39,9 +41,22 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line).decode().translate(_ALSO_ESCAPED)
 
 
+class MaskUrls(logging.Filter):
+    """Masks credentials in any URL a log message carries (an exception's text quoting a
+    URL with a password, say), on top of the call sites that mask what they log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_urls_in(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
 def configure(level: str = "INFO", fmt: str = "text") -> None:
     """Send every log record at `level` or above to stderr in format `fmt` (text or json)."""
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(MaskUrls())
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 

@@ -28,6 +28,7 @@ _SECRET_PARAM = re.compile(
 )
 # Any ASCII control character, space or DEL: never valid unescaped in a URL (RFC 3986).
 _UNSAFE_CHAR = re.compile(r"[\x00-\x20\x7f]")
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 _METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata.goog", "metadata"})
 # Metadata services outside the link-local ranges: AWS over IPv6, Alibaba Cloud.
 _METADATA_ADDRESSES = frozenset(
@@ -53,6 +54,13 @@ def mask_url(url: str) -> str:
     # Not urlunsplit: it turns unix:///path into unix:/path.
     shown = f"{parts.scheme}://{netloc}{parts.path}" if "://" in url else url.split("?")[0]
     return shown + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
+
+
+def mask_urls_in(text: str) -> str:
+    """`text` with every URL in it masked (a log line, an exception's message)."""
+    if "://" not in text:
+        return text
+    return _URL_IN_TEXT.sub(lambda m: mask_url(m.group()), text)
 
 
 def _mask_query(query: str) -> str:

@@ -71,3 +71,22 @@ def test_serve_logs_json_lines_without_secrets(tmp_path: Path) -> None:
     assert "using Redis at redis://127.0.0.1:1/0?password=***" in messages
     assert "primary http://user:***@127.0.0.1:1" in messages
     assert SECRET not in err
+
+
+def test_any_url_a_log_line_quotes_is_masked(capsys: pytest.CaptureFixture[str]) -> None:
+    """An exception text that quotes a URL with credentials (aiohttp's do) is masked by the
+    handler, whichever call site logged it."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    logs.configure("INFO", "json")
+    try:
+        logging.getLogger("shadowtrial.t").warning(
+            "failed: %s", f"url='http://u:{SECRET}@h:1/x?token={SECRET}&a=1' (unix:///s.sock)"
+        )
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    err = capsys.readouterr().err
+    assert SECRET not in err
+    assert "http://u:***@h:1/x?token=***&a=1" in orjson.loads(err)["message"]
+    assert "unix:///s.sock" in err
