@@ -216,7 +216,7 @@ def test_too_many_wrong_tokens_get_429_even_with_the_right_one(
         reject = t.admin() + "/v1/candidates/v2/reject"
         assert [t.http.post(reject, headers=wrong).status_code for _ in range(3)] == [401] * 3
         limited = t.http.post(reject, headers=ALICE)
-        assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 59
+        assert limited.status_code == 429 and 50 <= int(limited.headers["retry-after"]) <= 60
         assert t.http.post(reject, headers=wrong).status_code == 429
         assert t.http.get(t.admin() + "/v1/candidates").status_code == 200  # open reads
         assert _refused(t, "unauthorized") == 3 and _refused(t, "auth_limited") == 2
