@@ -130,7 +130,9 @@ class RequireToken:
 
     The actor the token names is put in `scope["state"]["actor"]` for the audit log.
     No token configured: writes answer 503 with how to set one, never 401, so an operator
-    sees at once what is missing.
+    sees at once what is missing. With a `limit` (proxy.admin_guard.FailureLimit), an
+    address over its failed-token budget gets 429 before its token is even looked at;
+    `on_refused` is told each refusal's reason (the admin_refused metric).
     """
 
     def __init__(
