@@ -570,9 +570,17 @@ def settings_from_mapping(
     except ConfigError as exc:
         names = (token_env, AdminSettings.token_env)
         secrets = [environ[n].strip() for n in names if environ.get(n, "").strip()]
-        if any(secret in str(exc.value) for secret in secrets):
-            raise ConfigError(exc.key, exc.value, exc.problem, secret=True) from None
+        hidden = any(secret in str(exc.value) for secret in secrets)
+        variable = _env_name(exc.key)
+        if hidden or variable in environ:
+            problem = f"{exc.problem} (set by {variable})" if variable in environ else exc.problem
+            raise ConfigError(exc.key, exc.value, problem, secret=hidden) from None
         raise
+
+
+def _env_name(key: str) -> str:
+    """The override variable of a key: candidates[0].sample -> SHADOWTRIAL_CANDIDATES_0_SAMPLE."""
+    return ENV_PREFIX + re.sub(r"\[(\d+)\]", r"_\1", key).replace(".", "_").upper()
 
 
 def _validated_settings(
