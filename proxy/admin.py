@@ -36,7 +36,7 @@ from starlette.routing import BaseRoute
 from common.errors import StoreError
 from common.keys import Keys
 from common.settings import Settings, parse_duration
-from common.urls import mask_url
+from common.urls import mask_url, mask_urls_in
 from proxy.admin_guard import FailureLimit, HostAllowList
 from proxy.auth import RequireToken
 from proxy.decisions import Decisions, Reports
@@ -506,12 +506,12 @@ async def _registry_error(request: Request, exc: Exception) -> Response:
 
 
 async def _store_error(request: Request, exc: Exception) -> Response:
-    body = {"error": "Redis unavailable", "detail": str(exc)}
+    body = {"error": "Redis unavailable", "detail": mask_urls_in(str(exc))}
     return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
-    body = {"error": "internal error", "detail": f"{type(exc).__name__}: {exc}"[:300]}
+    body = {"error": "internal error", "detail": mask_urls_in(f"{type(exc).__name__}: {exc}")[:300]}
     return JSONResponse(body, status_code=500)
 
 

@@ -264,3 +264,21 @@ def test_mask_url_leaves_urls_without_credentials_as_written() -> None:
     assert (
         mask_url(f"unix:///tmp/r.sock?password={URL_SECRET}") == "unix:///tmp/r.sock?password=***"
     )
+
+
+def test_admin_error_answers_mask_urls_an_exception_quotes() -> None:
+    import asyncio
+
+    from starlette.requests import Request
+
+    from common.errors import StoreError
+    from proxy.admin import _server_error, _store_error
+
+    request = Request({"type": "http", "method": "GET", "path": "/", "headers": []})
+    quoted = f"cannot reach redis://:{URL_SECRET}@h:6379/0?password={URL_SECRET}"
+    for handler, exc in ((_store_error, StoreError(quoted)), (_server_error, ValueError(quoted))):
+        answer = asyncio.run(handler(request, exc))
+        assert (
+            URL_SECRET not in answer.body.decode()
+            and "redis://***@h:6379/0" in answer.body.decode()
+        )
