@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
-from admin_harness import ALICE, BOB, trial
+from admin_harness import ALICE, BOB, trial, wait_for
 
 from common.errors import ConfigError
 from common.settings import settings_from_mapping
@@ -79,6 +79,8 @@ def test_model_url_credentials_never_shown_by_the_api_or_the_page(
         t.send(n=2)  # the masked URL is only shown: the candidate is still reached
         promoted = t.http.post(t.admin() + "/v1/candidates/v3/promote?force=true", headers=ALICE)
         assert promoted.status_code == 200, promoted.text
+        replica = t.replicas[0].app
+        wait_for(lambda: replica.routing.primary == base, what="the replica applied the promote")
         t.send()
         shown = [
             promoted.text,
