@@ -5,7 +5,13 @@
 #   docker run --rm -e SHADOWTRIAL_REDIS_URL=redis://... shadowtrial worker -c /etc/shadowtrial/shadowtrial.toml
 # Runtime dependencies only: not the `demo` extra (scikit-learn, skl2onnx) that
 # `shadowtrial demo` needs to train its models; run the demo from a checkout instead.
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# The base image is pinned by digest so a rebuild gets the same OS and Python, whatever
+# the tag points at later. The digest is the one of the official python:3.11-slim-bookworm
+# (Docker Hub, library/python) as recorded in a public repository's ADR ("registry manifest
+# responses were rechecked"); this machine cannot reach a registry, so verify it before
+# relying on it: docker buildx imagetools inspect python:3.11-slim-bookworm. To move on,
+# put the tag's new digest here (and rebuild constraints.txt if dependencies change).
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:2e32f7d302adc1c37428355c1e646897c0c53f4fd60b6a551245fb90ee129f91
 
 # -- build: a virtualenv with shadowtrial and its runtime dependencies -------------------
 FROM ${PYTHON_IMAGE} AS builder
@@ -16,14 +22,15 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# constraints.txt: the exact versions of every runtime dependency (deploy/constraints.py).
+COPY pyproject.toml README.md constraints.txt ./
 COPY common ./common
 COPY proxy ./proxy
 COPY analysis ./analysis
 COPY shadowtrial ./shadowtrial
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --upgrade pip \
- && /opt/venv/bin/pip install . \
+ && /opt/venv/bin/pip install -c constraints.txt . \
  && /opt/venv/bin/python -c "import proxy.app, analysis.worker, shadowtrial.cli"
 
 # -- run: the virtualenv, the example config and the health check, as a non-root user ---

@@ -14,19 +14,32 @@ and never a third-party library's.
 
 from __future__ import annotations
 
+import re
+
+HIDDEN = "<hidden>"
+# Keys whose values are secrets (admin.token, a password, SHADOWTRIAL_ADMIN_TOKEN itself);
+# admin.token_env names a variable and is not one.
+_SECRET_KEY = re.compile(r"(token(?!_env)|passw|secret|credential|api_?key)", re.IGNORECASE)
+
 
 class ShadowtrialError(Exception):
     """Base of every error shadowtrial raises on purpose."""
 
 
 class ConfigError(ShadowtrialError):
-    """A configuration value is missing, of the wrong type, or out of range."""
+    """A configuration value is missing, of the wrong type, or out of range.
 
-    def __init__(self, key: str, value: object, problem: str) -> None:
+    The message names the key; the value is shown unless it is a secret (`secret=True`,
+    or a key named like one), so a config error never prints a token or a password.
+    """
+
+    def __init__(self, key: str, value: object, problem: str, secret: bool = False) -> None:
+        hidden = secret or bool(_SECRET_KEY.search(key.rpartition(".")[2]))
         self.key = key
-        self.value = value
+        self.value = HIDDEN if hidden else value
         self.problem = problem
-        super().__init__(f"config error: {key} = {value!r}: {problem}")
+        shown = HIDDEN if hidden else repr(value)
+        super().__init__(f"config error: {key} = {shown}: {problem}")
 
 
 class StoreError(ShadowtrialError):

@@ -2,7 +2,10 @@
 
 Every key can be overridden by `SHADOWTRIAL_<SECTION>_<KEY>` (list entries by index:
 `SHADOWTRIAL_CANDIDATES_0_SAMPLE`). A bad value raises `ConfigError` naming the key and
-the value, so `serve` and `worker` fail at start with one clear line.
+the value (never a secret's: see common.errors), so `serve` and `worker` fail at start
+with one clear line. `SHADOWTRIAL_CONFIG` (the config file's path) and the variables
+Kubernetes injects for every Service of the namespace (`SHADOWTRIAL_ADMIN_PORT=tcp://...`
+for a Service named shadowtrial-admin) are not overrides and are skipped.
 """
 
 from __future__ import annotations
@@ -19,9 +22,30 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import ConfigError
+from common.urls import check_destination, check_http_url, mask_url
 
 ENV_PREFIX = "SHADOWTRIAL_"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+CONFIG_ENV = f"{ENV_PREFIX}CONFIG"  # the config file's path (shadowtrial.commands)
+# \Z, not $: "$" also matches before a trailing newline, and "v2\n" is not a name.
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+# Kubernetes service links (pkg/kubelet/envvars): for a Service "shadowtrial-admin" every
+# pod of the namespace gets SHADOWTRIAL_ADMIN_SERVICE_HOST, ..._PORT=tcp://10.0.0.1:9901
+# and so on. Matched on name and value, so a misspelt override still stops the process.
+_K8S_IP = r"[0-9A-Fa-f.:]+"
+_K8S_ADDR = rf"(?:tcp|udp|sctp)://(?:\[{_K8S_IP}\]|{_K8S_IP}):\d+"
+_K8S_PORT_NAME = r"_PORT_\d+_(?:TCP|UDP|SCTP)"
+_K8S_LINKS = tuple(
+    (re.compile(rf"{ENV_PREFIX}[A-Z0-9_]+{name}"), re.compile(value))
+    for name, value in (
+        ("_SERVICE_HOST", _K8S_IP),
+        (r"_SERVICE_PORT(?:_[A-Z0-9_]+)?", r"\d+"),
+        ("_PORT", _K8S_ADDR),
+        (_K8S_PORT_NAME, _K8S_ADDR),
+        (f"{_K8S_PORT_NAME}_PROTO", "tcp|udp|sctp"),
+        (f"{_K8S_PORT_NAME}_PORT", r"\d+"),
+        (f"{_K8S_PORT_NAME}_ADDR", _K8S_IP),
+    )
+)
 
 
 # -- casts: each takes (key, raw value) and returns the typed value or raises ConfigError --
@@ -103,10 +127,11 @@ def _cast_hostport(key: str, value: Any) -> str:
 
 
 def _cast_url(key: str, value: Any) -> str:
-    text = _cast_str(key, value).rstrip("/")
-    if not re.match(r"^https?://[^/\s]+", text):
-        raise ConfigError(key, value, "expected an http:// or https:// URL")
-    return text
+    text = _cast_str(key, value)
+    problem = check_http_url(text)
+    if problem:
+        raise ConfigError(key, mask_url(text), problem)
+    return text.rstrip("/")
 
 
 def _cast_optional_url(key: str, value: Any) -> str | None:
@@ -117,7 +142,7 @@ def _cast_redis_url(key: str, value: Any) -> str | None:
     if value in (None, ""):
         return None
     text = _cast_str(key, value)
-    shown = _hide_password(text)  # the error line must not print the password
+    shown = mask_url(text)  # the error line must not print the password
     if not re.match(r"^(rediss?(\+cluster)?|unix)://", text):
         raise ConfigError(
             key, shown, "expected a redis://, rediss://, unix:// or redis+cluster:// URL"
@@ -125,16 +150,6 @@ def _cast_redis_url(key: str, value: Any) -> str | None:
     if "+cluster://" in text and not re.match(r"^[^/]+://[^/]+(/0?)?$", text.split("?")[0]):
         raise ConfigError(key, shown, "a Redis Cluster has only database 0")
     return text
-
-
-def _hide_password(url: str) -> str:
-    """The URL with the password of its user part replaced by ***."""
-    scheme, sep, rest = url.partition("://")
-    authority, slash, path = rest.partition("/")
-    userinfo, at, host = authority.rpartition("@")
-    if not sep or not at or ":" not in userinfo:
-        return url
-    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}{slash}{path}"
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)", re.IGNORECASE)
@@ -282,6 +297,8 @@ class ProxySettings:
     # complete this long after the connection opened (slowloris) gets 408 (proxy.http_limits).
     max_header_bytes: int = _setting(65_536, _at_least(_cast_int, 1024))
     header_timeout_ms: int = _setting(30_000, _at_least(_cast_int, 100))
+    # Model URLs on link-local / cloud metadata addresses are refused (common.urls).
+    allow_link_local_urls: bool = _setting(False, _cast_bool)
 
 
 @dataclass(frozen=True)
@@ -304,6 +321,14 @@ class AdminSettings:
     sync_ms: int = _setting(500, _at_least(_cast_int, 10))
     # The audit stream of decisions keeps about this many entries.
     audit_max: int = _setting(10_000, _at_least(_cast_int, 10))
+    # Host header names the admin port answers (fnmatch patterns, port ignored; literal
+    # IP addresses always pass): a web page on another site that rebinds its DNS name to
+    # 127.0.0.1 gets 421, not the raw request bodies /pairs shows. ["*"] turns it off.
+    allowed_hosts: tuple[str, ...] = _setting(("localhost", "*.localhost"), _cast_str_list)
+    # `serve` refuses to start with a shorter admin token.
+    min_token_length: int = _setting(16, _at_least(_cast_int, 1))
+    # Failed token checks per client address per minute before it gets 429 for a minute.
+    auth_failures_per_minute: int = _setting(10, _at_least(_cast_int, 1))
 
     def token(self) -> str | None:
         """The configured bearer token, read from the environment at call time."""
@@ -435,16 +460,33 @@ def _build(cls: type, raw: Mapping[str, Any], where: str) -> Any:
     for raw_key, raw_value in raw.items():
         key = _RENAMES.get(raw_key, raw_key)
         if key not in known:
-            raise ConfigError(f"{where}.{raw_key}", raw_value, "unknown key")
+            raise ConfigError(f"{where}.{raw_key}", raw_value, _unknown(where, key))
         values[key] = known[key].metadata["cast"](f"{where}.{raw_key}", raw_value)
     return cls(**values)
+
+
+def _service_link(name: str, value: str) -> bool:
+    """True for a variable Kubernetes injected for a Service (name and value both fit)."""
+    return any(n.fullmatch(name) and v.fullmatch(value) for n, v in _K8S_LINKS)
+
+
+def _not_override(name: str, value: str, token_env: set[str]) -> bool:
+    if not name.startswith(ENV_PREFIX) or name in token_env or name == CONFIG_ENV:
+        return True
+    return _service_link(name, value)
+
+
+def _unknown(where: str, key: str) -> str:
+    if where == "admin" and key == "token":
+        return "unknown key (admin tokens are read from the variable admin.token_env names)"
+    return "unknown key"
 
 
 def _env_overrides(environ: Mapping[str, str], token_env: set[str]) -> dict[str, Any]:
     """Turn SHADOWTRIAL_<SECTION>_<KEY> variables into a nested dict like the TOML one."""
     tree: dict[str, Any] = {}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name in token_env:
+        if _not_override(name, value, token_env):
             continue
         section, _, rest = name[len(ENV_PREFIX) :].lower().partition("_")
         if section in _SECTIONS and rest:
@@ -473,7 +515,16 @@ def _merge(base: dict[str, Any], env: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _check_candidates(candidates: tuple[CandidateSettings, ...]) -> None:
+def _check_destination(key: str, url: str | None, allow_link_local: bool) -> None:
+    problem = "" if url is None or allow_link_local else check_destination(url)
+    if problem:
+        hint = "set proxy.allow_link_local_urls to allow it"
+        raise ConfigError(key, mask_url(url or ""), f"{problem}; {hint}")
+
+
+def _check_candidates(
+    candidates: tuple[CandidateSettings, ...], allow_link_local: bool = False
+) -> None:
     seen: set[str] = set()
     for i, cand in enumerate(candidates):
         where = f"candidates[{i}]"
@@ -486,6 +537,7 @@ def _check_candidates(candidates: tuple[CandidateSettings, ...]) -> None:
             raise ConfigError(f"{where}", cand.name, "set exactly one of url or onnx")
         if cand.ends_at is not None and cand.duration is not None:
             raise ConfigError(f"{where}", cand.name, "set at most one of ends_at or duration")
+        _check_destination(f"{where}.url", cand.url, allow_link_local)
 
 
 def _check_slices(slices: tuple[SliceSettings, ...]) -> None:
@@ -498,12 +550,45 @@ def _check_slices(slices: tuple[SliceSettings, ...]) -> None:
             )
 
 
+def _token_env(raw: Mapping[str, Any], environ: Mapping[str, str]) -> str:
+    """The variable holding the admin tokens: the override's, else the file's, else default."""
+    admin = raw.get("admin", {})
+    named = admin.get("token_env") if isinstance(admin, Mapping) else None
+    override = environ.get(f"{ENV_PREFIX}ADMIN_TOKEN_ENV")
+    return str(override or named or AdminSettings.token_env)
+
+
 def settings_from_mapping(
     raw: Mapping[str, Any], environ: Mapping[str, str] | None = None
 ) -> Settings:
-    """Validate a parsed config (TOML tables) with environment overrides applied on top."""
+    """Validate a parsed config (TOML tables) with environment overrides applied on top.
+
+    A ConfigError whose value holds an admin token (the configured variable's or the
+    default one's, pasted into another key) is raised again with the value hidden.
+    """
     environ = os.environ if environ is None else environ
-    token_env = {str(raw.get("admin", {}).get("token_env", AdminSettings.token_env))}
+    token_env = _token_env(raw, environ)
+    try:
+        return _validated_settings(raw, environ, {token_env})
+    except ConfigError as exc:
+        names = (token_env, AdminSettings.token_env)
+        secrets = [environ[n].strip() for n in names if environ.get(n, "").strip()]
+        hidden = any(secret in str(exc.value) for secret in secrets)
+        variable = _env_name(exc.key)
+        if hidden or variable in environ:
+            problem = f"{exc.problem} (set by {variable})" if variable in environ else exc.problem
+            raise ConfigError(exc.key, exc.value, problem, secret=hidden) from None
+        raise
+
+
+def _env_name(key: str) -> str:
+    """The override variable of a key: candidates[0].sample -> SHADOWTRIAL_CANDIDATES_0_SAMPLE."""
+    return ENV_PREFIX + re.sub(r"\[(\d+)\]", r"_\1", key).replace(".", "_").upper()
+
+
+def _validated_settings(
+    raw: Mapping[str, Any], environ: Mapping[str, str], token_env: set[str]
+) -> Settings:
     merged = _merge(dict(raw), _env_overrides(environ, token_env))
     if environ.get("REDIS_URL") and not environ.get(f"{ENV_PREFIX}REDIS_URL"):
         merged.setdefault("redis", {})["url"] = environ["REDIS_URL"]
@@ -517,15 +602,19 @@ def settings_from_mapping(
         )
         for name, cls in _LISTS.items()
     }
-    _check_candidates(lists["candidates"])
+    allow = sections["proxy"].allow_link_local_urls
+    _check_destination("proxy.primary", sections["proxy"].primary, allow)
+    _check_candidates(lists["candidates"], allow)
     _check_slices(lists["slices"])
     return Settings(**sections, **lists)
 
 
-def candidate_from_mapping(raw: Mapping[str, Any], where: str = "candidate") -> CandidateSettings:
+def candidate_from_mapping(
+    raw: Mapping[str, Any], where: str = "candidate", allow_link_local: bool = False
+) -> CandidateSettings:
     """One candidate validated by the config file's rules (the admin API registers them)."""
     cand = _build(CandidateSettings, raw, where)
-    _check_candidates((cand,))
+    _check_candidates((cand,), allow_link_local)
     return cand
 
 

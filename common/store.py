@@ -19,6 +19,7 @@ from pathlib import Path
 import redis
 
 from common.errors import StoreError
+from common.urls import mask_url
 
 log = logging.getLogger("shadowtrial.store")
 
@@ -134,10 +135,5 @@ def resolve_redis_url(
 
 
 def redact_url(url: str) -> str:
-    """Hide a password in a Redis URL before it reaches a log line."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    userinfo, _, host = rest.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if user else f"{scheme}://***@{host}"
+    """Hide credentials in a Redis URL before it reaches a log line (common.urls)."""
+    return mask_url(url)

@@ -22,7 +22,7 @@ import shlex
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode
 
 import orjson
 from redis.exceptions import RedisError
@@ -36,6 +36,8 @@ from starlette.routing import BaseRoute
 from common.errors import StoreError
 from common.keys import Keys
 from common.settings import Settings, parse_duration
+from common.urls import mask_url, mask_urls_in
+from proxy.admin_guard import FailureLimit, HostAllowList
 from proxy.auth import RequireToken
 from proxy.decisions import Decisions, Reports
 from proxy.metrics import METRICS_CONTENT_TYPE
@@ -52,6 +54,7 @@ from proxy.registry import (
     new_entry,
     patched_entry,
     redis_client,
+    registry_audit,
 )
 
 if TYPE_CHECKING:
@@ -141,9 +144,9 @@ class AdminContext:
 def _routing_view(snap: Snapshot, fallback: str) -> dict[str, Any]:
     routing = snap.routing
     return {
-        "primary": snap.primary(fallback),
+        "primary": mask_url(snap.primary(fallback)),
         "primary_name": routing.get("primary_name", ""),
-        "previous": routing.get("previous", ""),
+        "previous": mask_url(routing.get("previous", "")),
         "previous_name": routing.get("previous_name", ""),
         "version": snap.version,
     }
@@ -218,14 +221,6 @@ def _window(ctx: AdminContext, request: Request, snap: Snapshot, name: str) -> f
 # -- copy-as-curl -----------------------------------------------------------------------
 
 
-def _redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
 def _redact_query(query: str) -> str:
     pairs = parse_qsl(query, keep_blank_values=True)
     if not any(_SECRET_NAME.search(k) for k, _ in pairs):
@@ -261,7 +256,7 @@ def curl_line(base_url: str, pair: Mapping[str, Any], redact_fields: frozenset[s
     """A shell command that sends this pair's request to `base_url`, secrets redacted."""
     path = str(pair.get("path") or "/")
     query = _redact_query(str(pair.get("query") or ""))
-    url = _redact_url(base_url.rstrip("/")) + path + (f"?{query}" if query else "")
+    url = mask_url(base_url.rstrip("/")) + path + (f"?{query}" if query else "")
     parts = ["curl", "-sS", "-X", str(pair.get("method") or "POST"), shlex.quote(url)]
     for name, value in sorted((pair.get("headers") or {}).items()):
         shown = REDACTED if _SECRET_NAME.search(name) else value
@@ -322,7 +317,7 @@ class Endpoints:
         problem = await primary_reachable(host, port)
         body: dict[str, Any] = {
             "ready": not problem,
-            "primary": {"url": proxy.routing.primary, "reachable": not problem},
+            "primary": {"url": mask_url(proxy.routing.primary), "reachable": not problem},
             "redis": {
                 "up": proxy.capture.redis_up,
                 "spool": proxy.capture.depth,
@@ -354,13 +349,16 @@ class Endpoints:
         return JSONResponse({"routing": routing, "candidates": entries})
 
     async def add_candidate(self, request: Request) -> Response:
-        entry = new_entry(await _body(request), time.time())
+        now = time.time()
+        allow = self.settings.proxy.allow_link_local_urls
+        entry = new_entry(await _body(request), now, allow_link_local=allow)
+        audit = registry_audit("add", _actor(request), entry.name, None, entry, now)
 
         def decide(snap: Snapshot) -> Change:
             if entry.name in snap.entries:
                 raise Conflict(f"a candidate named {entry.name!r} exists",
                                "PATCH it, or DELETE it first")  # fmt: skip
-            return Change(put={entry.name: entry})
+            return Change(put={entry.name: entry}, audit=audit)
 
         _, version = await self.ctx.store.transaction(decide)
         return JSONResponse({**entry.as_dict(), "version": version}, status_code=201)
@@ -372,9 +370,11 @@ class Endpoints:
         changed: dict[str, Any] = {}
 
         def decide(snap: Snapshot) -> Change:
-            entry = patched_entry(snap.entry(name), body, now)
+            before = snap.entry(name)
+            entry = patched_entry(before, body, now)
             changed["entry"] = entry
-            return Change(put={name: entry})
+            audit = registry_audit("patch", _actor(request), name, before, entry, now)
+            return Change(put={name: entry}, audit=audit)
 
         _, version = await self.ctx.store.transaction(decide)
         return JSONResponse({**changed["entry"].as_dict(), "version": version})
@@ -383,9 +383,11 @@ class Endpoints:
         name = request.path_params["name"]
 
         def decide(snap: Snapshot) -> Change:
-            if snap.entry(name).state == PROMOTED:
+            before = snap.entry(name)
+            if before.state == PROMOTED:
                 raise Conflict(f"{name} is the primary", "POST /v1/rollback first")
-            return Change(delete=[name])
+            audit = registry_audit("delete", _actor(request), name, before, None, time.time())
+            return Change(delete=[name], audit=audit)
 
         _, version = await self.ctx.store.transaction(decide)
         return JSONResponse({"deleted": name, "version": version})
@@ -504,12 +506,12 @@ async def _registry_error(request: Request, exc: Exception) -> Response:
 
 
 async def _store_error(request: Request, exc: Exception) -> Response:
-    body = {"error": "Redis unavailable", "detail": str(exc)}
+    body = {"error": "Redis unavailable", "detail": mask_urls_in(str(exc))}
     return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
-    body = {"error": "internal error", "detail": f"{type(exc).__name__}: {exc}"[:300]}
+    body = {"error": "internal error", "detail": mask_urls_in(f"{type(exc).__name__}: {exc}")[:300]}
     return JSONResponse(body, status_code=500)
 
 
@@ -524,10 +526,18 @@ def create_admin_app(proxy: ProxyApp) -> Starlette:
         await ctx.close()
 
     admin = proxy.settings.admin
-    guard = Middleware(RequireToken, token_env=admin.token_env, open_reads=admin.open_reads)
+    refused = proxy.metrics.refused
+    hosts = Middleware(HostAllowList, patterns=admin.allowed_hosts, on_refused=refused)
+    guard = Middleware(
+        RequireToken,
+        token_env=admin.token_env,
+        open_reads=admin.open_reads,
+        limit=FailureLimit(admin.auth_failures_per_minute),
+        on_refused=refused,
+    )
     app = Starlette(
         routes=[*admin_routes(Endpoints(ctx).table()), *_ui_routes(ctx)],
-        middleware=[guard],
+        middleware=[hosts, guard],
         exception_handlers={
             HTTPException: _http_error,
             RegistryError: _registry_error,

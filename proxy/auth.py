@@ -24,6 +24,9 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
+from common.errors import ConfigError
+from proxy.admin_guard import FailureLimit, Refused, client_address, too_many_failures
+
 DEFAULT_ACTOR = "admin"
 _ACTOR_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 
@@ -88,6 +91,22 @@ def authenticate(presented: str | None, tokens: tuple[Token, ...]) -> str | None
     return actor
 
 
+def check_token_length(
+    token_env: str, min_length: int, environ: Mapping[str, str] | None = None
+) -> None:
+    """ConfigError (naming the variable and the actor, never the token) when a configured
+    token is shorter than `min_length`: `serve` refuses to start with a guessable token."""
+    environ = os.environ if environ is None else environ
+    for actor, value in split_named(environ.get(token_env)):
+        if len(value) < min_length:
+            whose = "the admin token" if actor == DEFAULT_ACTOR else f"{actor}'s admin token"
+            problem = (
+                f"{whose} is shorter than admin.min_token_length ({min_length} characters);"
+                " generate one with: openssl rand -hex 32"
+            )
+            raise ConfigError(token_env, "", problem, secret=True)
+
+
 def how_to_configure(token_env: str) -> str:
     """The sentence telling an operator how to enable decisions."""
     return (
@@ -111,17 +130,28 @@ class RequireToken:
 
     The actor the token names is put in `scope["state"]["actor"]` for the audit log.
     No token configured: writes answer 503 with how to set one, never 401, so an operator
-    sees at once what is missing.
+    sees at once what is missing. With a `limit` (proxy.admin_guard.FailureLimit), an
+    address over its failed-token budget gets 429 before its token is even looked at;
+    `on_refused` is told each refusal's reason (the admin_refused metric).
     """
 
-    def __init__(self, app: ASGIApp, token_env: str, open_reads: bool) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        token_env: str,
+        open_reads: bool,
+        limit: FailureLimit | None = None,
+        on_refused: Refused | None = None,
+    ) -> None:
         self.app = app
         self.token_env = token_env
         self.open_reads = open_reads
+        self.limit = limit
+        self.on_refused = on_refused or (lambda reason: None)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and self._guarded(scope):
-            refusal = self._check(scope)
+            refusal = self._limited(scope) or self._check(scope)
             if refusal is not None:
                 await refusal(scope, receive, send)
                 return
@@ -131,6 +161,19 @@ class RequireToken:
         if scope["method"] in WRITE_METHODS:
             return True
         return not self.open_reads and scope["path"].startswith(READ_GUARDED)
+
+    def _limited(self, scope: Scope) -> JSONResponse | None:
+        """429 while the client's address is over the failed-token limit."""
+        wait = self.limit.retry_after(client_address(scope)) if self.limit else 0.0
+        if wait <= 0:
+            return None
+        self.on_refused("auth_limited")
+        return too_many_failures(wait)
+
+    def _failed(self, scope: Scope) -> None:
+        self.on_refused("unauthorized")
+        if self.limit is not None:
+            self.limit.failed(client_address(scope))
 
     def _check(self, scope: Scope) -> JSONResponse | None:
         tokens = tokens_from_env(self.token_env)
@@ -151,6 +194,7 @@ class RequireToken:
                 if header is None
                 else "the bearer token is not one of the configured admin tokens"
             )
+            self._failed(scope)
             return JSONResponse(
                 {"error": "unauthorized", "detail": detail},
                 status_code=401,

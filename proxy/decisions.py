@@ -36,6 +36,7 @@ from common.errors import ShadowtrialError, StoreError
 from common.keys import Keys
 from common.redis_client import sync_client
 from common.settings import Settings, format_instant
+from common.urls import mask_url
 from proxy.registry import (
     ACTIVE,
     ENDED,
@@ -187,8 +188,8 @@ class Decisions:
             "candidate": name,
             "actor": actor,
             "forced": force,
-            "primary": snap.entry(name).url,
-            "previous": snap.primary(fallback),
+            "primary": mask_url(snap.entry(name).url or ""),
+            "previous": mask_url(snap.primary(fallback)),
             "gate": gate,
             "version": version,
         }
@@ -251,9 +252,9 @@ class Decisions:
         return {
             "action": "rollback",
             "actor": actor,
-            "primary": restored["url"],
+            "primary": mask_url(restored["url"]),
             "primary_name": restored.get("name", ""),
-            "previous": snap.primary(fallback),
+            "previous": mask_url(snap.primary(fallback)),
             "version": version,
         }
 
@@ -307,8 +308,8 @@ class Decisions:
             "verdict": str(gate.get("verdict", NOT_CHECKED)),
             "reasons": orjson.dumps(gate.get("reasons") or []).decode(),
             "forced": "true" if forced else "false",
-            "primary_before": before,
-            "primary_after": after,
+            "primary_before": mask_url(before),
+            "primary_after": mask_url(after),
         }
 
     async def history(self, limit: int = 100) -> list[dict[str, Any]]:

@@ -117,6 +117,13 @@ class Metrics:
             registry=reg,
         )
         self.redis_up.set(1)
+        self.admin_refused = Counter(
+            "shadowtrial_admin_refused",
+            "Admin requests refused before a handler ran: host (not in admin.allowed_hosts),"
+            " unauthorized (wrong or missing token), auth_limited (too many failures)",
+            ["reason"],
+            registry=reg,
+        )
         self._request_children: dict[tuple[str, int], Any] = {}
         self._children: dict[tuple[str, ...], Any] = {}
 
@@ -154,6 +161,10 @@ class Metrics:
     def captured(self, candidate: str, outcome: str, count: int = 1) -> None:
         """Count pair records by capture outcome."""
         self._child(self.capture, candidate, outcome).inc(count)
+
+    def refused(self, reason: str) -> None:
+        """Count one admin request refused at the door (proxy.admin_guard, proxy.auth)."""
+        self._child(self.admin_refused, reason).inc()
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         """One sample's current value in this process (0 when absent); for tests and probes."""

@@ -40,6 +40,9 @@ _NAME_PARAM = {
 }
 _AUTH_ERRORS = {
     "401": _error("missing or wrong bearer token"),
+    "429": _error(
+        "too many failed token checks from this address (admin.auth_failures_per_minute)"
+    ),
     "503": _error("no admin token configured, or Redis unavailable"),
 }
 
@@ -320,6 +323,11 @@ SCHEMAS: dict[str, Any] = {
                         "forced": {"type": "boolean"},
                         "primary_before": {"type": "string"},
                         "primary_after": {"type": "string"},
+                        "before": {
+                            "type": "string",
+                            "description": "add, patch, delete: the entry before (JSON)",
+                        },
+                        "after": {"type": "string", "description": "... and after"},
                     },
                 },
             }

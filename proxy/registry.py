@@ -54,6 +54,7 @@ from common.settings import (
     format_instant,
     parse_instant,
 )
+from common.urls import mask_url
 from proxy.candidates import CandidateRunner, build_runner
 from proxy.routing import MirrorTarget, RoutingTable
 
@@ -149,8 +150,11 @@ class Entry:
         return orjson.dumps(asdict(self))
 
     def as_dict(self) -> dict[str, Any]:
-        """The API form (also what the web page's context lists)."""
-        return asdict(self)
+        """The API form (also what the web page's context lists), credentials masked."""
+        shown = asdict(self)
+        if self.url is not None:
+            shown["url"] = mask_url(self.url)
+        return shown
 
     @property
     def started_s(self) -> float:
@@ -450,17 +454,18 @@ def seed_change(snap: Snapshot, settings: Settings, now: float) -> Change | None
 # -- runtime changes --------------------------------------------------------------------
 
 
-def _validated(raw: Mapping[str, Any]) -> CandidateSettings:
+def _validated(raw: Mapping[str, Any], allow_link_local: bool) -> CandidateSettings:
     try:
-        return candidate_from_mapping(raw)
+        return candidate_from_mapping(raw, allow_link_local=allow_link_local)
     except ConfigError as exc:
         field_name = exc.key.removeprefix("candidate.").removeprefix("candidate")
         where = f"{field_name}: " if field_name else ""
         raise Invalid("invalid candidate", f"{where}{exc.problem} (got {exc.value!r})") from None
 
 
-def new_entry(body: Any, now: float) -> Entry:
-    """A candidate registered through the API, validated like the config file's."""
+def new_entry(body: Any, now: float, allow_link_local: bool = False) -> Entry:
+    """A candidate registered through the API, validated like the config file's (its URL
+    on a link-local or metadata address only with `allow_link_local`)."""
     if not isinstance(body, dict):
         raise Invalid("invalid candidate", "the body must be a JSON object")
     if "onnx" in body:
@@ -475,7 +480,7 @@ def new_entry(body: Any, now: float) -> Entry:
                       f" allowed: {', '.join(RUNTIME_FIELDS)}")  # fmt: skip
     if not body.get("url"):
         raise Invalid("invalid candidate", "url: an HTTP candidate needs its base URL")
-    cand = _validated(body)
+    cand = _validated(body, allow_link_local)
     return Entry.from_settings(cand, now, "api")
 
 
@@ -493,11 +498,33 @@ def patched_entry(entry: Entry, body: Any, now: float) -> Entry:
         raise Invalid("invalid change", "set at most one of ends_at or duration")
     base = {"name": entry.name, "sample": entry.sample, "timeout_ms": entry.timeout_ms}
     base["url" if entry.url is not None else "onnx"] = entry.url or entry.onnx
-    cand = _validated({**base, **{k: v for k, v in body.items() if v is not None}})
+    # The URL is not changed by a PATCH: it was checked when the candidate came in.
+    cand = _validated({**base, **{k: v for k, v in body.items() if v is not None}}, True)
     changed = replace(entry, sample=cand.sample, timeout_ms=cand.timeout_ms)
     if "ends_at" in body or "duration" in body:
         changed = _with_time_box(changed, cand, now)
     return replace(changed, updated_at=format_instant(now))
+
+
+def registry_audit(
+    action: str, actor: str, name: str, before: Entry | None, after: Entry | None, now: float
+) -> dict[str, str]:
+    """The audit entry of a registry change (add, patch, delete): who, and the entry before
+    and after as the API shows it (JSON, URL credentials masked; "" when absent)."""
+
+    def shown(entry: Entry | None) -> str:
+        return "" if entry is None else orjson.dumps(entry.as_dict()).decode()
+
+    return {
+        "time": format_instant(now),
+        "actor": actor,
+        "action": action,
+        "candidate": name,
+        "outcome": "done",
+        "verdict": "not checked",  # a registry change is not gated
+        "before": shown(before),
+        "after": shown(after),
+    }
 
 
 def _with_time_box(entry: Entry, cand: CandidateSettings, now: float) -> Entry:
@@ -690,7 +717,7 @@ class RegistrySync:
         self.pool.forget(snap.entries)
         routing = self.routing
         if primary.rstrip("/") != routing.primary:
-            log.info("primary is now %s (registry version %d)", primary, snap.version)
+            log.info("primary is now %s (registry version %d)", mask_url(primary), snap.version)
             routing.set_primary(primary)
         current = [(id(t.runner), t.sample) for t in routing.mirrors]
         if current != [(id(t.runner), t.sample) for t in targets]:

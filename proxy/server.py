@@ -34,9 +34,12 @@ from multiprocessing.process import BaseProcess
 
 import uvicorn
 
+from common import logs
 from common.errors import ShadowtrialError
 from common.settings import Settings, split_hostport
 from common.store import EmbeddedRedis, resolve_redis_url
+from common.urls import mask_url
+from proxy.auth import check_token_length
 from proxy.http_limits import guarded_http
 from proxy.metrics import MULTIPROC_ENV
 
@@ -45,7 +48,6 @@ log = logging.getLogger("shadowtrial.serve")
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 GRACE_EXTRA_S = 5.0
 
 
@@ -57,9 +59,10 @@ class _Server(uvicorn.Server):
         yield
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """One line per event on stderr; uvicorn's own start/stop chatter only at warnings."""
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr, force=True)
+def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
+    """One line per event on stderr (common.logs); uvicorn's start/stop chatter only at
+    warnings."""
+    logs.configure(level, fmt)
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
 
@@ -162,7 +165,7 @@ def _log_listening(settings: Settings, workers: int) -> None:
     log.info(
         "data port http://%s -> primary %s; admin http://%s; %d candidate(s); %d worker(s)",
         proxy.listen,
-        proxy.primary,
+        mask_url(proxy.primary),
         proxy.admin_listen,
         len(settings.candidates),
         workers,
@@ -172,6 +175,7 @@ def _log_listening(settings: Settings, workers: int) -> None:
 def serve(settings: Settings, workers: int | None = None) -> int:
     """`shadowtrial serve`: resolve Redis, run the proxy, return the exit code."""
     workers = workers or settings.proxy.workers
+    check_token_length(settings.admin.token_env, settings.admin.min_token_length)
     redis_url, embedded = resolve_redis_url(settings.redis.url)
     try:
         _log_listening(settings, workers)
@@ -189,9 +193,11 @@ def _stop_embedded(embedded: EmbeddedRedis | None) -> None:
         log.info("stopped the embedded Redis")
 
 
-def _worker_main(settings: Settings, redis_url: str, level: str, parent: int) -> None:
+def _worker_main(
+    settings: Settings, redis_url: str, level: str, parent: int, fmt: str = "text"
+) -> None:
     """Entry point of one spawned worker process."""
-    configure_logging(level)
+    configure_logging(level, fmt)
     try:
         _run_loop(settings, redis_url, reuse_port=True, parent=parent)
     except ShadowtrialError as exc:
@@ -209,7 +215,9 @@ def _supervise(settings: Settings, redis_url: str, workers: int) -> int:
     ctx = multiprocessing.get_context("spawn")
     procs = [
         ctx.Process(
-            target=_worker_main, args=(settings, redis_url, level, os.getpid()), name=f"worker-{i}"
+            target=_worker_main,
+            args=(settings, redis_url, level, os.getpid(), logs.current_format()),
+            name=f"worker-{i}",
         )
         for i in range(workers)
     ]

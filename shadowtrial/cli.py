@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
+import tomllib
 from collections.abc import Sequence
+from pathlib import Path
 
 from common.errors import AdminError, ConfigError, ModelLoadError, ShadowtrialError
 
@@ -24,12 +27,22 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
+def version() -> str:
+    """The installed package's version, else the one in pyproject.toml (a plain checkout)."""
+    try:
+        return importlib.metadata.version("shadowtrial")
+    except importlib.metadata.PackageNotFoundError:
+        pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+        return str(tomllib.loads(pyproject.read_text())["project"]["version"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser with every registered subcommand."""
     parser = argparse.ArgumentParser(
         prog="shadowtrial",
         description="Shadow-mode inference proxy: put a candidate model on trial.",
     )
+    parser.add_argument("--version", action="version", version=f"shadowtrial {version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(f"shadowtrial.commands.{name}").register(subparsers)

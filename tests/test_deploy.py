@@ -41,15 +41,15 @@ K8S = DEPLOY / "kubernetes"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
-def _healthcheck() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("healthcheck", DEPLOY / "healthcheck.py")
+def _load_module(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-hc = _healthcheck()
+hc = _load_module(DEPLOY / "healthcheck.py")
 
 
 def _admin_paths(settings: Settings) -> set[str]:
@@ -129,12 +129,32 @@ def test_dockerfile_builds_runtime_dependencies_in_a_builder_from_one_base() -> 
     assert len(froms) == 2 and froms[0].endswith(" AS builder")
     assert froms[0].split()[0] == froms[1] == "${PYTHON_IMAGE}"  # the venv's python exists
     base = _last("ARG").partition("=")[2]
-    assert re.fullmatch(r"python:3\.1[1-9]-slim(-\w+)?", base), base
+    # the official image, pinned by digest (a moved tag never changes a rebuild)
+    assert re.fullmatch(r"python:3\.1[1-9]-slim(-\w+)?@sha256:[0-9a-f]{64}", base), base
     runs = " ".join(rest for ins, rest in _dockerfile() if ins == "RUN")
-    assert "pip install ." in runs and "[demo]" not in runs and "[test]" not in runs
+    assert "pip install -c constraints.txt ." in runs
+    assert "[demo]" not in runs and "[test]" not in runs
     assert "--from=builder /opt/venv /opt/venv" in " ".join(r for i, r in _dockerfile())
     packages = {s.rstrip("/") for sources, _ in _copies() for s in sources if "/" not in s}
     assert {"common", "proxy", "analysis", "shadowtrial"} <= packages
+
+
+def test_the_image_installs_the_versions_the_tests_ran_against() -> None:
+    """constraints.txt pins every runtime dependency (transitively) at this virtualenv's
+    version, for the image's Python; the Dockerfile copies and uses it."""
+    constraints = _load_module(DEPLOY / "constraints.py")
+    assert (ROOT / "constraints.txt").read_text() == constraints.render(
+        constraints.runtime_pins()
+    ), "regenerate: .venv/bin/python deploy/constraints.py > constraints.txt"
+    assert any("constraints.txt" in sources for sources, _ in _copies())
+    base = _last("ARG").partition("=")[2]
+    assert base.startswith(f"python:{sys.version_info.major}.{sys.version_info.minor}-")
+    pinned = [line for line in (ROOT / "constraints.txt").read_text().splitlines()
+              if line and not line.startswith("#")]  # fmt: skip
+    assert all(re.fullmatch(r"[a-z0-9-]+==\S+", line) for line in pinned)
+    for dependency in PYPROJECT["project"]["dependencies"]:
+        name = re.match(r"[A-Za-z0-9_.-]+", dependency).group().lower()
+        assert any(line.startswith(f"{name}==") for line in pinned), name
 
 
 def test_what_the_image_runs_needs_no_demo_extra() -> None:
@@ -265,7 +285,10 @@ def test_compose_ports_and_model_servers_match_the_config() -> None:
         split_hostport(settings.proxy.admin_listen)[1],
     )
     for name in ("proxy-1", "proxy-2"):
-        assert {int(p.split(":")[1]) for p in services[name]["ports"]} == {data, admin}
+        assert {int(p.split(":")[-1]) for p in services[name]["ports"]} == {data, admin}
+        # open reads show request bodies: the admin port is published on loopback only
+        [published] = [p for p in services[name]["ports"] if p.endswith(f":{admin}")]
+        assert published.startswith("127.0.0.1:"), published
     wanted = {
         re.match(r"http://([^:/]+):(\d+)", u).groups()
         for u in (settings.proxy.primary, *(c.url for c in settings.candidates))
@@ -371,9 +394,16 @@ def test_selectors_bind_services_hpa_and_pdb_to_the_proxy() -> None:
             assert port["targetPort"] in port_names
     [hpa] = _by_kind("HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"]["name"] == "shadowtrial-proxy"
-    [pdb] = _by_kind("PodDisruptionBudget")
+    pdbs = {p["metadata"]["name"]: p for p in _by_kind("PodDisruptionBudget")}
+    assert set(pdbs) == set(deployments)  # one budget per Deployment
+    pdb = pdbs["shadowtrial-proxy"]
     assert pdb["spec"]["selector"]["matchLabels"].items() <= proxy_labels.items()
     assert pdb["spec"]["maxUnavailable"] < hpa["spec"]["minReplicas"]
+    worker_pdb = pdbs["shadowtrial-worker"]["spec"]
+    assert worker_pdb["selector"]["matchLabels"].items() <= worker_labels.items()
+    assert not worker_pdb["selector"]["matchLabels"].items() <= proxy_labels.items()
+    replicas = deployments["shadowtrial-worker"]["spec"]["replicas"]
+    assert worker_pdb["maxUnavailable"] < replicas  # a drain never stops every worker
     assert proxy["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
 
@@ -404,7 +434,7 @@ def test_ports_probes_and_secret_match_the_code() -> None:
     for _, container in _containers():
         for port in container.get("ports", []):
             assert ports[port["name"]] == port["containerPort"]
-        for probe in ("readinessProbe", "livenessProbe"):
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             http = container.get(probe, {}).get("httpGet")
             if http:
                 assert http["path"] in admin_paths and http["port"] == "admin"
@@ -490,3 +520,53 @@ def test_example_configs_validate(path: Path) -> None:
 def test_the_configmap_config_validates() -> None:
     settings = _configmap_settings()
     assert settings.redis.url and settings.candidates
+
+
+# -- issue 12: operator safety of the manifests ----------------------------------------
+
+
+def test_every_pod_has_a_startup_probe_and_no_service_links() -> None:
+    """startupProbe: liveness never kills a pod still loading; enableServiceLinks: false
+    keeps SHADOWTRIAL_*_PORT=tcp://... out of the environment (bug 9 of issue 12)."""
+    for spec, container in _containers():
+        assert spec["enableServiceLinks"] is False
+        startup = container["startupProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 60
+        assert "initialDelaySeconds" not in container["livenessProbe"]
+
+
+def test_a_config_change_rolls_every_pod() -> None:
+    checksum = _load_module(DEPLOY / "config_checksum.py")
+    digest = checksum.checksum()
+    for name, dep in _deployments().items():
+        annotations = dep["spec"]["template"]["metadata"]["annotations"]
+        assert annotations[checksum.ANNOTATION] == digest, (
+            f"{name}: run python3 deploy/config_checksum.py --write"
+        )
+
+
+def test_the_admin_port_is_reachable_only_from_admin_clients() -> None:
+    [policy] = _by_kind("NetworkPolicy")
+    proxy = _deployments()["shadowtrial-proxy"]["spec"]["template"]
+    labels = proxy["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    rules = {p["port"]: rule for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    [container] = proxy["spec"]["containers"]
+    assert set(rules) == {p["name"] for p in container["ports"]}  # no port left unlisted
+    assert "from" not in rules["data"]  # clients anywhere
+    assert rules["admin"]["from"] and all(
+        "podSelector" in peer or "namespaceSelector" in peer for peer in rules["admin"]["from"]
+    )
+
+
+def test_the_configmap_admin_answers_its_service_names() -> None:
+    from proxy.admin_guard import host_allowed
+
+    settings = _configmap_settings()
+    [admin] = [s for s in _by_kind("Service") if s["metadata"]["name"] == "shadowtrial-admin"]
+    namespace = yaml.safe_load((K8S / "kustomization.yaml").read_text())["namespace"]
+    name = admin["metadata"]["name"]
+    for host in (name, f"{name}.{namespace}", f"{name}.{namespace}.svc.cluster.local"):
+        assert host_allowed(f"{host}:9901", settings.admin.allowed_hosts), host
+    assert not host_allowed("evil.example", settings.admin.allowed_hosts)

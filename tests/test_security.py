@@ -70,7 +70,9 @@ def test_every_write_route_refuses_a_missing_or_wrong_token(
     writes = [op for op in OPERATIONS if op.method in ("POST", "PATCH", "DELETE", "PUT")]
     assert {op.handler for op in writes} >= {"promote", "reject", "rollback", "feedback"}
     wrong = {"authorization": "Bearer " + "x" * len(ALICE["authorization"][7:])}
-    with trial(redis_url, prefix, monkeypatch) as t:
+    # 21 failures in a row: over the default failed-token limit (tests/test_security_ops.py)
+    limit = {"auth_failures_per_minute": 1000}
+    with trial(redis_url, prefix, monkeypatch, admin=limit) as t:
         before = t.http.get(t.admin() + "/v1/candidates").json()
         for op in writes:
             path = op.path.replace("{name}", "v2")

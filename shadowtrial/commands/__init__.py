@@ -37,6 +37,16 @@ def load_config(args: argparse.Namespace) -> Settings:
     return load_settings(path)
 
 
+def add_log_format_option(parser: argparse.ArgumentParser) -> None:
+    """`--log-format text|json` for the long-running commands (common.logs)."""
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="text lines, or one JSON object per line for log collectors (default: text)",
+    )
+
+
 def positive_int(text: str) -> int:
     """argparse type for counts such as --workers."""
     try:

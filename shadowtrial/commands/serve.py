@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from shadowtrial.commands import add_config_option, load_config, positive_int
+from shadowtrial.commands import (
+    add_config_option,
+    add_log_format_option,
+    load_config,
+    positive_int,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -30,6 +35,7 @@ def register(subparsers: Any) -> None:
         choices=["debug", "info", "warning", "error"],
         help="log level (default: info)",
     )
+    add_log_format_option(parser)
     parser.set_defaults(run=run)
 
 
@@ -38,5 +44,5 @@ def run(args: argparse.Namespace) -> int:
     settings = load_config(args)
     from proxy.server import configure_logging, serve
 
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format)
     return serve(settings, args.workers)

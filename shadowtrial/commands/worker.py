@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import Any
 
+from common import logs
 from common.settings import Settings
-from shadowtrial.commands import add_config_option, load_config
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+from shadowtrial.commands import add_config_option, add_log_format_option, load_config
 
 
 def register(subparsers: Any) -> None:
@@ -38,6 +36,7 @@ def register(subparsers: Any) -> None:
         choices=["debug", "info", "warning", "error"],
         help="log level (default: info)",
     )
+    add_log_format_option(parser)
     parser.set_defaults(run=run)
 
 
@@ -50,9 +49,7 @@ def run(args: argparse.Namespace) -> int:
         return 0 if healthy else 1
     from analysis.worker import serve_worker
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr, force=True
-    )
+    logs.configure(args.log_level, args.log_format)
     return serve_worker(settings, consumer=args.id)
 
 
