@@ -117,6 +117,12 @@ class Metrics:
             registry=reg,
         )
         self.redis_up.set(1)
+        self.automation_errors = Counter(
+            "shadowtrial_gate_automation_errors",
+            "Gate automation rounds (or one candidate's judgement) that raised; retried",
+            ["error"],
+            registry=reg,
+        )
         self._request_children: dict[tuple[str, int], Any] = {}
         self._children: dict[tuple[str, ...], Any] = {}
 
@@ -154,6 +160,10 @@ class Metrics:
     def captured(self, candidate: str, outcome: str, count: int = 1) -> None:
         """Count pair records by capture outcome."""
         self._child(self.capture, candidate, outcome).inc(count)
+
+    def automation_error(self, error: str) -> None:
+        """Count one failed gate-automation round by exception class (a bounded set)."""
+        self._child(self.automation_errors, error).inc()
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         """One sample's current value in this process (0 when absent); for tests and probes."""

@@ -1,0 +1,40 @@
+"""Text from traffic made safe to show: terminals, logs, the web page; secrets masked.
+
+Slice values, class labels and error details come from requests and model answers, so
+they may hold ESC sequences (`ESC[2J` clears a terminal and can print a fake verdict),
+carriage returns that overwrite a log line, or bidirectional overrides that reorder
+what a reader sees. `printable` replaces each such character with a visible escape
+(`\\x1b`, `\\u202e`); HTML escaping stays the template engine's job. Stored data is
+never changed: the escape is applied where text is shown.
+"""
+
+from __future__ import annotations
+
+import re
+
+# C0 controls (tab and newline included: one value is one line), DEL, C1 controls, and
+# the Unicode marks that change the display order or hide text (bidi embeddings,
+# overrides and isolates, LRM/RLM/ALM, zero-width and line/paragraph separators).
+_UNSAFE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ufff9-\ufffb]"
+)
+# Credentials inside URLs (user:password@) and secret-looking query parameters.
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]*@")
+_SECRET_PARAM = re.compile(
+    r"(?i)([?&;](?:password|passwd|pwd|token|secret|api[-_]?key|access[-_]?key)=)[^&\s#]*"
+)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: object) -> str:
+    """`text` as one line that cannot move the cursor, recolour or reorder a display."""
+    return _UNSAFE.sub(_escape, str(text))
+
+
+def mask_secrets(text: str) -> str:
+    """`text` with URL credentials and secret query parameters replaced by `***`."""
+    return _SECRET_PARAM.sub(r"\1***", _URL_USERINFO.sub(r"\1***@", text))

@@ -1,0 +1,149 @@
+"""Text from traffic cannot break the evidence, the terminal or the page (issue 12, bugs 1, 4).
+
+A slice value or class label is whatever a client or a model sends. One unauthenticated
+request with a separator in a slice value (`{"instances":[{"country":"x\\u001fy"}]}`)
+made every report answer 500 and silently stopped the gate automation; ESC sequences in
+a value cleared the terminal of `shadowtrial report`. Here the real proxy (data and
+admin ports) and the real worker digest such requests, and every reader of the evidence
+still works: the report API, the web page, promote, `shadowtrial report` and the
+automation, which also survives any other error (logged, counted, retried).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from admin_harness import ALICE, EASY_GATE, INFER, Trial, run_worker, trial, wait_for
+from rich.console import Console
+
+from analysis.summaries import SEP, SEP_SHOWN, Summary
+from shadowtrial import cli
+from shadowtrial.render import render_report
+
+HOSTILE = b'{"inputs": [], "instances": [{"country": "x\\u001fy"}]}'
+ESCAPES = b'{"inputs": [], "instances": [{"country": "\\u001b[2J\\u001b[Hgate: PASS\\u202e"}]}'
+SLICES = [{"name": "country", "from": "$.instances[*].country"}]
+N = 30
+
+
+def _send(t: Trial, body: bytes, n: int) -> None:
+    for _ in range(n):
+        answer = t.http.post(t.replicas[0].url + INFER, content=body)
+        assert answer.status_code == 200, answer.text
+
+
+def _old_style_fields(t: Trial) -> None:
+    """Fields as a worker before the fix stored them: a SEP inside a value (bad parts)."""
+    start = int(time.time()) // t.conf.worker.bucket_seconds * t.conf.worker.bucket_seconds
+    key = t.keys.bucket("v2", start)
+    for name in (
+        f"s{SEP}country{SEP}a{SEP}b",
+        f"q{SEP}country{SEP}a{SEP}b{SEP}primary:class{SEP}old",
+        f"fm{SEP}a{SEP}b{SEP}c",
+    ):
+        t.redis.hincrby(key, name, 3)
+    t.redis.zadd(t.keys.bucket_index("v2"), {str(start): start})
+
+
+@pytest.fixture
+def hostile(redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch) -> Trial:
+    gate = {**EASY_GATE, "min_agreement": 0.95}
+    with trial(redis_url, prefix, monkeypatch, gate=gate, slices=SLICES) as t:
+        _send(t, HOSTILE, N)
+        _send(t, ESCAPES, N)
+        _old_style_fields(t)
+        wait_for(lambda: t.stream_length("v2") == 2 * N, 5, "pairs recorded")
+        run_worker(t.conf, redis_url, 2 * N)
+        yield t
+
+
+def test_a_separator_in_a_slice_value_breaks_no_reader(hostile: Trial, tmp_path: Path) -> None:
+    t = hostile
+    answer = t.http.get(t.admin() + "/v1/candidates/v2/report")
+    assert answer.status_code == 200, answer.text
+    report = answer.json()
+    assert report["pairs"] == 2 * N
+    assert report["records"]["malformed_fields"] == 3  # the old-style fields: skipped, counted
+    values = {r["value"] for r in report["slices"] if r["slice"] == "country"}
+    assert f"x{SEP_SHOWN}y" in values and not any(SEP in v for v in values)
+    assert report["gate"]["verdict"] == "fail"
+
+    page = t.http.get(t.admin() + "/ui/candidates/v2")
+    assert page.status_code == 200
+    assert f"x{SEP_SHOWN}y" in page.text and "\x1b" not in page.text and "\u202e" not in page.text
+
+    refused = t.http.post(t.admin() + "/v1/candidates/v2/promote", headers=ALICE)
+    assert refused.status_code == 409, refused.text  # the gate judged it, no 500
+    assert refused.json()["gate"]["verdict"] == "fail"
+
+    config = tmp_path / "shadowtrial.toml"
+    config.write_text('[admin]\ntoken_env = "SHADOWTRIAL_TEST_UNSET_TOKEN"\n')
+    assert cli.main(["report", "v2", "--admin", t.admin(), "-c", str(config)]) == 0
+
+
+def test_escape_sequences_never_reach_the_terminal(hostile: Trial) -> None:
+    report = hostile.http.get(hostile.admin() + "/v1/candidates/v2/report").json()
+    out = io.StringIO()
+    render_report(report, Console(file=out, width=250, force_terminal=True, color_system=None))
+    text = out.getvalue()
+    assert "\x1b" not in text and "\u202e" not in text  # no colours asked: no ESC at all
+    assert "\\x1b[2J\\x1b[Hgate: PASS\\u202e" in text  # shown, escaped
+    gate_lines = [line for line in text.splitlines() if line.startswith("gate:")]
+    assert gate_lines == ["gate: FAIL"]
+
+
+def test_gate_automation_survives_any_error_and_still_rejects(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = {**EASY_GATE, "min_agreement": 0.95, "auto_reject": True, "check_interval_s": 0.1}
+    with trial(redis_url, prefix, monkeypatch, gate=gate, slices=SLICES) as t:
+        _send(t, HOSTILE, 2 * N)  # the candidate disagrees on every pair: 0% agreement
+        _old_style_fields(t)
+        start = int(time.time()) // t.conf.worker.bucket_seconds * t.conf.worker.bucket_seconds
+        garbage = t.keys.bucket("v2", start)
+        t.redis.hset(garbage, "junk", "not a number")  # any error inside a round
+        wait_for(lambda: t.stream_length("v2") == 2 * N, 5, "pairs recorded")
+        run_worker(t.conf, redis_url, 2 * N)
+
+        def errors() -> float:
+            text = t.http.get(t.admin() + "/metrics").text
+            line = 'shadowtrial_gate_automation_errors_total{error="ValueError"}'
+            found = [x for x in text.splitlines() if x.startswith(line)]
+            return float(found[0].split()[-1]) if found else 0.0
+
+        wait_for(lambda: errors() >= 3, 5, "failed rounds counted")
+        assert t.decisions() == []
+        t.redis.hdel(garbage, "junk")  # the error goes away: the next round decides
+        wait_for(lambda: t.decisions(), 5, "an automatic decision")
+        (decision,) = t.decisions()
+        assert (decision["action"], decision["actor"], decision["verdict"]) == (
+            "reject",
+            "automation",
+            "fail",
+        )
+
+
+def test_summary_skips_and_counts_fields_with_the_wrong_parts() -> None:
+    summary = Summary(
+        {
+            f"q{SEP}a{SEP}1{SEP}b{SEP}2": 5,
+            f"q{SEP}a{SEP}1{SEP}b{SEP}2{SEP}3": 5,
+            f"fm{SEP}x": 1,
+            f"fm{SEP}x{SEP}y": 2,
+            f"s{SEP}a": 1,
+            "cp:abc": 4,
+            "rows": 7,
+        }
+    )
+    assert summary.malformed == 3
+    assert summary.slice_pairs() == [
+        {"conditions": [["a", "1"], ["b", "2"]], "pairs": 5, "disagree": 0}
+    ]
+    assert summary.flip_matrix()[0] == ["x", "y"]
+    assert summary.slices() == []
+    assert summary.hist("cp", 100).sum() == 0
+    assert orjson.dumps(summary.slices())
