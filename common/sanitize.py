@@ -10,6 +10,7 @@ never changed: the escape is applied where text is shown.
 
 from __future__ import annotations
 
+import logging
 import re
 
 # C0 controls (tab and newline included: one value is one line), DEL, C1 controls, and
@@ -38,3 +39,26 @@ def printable(text: object) -> str:
 def mask_secrets(text: str) -> str:
     """`text` with URL credentials and secret query parameters replaced by `***`."""
     return _SECRET_PARAM.sub(r"\1***", _URL_USERINFO.sub(r"\1***@", text))
+
+
+class PrintableLogs(logging.Filter):
+    """Makes every log line one printable line: a request cannot forge or hide log lines.
+
+    Applied on the handlers (so records of every logger pass it); tracebacks are
+    formatted after it and keep their lines.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Replace the record's message by its printable form (always keeps the record)."""
+        message = record.getMessage()
+        shown = printable(message)
+        if shown != message:
+            record.msg, record.args = shown, None
+        return True
+
+
+def install_log_filter() -> None:
+    """Add PrintableLogs to every handler of the root logger (after logging is set up)."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, PrintableLogs) for f in handler.filters):
+            handler.addFilter(PrintableLogs())

@@ -35,6 +35,7 @@ from multiprocessing.process import BaseProcess
 import uvicorn
 
 from common.errors import ShadowtrialError
+from common.sanitize import install_log_filter
 from common.settings import Settings, split_hostport
 from common.store import EmbeddedRedis, resolve_redis_url
 from proxy.http_limits import guarded_http
@@ -60,6 +61,7 @@ class _Server(uvicorn.Server):
 def configure_logging(level: str = "INFO") -> None:
     """One line per event on stderr; uvicorn's own start/stop chatter only at warnings."""
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr, force=True)
+    install_log_filter()  # text from traffic never forges or hides a log line
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
 

@@ -12,6 +12,7 @@ automation, which also survives any other error (logged, counted, retried).
 from __future__ import annotations
 
 import io
+import logging
 import time
 from pathlib import Path
 
@@ -21,8 +22,9 @@ from admin_harness import ALICE, EASY_GATE, INFER, Trial, run_worker, trial, wai
 from rich.console import Console
 
 from analysis.summaries import SEP, SEP_SHOWN, Summary
+from common.sanitize import install_log_filter
 from shadowtrial import cli
-from shadowtrial.render import render_report
+from shadowtrial.render import gate, render_report
 
 HOSTILE = b'{"inputs": [], "instances": [{"country": "x\\u001fy"}]}'
 ESCAPES = b'{"inputs": [], "instances": [{"country": "\\u001b[2J\\u001b[Hgate: PASS\\u202e"}]}'
@@ -51,8 +53,8 @@ def _old_style_fields(t: Trial) -> None:
 
 @pytest.fixture
 def hostile(redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch) -> Trial:
-    gate = {**EASY_GATE, "min_agreement": 0.95}
-    with trial(redis_url, prefix, monkeypatch, gate=gate, slices=SLICES) as t:
+    policy = {**EASY_GATE, "min_agreement": 0.95}
+    with trial(redis_url, prefix, monkeypatch, gate=policy, slices=SLICES) as t:
         _send(t, HOSTILE, N)
         _send(t, ESCAPES, N)
         _old_style_fields(t)
@@ -61,7 +63,9 @@ def hostile(redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch) -> Tri
         yield t
 
 
-def test_a_separator_in_a_slice_value_breaks_no_reader(hostile: Trial, tmp_path: Path) -> None:
+def test_a_separator_in_a_slice_value_breaks_no_reader(
+    hostile: Trial, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     t = hostile
     answer = t.http.get(t.admin() + "/v1/candidates/v2/report")
     assert answer.status_code == 200, answer.text
@@ -83,6 +87,8 @@ def test_a_separator_in_a_slice_value_breaks_no_reader(hostile: Trial, tmp_path:
     config = tmp_path / "shadowtrial.toml"
     config.write_text('[admin]\ntoken_env = "SHADOWTRIAL_TEST_UNSET_TOKEN"\n')
     assert cli.main(["report", "v2", "--admin", t.admin(), "-c", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert f"x{SEP_SHOWN}y" in out and "\\x1b[2J" in out and "\x1b[2J" not in out
 
 
 def test_escape_sequences_never_reach_the_terminal(hostile: Trial) -> None:
@@ -99,8 +105,8 @@ def test_escape_sequences_never_reach_the_terminal(hostile: Trial) -> None:
 def test_gate_automation_survives_any_error_and_still_rejects(
     redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    gate = {**EASY_GATE, "min_agreement": 0.95, "auto_reject": True, "check_interval_s": 0.1}
-    with trial(redis_url, prefix, monkeypatch, gate=gate, slices=SLICES) as t:
+    policy = {**EASY_GATE, "min_agreement": 0.95, "auto_reject": True, "check_interval_s": 0.1}
+    with trial(redis_url, prefix, monkeypatch, gate=policy, slices=SLICES) as t:
         _send(t, HOSTILE, 2 * N)  # the candidate disagrees on every pair: 0% agreement
         _old_style_fields(t)
         start = int(time.time()) // t.conf.worker.bucket_seconds * t.conf.worker.bucket_seconds
@@ -147,3 +153,42 @@ def test_summary_skips_and_counts_fields_with_the_wrong_parts() -> None:
     assert summary.slices() == []
     assert summary.hist("cp", 100).sum() == 0
     assert orjson.dumps(summary.slices())
+
+
+def test_every_log_line_stays_one_printable_line() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        install_log_filter()
+        logging.getLogger("shadowtrial.test").warning(
+            "slice %s", "x\n2026-12-02 INFO forged line\x1b[2J\u202e"
+        )
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logging.getLogger("shadowtrial.test").exception("failed on %r", "a\rb")
+    finally:
+        root.removeHandler(handler)
+    first, second, *traceback = stream.getvalue().splitlines()
+    assert first == "slice x\\x0a2026-12-02 INFO forged line\\x1b[2J\\u202e"
+    assert second == "failed on 'a\\rb'"  # repr() escaped it already: left as it is
+    assert traceback[0].startswith("Traceback") and traceback[-1] == "ValueError: boom"
+
+
+def test_gate_outcomes_never_glue_to_the_rule_name() -> None:
+    report = {
+        "gate": {
+            "verdict": "insufficient",
+            "rules": [
+                {"rule": "pairs", "outcome": "insufficient", "detail": "12 pairs"},
+                {"rule": "agreement", "outcome": "pass", "detail": "99%"},
+            ],
+        }
+    }
+    out = io.StringIO()
+    Console(file=out, width=120, color_system=None).print(gate(report))
+    lines = out.getvalue().splitlines()
+    assert lines[1] == "  insufficient pairs 12 pairs"
+    assert lines[2] == "  pass         agreement 99%"

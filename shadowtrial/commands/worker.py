@@ -7,6 +7,7 @@ import logging
 import sys
 from typing import Any
 
+from common.sanitize import install_log_filter
 from common.settings import Settings
 from shadowtrial.commands import add_config_option, load_config
 
@@ -53,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr, force=True
     )
+    install_log_filter()  # text from traffic never forges or hides a log line
     return serve_worker(settings, consumer=args.id)
 
 
