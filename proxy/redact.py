@@ -46,6 +46,10 @@ UNPARSEABLE = b"[redacted: not valid JSON, and it names a redacted field]"
 # A JSON body that held a secret but is nested deeper than orjson re-encodes (254).
 TOO_DEEP = b"[redacted: nested too deeply to re-encode after redaction]"
 _REDACTED_QUERY_VALUE = "%5Bredacted%5D"
+MAX_FORM_FIELDS = 1000  # fields of one form body examined (each costs a microsecond or two)
+FORM_TOO_LARGE = b"[redacted: a form body of 1000 fields or more is not kept]"
+_MAX_KEY = 256  # longer "names" are data (a base64 blob before its padding), not keys
+_FORM_START = re.compile(rb"[^=&\s]{0,256}[=&]")  # a short key (maybe empty), then = or &
 # Names whose values are secrets wherever they are URL-encoded or a header name.
 SECRET_NAME = re.compile(
     r"(auth|cookie|token|secret|passw|api[-_]?key|apikey|signature|credential|session)",
@@ -59,7 +63,7 @@ DEFAULT_FIELDS = frozenset(
         "private_key",
     }
 )  # fmt: skip
-_QUOTED = re.compile(rb'"((?:[^"\\]|\\.){1,256})"', re.DOTALL)
+_QUOTED_KEY = re.compile(rb'"((?:[^"\\]|\\.){1,256})"\s*:', re.DOTALL)
 _PART_NAME = re.compile(rb'^content-disposition:[^\r\n]*?\bname="([^"\r\n]*)"', re.I | re.M)
 _BOUNDARY = re.compile(rb"--([!-~]{1,70})\r?\n")
 
@@ -84,8 +88,9 @@ class BodyRedactor:
         # parsed. Bytes patterns fold only ASCII case, so non-ASCII names always parse.
         spellings = {n for name in self.names for n in (name, name.replace("_", "-"))}
         names = b"|".join(re.escape(n.encode("utf-8")) for n in sorted(spellings))
-        self._maybe = (
-            re.compile(rb'"(?:' + names + rb')"\s*:|\\[u/]', re.IGNORECASE).search
+        # Searched in the lower-cased body (faster than an IGNORECASE pattern).
+        self._maybe_lower = (
+            re.compile(rb'"(?:' + names + rb')"|\\[u/]').search
             if all(n.isascii() for n in self.names)
             else None
         )
@@ -114,12 +119,16 @@ class BodyRedactor:
             data = self._multipart(data, b"--" + boundary.group(1))
         elif b"=" in data:
             data = self._form(data)
-        if self._maybe is not None and self._maybe(data) is None:
+        if not self._may_name_a_field(data):
             return data
         return UNPARSEABLE if self._names_a_field(data) else data
 
+    def _may_name_a_field(self, data: bytes) -> bool:
+        """Cheap: False when `data` cannot hold a secret name as a JSON string."""
+        return self._maybe_lower is None or self._maybe_lower(data.lower()) is not None
+
     def _json(self, data: bytes) -> bytes:
-        if self._maybe is not None and self._maybe(data) is None:
+        if not self._may_name_a_field(data):
             return data
         try:
             doc = orjson.loads(data)
@@ -153,8 +162,8 @@ class BodyRedactor:
         return changed
 
     def _names_a_field(self, data: bytes) -> bool:
-        """True when a quoted string in `data` is a secret name (JSON escapes decoded)."""
-        for match in _QUOTED.finditer(data):
+        """True when a quoted key (`"...":`) in `data` is a secret name, escapes decoded."""
+        for match in _QUOTED_KEY.finditer(data):
             raw = match.group(1)
             try:
                 text = orjson.loads(b'"' + raw + b'"') if b"\\" in raw else raw.decode()
@@ -181,6 +190,12 @@ class BodyRedactor:
         return delimiter.join(parts) if changed else data
 
     def _form(self, data: bytes) -> bytes:
+        """A body shaped like `key=value&...` (ASCII, a short key first): its secret fields
+        redacted. Bounded work: a form of MAX_FORM_FIELDS fields or more is not kept."""
+        if not _FORM_START.match(data):
+            return data
+        if data.count(b"&") >= MAX_FORM_FIELDS:
+            return FORM_TOO_LARGE
         try:
             text = data.decode("ascii")  # URL-encoded bodies are ASCII
         except UnicodeDecodeError:
@@ -195,7 +210,7 @@ class BodyRedactor:
         changed = False
         for i, part in enumerate(parts):
             name = part.partition("=")[0]
-            if name and self._url_secret(unquote_plus(name)):
+            if name and len(name) <= _MAX_KEY and self._url_secret(unquote_plus(name)):
                 parts[i] = f"{name}={_REDACTED_QUERY_VALUE}"
                 changed = True
         return "&".join(parts) if changed else query

@@ -13,7 +13,7 @@ from proxy_upstreams import Candidate, Primary, proxy_settings, running_proxy, w
 from servers import serve_app
 
 from common.records import PairRecord
-from proxy.redact import REDACTED, UNPARSEABLE, BodyRedactor
+from proxy.redact import FORM_TOO_LARGE, REDACTED, UNPARSEABLE, BodyRedactor
 
 SECRET = "s3cr3t-VALUE-42"
 
@@ -116,6 +116,14 @@ def test_form_encoded_bodies_are_redacted_by_name_and_pattern() -> None:
     assert redactor.body(body) == (
         b"ssn=%5Bredacted%5D&x=a+b&p%61ssword=%5Bredacted%5D&session_id=%5Bredacted%5D&n=%5B1%5D"
     )
+
+
+def test_form_work_is_bounded_and_other_bodies_with_equals_signs_are_kept() -> None:
+    redactor = BodyRedactor(["ssn"])
+    huge = b"&".join(b"k%d=%d" % (i, i) for i in range(2000)) + b"&ssn=" + SECRET.encode()
+    assert redactor.body(huge) == FORM_TOO_LARGE
+    for body in (b"QUJD" * 100 + b"token==", b"x" * 300 + b"=password", b"a b=c&token=1"):
+        assert redactor.body(body) is body  # no `key=` first: not a form
 
 
 def test_multipart_parts_named_as_secrets_are_redacted() -> None:
