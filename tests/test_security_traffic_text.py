@@ -13,23 +13,34 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
-from admin_harness import ALICE, EASY_GATE, INFER, Trial, run_worker, trial, wait_for
+import redis
+from admin_harness import ALICE, EASY_GATE, INFER, TOKENS, Model, Trial, run_worker, trial, wait_for
+from reliability_harness import serve, worker, write_config
 from rich.console import Console
+from servers import serve_app
 
 from analysis.summaries import SEP, SEP_SHOWN, Summary
+from common.keys import Keys
 from common.sanitize import install_log_filter
 from shadowtrial import cli
 from shadowtrial.render import gate, render_report
+from tests import worker_procs as wp
 
 HOSTILE = b'{"inputs": [], "instances": [{"country": "x\\u001fy"}]}'
 ESCAPES = b'{"inputs": [], "instances": [{"country": "\\u001b[2J\\u001b[Hgate: PASS\\u202e"}]}'
 SLICES = [{"name": "country", "from": "$.instances[*].country"}]
 N = 30
+TOKEN_ENV = "ST_TOKEN_TRAFFIC_TEXT"
 
 
 def _send(t: Trial, body: bytes, n: int) -> None:
@@ -38,36 +49,64 @@ def _send(t: Trial, body: bytes, n: int) -> None:
         assert answer.status_code == 200, answer.text
 
 
-def _old_style_fields(t: Trial) -> None:
+def _old_style_fields(client: redis.Redis, keys: Keys, bucket_seconds: int) -> None:
     """Fields as a worker before the fix stored them: a SEP inside a value (bad parts)."""
-    start = int(time.time()) // t.conf.worker.bucket_seconds * t.conf.worker.bucket_seconds
-    key = t.keys.bucket("v2", start)
+    start = int(time.time()) // bucket_seconds * bucket_seconds
+    key = keys.bucket("v2", start)
     for name in (
         f"s{SEP}country{SEP}a{SEP}b",
         f"q{SEP}country{SEP}a{SEP}b{SEP}primary:class{SEP}old",
         f"fm{SEP}a{SEP}b{SEP}c",
     ):
-        t.redis.hincrby(key, name, 3)
-    t.redis.zadd(t.keys.bucket_index("v2"), {str(start): start})
+        client.hincrby(key, name, 3)
+    client.zadd(keys.bucket_index("v2"), {str(start): start})
 
 
-@pytest.fixture
-def hostile(redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch) -> Trial:
-    policy = {**EASY_GATE, "min_agreement": 0.95}
-    with trial(redis_url, prefix, monkeypatch, gate=policy, slices=SLICES) as t:
-        _send(t, HOSTILE, N)
-        _send(t, ESCAPES, N)
-        _old_style_fields(t)
-        wait_for(lambda: t.stream_length("v2") == 2 * N, 5, "pairs recorded")
-        run_worker(t.conf, redis_url, 2 * N)
-        yield t
+@dataclass
+class Served:
+    """`shadowtrial serve` and `shadowtrial worker` processes after the hostile requests."""
+
+    admin: str
+    config: Path
+
+
+@pytest.fixture(scope="module")
+def hostile(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """The issue's request (and ESC sequences) on real processes; a candidate at 0%."""
+    prefix = f"tt{uuid.uuid4().hex[:10]}"
+    os.environ[TOKEN_ENV] = TOKENS  # inherited by the serve process
+    client = redis.Redis.from_url(redis_url)
+    keys = Keys(prefix)
+    with serve_app(Model("old")) as primary_url, serve_app(Model("new")) as candidate_url:
+        config = write_config(
+            tmp_path_factory.mktemp("hostile") / "shadowtrial.toml", primary_url, redis_url,
+            prefix, [{"name": "v2", "url": candidate_url}],
+            sections={"gate": {**EASY_GATE, "min_agreement": 0.95},
+                      "worker": {"block_ms": 100}, "admin": {"token_env": TOKEN_ENV}},
+        )  # fmt: skip
+        with config.open("a") as f:
+            f.write('[[slices]]\nname = "country"\nfrom = "$.instances[*].country"\n')
+        with serve(config) as proxy, httpx.Client(timeout=30) as http:
+            for body in (HOSTILE, ESCAPES):  # the curl of the issue, on the data port
+                for _ in range(N):
+                    assert http.post(proxy.url + INFER, content=body).status_code == 200
+            _old_style_fields(client, keys, 60)
+            wp.wait_for(lambda: client.xlen(keys.pairs("v2")) == 2 * N, 15, "pairs recorded")
+            with worker(config, "hostile-w1"):
+                wp.wait_for(lambda: wp.consumed(client, keys, "v2"), 30, "the worker")
+            yield Served(proxy.admin, config)
+            logs = proxy.log_text()
+    os.environ.pop(TOKEN_ENV, None)
+    for key in client.scan_iter(match=f"{prefix}:*"):
+        client.delete(key)
+    client.close()
+    assert "Traceback" not in logs and "\x1b" not in logs, logs[-3000:]
 
 
 def test_a_separator_in_a_slice_value_breaks_no_reader(
-    hostile: Trial, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    hostile: Served, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    t = hostile
-    answer = t.http.get(t.admin() + "/v1/candidates/v2/report")
+    answer = httpx.get(hostile.admin + "/v1/candidates/v2/report", timeout=30)
     assert answer.status_code == 200, answer.text
     report = answer.json()
     assert report["pairs"] == 2 * N
@@ -76,23 +115,26 @@ def test_a_separator_in_a_slice_value_breaks_no_reader(
     assert f"x{SEP_SHOWN}y" in values and not any(SEP in v for v in values)
     assert report["gate"]["verdict"] == "fail"
 
-    page = t.http.get(t.admin() + "/ui/candidates/v2")
+    page = httpx.get(hostile.admin + "/ui/candidates/v2", timeout=30)
     assert page.status_code == 200
     assert f"x{SEP_SHOWN}y" in page.text and "\x1b" not in page.text and "\u202e" not in page.text
 
-    refused = t.http.post(t.admin() + "/v1/candidates/v2/promote", headers=ALICE)
+    promote = hostile.admin + "/v1/candidates/v2/promote"
+    refused = httpx.post(promote, headers=ALICE, timeout=30)
     assert refused.status_code == 409, refused.text  # the gate judged it, no 500
     assert refused.json()["gate"]["verdict"] == "fail"
 
-    config = tmp_path / "shadowtrial.toml"
-    config.write_text('[admin]\ntoken_env = "SHADOWTRIAL_TEST_UNSET_TOKEN"\n')
-    assert cli.main(["report", "v2", "--admin", t.admin(), "-c", str(config)]) == 0
+    args = ["--admin", hostile.admin, "-c", str(hostile.config), "--as", "alice"]
+    assert cli.main(["report", "v2", *args]) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert f"x{SEP_SHOWN}y" in out and "\\x1b[2J" in out and "\x1b[2J" not in out
+    assert cli.main(["promote", "v2", *args]) != 0  # refused by the gate, printed
+    out = capsys.readouterr().out
+    assert "\x1b[2J" not in out and "fail" in out
 
 
-def test_escape_sequences_never_reach_the_terminal(hostile: Trial) -> None:
-    report = hostile.http.get(hostile.admin() + "/v1/candidates/v2/report").json()
+def test_escape_sequences_never_reach_the_terminal(hostile: Served) -> None:
+    report = httpx.get(hostile.admin + "/v1/candidates/v2/report", timeout=30).json()
     out = io.StringIO()
     render_report(report, Console(file=out, width=250, force_terminal=True, color_system=None))
     text = out.getvalue()
@@ -108,7 +150,7 @@ def test_gate_automation_survives_any_error_and_still_rejects(
     policy = {**EASY_GATE, "min_agreement": 0.95, "auto_reject": True, "check_interval_s": 0.1}
     with trial(redis_url, prefix, monkeypatch, gate=policy, slices=SLICES) as t:
         _send(t, HOSTILE, 2 * N)  # the candidate disagrees on every pair: 0% agreement
-        _old_style_fields(t)
+        _old_style_fields(t.redis, t.keys, t.conf.worker.bucket_seconds)
         start = int(time.time()) // t.conf.worker.bucket_seconds * t.conf.worker.bucket_seconds
         garbage = t.keys.bucket("v2", start)
         t.redis.hset(garbage, "junk", "not a number")  # any error inside a round
