@@ -42,14 +42,13 @@ from common.records import PairRecord
 from common.redis_client import async_client
 from common.settings import Settings
 from proxy.metrics import CAPTURE_DROPPED, CAPTURE_RECORDED, CAPTURE_SPOOLED, Metrics
-from proxy.redact import BodyRedactor, secret_name
+from proxy.redact import REDACTED, BodyRedactor, secret_name
 
 log = logging.getLogger("shadowtrial.capture")
 
 BATCH = 256  # XADDs per pipelined round trip
 BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 1.0
-REDACTED = "[redacted]"
 NOT_REDACTED = b"[removed: redaction failed]"
 COUNTS_EVERY_S = 1.0  # accounting counts are written at most this often
 # After a batch failed mid-way, its records are looked for in their streams (_skip_written):

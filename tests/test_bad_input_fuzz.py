@@ -150,8 +150,13 @@ hostile_texts = st.lists(
 
 
 def _hostile_record(country: str, tenant: str, labels: tuple[str, str], depth: int) -> PairRecord:
+    deep = orjson.Fragment(b"[" * depth + b"]" * depth)
     request = orjson.loads(oip_request(country))
-    request["deep"] = orjson.Fragment(b"[" * depth + b"]" * depth)
+    answers = [
+        orjson.loads(oip_answer(probs, classes=labels)) for probs in ([[0.9, 0.1]], [[0.1, 0.9]])
+    ]
+    for doc in (request, *answers):
+        doc["deep"] = deep
     return PairRecord(
         request_id="r",
         candidate="v2",
@@ -159,10 +164,10 @@ def _hostile_record(country: str, tenant: str, labels: tuple[str, str], depth: i
         headers={"x-tenant": tenant},
         request_body=orjson.dumps(request),
         primary_status=200,
-        primary_body=oip_answer([[0.9, 0.1]], classes=labels),
+        primary_body=orjson.dumps(answers[0]),
         candidate_outcome="ok",
         candidate_status=200,
-        candidate_body=oip_answer([[0.1, 0.9]], classes=labels),
+        candidate_body=orjson.dumps(answers[1]),
     )
 
 
