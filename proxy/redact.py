@@ -66,6 +66,7 @@ DEFAULT_FIELDS = frozenset(
 _QUOTED_KEY = re.compile(rb'"((?:[^"\\]|\\.){1,256})"\s*:', re.DOTALL)
 _PART_NAME = re.compile(rb'^content-disposition:[^\r\n]*?\bname="([^"\r\n]*)"', re.I | re.M)
 _BOUNDARY = re.compile(rb"--([!-~]{1,70})\r?\n")
+_JSON_START = re.compile(rb"\s*[\[{]")
 
 
 def _norm(name: str) -> str:
@@ -112,7 +113,7 @@ class BodyRedactor:
         """The body with every secret value replaced (the same bytes when there is none)."""
         if not data:
             return data
-        if data.lstrip()[:1] in (b"{", b"["):
+        if _JSON_START.match(data):
             return self._json(data)
         boundary = _BOUNDARY.match(data)
         if boundary:
