@@ -440,7 +440,8 @@ class Summary:
             kind, rest = _split_field(name)
             if rest is None:
                 continue
-            if _PARTS.get(kind, rest.count(SEP) + 1) != rest.count(SEP) + 1:
+            parts = rest.count(SEP) + 1
+            if _PARTS.get(kind, parts) != parts:
                 self.malformed += 1
                 continue
             self._groups[kind][rest] = value

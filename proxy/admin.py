@@ -244,12 +244,17 @@ def curl_line(base_url: str, pair: Mapping[str, Any]) -> str:
 
 def redact_pair(pair: dict[str, Any], redactor: BodyRedactor) -> dict[str, Any]:
     """The pair with secrets replaced by proxy.redact: secret-named headers, query
-    parameters, body fields (the rules capture applies before storing)."""
+    parameters, fields of the request and both answers (the rules capture applies
+    before storing)."""
     headers = pair.get("headers") or {}
     pair["headers"] = {k: REDACTED if secret_name(k) else v for k, v in headers.items()}
     pair["query"] = redactor.query(str(pair.get("query") or ""))
     if pair.get("request_body"):
         pair["request_body"] = _shown_body(str(pair["request_body"]), redactor)
+    for side in ("primary", "candidate"):  # the answers, as capture redacts them too
+        answer = pair.get(side)
+        if isinstance(answer, dict) and answer.get("body"):
+            answer["body"] = _shown_body(str(answer["body"]), redactor)
     return pair
 
 

@@ -404,3 +404,26 @@ def test_replayed_pairs_are_redacted_too(
     dump = redis_dump(redis_client, prefix)
     assert all(secret.encode() not in dump for secret in (PASSWORD, TOKEN, QUERY))
     assert all(PASSWORD.encode() in body for _, _, body in candidate.received)  # sent intact
+
+
+def test_the_drilldown_redacts_pairs_stored_before_the_fix(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Samples written by older versions hold what capture redacts now (issue 12, bug 10):
+    the drill-down runs the same redaction over everything it shows."""
+    sample = {
+        "request_id": "old", "ts_ms": 1, "method": "POST", "path": "/v2/models/m/infer",
+        "query": f"token={QTOKEN}&debug=1", "headers": {"x-auth-token": PART_PW},
+        "request_body": f"ssn={SSN}&password={FORM_PW}&x=1",
+        "slices": [], "primary": {"body": orjson.dumps({"api_token": TOKEN}).decode()},
+        "candidate": {"body": '{"s\\u0073n": "' + ESCAPED + '"}'},
+    }  # fmt: skip
+    with trial(redis_url, prefix, monkeypatch, proxy={"redact_fields": ["ssn"]}) as t:
+        t.redis.lpush(t.keys.samples("v2", "recent"), orjson.dumps(sample))
+        shown = t.http.get(t.admin() + "/v1/candidates/v2/pairs")
+    assert shown.status_code == 200
+    for secret in (QTOKEN, PART_PW, SSN, FORM_PW, TOKEN, ESCAPED):
+        assert secret not in shown.text, secret
+    (pair,) = shown.json()["pairs"]
+    assert "debug=1" in pair["query"] and "x=1" in pair["request_body"]
+    assert "[redacted]" in pair["curl"]["primary"]
