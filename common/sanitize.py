@@ -41,11 +41,13 @@ def mask_secrets(text: str) -> str:
     return _SECRET_PARAM.sub(r"\1***", _URL_USERINFO.sub(r"\1***@", text))
 
 
-class PrintableLogs(logging.Filter):
-    """Makes every log line one printable line: a request cannot forge or hide log lines.
+_FORMATTER = logging.Formatter()  # formats tracebacks as the handlers would
 
-    Applied on the handlers (so records of every logger pass it); tracebacks are
-    formatted after it and keep their lines.
+
+class PrintableLogs(logging.Filter):
+    """Makes every log message one printable line: a request cannot forge or hide log
+    lines. Applied on the handlers (so records of every logger pass it); a traceback
+    keeps its lines, each of them printable (an exception message may quote traffic).
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -54,6 +56,9 @@ class PrintableLogs(logging.Filter):
         shown = printable(message)
         if shown != message:
             record.msg, record.args = shown, None
+        if record.exc_info and not record.exc_text:
+            text = _FORMATTER.formatException(record.exc_info)
+            record.exc_text = "\n".join(printable(line) for line in text.splitlines())
         return True
 
 

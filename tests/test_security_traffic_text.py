@@ -208,7 +208,7 @@ def test_every_log_line_stays_one_printable_line() -> None:
             "slice %s", "x\n2026-12-02 INFO forged line\x1b[2J\u202e"
         )
         try:
-            raise ValueError("boom")
+            raise ValueError("boom \x1b[2J")
         except ValueError:
             logging.getLogger("shadowtrial.test").exception("failed on %r", "a\rb")
     finally:
@@ -216,7 +216,7 @@ def test_every_log_line_stays_one_printable_line() -> None:
     first, second, *traceback = stream.getvalue().splitlines()
     assert first == "slice x\\x0a2026-12-02 INFO forged line\\x1b[2J\\u202e"
     assert second == "failed on 'a\\rb'"  # repr() escaped it already: left as it is
-    assert traceback[0].startswith("Traceback") and traceback[-1] == "ValueError: boom"
+    assert traceback[0].startswith("Traceback") and traceback[-1] == "ValueError: boom \\x1b[2J"
 
 
 def test_gate_outcomes_never_glue_to_the_rule_name() -> None:
