@@ -19,6 +19,9 @@ What is a secret:
   multipart/form-data part names): those names, and any name matching SECRET_NAME
   (token, password, api key, session, ...), compared after percent-decoding.
 - Header names: `proxy.redact_headers` and SECRET_NAME (proxy.capture.HeaderCapture).
+- A gzip body is inflated (at most MAX_INFLATED bytes, else not kept), redacted by the
+  rules above and compressed again when something was replaced. Other encodings
+  (deflate, br) are stored as they came.
 
 JSON keys are not matched by SECRET_NAME: they are model inputs (`max_tokens`), and a
 stored request must still replay.
@@ -29,7 +32,9 @@ parsed and re-encoded.
 
 from __future__ import annotations
 
+import gzip
 import re
+import zlib
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote_plus
@@ -67,6 +72,9 @@ _QUOTED_KEY = re.compile(rb'"((?:[^"\\]|\\.){1,256})"\s*:', re.DOTALL)
 _PART_NAME = re.compile(rb'^content-disposition:[^\r\n]*?\bname="([^"\r\n]*)"', re.I | re.M)
 _BOUNDARY = re.compile(rb"--([!-~]{1,70})\r?\n")
 _JSON_START = re.compile(rb"\s*[\[{]")
+_GZIP_MAGIC = b"\x1f\x8b"
+MAX_INFLATED = 4 * 1024 * 1024  # a gzip body inflating beyond this is not kept
+INFLATED_TOO_LARGE = b"[redacted: gzip over 4 MiB inflated, or with trailing bytes: not kept]"
 
 
 def _norm(name: str) -> str:
@@ -76,6 +84,23 @@ def _norm(name: str) -> str:
 def secret_name(name: str, names: Iterable[str] = ()) -> bool:
     """True for a URL-encoded or header name that holds a secret (SECRET_NAME or `names`)."""
     return bool(SECRET_NAME.search(name)) or _norm(name) in {_norm(n) for n in names}
+
+
+def _inflate(data: bytes) -> bytes | None:
+    """Every gzip member of `data` inflated; None beyond MAX_INFLATED bytes or when bytes
+    that are no gzip member follow (they could hold anything: the body is not kept)."""
+    parts: list[bytes] = []
+    room = MAX_INFLATED
+    while data:
+        if not data.startswith(_GZIP_MAGIC) or room <= 0:
+            return None
+        inflater = zlib.decompressobj(wbits=31)
+        parts.append(inflater.decompress(data, room))
+        if inflater.unconsumed_tail:
+            return None
+        room -= len(parts[-1])
+        data = inflater.unused_data
+    return b"".join(parts)
 
 
 class BodyRedactor:
@@ -112,6 +137,23 @@ class BodyRedactor:
 
     def body(self, data: bytes) -> bytes:
         """The body with every secret value replaced (the same bytes when there is none)."""
+        if data.startswith(_GZIP_MAGIC):
+            return self._gzip(data)
+        return self._plain(data)
+
+    def _gzip(self, data: bytes) -> bytes:
+        """A gzip body (an answer to a client's Accept-Encoding, a compressed request):
+        inflated within MAX_INFLATED bytes, redacted, compressed again if it changed."""
+        try:
+            plain = _inflate(data)
+        except zlib.error:
+            return self._plain(data)  # not gzip after all
+        if plain is None:
+            return INFLATED_TOO_LARGE
+        redacted = self._plain(plain)
+        return data if redacted is plain else gzip.compress(redacted, mtime=0)
+
+    def _plain(self, data: bytes) -> bytes:
         if not data:
             return data
         if _JSON_START.match(data):

@@ -258,3 +258,30 @@ def test_a_failing_redactor_costs_the_bodies_never_the_pair(
         assert record.request_body == NOT_REDACTED and record.query == ""
         assert SECRET.encode() not in b"".join(fields.values())
     assert "Traceback" not in caplog.text and SECRET not in caplog.text
+
+
+def test_gzip_bodies_are_inflated_redacted_and_compressed_again() -> None:
+    """A gzip answer (the client's Accept-Encoding is forwarded) is stored as it came:
+    its secrets were invisible to the redactor before."""
+    import gzip
+
+    from proxy.redact import INFLATED_TOO_LARGE, MAX_INFLATED
+
+    redactor = BodyRedactor(["ssn"])
+    plain = orjson.dumps({"outputs": [1], "ssn": SECRET, "api_token": SECRET})
+    out = redactor.body(gzip.compress(plain))
+    assert orjson.loads(gzip.decompress(out)) == {
+        "outputs": [1], "ssn": REDACTED, "api_token": REDACTED
+    }  # fmt: skip
+    clean = gzip.compress(b'{"outputs": [1]}')
+    assert redactor.body(clean) is clean
+    form = gzip.compress(f"ssn={SECRET}&x=1".encode())
+    assert gzip.decompress(redactor.body(form)) == b"ssn=%5Bredacted%5D&x=1"
+    bomb = gzip.compress(b" " * (MAX_INFLATED + 1))  # 4 KiB that inflate to 4 MiB
+    assert redactor.body(bomb) == INFLATED_TOO_LARGE
+    not_gzip = b"\x1f\x8b garbage"
+    assert redactor.body(not_gzip) is not_gzip
+    members = gzip.compress(b'{"x": 1}') + gzip.compress(b'{"ssn": "%s"}' % SECRET.encode())
+    assert SECRET.encode() not in gzip.decompress(redactor.body(members))
+    trailing = gzip.compress(b'{"x": 1}') + b"password=" + SECRET.encode()
+    assert redactor.body(trailing) == INFLATED_TOO_LARGE
