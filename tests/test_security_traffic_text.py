@@ -17,8 +17,10 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -70,28 +72,32 @@ class Served:
     config: Path
 
 
-@pytest.fixture(scope="module")
-def hostile(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """The issue's request (and ESC sequences) on real processes; a candidate at 0%."""
+@contextmanager
+def _hostile_processes(
+    redis_url: str, folder: Path, gate: dict[str, Any], bodies: list[bytes]
+) -> Iterator[Served]:
+    """`serve` and `worker` processes after `bodies` (N each) went through the data port;
+    the primary answers "old", the candidate "new": 0% agreement."""
     prefix = f"tt{uuid.uuid4().hex[:10]}"
     os.environ[TOKEN_ENV] = TOKENS  # inherited by the serve process
     client = redis.Redis.from_url(redis_url)
     keys = Keys(prefix)
     with serve_app(Model("old")) as primary_url, serve_app(Model("new")) as candidate_url:
         config = write_config(
-            tmp_path_factory.mktemp("hostile") / "shadowtrial.toml", primary_url, redis_url,
-            prefix, [{"name": "v2", "url": candidate_url}],
-            sections={"gate": {**EASY_GATE, "min_agreement": 0.95},
-                      "worker": {"block_ms": 100}, "admin": {"token_env": TOKEN_ENV}},
+            folder / "shadowtrial.toml", primary_url, redis_url, prefix,
+            [{"name": "v2", "url": candidate_url}],
+            sections={"gate": gate, "worker": {"block_ms": 100},
+                      "admin": {"token_env": TOKEN_ENV}},
         )  # fmt: skip
         with config.open("a") as f:
             f.write('[[slices]]\nname = "country"\nfrom = "$.instances[*].country"\n')
         with serve(config) as proxy, httpx.Client(timeout=30) as http:
-            for body in (HOSTILE, ESCAPES):  # the curl of the issue, on the data port
+            for body in bodies:  # the curl of the issue, on the data port
                 for _ in range(N):
                     assert http.post(proxy.url + INFER, content=body).status_code == 200
             _old_style_fields(client, keys, 60)
-            wp.wait_for(lambda: client.xlen(keys.pairs("v2")) == 2 * N, 15, "pairs recorded")
+            total = len(bodies) * N
+            wp.wait_for(lambda: client.xlen(keys.pairs("v2")) == total, 15, "pairs recorded")
             with worker(config, "hostile-w1"):
                 wp.wait_for(lambda: wp.consumed(client, keys, "v2"), 30, "the worker")
             yield Served(proxy.admin, config)
@@ -101,6 +107,29 @@ def hostile(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         client.delete(key)
     client.close()
     assert "Traceback" not in logs and "\x1b" not in logs, logs[-3000:]
+
+
+@pytest.fixture(scope="module")
+def hostile(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """The issue's request (and ESC sequences) on real processes; a candidate at 0%."""
+    gate = {**EASY_GATE, "min_agreement": 0.95}
+    folder = tmp_path_factory.mktemp("hostile")
+    with _hostile_processes(redis_url, folder, gate, [HOSTILE, ESCAPES]) as served:
+        yield served
+
+
+def test_the_automation_still_rejects_on_real_processes(redis_url: str, tmp_path: Path) -> None:
+    """The issue's request killed the automation task: a 0% candidate stayed active."""
+    gate = {**EASY_GATE, "min_agreement": 0.95, "auto_reject": True, "check_interval_s": 0.2}
+    with _hostile_processes(redis_url, tmp_path, gate, [HOSTILE, HOSTILE]) as served:
+
+        def decisions() -> list[dict[str, Any]]:
+            answer = httpx.get(served.admin + "/v1/decisions", timeout=10)
+            return answer.json()["decisions"]
+
+        wp.wait_for(decisions, 15, "an automatic decision")
+        (decision,) = decisions()
+        assert (decision["action"], decision["actor"]) == ("reject", "automation")
 
 
 def test_a_separator_in_a_slice_value_breaks_no_reader(
