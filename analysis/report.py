@@ -204,7 +204,12 @@ def _accounting(s: Summary) -> dict[str, Any]:
 
 
 def _records(s: Summary) -> dict[str, int]:
-    return {"trimmed": s.get("trimmed"), "bad": s.get("bad"), "deferred": s.get("deferred")}
+    return {
+        "trimmed": s.get("trimmed"),
+        "bad": s.get("bad"),
+        "deferred": s.get("deferred"),
+        "malformed_fields": s.malformed,  # summary fields skipped (see analysis.summaries)
+    }
 
 
 def _rate(x: float, n: float) -> float | None:

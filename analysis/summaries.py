@@ -2,7 +2,9 @@
 
 Everything is an additive counter in one Redis hash per (candidate, time bucket), so a
 window is the sum of its buckets and N workers leave exactly the state one would. Fields
-(user text is joined with SEP, never with ':' so labels and slice values cannot collide):
+(user text is joined with SEP, never with ':' so labels and slice values cannot collide;
+a SEP inside a value from traffic is stored as SEP_SHOWN, see `field_text`, and a field
+read back with the wrong number of parts is skipped and counted in `Summary.malformed`):
 
     records, rows, agree            pair records, compared rows, agreeing rows
     err:<kind>                      records per failure: primary (non-2xx), unparseable
@@ -55,6 +57,9 @@ if TYPE_CHECKING:
     from analysis.adapters.base import Prediction
 
 SEP = "\x1f"
+# What SEP becomes inside a value from traffic (a slice value, a class label): U+241F
+# SYMBOL FOR UNIT SEPARATOR, so a value can never add a part to a field name.
+SEP_SHOWN = "\u241f"
 ERR = "ERR"  # the error class of the flip matrix: a failed candidate is evidence
 CONF_BINS = 100
 MICRO = 1_000_000  # confidence sums and deltas are integers in micro-units
@@ -163,6 +168,15 @@ def decile_name(decile: int) -> str:
     return _DECILE_NAMES[decile]
 
 
+def field_text(value: str) -> str:
+    """A value from traffic made safe inside a field name: SEP becomes SEP_SHOWN.
+
+    Fields are split on SEP when read, so one SEP smuggled in by a request (a slice value
+    `x\\u001fy`) would shift every part after it; the report would fail for everyone.
+    """
+    return value.replace(SEP, SEP_SHOWN)
+
+
 def slice_field(feature: str, value: str, disagree: bool = False) -> str:
     """Hash field of a level-1 slice count."""
     return f"{'sd' if disagree else 's'}{SEP}{feature}{SEP}{value}"
@@ -234,9 +248,10 @@ def _count_record(ints: defaultdict[str, int], ev: PairEvidence) -> None:
 
 def slice_items(ev: PairEvidence, i: int, primary: Prediction, fold: Fold) -> list[tuple[str, str]]:
     """Row i's (feature, folded value) pairs, output-derived ones included, sorted."""
-    items = [(f, fold(f, v)) for f, v in ev.slice_rows[i].items()] if ev.slice_rows else []
+    rows = ev.slice_rows
+    items = [(f, fold(f, field_text(v))) for f, v in rows[i].items()] if rows else []
     if primary.label is not None:
-        items.append((CLASS_FEATURE, fold(LABEL_FEATURE, primary.label)))
+        items.append((CLASS_FEATURE, fold(LABEL_FEATURE, field_text(primary.label))))
     if primary.confidence is not None:
         items.append((CONFIDENCE_FEATURE, _DECILE_NAMES[conf_bin(primary.confidence) // 10]))
     items.sort()
@@ -354,8 +369,8 @@ def _count_rows(delta: BucketDelta, ev: PairEvidence, fold: Fold) -> None:
         if agree:
             ints["agree"] += 1
         if p.label is not None:
-            clabel = fold(LABEL_FEATURE, c.label) if c.label is not None else ERR
-            ints[f"fm{SEP}{fold(LABEL_FEATURE, p.label)}{SEP}{clabel}"] += 1
+            clabel = fold(LABEL_FEATURE, field_text(c.label)) if c.label is not None else ERR
+            ints[f"fm{SEP}{fold(LABEL_FEATURE, field_text(p.label))}{SEP}{clabel}"] += 1
         near_p = _count_primary_side(ints, p, not agree)
         near_c = _count_candidate_side(ints, c)
         if near_p is not None and near_c is not None:
@@ -370,7 +385,7 @@ def _count_error_rows(ints: defaultdict[str, int], ev: PairEvidence, fold: Fold)
     for i, p in enumerate(ev.primary_rows):
         ints["rows"] += 1
         if p.label is not None:
-            ints[f"fm{SEP}{fold(LABEL_FEATURE, p.label)}{SEP}{ERR}"] += 1
+            ints[f"fm{SEP}{fold(LABEL_FEATURE, field_text(p.label))}{SEP}{ERR}"] += 1
         _count_primary_side(ints, p, True)
         _count_slices(ints, slice_items(ev, i, p, fold), True)
 
@@ -383,13 +398,13 @@ def fold_candidates(evidence: Iterable[PairEvidence]) -> dict[str, set[str]]:
             continue
         for values in ev.slice_rows:
             for f, v in values.items():
-                wanted[f].add(v)
+                wanted[f].add(field_text(v))
         for p in ev.primary_rows:
             if p.label is not None:
-                wanted[LABEL_FEATURE].add(p.label)
+                wanted[LABEL_FEATURE].add(field_text(p.label))
         for row in ev.rows:
             if row.candidate.label is not None:
-                wanted[LABEL_FEATURE].add(row.candidate.label)
+                wanted[LABEL_FEATURE].add(field_text(row.candidate.label))
     return wanted
 
 
@@ -419,11 +434,17 @@ class Summary:
 
     def __init__(self, counts: dict[str, float | int]) -> None:
         self.counts = counts
+        self.malformed = 0  # fields skipped: wrong number of parts (stored before SEP_SHOWN)
         self._groups: dict[str, dict[str, float | int]] = defaultdict(dict)
         for name, value in counts.items():
             kind, rest = _split_field(name)
-            if rest is not None:
-                self._groups[kind][rest] = value
+            if rest is None:
+                continue
+            parts = rest.count(SEP) + 1
+            if _PARTS.get(kind, parts) != parts:
+                self.malformed += 1
+                continue
+            self._groups[kind][rest] = value
 
     def get(self, name: str) -> int:
         """A scalar integer counter (0 when absent)."""
@@ -441,7 +462,7 @@ class Summary:
         """A fixed-bin histogram (missing bins are zero)."""
         out = np.zeros(bins, dtype=np.int64)
         for index, value in self.group(kind).items():
-            i = int(index)
+            i = int(index) if index.isdecimal() else -1
             if 0 <= i < bins:
                 out[i] += int(value)
         return out
@@ -493,6 +514,10 @@ class Summary:
                 }
             )
         return rows
+
+
+# Parts after the kind, for the kinds whose fields join values with SEP.
+_PARTS = {"fm": 2, "s": 2, "sd": 2, "q": 4, "qd": 4, "ct": 1}
 
 
 def _split_field(name: str) -> tuple[str, str | None]:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 import orjson
 
+from common.sanitize import PrintableLogs
 from common.urls import mask_urls_in
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
@@ -57,6 +58,7 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
     """Send every log record at `level` or above to stderr in format `fmt` (text or json)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(MaskUrls())
+    handler.addFilter(PrintableLogs())  # text from traffic never forges or hides a line
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 

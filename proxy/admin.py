@@ -17,12 +17,10 @@ import asyncio
 import contextlib
 import importlib
 import importlib.util
-import re
 import shlex
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode
 
 import orjson
 from redis.exceptions import RedisError
@@ -42,6 +40,7 @@ from proxy.auth import RequireToken
 from proxy.decisions import Decisions, Reports
 from proxy.metrics import METRICS_CONTENT_TYPE
 from proxy.openapi import OPERATIONS, admin_routes, openapi_document
+from proxy.redact import REDACTED, BodyRedactor, secret_name
 from proxy.registry import (
     PROMOTED,
     Change,
@@ -65,12 +64,6 @@ DEFAULT_WINDOW = "1h"
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_FEEDBACK_ITEMS = 10_000
 MAX_PAIRS = 200
-REDACTED = "[redacted]"
-# Names whose values are secrets wherever they show up (headers, query, JSON fields).
-_SECRET_NAME = re.compile(
-    r"(auth|cookie|token|secret|passw|api[-_]?key|apikey|signature|credential|session)",
-    re.IGNORECASE,
-)
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"", "0", "false", "no", "off"}
 
 
@@ -221,70 +214,52 @@ def _window(ctx: AdminContext, request: Request, snap: Snapshot, name: str) -> f
 # -- copy-as-curl -----------------------------------------------------------------------
 
 
-def _redact_query(query: str) -> str:
-    pairs = parse_qsl(query, keep_blank_values=True)
-    if not any(_SECRET_NAME.search(k) for k, _ in pairs):
-        return query
-    return urlencode([(k, REDACTED if _SECRET_NAME.search(k) else v) for k, v in pairs])
+def _shown_body(body: str, redactor: BodyRedactor) -> str:
+    """A stored request body (text) as the drill-down shows it: redacted again, since
+    pairs stored by older versions may hold what proxy.redact removes now."""
+    data = body.encode("utf-8", "surrogatepass")
+    redacted = redactor.body(data)
+    return body if redacted is data else redacted.decode("utf-8", "replace")
 
 
-def _redact_json(value: Any, names: frozenset[str]) -> Any:
-    if isinstance(value, dict):
-        return {
-            k: REDACTED
-            if (k.lower() in names or _SECRET_NAME.search(k))
-            else _redact_json(v, names)
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [_redact_json(v, names) for v in value]
-    return value
-
-
-def _redact_body(body: str, names: frozenset[str]) -> str:
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return body
-    if not isinstance(parsed, dict | list):
-        return body
-    redacted = _redact_json(parsed, names)
-    return body if redacted == parsed else orjson.dumps(redacted).decode()
-
-
-def curl_line(base_url: str, pair: Mapping[str, Any], redact_fields: frozenset[str]) -> str:
-    """A shell command that sends this pair's request to `base_url`, secrets redacted."""
+def curl_line(base_url: str, pair: Mapping[str, Any]) -> str:
+    """A shell command that sends this (already redacted) pair's request to `base_url`."""
     path = str(pair.get("path") or "/")
-    query = _redact_query(str(pair.get("query") or ""))
+    query = str(pair.get("query") or "")
     url = mask_url(base_url.rstrip("/")) + path + (f"?{query}" if query else "")
     parts = ["curl", "-sS", "-X", str(pair.get("method") or "POST"), shlex.quote(url)]
     for name, value in sorted((pair.get("headers") or {}).items()):
-        shown = REDACTED if _SECRET_NAME.search(name) else value
-        parts += ["-H", shlex.quote(f"{name}: {shown}")]
+        parts += ["-H", shlex.quote(f"{name}: {value}")]
     body = str(pair.get("request_body") or "")
     if body:
-        parts += ["--data-binary", shlex.quote(_redact_body(body, redact_fields))]
+        parts += ["--data-binary", shlex.quote(body)]
     return " ".join(parts)
 
 
-def redact_pair(pair: dict[str, Any], redact_fields: frozenset[str]) -> dict[str, Any]:
-    """The pair with secrets replaced: secret-named headers, query parameters, JSON fields."""
+def redact_pair(pair: dict[str, Any], redactor: BodyRedactor) -> dict[str, Any]:
+    """The pair with secrets replaced by proxy.redact: secret-named headers, query
+    parameters, fields of the request and both answers (the rules capture applies
+    before storing)."""
     headers = pair.get("headers") or {}
-    pair["headers"] = {k: REDACTED if _SECRET_NAME.search(k) else v for k, v in headers.items()}
-    pair["query"] = _redact_query(str(pair.get("query") or ""))
+    pair["headers"] = {k: REDACTED if secret_name(k) else v for k, v in headers.items()}
+    pair["query"] = redactor.query(str(pair.get("query") or ""))
     if pair.get("request_body"):
-        pair["request_body"] = _redact_body(str(pair["request_body"]), redact_fields)
+        pair["request_body"] = _shown_body(str(pair["request_body"]), redactor)
+    for side in ("primary", "candidate"):  # the answers, as capture redacts them too
+        answer = pair.get(side)
+        if isinstance(answer, dict) and answer.get("body"):
+            answer["body"] = _shown_body(str(answer["body"]), redactor)
     return pair
 
 
 def _with_curl(
-    pairs: list[dict[str, Any]], primary: str, candidate: str | None, redact: frozenset[str]
+    pairs: list[dict[str, Any]], primary: str, candidate: str | None, redactor: BodyRedactor
 ) -> list[dict[str, Any]]:
     for pair in pairs:
-        redact_pair(pair, redact)
+        redact_pair(pair, redactor)
         pair["curl"] = {
-            "primary": curl_line(primary, pair, redact),
-            "candidate": None if candidate is None else curl_line(candidate, pair, redact),
+            "primary": curl_line(primary, pair),
+            "candidate": None if candidate is None else curl_line(candidate, pair),
         }
         if pair.get("request_truncated"):
             pair["curl"]["note"] = "the request body was cut when it was stored"
@@ -412,8 +387,8 @@ class Endpoints:
         found = await asyncio.to_thread(_recent_pairs, ctx, name, divergent, where, limit)
         entry = snap.entries.get(name)
         primary = snap.primary(self.settings.proxy.primary)
-        redact = frozenset(f.lower() for f in self.settings.proxy.redact_fields)
-        found = _with_curl(found, primary, entry.url if entry else None, redact)
+        redactor = BodyRedactor.from_settings(self.settings)
+        found = _with_curl(found, primary, entry.url if entry else None, redactor)
         return JSONResponse({"candidate": name, "pairs": found})
 
     async def feedback(self, request: Request) -> Response:

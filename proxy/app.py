@@ -49,7 +49,7 @@ class ProxyApp:
         self.mirror = Mirror(settings.proxy, self.capture, self.metrics)
         self.forwarder = Forwarder(settings, self.routing, self.mirror, self.metrics)
         self.registry = RegistrySync(settings, redis_url, self.routing, self.runners)
-        self.trials = TrialWatch(self.registry, redis_url)
+        self.trials = TrialWatch(self.registry, redis_url, self.metrics.automation_error)
         self.started = False
         self.admin = create_admin_app(self)
 

@@ -15,8 +15,9 @@ dropped here. They are summed locally and added (HINCRBY) to the worker's bucket
 most once a second, in the same round trip as XADDs when there are any; during an outage
 they wait here and are written when Redis returns.
 
-Secrets never reach the queue: captured headers are redacted by HeaderCapture, configured
-JSON fields and query parameters by proxy.redact in `submit`.
+Secrets never reach the queue: captured headers are redacted by HeaderCapture, bodies and
+query strings by proxy.redact in `submit` (if that ever raised, the pair is still queued,
+without its bodies).
 """
 
 from __future__ import annotations
@@ -41,14 +42,14 @@ from common.records import PairRecord
 from common.redis_client import async_client
 from common.settings import Settings
 from proxy.metrics import CAPTURE_DROPPED, CAPTURE_RECORDED, CAPTURE_SPOOLED, Metrics
-from proxy.redact import BodyRedactor
+from proxy.redact import REDACTED, BodyRedactor, secret_name
 
 log = logging.getLogger("shadowtrial.capture")
 
 BATCH = 256  # XADDs per pipelined round trip
 BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 1.0
-REDACTED = "[redacted]"
+NOT_REDACTED = b"[removed: redaction failed]"
 COUNTS_EVERY_S = 1.0  # accounting counts are written at most this often
 # After a batch failed mid-way, its records are looked for in their streams (_skip_written):
 # this many entries per XRANGE, at most this many XRANGEs per stream, and without a
@@ -77,8 +78,8 @@ class HeaderCapture:
     """Which request headers a pair record keeps, with secrets replaced by [redacted]."""
 
     def __init__(self, names: Iterable[str], redact: Iterable[str]) -> None:
-        secret = {n.lower() for n in redact}
-        self._keep = {n.lower(): n.lower() in secret for n in names}
+        secret = list(redact)  # and any name proxy.redact.SECRET_NAME matches
+        self._keep = {n.lower(): secret_name(n, secret) for n in names}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HeaderCapture:
@@ -240,6 +241,17 @@ class Capture:
         self._metrics.captured(candidate, CAPTURE_DROPPED)
         self.count(candidate, FIELD_CAPTURE_DROPPED, ts_ms)
 
+    def _redact(self, record: PairRecord) -> None:
+        """Redact in place; a redactor bug costs the bodies, never the pair or a secret."""
+        assert self.redactor is not None
+        try:
+            self.redactor.record(record)
+        except Exception as exc:  # counted as recorded like any pair: the identity holds
+            log.error("redaction failed (%s): pair %s kept without bodies", type(exc).__name__,
+                      record.request_id)  # fmt: skip
+            record.request_body = record.primary_body = record.candidate_body = NOT_REDACTED
+            record.query = ""
+
     def submit(self, candidate: str, record: PairRecord) -> None:
         """Queue one record for its candidate's stream; never blocks, never raises."""
         if len(self._pending) >= (self._capacity if self.redis_up else self._spool_max):
@@ -249,7 +261,7 @@ class Capture:
         if stream is None:
             stream = self._streams[candidate] = self._keys.pairs(candidate)
         if self.redactor is not None:
-            self.redactor.record(record)
+            self._redact(record)
         item = _Pending(candidate, stream, record.to_fields(), record.ts_ms)
         self._pending.append(item)
         if not self.redis_up:

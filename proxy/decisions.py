@@ -36,7 +36,7 @@ from common.errors import ShadowtrialError, StoreError
 from common.keys import Keys
 from common.redis_client import sync_client
 from common.settings import Settings, format_instant
-from common.urls import mask_url
+from common.urls import mask_url, mask_urls_in
 from proxy.registry import (
     ACTIVE,
     ENDED,
@@ -390,13 +390,17 @@ return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
 class TrialWatch:
     """Ends time-boxed trials and, when configured, runs the gate automation."""
 
-    def __init__(self, sync: RegistrySync, redis_url: str) -> None:
+    def __init__(
+        self, sync: RegistrySync, redis_url: str, on_error: Callable[[str], None] | None = None
+    ) -> None:
         self.sync = sync
         self.settings = sync.settings
         self.redis_url = redis_url
         self.owner = secrets.token_hex(8)
         self.ended: list[str] = []  # trials this replica ended (for tests and logs)
         self.ticks = 0
+        self.errors = 0  # automation rounds or candidates that raised (also on /metrics)
+        self._on_error = on_error
         self._decisions: Decisions | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -443,14 +447,23 @@ class TrialWatch:
                 log.warning("could not end the trial of %s: %s", entry.name, exc)
 
     async def _automate(self) -> None:
+        """Forever: one round per interval. Any error ends the round, never the task."""
         interval = self.settings.gate.check_interval_s
         while True:
             try:
                 if await self._lease(int(interval * 3000)):
                     await self.automate_once()
-            except (ShadowtrialError, RedisError, OSError) as exc:
-                log.warning("gate automation skipped a round: %s", exc)
+            except Exception as exc:  # the automation must outlive any bug: retried next round
+                self._failed("gate automation skipped a round", exc)
             await asyncio.sleep(interval)
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        """Log (class and masked message, no traceback unless debug) and count an error."""
+        self.errors += 1
+        if self._on_error is not None:
+            self._on_error(type(exc).__name__)
+        log.warning("%s: %s: %s", what, type(exc).__name__, mask_urls_in(str(exc))[:300])
+        log.debug("%s", what, exc_info=True)
 
     async def _lease(self, ttl_ms: int) -> bool:
         store = self.sync.store
@@ -462,19 +475,29 @@ class TrialWatch:
         """One round: reject failing candidates, promote one that passed long enough."""
         decisions = self._decisions
         assert decisions is not None
-        gate_settings = self.settings.gate
         snap = await decisions.store.snapshot()
         now = self.sync.clock()
         for entry in snap.entries.values():
             if entry.role != "candidate" or not entry.mirrored(now):
                 continue
-            gate = await decisions.gate(entry, now)
-            if gate["verdict"] == "fail" and gate_settings.auto_reject:
-                await decisions.reject(entry.name, ACTOR_AUTOMATION, gate=gate)
-            elif await self._passed_long_enough(entry, gate, now):
-                await decisions.promote(entry.name, ACTOR_AUTOMATION, gate=gate)
-                await decisions.store.client.delete(decisions.store.keys.gate_passing())
-                return
+            try:
+                if await self._judge(decisions, entry, now):
+                    return
+            except (ShadowtrialError, RedisError, OSError):
+                raise  # Redis or the store: the round is over, retried next interval
+            except Exception as exc:  # one candidate's broken evidence must not stop the rest
+                self._failed(f"gate automation skipped {entry.name!r}", exc)
+
+    async def _judge(self, decisions: Decisions, entry: Entry, now: float) -> bool:
+        """Reject or promote one candidate as the gate says; True when it was promoted."""
+        gate = await decisions.gate(entry, now)
+        if gate["verdict"] == "fail" and self.settings.gate.auto_reject:
+            await decisions.reject(entry.name, ACTOR_AUTOMATION, gate=gate)
+        elif await self._passed_long_enough(entry, gate, now):
+            await decisions.promote(entry.name, ACTOR_AUTOMATION, gate=gate)
+            await decisions.store.client.delete(decisions.store.keys.gate_passing())
+            return True
+        return False
 
     async def _passed_long_enough(self, entry: Entry, gate: dict[str, Any], now: float) -> bool:
         """Track since when the gate has passed; True once it held auto_promote_after_s."""

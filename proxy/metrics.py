@@ -124,6 +124,12 @@ class Metrics:
             ["reason"],
             registry=reg,
         )
+        self.automation_errors = Counter(
+            "shadowtrial_gate_automation_errors",
+            "Gate automation rounds (or one candidate's judgement) that raised; retried",
+            ["error"],
+            registry=reg,
+        )
         self._request_children: dict[tuple[str, int], Any] = {}
         self._children: dict[tuple[str, ...], Any] = {}
 
@@ -165,6 +171,10 @@ class Metrics:
     def refused(self, reason: str) -> None:
         """Count one admin request refused at the door (proxy.admin_guard, proxy.auth)."""
         self._child(self.admin_refused, reason).inc()
+
+    def automation_error(self, error: str) -> None:
+        """Count one failed gate-automation round by exception class (a bounded set)."""
+        self._child(self.automation_errors, error).inc()
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         """One sample's current value in this process (0 when absent); for tests and probes."""

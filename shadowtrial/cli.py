@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from common.errors import AdminError, ConfigError, ModelLoadError, ShadowtrialError
+from common.sanitize import printable
 
 COMMANDS: list[str] = [
     "serve", "worker", "candidates", "promote", "reject", "rollback", "report", "replay",
@@ -55,10 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except (ConfigError, ModelLoadError, AdminError) as exc:
-        print(str(exc), file=sys.stderr)
+        print(printable(exc), file=sys.stderr)
         return EXIT_USAGE
     except ShadowtrialError as exc:
-        print(str(exc), file=sys.stderr)
+        print(printable(exc), file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130

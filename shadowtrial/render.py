@@ -3,7 +3,10 @@
 Same numbers and formatting as the web page (analysis.ui.present), laid out for a
 terminal: the gate's verdict and reasons first, then agreement, slices, confidence,
 latency, errors and labels. Text from traffic (slice values, class labels) goes into
-`rich.text.Text` cells, never through markup, so `[red]` in a slice value prints as is.
+`rich.text.Text` cells, never through markup, so `[red]` in a slice value prints as is,
+and through common.sanitize.printable, so `ESC[2J` or a bidi override prints as an escape
+instead of clearing the screen or reordering a line. Every column of a line is followed
+by at least one space: a value as wide as its column never glues to the next.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from rich.table import Table
 from rich.text import Text
 
 from analysis.ui.present import interval, ms, num, pct, peq, pts, pval, ratio, signed
+from common.sanitize import printable
 
 STYLE = {"pass": "bold green", "fail": "bold red", "insufficient": "bold yellow", "skip": "dim"}
+OUTCOME_WIDTH = max(len(outcome) for outcome in STYLE)
 SLICES_SHOWN = 12
 
 
@@ -35,9 +40,14 @@ def _table(title: str, *columns: str) -> Table:
     return table
 
 
+def _text(value: object, style: str = "") -> Text:
+    """Text from anywhere (traffic included) as one printable line, never markup."""
+    return Text(printable(value), style=style)
+
+
 def _add(table: Table, *cells: str | Text) -> None:
-    """A row whose plain strings are text, never markup."""
-    table.add_row(*(c if isinstance(c, Text) else Text(str(c)) for c in cells))
+    """A row whose plain strings are printable text, never markup."""
+    table.add_row(*(c if isinstance(c, Text) else _text(c) for c in cells))
 
 
 def _bracket(fmt: Callable[[object], str], value: object, low: object, high: object) -> str:
@@ -49,8 +59,8 @@ def header(report: Mapping[str, Any]) -> Text:
     """Which candidate, which window, how much evidence."""
     window = report.get("window") or {}
     text = Text()
-    text.append(str(report.get("candidate")), style="bold")
-    text.append(f"  {window.get('start')} to {window.get('end')}", style="dim")
+    text.append(printable(report.get("candidate")), style="bold")
+    text.append(printable(f"  {window.get('start')} to {window.get('end')}"), style="dim")
     text.append(
         f"\n{num(report.get('pairs'))} pairs ({num(report.get('rows'))} rows)"
         f", sampled {num(report.get('sampled'))}, shed {num(report.get('shed'))}"
@@ -60,22 +70,22 @@ def header(report: Mapping[str, Any]) -> Text:
 
 def gate(report: Mapping[str, Any]) -> Group:
     """The verdict, coloured, and one line per rule."""
-    verdict = str(_get(report, "gate", "verdict") or "insufficient")
+    verdict = printable(_get(report, "gate", "verdict") or "insufficient")
     lines = [Text.assemble("gate: ", (verdict.upper(), STYLE.get(verdict, "bold")))]
     rules = _get(report, "gate", "rules") or []
     for rule in rules:
-        outcome = str(rule.get("outcome"))
+        outcome = printable(rule.get("outcome"))
         lines.append(
             Text.assemble(
                 "  ",
-                (f"{outcome:<12}", STYLE.get(outcome, "")),
-                (str(rule.get("rule")), "bold"),
+                (f"{outcome:<{OUTCOME_WIDTH}} ", STYLE.get(outcome, "")),
+                (printable(rule.get("rule")), "bold"),
                 " ",
-                str(rule.get("detail")),
+                printable(rule.get("detail")),
             )
         )
     if not rules:
-        lines += [Text(f"  {reason}") for reason in _get(report, "gate", "reasons") or []]
+        lines += [_text(f"  {reason}") for reason in _get(report, "gate", "reasons") or []]
     return Group(*lines)
 
 
@@ -93,7 +103,7 @@ def agreement(report: Mapping[str, Any]) -> Table:
     if noise.get("agreement") is not None:
         _add(
             table,
-            Text(f"noise floor ({noise.get('candidate')})"),
+            _text(f"noise floor ({noise.get('candidate')})"),
             pct(noise.get("agreement"), 2),
             interval(noise.get("ci_low"), noise.get("ci_high"), 2),
         )
@@ -108,7 +118,7 @@ def _slice_cells(row: Mapping[str, Any]) -> list[Text]:
         pct(row.get("agreement")), interval(row.get("ci_low"), row.get("ci_high")),
         pts(row.get("delta_vs_overall")), p_text, "FLAGGED" if row.get("flagged") else "",
     ]  # fmt: skip
-    return [Text(cell, style=style) for cell in cells]
+    return [_text(cell, style) for cell in cells]
 
 
 def slices(report: Mapping[str, Any], shown: int = SLICES_SHOWN) -> Table | None:
@@ -136,7 +146,7 @@ def discovered(report: Mapping[str, Any]) -> Table | None:
         conditions = " and ".join(f"{f}={v}" for f, v in row.get("conditions") or [])
         _add(
             table,
-            Text(conditions),
+            _text(conditions),
             num(row.get("pairs")),
             pct(row.get("agreement")),
             pval(row.get("p_adj")),
@@ -190,7 +200,7 @@ def errors(report: Mapping[str, Any]) -> Table:
     _add(table, "primary", num(err.get("primary")), pct(err.get("primary_rate"), 2))
     _add(table, "candidate", num(err.get("candidate")), pct(err.get("candidate_rate"), 2))
     for kind, count in (err.get("by_kind") or {}).items():
-        _add(table, Text(f"  {kind}"), num(count), "")
+        _add(table, _text(f"  {kind}"), num(count), "")
     return table
 
 

@@ -24,9 +24,9 @@ from servers import serve_app
 from common.keys import Keys
 from common.settings import Settings, settings_from_mapping
 
-TOKENS = "alice=alice-token-0001,bob=bob-token-00002"
-ALICE = {"authorization": "Bearer alice-token-0001"}
-BOB = {"authorization": "Bearer bob-token-00002"}
+TOKENS = "alice=alice-token-000001,bob=bob-token-0000002"
+ALICE = {"authorization": "Bearer alice-token-000001"}
+BOB = {"authorization": "Bearer bob-token-0000002"}
 INFER = "/v2/models/m/infer"
 # A gate a handful of agreeing local pairs can pass (the defaults need 1000 pairs).
 EASY_GATE = {

@@ -122,6 +122,7 @@ def world(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             header_timeout_ms=HEADER_TIMEOUT_MS,
             max_header_bytes=MAX_HEADER_BYTES,
             capture_headers=["content-type", "x-name"],
+            redact_fields=["password"],
         )
         with serve(config) as proxy:
             settings = load_settings(config, environ={})
@@ -371,3 +372,35 @@ def test_metrics_still_add_up_after_all_of_it(world: World) -> None:
     outcomes = metrics.total("shadowtrial_mirror_outcomes_total", candidate="c")
     assert sampled == outcomes > 0
     world.digest()
+
+
+@pytest.mark.parametrize("depth", [990, 1000, 1024])
+def test_json_nested_near_the_recursion_limit_is_recorded_counted_and_shown(
+    world: World, depth: int
+) -> None:
+    """Issue 12, bug 5: a body nested ~1,000 deep raised RecursionError in the mirror task
+    (pair neither recorded nor counted, a long traceback per request) and made the
+    drill-down answer 500 while the pair was among its samples."""
+    nested = b"[" * depth + b"]" * depth
+    body = b'{"note": "caf\\u00e9", "a": %s, "password": "hunter2-%d"}' % (nested, depth)
+    plain = b'{"note": "caf\\u00e9", "a": %s}' % nested  # nothing to redact: kept as sent
+    sampled = world.metric("shadowtrial_mirror_sampled_total", candidate="c")
+    recorded = world.metric("shadowtrial_capture_total", candidate="c", outcome="recorded")
+    for i, sent in enumerate((body, plain)):
+        answer = world.raw(request("/echo", sent, b"X-Mark: deep-%d-%d\r\n" % (depth, i)))
+        assert status_of(answer) == 200
+    wait_until(
+        lambda: (
+            world.metric("shadowtrial_capture_total", candidate="c", outcome="recorded")
+            == recorded + 2
+        ),
+        what="both pairs recorded",
+    )
+    assert world.metric("shadowtrial_mirror_sampled_total", candidate="c") == sampled + 2
+    stored = [p.request_body for p in world.pairs()]
+    assert plain in stored and b"hunter2-%d" % depth not in b"".join(stored)
+    world.digest()
+    shown = httpx.get(world.proxy.admin + "/v1/candidates/c/pairs?limit=200", timeout=10)
+    assert shown.status_code == 200
+    assert b"hunter2" not in shown.content
+    assert "Traceback" not in world.proxy.log_text()

@@ -138,3 +138,64 @@ def test_corrupted_stream_entries_are_counted_as_bad_not_raised(
     world: tuple[redis.Redis, Worker, Keys], batch: list[dict[bytes, bytes]]
 ) -> None:
     _feed(world, batch, counted=False)  # timestamps far outside the retention are aged out
+
+
+# Text a client or a model controls, made of what breaks field names, terminals and logs:
+# the summaries' separator, ESC sequences, C1 controls, bidi overrides, line breaks.
+hostile_texts = st.lists(
+    st.sampled_from(["\x1f", "\x1b[2J", "\x9b", "\u202e", "\n", "\r", "\x00", "\x7f",
+                     "gate: PASS", ":", "a", "é", "other", "(missing)", "\u241f"]),
+    min_size=1, max_size=6,
+).map("".join)  # fmt: skip
+
+
+def _hostile_record(country: str, tenant: str, labels: tuple[str, str], depth: int) -> PairRecord:
+    deep = orjson.Fragment(b"[" * depth + b"]" * depth)
+    request = orjson.loads(oip_request(country))
+    answers = [
+        orjson.loads(oip_answer(probs, classes=labels)) for probs in ([[0.9, 0.1]], [[0.1, 0.9]])
+    ]
+    for doc in (request, *answers):
+        doc["deep"] = deep
+    return PairRecord(
+        request_id="r",
+        candidate="v2",
+        ts_ms=NOW_MS,
+        headers={"x-tenant": tenant},
+        request_body=orjson.dumps(request),
+        primary_status=200,
+        primary_body=orjson.dumps(answers[0]),
+        candidate_outcome="ok",
+        candidate_status=200,
+        candidate_body=orjson.dumps(answers[1]),
+    )
+
+
+@FUZZ
+@given(
+    country=hostile_texts,
+    tenant=hostile_texts,
+    labels=st.tuples(hostile_texts, hostile_texts).filter(lambda ls: ls[0] != ls[1]),
+    depth=st.integers(0, 1100),
+)
+def test_hostile_slice_values_and_labels_never_break_the_report_or_the_terminal(
+    world: tuple[redis.Redis, Worker, Keys], country: str, tenant: str,
+    labels: tuple[str, str], depth: int,
+) -> None:  # fmt: skip
+    """Issue 12, bugs 1, 4 and 5: whatever the values, the report builds, no summary
+    field is malformed, and the terminal rendering holds no control character."""
+    import io
+
+    from rich.console import Console
+
+    from analysis.report import build_report
+    from shadowtrial.render import render_report
+
+    client, worker, keys = world
+    _feed(world, [_hostile_record(country, tenant, labels, depth).to_fields()], counted=True)
+    report = build_report(client, keys, worker.settings, "v2", 7200)
+    assert report["records"]["malformed_fields"] == 0
+    out = io.StringIO()
+    render_report(report, Console(file=out, width=200, color_system=None))
+    shown = out.getvalue()
+    assert not any(c in shown for c in "\x1b\x1f\x9b\u202e\r\x00\x7f"), repr(shown)

@@ -39,7 +39,7 @@ TOKEN_ENV = "ST_TOKEN_SCHEMATHESIS"
 def admin_url(redis_url: str) -> Iterator[str]:
     prefix = f"s{uuid.uuid4().hex[:12]}"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(TOKEN_ENV, "alice=alice-token-0001")
+        patch.setenv(TOKEN_ENV, "alice=alice-token-000001")
         with serve_app(Model("old")) as primary, serve_app(Model("new")) as cand:
             candidates = [{"name": "v2", "url": cand}, {"name": "v3", "url": cand}]
             conf = settings(primary, prefix, TOKEN_ENV, candidates)

@@ -192,6 +192,82 @@ def test_secrets_never_reach_redis_or_the_logs(
             assert all(sent[name] == value for name, value in SECRETS.items())
 
 
+SSN = "SECRET-SSN-0009"
+FORM_PW = "SECRET-FORM-PW-0010"
+ESCAPED = "SECRET-ESCAPED-0011"
+QTOKEN = "SECRET-QTOKEN-0012"
+PART_PW = "SECRET-PART-0013"
+DEEP_PW = "SECRET-DEEP-0014"
+DEPTH = 1000  # between Python's recursion limit and orjson's 1,024
+BOUNDARY = "----b0undary"
+GAP_BODIES = {  # every body type the proxy captures: (content type, body)
+    "form": ("application/x-www-form-urlencoded", f"ssn={SSN}&password={FORM_PW}&x=1".encode()),
+    "escaped": ("application/json", b'{"s\\u0073n": "%s", "x": 1}' % ESCAPED.encode()),
+    "broken": ("application/json", b'{"s\\u0073n": "%s", oops' % ESCAPED.encode()),
+    "multipart": (
+        f"multipart/form-data; boundary={BOUNDARY}",
+        (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="password"\r\n\r\n{PART_PW}'
+         f'\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name="x"\r\n\r\nkeep\r\n'
+         f"--{BOUNDARY}--\r\n").encode(),
+    ),
+    "deep": (
+        "application/json",
+        b'{"a": %s, "password": "%s"}' % (b"[" * DEPTH + b"]" * DEPTH, DEEP_PW.encode()),
+    ),
+}  # fmt: skip
+GAP_SECRETS = [SSN, FORM_PW, ESCAPED, QTOKEN, PART_PW, DEEP_PW]
+
+
+@pytest.mark.slow  # ~10 s: a serve process and a worker process
+def test_every_captured_body_type_is_redacted_before_redis(
+    tmp_path: Path, redis_url: str, prefix: str, redis_client: redis.Redis
+) -> None:
+    """Issue 12, bugs 5 and 10: form bodies, keys spelled with escapes, multipart parts,
+    `?token=` and JSON nested 1,000 deep are redacted where they are stored; every pair is
+    recorded and counted, the drill-down answers, and no traceback is logged."""
+    primary, candidate = Model("old"), Model("new")
+    with serve_app(primary) as primary_url, serve_app(candidate) as candidate_url:
+        config = write_config(
+            tmp_path / "shadowtrial.toml", primary_url, redis_url, prefix,
+            [{"name": "c", "url": candidate_url}],
+            sections={"worker": {"block_ms": 100}},
+            redact_fields=["ssn"],
+        )  # fmt: skip
+        with serve(config) as proxy:
+            for content_type, body in GAP_BODIES.values():
+                answer = httpx.post(
+                    f"{proxy.url}/v2/models/m/infer?token={QTOKEN}&debug=1",
+                    content=body,
+                    headers={"content-type": content_type},
+                )
+                assert answer.status_code == 200
+            keys = Keys(prefix)
+            n = len(GAP_BODIES)
+            wp.wait_for(lambda: redis_client.xlen(keys.pairs("c")) == n, 15, "every pair")
+            metrics = proxy.metrics()
+            assert metrics.get_value("shadowtrial_mirror_sampled_total", candidate="c") == n
+            recorded = metrics.get_value(
+                "shadowtrial_capture_total", candidate="c", outcome="recorded"
+            )
+            assert recorded == n
+            with worker(config, "gaps-w1") as proc:
+                wp.wait_for(lambda: wp.consumed(redis_client, keys, "c"), 30, "the worker")
+                pairs = httpx.get(proxy.admin + "/v1/candidates/c/pairs", timeout=30)
+                assert pairs.status_code == 200 and len(pairs.json()["pairs"]) >= 1
+                assert httpx.get(proxy.admin + "/v1/candidates/c/report").status_code == 200
+            logs = proxy.log_text() + proc.log_text()
+        dump = redis_dump(redis_client, prefix)
+    for secret in GAP_SECRETS:
+        assert secret.encode() not in dump, secret
+        assert secret not in logs and secret not in pairs.text, secret
+    assert b"x=1" in dump and b"debug=1" in dump and b"keep" in dump  # the rest is kept
+    assert "Traceback" not in logs and len(logs) < 20_000, logs[-3000:]
+    for model in (primary, candidate):  # the models got every request as it was sent
+        assert sorted(received for _, _, received in model.received) == sorted(
+            body for _, body in GAP_BODIES.values()
+        )
+
+
 # -- Redis with a password, and over TLS -------------------------------------------------
 
 
@@ -330,3 +406,26 @@ def test_replayed_pairs_are_redacted_too(
     dump = redis_dump(redis_client, prefix)
     assert all(secret.encode() not in dump for secret in (PASSWORD, TOKEN, QUERY))
     assert all(PASSWORD.encode() in body for _, _, body in candidate.received)  # sent intact
+
+
+def test_the_drilldown_redacts_pairs_stored_before_the_fix(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Samples written by older versions hold what capture redacts now (issue 12, bug 10):
+    the drill-down runs the same redaction over everything it shows."""
+    sample = {
+        "request_id": "old", "ts_ms": 1, "method": "POST", "path": "/v2/models/m/infer",
+        "query": f"token={QTOKEN}&debug=1", "headers": {"x-auth-token": PART_PW},
+        "request_body": f"ssn={SSN}&password={FORM_PW}&x=1",
+        "slices": [], "primary": {"body": orjson.dumps({"api_token": TOKEN}).decode()},
+        "candidate": {"body": '{"s\\u0073n": "' + ESCAPED + '"}'},
+    }  # fmt: skip
+    with trial(redis_url, prefix, monkeypatch, proxy={"redact_fields": ["ssn"]}) as t:
+        t.redis.lpush(t.keys.samples("v2", "recent"), orjson.dumps(sample))
+        shown = t.http.get(t.admin() + "/v1/candidates/v2/pairs")
+    assert shown.status_code == 200
+    for secret in (QTOKEN, PART_PW, SSN, FORM_PW, TOKEN, ESCAPED):
+        assert secret not in shown.text, secret
+    (pair,) = shown.json()["pairs"]
+    assert "debug=1" in pair["query"] and "x=1" in pair["request_body"]
+    assert "[redacted]" in pair["curl"]["primary"]

@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from common.sanitize import printable
+
 PRIMARY = "#0969da"
 CANDIDATE = "#8250df"
 PASS = "#1a7f37"
@@ -28,8 +30,9 @@ MAX_LABEL_CHARS = 14
 
 
 def _esc(text: object) -> str:
-    """Escape any text for SVG (quotes too: it may land in an attribute)."""
-    return html.escape(str(text), quote=True)
+    """Escape any text for SVG (quotes too: it may land in an attribute; control
+    characters shown as escapes)."""
+    return html.escape(printable(text), quote=True)
 
 
 def _num(x: float) -> str:

@@ -14,6 +14,8 @@ Candidates with evidence but no registry entry (a replay's target) are listed to
 Pages are rendered on the server (jinja2, autoescape on; charts are SVG strings from
 analysis.ui.charts, which escape their own text), served with a Content-Security-Policy
 that allows only this origin's script and style, so a value from traffic can never run.
+Every printed string also passes common.sanitize.printable (control characters and
+bidirectional overrides shown as escapes, never acted on).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from analysis.ui import charts, present
 from common.errors import ShadowtrialError, StoreError
 from common.keys import Keys
 from common.redis_client import sync_client
+from common.sanitize import printable
 from common.settings import Settings, parse_duration
 
 HERE = Path(__file__).parent
@@ -75,12 +78,18 @@ def sync_redis(context: Any) -> redis.Redis:
     )
 
 
+def _shown(value: Any) -> Any:
+    """Every text a template prints, made printable (HTML escaping comes after it)."""
+    return printable(value) if isinstance(value, str) and not isinstance(value, Markup) else value
+
+
 def _environment() -> Environment:
     env = Environment(
         loader=FileSystemLoader(HERE / "templates"),
         autoescape=select_autoescape(["html"], default_for_string=True, default=True),
         trim_blocks=True,
         lstrip_blocks=True,
+        finalize=_shown,
     )
     env.filters.update(present.FILTERS)
     env.globals["quote"] = lambda s: quote(str(s), safe="")

@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from common.sanitize import printable
 from shadowtrial.admin_client import add_admin_options
 
 STATE_STYLE = {"active": "green", "promoted": "bold blue", "rejected": "red", "ended": "yellow"}
@@ -35,27 +36,33 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shown(value: object) -> str:
+    """A registry value as rich markup that prints it literally and printably."""
+    from rich.markup import escape
+
+    return escape(printable(value))
+
+
 def _print(body: dict[str, Any]) -> None:
     from rich.console import Console
-    from rich.markup import escape
     from rich.table import Table
 
     console = Console(highlight=False, soft_wrap=True)
     routing = body.get("routing") or {}
     name = routing.get("primary_name")
-    console.print(f"primary: {escape(str(routing.get('primary')))}"
-                  + (f" ({escape(name)})" if name else ""))  # fmt: skip
+    console.print(f"primary: {_shown(routing.get('primary'))}"
+                  + (f" ({_shown(name)})" if name else ""))  # fmt: skip
     table = Table("name", "state", "sample", "timeout", "model", "ends", "note")
     for c in body.get("candidates") or []:
         style = STATE_STYLE.get(c.get("state"), "")
-        state = f"[{style}]{escape(c.get('state', ''))}[/{style}]" if style else c.get("state")
+        state = _shown(c.get("state", ""))
         table.add_row(
-            escape(c.get("name", "")),
-            state,
+            _shown(c.get("name", "")),
+            f"[{style}]{state}[/{style}]" if style else state,
             f"{c.get('sample', 0):g}",
             f"{c.get('timeout_ms')} ms",
-            escape(c.get("url") or f"onnx: {c.get('onnx')}"),
-            escape(c.get("ends_at") or "-"),
-            escape(c.get("reason") or ""),
+            _shown(c.get("url") or f"onnx: {c.get('onnx')}"),
+            _shown(c.get("ends_at") or "-"),
+            _shown(c.get("reason") or ""),
         )
     console.print(table)

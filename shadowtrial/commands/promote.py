@@ -13,6 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from common.sanitize import printable
 from shadowtrial.admin_client import add_admin_options
 
 EXIT_OK = 0
@@ -63,7 +64,8 @@ def finish(status: int, body: Any, as_json: bool, summary: Any) -> int:
     if not ok and status != 409:
         raise AdminRefused(status, body)
     if not as_json:
-        console.print(escape(summary(body) if ok else f"refused: {describe_error(body)}"))
+        text = summary(body) if ok else f"refused: {describe_error(body)}"
+        console.print(escape(printable(text)))
         print_gate(console, body.get("gate") if isinstance(body, dict) else None)
     return EXIT_OK if ok else EXIT_REFUSED
 
@@ -72,8 +74,8 @@ def print_gate(console: Console, gate: dict[str, Any] | None) -> None:
     """The verdict, coloured, and one line per reason."""
     if not gate:
         return
-    verdict = str(gate.get("verdict"))
+    verdict = printable(gate.get("verdict"))
     style = VERDICT_STYLE.get(verdict, "bold")
     console.print(f"gate: [{style}]{escape(verdict)}[/{style}]")
     for reason in gate.get("reasons") or []:
-        console.print(f"  - {escape(str(reason))}")
+        console.print(f"  - {escape(printable(reason))}")
