@@ -14,7 +14,6 @@ logging, no copy of the answer unless the request is mirrored.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import re
 import secrets
@@ -76,15 +75,14 @@ _JSON = [(b"content-type", b"application/json")]
 
 
 class RequestIds:
-    """Cheap unique ids: a random per-process prefix and a counter (32 hex digits)."""
+    """Unpredictable request ids (32 hex digits, 128 random bits each).
 
-    def __init__(self) -> None:
-        self._prefix = secrets.token_hex(8)
-        self._counter = itertools.count(1)
+    Not a prefix and a counter: the label join is keyed by request id, and an id a client
+    can predict is one it can send first to claim another request's label."""
 
     def new(self) -> str:
         """A fresh request id."""
-        return f"{self._prefix}{next(self._counter):016x}"
+        return secrets.token_hex(16)
 
 
 class _Incoming:
