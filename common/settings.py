@@ -383,6 +383,9 @@ class CandidateSettings:
     # `duration` seconds ("2h" in TOML) after the candidate was first registered.
     ends_at: str | None = _setting(None, _cast_optional_instant)
     duration: float | None = _setting(None, _cast_optional_duration)
+    # Send the client's Authorization, Cookie and API-key headers to this candidate too
+    # (off: a candidate on trial never sees the client's credentials).
+    forward_credentials: bool = _setting(False, _cast_bool)
 
 
 @dataclass(frozen=True)
