@@ -282,6 +282,10 @@ class ProxySettings:
     # complete this long after the connection opened (slowloris) gets 408 (proxy.http_limits).
     max_header_bytes: int = _setting(65_536, _at_least(_cast_int, 1024))
     header_timeout_ms: int = _setting(30_000, _at_least(_cast_int, 100))
+    # A request body not complete this long after its head gets 408; request bodies being
+    # read (and buffered for mirroring) hold at most this many bytes per process in all.
+    body_timeout_ms: int = _setting(30_000, _at_least(_cast_int, 100))
+    max_buffered_bytes: int = _setting(67_108_864, _at_least(_cast_int, 0))
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,19 @@ class Metrics:
             registry=reg,
         )
         self.redis_up.set(1)
+        self.http_refused = Counter(
+            "shadowtrial_http_refused",
+            "Requests refused before reaching the app: head_too_large (431), head_timeout "
+            "and body_timeout (408); not in shadowtrial_requests_total",
+            ["reason"],
+            registry=reg,
+        )
+        self.body_buffer_full = Counter(
+            "shadowtrial_body_buffer_full",
+            "Request bodies streamed to the primary uncaptured because the process already "
+            "held proxy.max_buffered_bytes of bodies being read (mirrors count too_large)",
+            registry=reg,
+        )
         self._request_children: dict[tuple[str, int], Any] = {}
         self._children: dict[tuple[str, ...], Any] = {}
 
@@ -154,6 +167,10 @@ class Metrics:
     def captured(self, candidate: str, outcome: str, count: int = 1) -> None:
         """Count pair records by capture outcome."""
         self._child(self.capture, candidate, outcome).inc(count)
+
+    def refused(self, reason: str) -> None:
+        """Count one request refused by the HTTP limits (proxy.http_limits)."""
+        self._child(self.http_refused, reason).inc()
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         """One sample's current value in this process (0 when absent); for tests and probes."""

@@ -10,7 +10,8 @@ prometheus-client's multiprocess mode in a temporary folder the parent creates a
 removes, so /metrics on any worker reports the sum over all of them (see proxy.metrics).
 
 Both ports speak HTTP/1.1 through proxy.http_limits (uvicorn's httptools protocol with a
-bounded request head: 431 past proxy.max_header_bytes, 408 past proxy.header_timeout_ms).
+bounded request head: 431 past proxy.max_header_bytes, 408 past proxy.header_timeout_ms;
+and a bounded body time: 408 past proxy.body_timeout_ms).
 
 SIGTERM / SIGINT: stop accepting, finish in-flight requests, let mirrors end, flush
 capture, exit 0. The parent forwards the signal to its workers and then stops the
@@ -86,8 +87,10 @@ def _configs(
     app: object, admin: object, grace_s: float, settings: Settings
 ) -> tuple[uvicorn.Config, uvicorn.Config]:
     proxy = settings.proxy
+    refused = getattr(getattr(app, "metrics", None), "refused", None)
+    limits = (proxy.max_header_bytes, proxy.header_timeout_ms / 1000, proxy.body_timeout_ms / 1000)
     common = {
-        "http": guarded_http(proxy.max_header_bytes, proxy.header_timeout_ms / 1000),
+        "http": guarded_http(*limits, on_refuse=refused),
         "log_config": None,
         "access_log": False,
         "backlog": 4096,
