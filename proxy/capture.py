@@ -42,6 +42,7 @@ from common.redis_client import async_client
 from common.settings import Settings
 from proxy.metrics import CAPTURE_DROPPED, CAPTURE_RECORDED, CAPTURE_SPOOLED, Metrics
 from proxy.redact import BodyRedactor
+from proxy.tasks import bounded
 
 log = logging.getLogger("shadowtrial.capture")
 
@@ -414,8 +415,7 @@ class Capture:
                 await asyncio.wait({writer}, timeout=1.0)
         self._drop_pending()
         await self._flush_counts_at_close()
-        with contextlib.suppress(RedisError, OSError):
-            await self._client.aclose()
+        await bounded(self._client.aclose(), 1.0, "closing the capture client")
 
     async def _flush_counts_at_close(self, timeout_s: float = 1.0) -> None:
         """One last try for counts made after the writer stopped (drops at shutdown)."""
