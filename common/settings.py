@@ -77,6 +77,14 @@ def _cast_str_list(key: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _cast_path_globs(key: str, value: Any) -> tuple[str, ...]:
+    globs = _cast_str_list(key, value)
+    for glob in globs:
+        if not glob.startswith("/") and glob != "**":
+            raise ConfigError(key, value, 'path globs start with "/" ("**" mirrors every path)')
+    return globs
+
+
 def _cast_float_list(key: str, value: Any) -> tuple[float, ...]:
     if isinstance(value, str):
         value = [part for part in value.split(",") if part.strip()]
@@ -267,7 +275,8 @@ class ProxySettings:
     max_capture_bytes: int = _setting(1_048_576, _at_least(_cast_int, 0))
     mirror_concurrency: int = _setting(256, _at_least(_cast_int, 1))
     mirror_methods: tuple[str, ...] = _setting(("POST",), _cast_str_list)
-    mirror_paths: tuple[str, ...] = _setting(("*",), _cast_str_list)
+    # Empty: the inference paths of [outputs] protocol (proxy.paths); "**" mirrors any path.
+    mirror_paths: tuple[str, ...] = _setting((), _cast_path_globs)
     mirror_on_primary_error: bool = _setting(False, _cast_bool)
     sample_by: str = _setting("request-id", _cast_str)
     redact_headers: tuple[str, ...] = _setting(
@@ -295,6 +304,8 @@ class RedisSettings:
     url: str | None = _setting(None, _cast_redis_url)
     prefix: str = _setting("shadowtrial", _name)
     max_pairs: int = _setting(1_000_000, _at_least(_cast_int, 1))
+    # ... and about this many bytes per candidate stream (clients choose body sizes).
+    max_stream_bytes: int = _setting(2_147_483_648, _at_least(_cast_int, 65_536))
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,9 @@ class ProxyApp:
         self.runners = list(build_runners(settings) if runners is None else runners)
         self.routing = RoutingTable.from_settings(settings, self.runners)
         self.capture = Capture.from_settings(settings, redis_url, self.metrics)
-        self.mirror = Mirror(settings.proxy, self.capture, self.metrics)
+        self.mirror = Mirror(
+            settings.proxy, self.capture, self.metrics, protocol=settings.outputs.protocol
+        )
         self.forwarder = Forwarder(settings, self.routing, self.mirror, self.metrics)
         self.registry = RegistrySync(settings, redis_url, self.routing, self.runners)
         self.trials = TrialWatch(self.registry, redis_url)

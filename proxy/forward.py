@@ -164,7 +164,7 @@ class Forwarder:
         primary: asyncio.Future[PrimaryAnswer] | None = None
         mirrors = self._routing.mirrors
         policy = self._mirror.policy
-        if mirrors and method in policy.methods and policy.path_allowed(scope["path"]):
+        if mirrors and method in policy.methods and policy.path_allowed(path_text):
             key = incoming.sample_value or incoming.request_id
             request = MirrorRequest(
                 incoming.request_id, method, path_text, query, incoming.headers, body or b""

@@ -14,8 +14,11 @@ from servers import serve_app
 from analysis.feedback import record_feedback
 from analysis.report import build_report
 from analysis.worker import Worker
+from common.errors import ConfigError
 from common.keys import Keys
+from common.settings import settings_from_mapping
 from proxy.forward import RequestIds
+from proxy.paths import compile_patterns, normalise
 from tests import pairs_factory as pf
 
 SETOSA = [0.9, 0.06, 0.04]
@@ -114,3 +117,111 @@ def test_candidates_get_no_client_credentials_unless_they_opt_in_and_are_marked_
     assert at_primary["x-shadowtrial-shadow"] == ["0"]
     assert at_plain["x-shadowtrial-shadow"] == ["1"] == at_trusted["x-shadowtrial-shadow"]
     assert at_plain["x-keep"] == ["yes"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("/v2/models/m/infer", "/v2/models/m/infer"),
+        ("/v2//models///m/infer", "/v2/models/m/infer"),
+        ("/v2/models/%6D/infer", "/v2/models/m/infer"),
+        ("/v2/models/m/./infer", "/v2/models/m/infer"),
+        ("/v2/models/m/infer/../../../../payments/charge", "/payments/charge"),
+        ("/../../v2/models/m/infer", "/v2/models/m/infer"),
+        ("/v2/models/m/%2E%2E/%2e%2e/unload", "/v2/unload"),
+        ("/v2/models/m%2Fx/infer", None),  # an encoded slash: servers disagree
+        ("/v2/models/m%5Cx/infer", None),
+        ("/v2/models/m\x00/infer", None),
+        ("v2/models/m/infer", None),
+        ("/v2/models/m%3Ainfer", "/v2/models/m%3Ainfer"),  # reserved: left encoded
+    ],
+)
+def test_paths_are_normalised_before_matching(raw: str, expected: str | None) -> None:
+    assert normalise(raw) == expected
+
+
+def test_a_star_stays_within_one_segment() -> None:
+    match = compile_patterns(["/v2/models/*/infer", "/api/**"]).fullmatch
+    assert match("/v2/models/m/infer")
+    assert not match("/v2/models/a/b/infer")
+    assert not match("/v2/models/m/infer/extra")
+    assert match("/api/a/b/c")
+    assert not match("/apix")
+
+
+def test_mirror_paths_must_be_absolute_globs() -> None:
+    with pytest.raises(ConfigError, match=r'"\*\*" mirrors every path'):
+        proxy_settings("http://127.0.0.1:1", mirror_paths=["*"])
+
+
+def test_only_inference_paths_are_mirrored_by_default(redis_url: str, prefix: str) -> None:
+    """Issue 12, defaults: mirror_paths = ["*"] mirrored POST /v1/payments/charge and
+    model unload calls, `*` crossed `/` and `..` was not resolved. Now the default is the
+    protocol's inference paths, matched on normalised paths."""
+    primary, candidate = Primary(), Primary()
+    sent = {
+        "/v2/models/m/infer": True,
+        "/v2//models/%6D/infer": True,
+        "/v1/payments/charge": False,
+        "/v2/repository/models/m/unload": False,
+        "/v2/models/a/b/infer": False,
+        "/v2/models/m/infer/../../../../v1/payments/charge": False,
+        "/v2/models/m%2F..%2F..%2Fx/infer": False,
+        "/invocations": False,  # an MLflow path: not oip-v2
+    }
+    with serve_app(primary) as primary_url, serve_app(candidate) as candidate_url:
+        raw = {
+            "proxy": {"primary": primary_url},
+            "redis": {"prefix": prefix},
+            "outputs": {"protocol": "oip-v2"},
+            "candidates": [{"name": "c", "url": candidate_url}],
+        }
+        settings = settings_from_mapping(raw, environ={})
+        assert settings.proxy.mirror_paths == ()
+        with running_proxy(settings, redis_url) as px, httpx.Client(timeout=10) as client:
+            for path in sent:
+                request = client.build_request("POST", px.url, content=b"{}")
+                request.url = request.url.copy_with(raw_path=path.encode())
+                assert client.send(request).status_code == 200
+            wait_until(lambda: len(primary.received) == len(sent), what="all at the primary")
+            wait_until(lambda: px.settled("c"), what="mirrors")
+            assert px.sampled("c") == sum(sent.values())
+    mirrored = {r["raw_path"] for r in candidate.received}
+    assert mirrored == {p for p, m in sent.items() if m}
+
+
+def test_a_client_sending_large_bodies_cannot_grow_a_stream_past_its_byte_budget(
+    redis_url: str, prefix: str, redis_client: redis.Redis
+) -> None:
+    """Issue 12, defaults: Redis memory per pair was set by the client (bodies up to
+    max_capture_bytes, kept for max_pairs entries). Now each candidate's stream also
+    holds about redis.max_stream_bytes: 40 pairs of 20 KiB requests in a 128 KiB budget
+    keep 2 (each pair holds the request and two echoed answers, ~60 KiB), and the bound
+    follows the records' sizes back up when the bodies are small again."""
+    budget = 128 * 1024
+    primary, candidate = Primary(), Primary()
+    with serve_app(primary) as primary_url, serve_app(candidate) as candidate_url:
+        raw = {
+            "proxy": {"primary": primary_url},
+            "redis": {"prefix": prefix, "max_stream_bytes": budget},
+            "candidates": [{"name": "c", "url": candidate_url}],
+        }
+        settings = settings_from_mapping(raw, environ={})
+        stream = Keys(prefix).pairs("c")
+        with running_proxy(settings, redis_url) as px, httpx.Client(timeout=10) as client:
+            for i in range(40):
+                body = b'{"x": "%s", "i": %d}' % (b"a" * 20_000, i)
+                assert client.post(px.url + INFER, content=body).status_code == 200
+            wait_until(lambda: px.settled("c"), what="mirrors")
+            kept = redis_client.xlen(stream)
+            used = redis_client.memory_usage(stream, samples=0)
+            assert px.captured("c", "recorded") == 40
+            for _ in range(120):  # small pairs: the bound follows the records' sizes back up
+                assert client.post(px.url + INFER, content=b"{}").status_code == 200
+            wait_until(lambda: px.settled("c"), what="mirrors")
+            small = redis_client.xlen(stream)
+    print(f"stream byte budget {budget // 1024} KiB: {kept} of 40 large pairs kept, "
+          f"{used // 1024} KiB in Redis; then {small} entries after 120 small pairs")  # fmt: skip
+    assert 2 <= kept <= 10, kept
+    assert used < 2 * budget, used
+    assert small >= 40
