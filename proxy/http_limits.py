@@ -101,6 +101,9 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._body_timer = None
         if self.transport.is_closing():
             return
+        if self.pipeline:  # queued behind an answer still being sent: its body waits too
+            self._body_timer = self.loop.call_later(self.body_timeout_s, self._body_timed_out)
+            return
         if self.cycle is not None and self.cycle.response_started:
             self._count("body_timeout")
             self.transport.close()  # an answer is under way: no 408 can follow it

@@ -5,6 +5,7 @@ bounded number of bytes in all, and the accounting identity still holds afterwar
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import threading
 import time
@@ -192,3 +193,17 @@ def test_a_body_that_completes_in_time_is_served(
             raw = read_all(sock)
         assert raw.count(b"HTTP/1.1 200") == 4, raw[:500]
         assert px.refused("body_timeout") == 0
+
+
+def test_a_pipelined_body_waits_for_the_answer_ahead_of_it(redis_url: str, tmp_path: Path) -> None:
+    """A request pipelined behind one whose answer takes 2.5 s, with an incomplete body:
+    its body timer must not write a 408 ahead of (or into) the first answer."""
+    with (
+        _proxy(tmp_path, redis_url, body_timeout_ms=1500) as px,
+        socket.create_connection(("127.0.0.1", px.port), timeout=15) as sock,
+    ):
+        first = b"POST /slow/2500 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+        sock.sendall(first + _head(10) + b"{")
+        raw = read_all(sock)
+    statuses = [int(s) for s in re.findall(rb"HTTP/1\.1 (\d{3}) ", raw)]
+    assert statuses == [200, 408], raw[:500]
