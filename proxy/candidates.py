@@ -85,10 +85,24 @@ _CREDENTIAL_NAMES = frozenset(
 _CREDENTIAL_SUFFIXES = ("-token", "_token", "-api-key", "-apikey", "-secret", "-subscription-key")
 
 
+_KEEP, _CREDENTIAL, _SHADOW = 1, 2, 3
+_KINDS: dict[str, int] = {}  # header name -> kind; on the mirror path, so cached (bounded)
+
+
 def is_credential(name: str) -> bool:
     """True for a header name that carries a credential (any case)."""
     lname = name.lower()
     return lname in _CREDENTIAL_NAMES or lname.endswith(_CREDENTIAL_SUFFIXES)
+
+
+def _kind(name: str) -> int:
+    if len(_KINDS) >= 4096:
+        _KINDS.clear()
+    kind = _SHADOW if name.lower() == SHADOW_HEADER[0] else _KEEP
+    if kind == _KEEP and is_credential(name):
+        kind = _CREDENTIAL
+    _KINDS[name] = kind
+    return kind
 
 
 def candidate_headers(
@@ -96,11 +110,9 @@ def candidate_headers(
 ) -> list[tuple[str, str]]:
     """The headers a candidate gets: the client's, minus credentials unless asked for,
     plus the shadow marker (a client's own marker header is replaced, not repeated)."""
-    kept = [
-        (n, v)
-        for n, v in headers
-        if n.lower() != SHADOW_HEADER[0] and (forward_credentials or not is_credential(n))
-    ]
+    drop = _SHADOW if forward_credentials else _CREDENTIAL
+    kinds = _KINDS
+    kept = [(n, v) for n, v in headers if (kinds.get(n) or _kind(n)) < drop]
     kept.append(SHADOW_HEADER)
     return kept
 
