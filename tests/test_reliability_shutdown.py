@@ -97,9 +97,7 @@ def test_repeated_sigterms_stop_serve_within_the_drain_timeout(
     assert max(took) < 10, took
 
 
-def test_repeated_sigterms_let_an_in_flight_request_finish(
-    redis_url: str, tmp_path: Path
-) -> None:
+def test_repeated_sigterms_let_an_in_flight_request_finish(redis_url: str, tmp_path: Path) -> None:
     """SIGTERM three times while a request waits 2.5 s for the primary: the client still
     gets its answer, and the process exits 0 right after it, within the drain timeout."""
     with serve_app(Primary()) as primary_url:
