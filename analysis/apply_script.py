@@ -123,6 +123,7 @@ if n_joins > 0 then
   local lcur, lprev = join_gens(labels_base, false, join_cap, join_ttl, now)
   -- labels rarely come first: look them up only when some are waiting
   local waiting = redis.call('EXISTS', lcur, lprev) > 0
+  local older = redis.call('EXISTS', pprev) == 1
   local stored = 0
   for _ = 1, n_joins do
     local rid, enc, b = ARGV[pos], ARGV[pos + 1], tonumber(ARGV[pos + 2]); pos = pos + 3
@@ -135,7 +136,8 @@ if n_joins > 0 then
       redis.call('HDEL', where, rid)
       local _, field = join_category(enc, label)
       redis.call('HINCRBY', KEYS[6 + b], field, 1)
-    elseif redis.call('HEXISTS', pprev, rid) == 1 or redis.call('HSETNX', pcur, rid, enc) == 0 then
+    elseif (older and redis.call('HEXISTS', pprev, rid) == 1)
+        or redis.call('HSETNX', pcur, rid, enc) == 0 then
       -- a request id already waiting (a client reusing ids): the first pair keeps the
       -- join, this one is only counted, so a repeated id cannot change labelled accuracy
       redis.call('HINCRBY', KEYS[6 + b], 'label_dup', 1)

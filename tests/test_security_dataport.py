@@ -71,6 +71,24 @@ def test_a_client_reusing_request_ids_cannot_change_labelled_accuracy(
     assert labels["duplicate_ids"] == 3
 
 
+def test_a_repeated_id_is_refused_when_the_first_pair_waits_in_the_older_generation(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    """The waiting predictions rotate into two generations (label_join_max): a repeat of
+    an id that now waits in the older one must not be stored in the newer one, where a
+    label would find it first."""
+    keys = Keys(prefix)
+    settings = pf.settings(prefix, label_join_max=2, batch=1)
+    honest = [pf.record(f"r{i}", [SETOSA], [SETOSA]) for i in range(3)]  # r2 rotates
+    pf.write(redis_client, keys.pairs("v2"), [*honest, pf.record("r0", [SETOSA], [VERSICOLOR])])
+    pf.drain(Worker(redis_client, settings))
+    join = settings.worker
+    assert record_feedback(redis_client, keys, "r0", "setosa", worker=join) == {"v2": "joined"}
+    labels = _labels(redis_client, prefix)
+    assert labels["n"] == 1 and labels["candidate_accuracy"] == 1.0
+    assert labels["duplicate_ids"] == 1
+
+
 CREDENTIALS = {
     "authorization": "Bearer s3cret",
     "cookie": "session=abc",
