@@ -17,6 +17,7 @@ from analysis.worker import Worker
 from common.errors import ConfigError
 from common.keys import Keys
 from common.settings import settings_from_mapping
+from proxy.capture import StreamBudget
 from proxy.forward import RequestIds
 from proxy.paths import compile_patterns, normalise
 from tests import pairs_factory as pf
@@ -243,3 +244,17 @@ def test_a_client_sending_large_bodies_cannot_grow_a_stream_past_its_byte_budget
     assert 2 <= kept <= 10, kept
     assert used < 2 * budget, used
     assert small >= 40
+
+
+def test_the_stream_budget_follows_record_sizes() -> None:
+    """The MAXLEN StreamBudget gives (used by capture and by `shadowtrial replay`): at most
+    max_pairs, about max_bytes / the records' average size, never below 1."""
+    budget = StreamBudget(max_pairs=1000, max_bytes=1_000_000)
+    small = {b"m": b"x" * 100, b"q": b"{}", b"p": b"{}", b"c": b"{}"}
+    large = {b"m": b"x" * 100, b"q": b"a" * 200_000, b"p": b"{}", b"c": b"{}"}
+    assert budget.maxlen("s", small) == 1000  # ~306 B each: max_pairs binds
+    lens = [budget.maxlen("s", large) for _ in range(200)]
+    assert lens[-1] == 4  # ~200 KB each: the bytes bind
+    assert lens == sorted(lens, reverse=True)  # it follows the average, not one record
+    assert budget.maxlen("other", large) == 4  # per stream
+    assert StreamBudget(10, 65_536).maxlen("s", {b"q": b"a" * 10**6}) == 1
