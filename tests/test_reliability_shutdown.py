@@ -97,6 +97,28 @@ def test_repeated_sigterms_stop_serve_within_the_drain_timeout(
     assert max(took) < 10, took
 
 
+def test_repeated_sigterms_stop_every_worker_process(redis_url: str, tmp_path: Path) -> None:
+    """`serve --workers 2`: the parent forwards every SIGTERM to its workers; two in a row
+    still end in one clean exit."""
+    with serve_app(Primary()) as primary_url:
+        config = write_config(
+            tmp_path / "w2.toml", primary_url, redis_url, f"sd{uuid.uuid4().hex[:10]}",
+            sections={"admin": {"sync_ms": 10}},
+        )  # fmt: skip
+        with serve(config, "--workers", "2") as served:
+            started = time.monotonic()
+            served.process.send_signal(signal.SIGTERM)
+            time.sleep(0.05)
+            served.process.send_signal(signal.SIGTERM)
+            code = _wait(served.process, 30)
+            took = time.monotonic() - started
+            log = served.log_text()
+    print(f"serve --workers 2, two SIGTERMs: exited after {took:.2f} s")
+    assert code == 0, log[-3000:]
+    assert took < 10, took
+    assert "Traceback" not in log, log[-3000:]
+
+
 def test_repeated_sigterms_let_an_in_flight_request_finish(redis_url: str, tmp_path: Path) -> None:
     """SIGTERM three times while a request waits 2.5 s for the primary: the client still
     gets its answer, and the process exits 0 right after it, within the drain timeout."""
