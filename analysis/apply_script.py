@@ -6,8 +6,10 @@ entry after we read it, that worker applies it, and we must not); if any is not,
 changes nothing and returns those ids so the caller re-aggregates without them; (b) adds
 the batch's increments to the bucket hashes, indexes and expires the buckets; (c) joins
 ground-truth labels that arrived first, or remembers the pair's predictions for labels
-that come later; (d) pushes drill-down samples; (e) XACKs the ids. A crash before the
-script leaves the entries pending for XAUTOCLAIM; a crash after it has applied them once.
+that come later (first pair wins: a request id already waiting is counted in
+`label_dup`, never overwritten); (d) pushes drill-down samples; (e) XACKs the ids. A
+crash before the script leaves the entries pending for XAUTOCLAIM; a crash after it has
+applied them once.
 
 Every key a script touches carries the candidate's hash tag, so on a Redis Cluster they
 share one slot (the label-join generation keys are derived inside the script from a base
@@ -117,11 +119,12 @@ redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. index_min)
 -- (c) label joins: (request id, encoded predictions, bucket position)
 local n_joins = tonumber(ARGV[pos]); pos = pos + 1
 if n_joins > 0 then
-  local pcur, _, pmeta = join_gens(preds_base, true, join_cap, join_ttl, now)
+  local pcur, pprev, pmeta = join_gens(preds_base, true, join_cap, join_ttl, now)
   local lcur, lprev = join_gens(labels_base, false, join_cap, join_ttl, now)
   -- labels rarely come first: look them up only when some are waiting
   local waiting = redis.call('EXISTS', lcur, lprev) > 0
-  local store = {}
+  local older = redis.call('EXISTS', pprev) == 1
+  local stored = 0
   for _ = 1, n_joins do
     local rid, enc, b = ARGV[pos], ARGV[pos + 1], tonumber(ARGV[pos + 2]); pos = pos + 3
     local where, label = lcur, false
@@ -133,15 +136,16 @@ if n_joins > 0 then
       redis.call('HDEL', where, rid)
       local _, field = join_category(enc, label)
       redis.call('HINCRBY', KEYS[6 + b], field, 1)
+    elseif (older and redis.call('HEXISTS', pprev, rid) == 1)
+        or redis.call('HSETNX', pcur, rid, enc) == 0 then
+      -- a request id already waiting (a client reusing ids): the first pair keeps the
+      -- join, this one is only counted, so a repeated id cannot change labelled accuracy
+      redis.call('HINCRBY', KEYS[6 + b], 'label_dup', 1)
     else
-      store[#store + 1] = rid
-      store[#store + 1] = enc
+      stored = stored + 1
     end
   end
-  for i = 1, #store, 2000 do
-    redis.call('HSET', pcur, unpack(store, i, math.min(i + 1999, #store)))
-  end
-  if #store > 0 then
+  if stored > 0 then
     redis.call('EXPIRE', pcur, 2 * join_ttl)
     redis.call('EXPIRE', pmeta, 4 * join_ttl)
   end

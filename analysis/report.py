@@ -481,7 +481,8 @@ def _labels(s: Summary) -> dict[str, Any]:
     result = stats.accuracy_comparison(a, b, c, d)
     if not result["n"]:
         result["mcnemar_p"] = None
-    return {**result, "negative_flips": b, "positive_flips": c}
+    dup = s.get("label_dup")  # pairs whose request id was already waiting for its label
+    return {**result, "negative_flips": b, "positive_flips": c, "duplicate_ids": dup}
 
 
 def _contract(client: redis.Redis, keys: Keys, candidate: str, s: Summary) -> dict[str, Any]:

@@ -101,6 +101,14 @@ def _cast_str_list(key: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _cast_path_globs(key: str, value: Any) -> tuple[str, ...]:
+    globs = _cast_str_list(key, value)
+    for glob in globs:
+        if not glob.startswith("/") and glob != "**":
+            raise ConfigError(key, value, 'path globs start with "/" ("**" mirrors every path)')
+    return globs
+
+
 def _cast_float_list(key: str, value: Any) -> tuple[float, ...]:
     if isinstance(value, str):
         value = [part for part in value.split(",") if part.strip()]
@@ -282,7 +290,8 @@ class ProxySettings:
     max_capture_bytes: int = _setting(1_048_576, _at_least(_cast_int, 0))
     mirror_concurrency: int = _setting(256, _at_least(_cast_int, 1))
     mirror_methods: tuple[str, ...] = _setting(("POST",), _cast_str_list)
-    mirror_paths: tuple[str, ...] = _setting(("*",), _cast_str_list)
+    # Empty: the inference paths of [outputs] protocol (proxy.paths); "**" mirrors any path.
+    mirror_paths: tuple[str, ...] = _setting((), _cast_path_globs)
     mirror_on_primary_error: bool = _setting(False, _cast_bool)
     sample_by: str = _setting("request-id", _cast_str)
     redact_headers: tuple[str, ...] = _setting(
@@ -299,6 +308,10 @@ class ProxySettings:
     header_timeout_ms: int = _setting(30_000, _at_least(_cast_int, 100))
     # Model URLs on link-local / cloud metadata addresses are refused (common.urls).
     allow_link_local_urls: bool = _setting(False, _cast_bool)
+    # A request body not complete this long after its head gets 408; request bodies being
+    # read (and buffered for mirroring) hold at most this many bytes per process in all.
+    body_timeout_ms: int = _setting(30_000, _at_least(_cast_int, 100))
+    max_buffered_bytes: int = _setting(67_108_864, _at_least(_cast_int, 0))
 
 
 @dataclass(frozen=True)
@@ -308,6 +321,8 @@ class RedisSettings:
     url: str | None = _setting(None, _cast_redis_url)
     prefix: str = _setting("shadowtrial", _name)
     max_pairs: int = _setting(1_000_000, _at_least(_cast_int, 1))
+    # ... and about this many bytes per candidate stream (clients choose body sizes).
+    max_stream_bytes: int = _setting(2_147_483_648, _at_least(_cast_int, 65_536))
 
 
 @dataclass(frozen=True)
@@ -411,6 +426,9 @@ class CandidateSettings:
     # `duration` seconds ("2h" in TOML) after the candidate was first registered.
     ends_at: str | None = _setting(None, _cast_optional_instant)
     duration: float | None = _setting(None, _cast_optional_duration)
+    # Send the client's Authorization, Cookie and API-key headers to this candidate too
+    # (off: a candidate on trial never sees the client's credentials).
+    forward_credentials: bool = _setting(False, _cast_bool)
 
 
 @dataclass(frozen=True)

@@ -501,7 +501,7 @@ def create_admin_app(proxy: ProxyApp) -> Starlette:
         await ctx.close()
 
     admin = proxy.settings.admin
-    refused = proxy.metrics.refused
+    refused = proxy.metrics.admin_refusal
     hosts = Middleware(HostAllowList, patterns=admin.allowed_hosts, on_refused=refused)
     guard = Middleware(
         RequireToken,

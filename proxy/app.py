@@ -22,12 +22,14 @@ from proxy.decisions import TrialWatch
 from proxy.forward import Forwarder, Receive, Scope, Send
 from proxy.metrics import Metrics
 from proxy.mirror import Mirror
-from proxy.registry import RegistrySync
+from proxy.registry import STOP_TIMEOUT_S, RegistrySync
 from proxy.routing import RoutingTable
+from proxy.tasks import bounded
 
 log = logging.getLogger("shadowtrial.proxy")
 
 CAPTURE_FLUSH_S = 5.0
+CLOSE_S = 2.0  # closing one client (the primary's session, a candidate) at shutdown
 
 
 class ProxyApp:
@@ -46,7 +48,9 @@ class ProxyApp:
         self.runners = list(build_runners(settings) if runners is None else runners)
         self.routing = RoutingTable.from_settings(settings, self.runners)
         self.capture = Capture.from_settings(settings, redis_url, self.metrics)
-        self.mirror = Mirror(settings.proxy, self.capture, self.metrics)
+        self.mirror = Mirror(
+            settings.proxy, self.capture, self.metrics, protocol=settings.outputs.protocol
+        )
         self.forwarder = Forwarder(settings, self.routing, self.mirror, self.metrics)
         self.registry = RegistrySync(settings, redis_url, self.routing, self.runners)
         self.trials = TrialWatch(self.registry, redis_url, self.metrics.automation_error)
@@ -70,19 +74,28 @@ class ProxyApp:
         self.trials.start()
         self.started = True
 
-    async def shutdown(self) -> None:
-        """Let in-flight mirrors end, flush capture, close every client."""
+    @property
+    def drain_s(self) -> float:
+        """How long shutdown lets in-flight mirrors run: the slowest candidate's timeout."""
         slowest = max((c.timeout_ms for c in self.settings.candidates), default=0)
+        return slowest / 1000 + 1.0
+
+    @property
+    def shutdown_budget_s(self) -> float:
+        """An upper bound on `shutdown()`: every step below is bounded (proxy.tasks)."""
+        steps = 2 * STOP_TIMEOUT_S + self.drain_s + 1.0 + 3 * STOP_TIMEOUT_S
+        return steps + CAPTURE_FLUSH_S + 3.0 + CLOSE_S * (1 + len(self.runners))
+
+    async def shutdown(self) -> None:
+        """Let in-flight mirrors end, flush capture, close every client; each step is
+        bounded, so a shutdown ends within `shutdown_budget_s` whatever hangs."""
         await self.trials.stop()
-        await self.mirror.drain(timeout_s=slowest / 1000 + 1.0)
+        await self.mirror.drain(timeout_s=self.drain_s)
         await self.registry.stop()
         await self.capture.close(timeout_s=CAPTURE_FLUSH_S)
-        await self.forwarder.close()
-        for runner in self.runners:
-            try:
-                await runner.close()
-            except Exception:  # one runner failing to close must not stop the others
-                log.warning("candidate %s failed to close", runner.name, exc_info=True)
+        await bounded(self.forwarder.close(), CLOSE_S, "closing the primary's session")
+        for runner in self.runners:  # one failing or hanging must not stop the others
+            await bounded(runner.close(), CLOSE_S, f"closing candidate {runner.name}")
         self.started = False
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:

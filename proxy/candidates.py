@@ -8,6 +8,9 @@ the mirror path turns failures into counters and pair records, never into except
 Runners:
 - `HttpCandidate`: the same method, path, query, headers (hop-by-hop removed) and body,
   sent to the candidate's base URL (proxy.http1), under the candidate's own timeout.
+  The client's credentials (Authorization, Cookie, API keys and tokens) are not sent
+  unless the candidate sets `forward_credentials = true`, and every mirrored request
+  carries `X-Shadowtrial-Shadow: 1` so a candidate can skip side effects.
 - `DeferredCandidate`: `onnx = ...` with `run = "worker"`. Returns `deferred` at once
   without doing any work; the comparison worker runs the model later from the record.
 - `proxy.onnx_runner.OnnxCandidate(settings)`: `onnx = ...` with `run = "proxy"`; runs the
@@ -73,6 +76,47 @@ class CandidateResult:
     error: str = ""
 
 
+SHADOW_HEADER = ("x-shadowtrial-shadow", "1")
+# Request headers that carry the client's credentials: never sent to a candidate unless
+# it opts in (a candidate is a model on trial, not a party the client authenticated to).
+_CREDENTIAL_NAMES = frozenset(
+    {"authorization", "cookie", "proxy-authorization", "x-api-key", "api-key", "apikey"}
+)
+_CREDENTIAL_SUFFIXES = ("-token", "_token", "-api-key", "-apikey", "-secret", "-subscription-key")
+
+
+_KEEP, _CREDENTIAL, _SHADOW = 1, 2, 3
+_KINDS: dict[str, int] = {}  # header name -> kind; on the mirror path, so cached (bounded)
+
+
+def is_credential(name: str) -> bool:
+    """True for a header name that carries a credential (any case)."""
+    lname = name.lower()
+    return lname in _CREDENTIAL_NAMES or lname.endswith(_CREDENTIAL_SUFFIXES)
+
+
+def _kind(name: str) -> int:
+    if len(_KINDS) >= 4096:
+        _KINDS.clear()
+    kind = _SHADOW if name.lower() == SHADOW_HEADER[0] else _KEEP
+    if kind == _KEEP and is_credential(name):
+        kind = _CREDENTIAL
+    _KINDS[name] = kind
+    return kind
+
+
+def candidate_headers(
+    headers: list[tuple[str, str]], forward_credentials: bool
+) -> list[tuple[str, str]]:
+    """The headers a candidate gets: the client's, minus credentials unless asked for,
+    plus the shadow marker (a client's own marker header is replaced, not repeated)."""
+    drop = _SHADOW if forward_credentials else _CREDENTIAL
+    kinds = _KINDS
+    kept = [(n, v) for n, v in headers if (kinds.get(n) or _kind(n)) < drop]
+    kept.append(SHADOW_HEADER)
+    return kept
+
+
 @runtime_checkable
 class CandidateRunner(Protocol):
     """A model on trial. Implementations must be cheap to call and must not raise.
@@ -107,6 +151,7 @@ class HttpCandidate:
     role: str = "candidate"
     max_body: int = 1_048_576
     pool_size: int = 256
+    forward_credentials: bool = False
     _client: Http1Client | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -117,10 +162,11 @@ class HttpCandidate:
         """Send the request; classify whatever happens into an outcome."""
         assert self._client is not None
         target = f"{request.path}?{request.query}" if request.query else request.path
+        headers = candidate_headers(request.headers, self.forward_credentials)
         start = time.perf_counter()
         try:
             answer = await self._client.request(
-                request.method, target, request.headers, request.body, self._timeout_s
+                request.method, target, headers, request.body, self._timeout_s
             )
         except TimeoutError:
             return _failed(OUTCOME_TIMEOUT, f"no answer within {self.timeout_ms} ms", start)
@@ -169,6 +215,7 @@ def build_runner(cand: CandidateSettings, max_body: int, pool_size: int) -> Cand
             role=cand.role,
             max_body=max_body,
             pool_size=pool_size,
+            forward_credentials=cand.forward_credentials,
         )
     if cand.run == "worker":
         _check_loadable(cand)

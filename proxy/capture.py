@@ -1,8 +1,9 @@
 """Pair records to Redis: one writer task, pipelined XADDs, a bounded spool.
 
 `submit` never blocks and never raises: it appends the encoded record to an in-memory
-queue and wakes the writer. The writer sends up to `BATCH` XADDs (MAXLEN ~ max_pairs) per
-round trip to the candidate's stream. When Redis is unreachable the queue becomes the
+queue and wakes the writer. The writer sends up to `BATCH` XADDs (MAXLEN ~ max_pairs, or
+fewer when the stream would exceed redis.max_stream_bytes: StreamBudget) per round trip
+to the candidate's stream. When Redis is unreachable the queue becomes the
 spool: records wait (counted once as `spooled`) while the writer retries with backoff;
 beyond `proxy.spool_max` waiting records, new ones are dropped and counted. (While Redis
 is up the queue is bounded by max(spool_max, BATCH) as a safety net.)
@@ -43,6 +44,7 @@ from common.redis_client import async_client
 from common.settings import Settings
 from proxy.metrics import CAPTURE_DROPPED, CAPTURE_RECORDED, CAPTURE_SPOOLED, Metrics
 from proxy.redact import REDACTED, BodyRedactor, secret_name
+from proxy.tasks import bounded
 
 log = logging.getLogger("shadowtrial.capture")
 
@@ -57,6 +59,7 @@ COUNTS_EVERY_S = 1.0  # accounting counts are written at most this often
 RECONCILE_PAGE = 1000
 RECONCILE_PAGES = 20
 CLOCK_SKEW_MS = 60_000
+RECORD_OVERHEAD = 200  # bytes a stream entry takes besides its field values (measured ~150)
 
 # Add accounting counts to one bucket, keep it as long as the worker keeps its own, and
 # index it so a window finds it even without pairs. Atomic: an hourly rollup running at
@@ -153,15 +156,41 @@ class BucketCounts:
 
 
 class _Pending:
-    __slots__ = ("candidate", "fields", "spooled", "stream", "ts_ms", "unsure")
+    __slots__ = ("candidate", "fields", "maxlen", "spooled", "stream", "ts_ms", "unsure")
 
     def __init__(self, candidate: str, stream: str, fields: dict[bytes, bytes], ts_ms: int) -> None:
         self.candidate = candidate
         self.stream = stream
         self.fields = fields
         self.ts_ms = ts_ms
+        self.maxlen = 1  # the stream's MAXLEN for this XADD (StreamBudget)
         self.spooled = False
         self.unsure = False  # in a batch whose answer was lost: maybe written already
+
+
+class StreamBudget:
+    """Each candidate's stream bounded by bytes as well as by entries.
+
+    A client decides how large its bodies are, so `max_pairs` alone lets 1 MiB bodies
+    take ~3 TB. The XADD MAXLEN of a stream is therefore also at most
+    `redis.max_stream_bytes` / (a moving average of its records' sizes): the stream holds
+    about that many bytes whatever the bodies weigh (Redis trims whole entries, oldest
+    first; records are never cut, so what is kept stays comparable)."""
+
+    SMOOTHING = 0.05  # weight of each new record in the moving average
+
+    def __init__(self, max_pairs: int, max_bytes: int) -> None:
+        self._max_pairs = max_pairs
+        self._max_bytes = max_bytes
+        self._mean: dict[str, float] = {}
+
+    def maxlen(self, stream: str, fields: dict[bytes, bytes]) -> int:
+        """The MAXLEN for one more record of `fields` in `stream`."""
+        size = RECORD_OVERHEAD + sum(len(v) for v in fields.values())
+        mean = self._mean.get(stream)
+        mean = size if mean is None else mean + (size - mean) * self.SMOOTHING
+        self._mean[stream] = mean
+        return max(1, min(self._max_pairs, int(self._max_bytes / mean)))
 
 
 class Capture:
@@ -179,10 +208,11 @@ class Capture:
         *,
         bucket_seconds: int = 60,
         bucket_ttl_s: int = 7 * 24 * 3600,
+        max_stream_bytes: int = 2**31,
     ) -> None:
         self._client = client
         self._keys = keys
-        self._max_pairs = max_pairs
+        self._budget = StreamBudget(max_pairs, max_stream_bytes)
         self._spool_max = spool_max
         self._capacity = max(spool_max, BATCH)
         self._metrics = metrics
@@ -219,6 +249,7 @@ class Capture:
             BodyRedactor.from_settings(settings),
             bucket_seconds=settings.worker.bucket_seconds,
             bucket_ttl_s=settings.worker.retention_hours * 3600,
+            max_stream_bytes=settings.redis.max_stream_bytes,
         )
 
     @property
@@ -263,6 +294,7 @@ class Capture:
         if self.redactor is not None:
             self._redact(record)
         item = _Pending(candidate, stream, record.to_fields(), record.ts_ms)
+        item.maxlen = self._budget.maxlen(stream, item.fields)
         self._pending.append(item)
         if not self.redis_up:
             item.spooled = True
@@ -320,7 +352,7 @@ class Capture:
     async def _write(self, batch: list[_Pending], counts: Counts) -> list[object]:
         pipe = self._client.pipeline(transaction=False)
         for item in batch:
-            pipe.xadd(item.stream, item.fields, maxlen=self._max_pairs, approximate=True)
+            pipe.xadd(item.stream, item.fields, maxlen=item.maxlen, approximate=True)
         self.counts.queue(pipe, counts)
         try:
             return await pipe.execute(raise_on_error=False)
@@ -426,8 +458,7 @@ class Capture:
                 await asyncio.wait({writer}, timeout=1.0)
         self._drop_pending()
         await self._flush_counts_at_close()
-        with contextlib.suppress(RedisError, OSError):
-            await self._client.aclose()
+        await bounded(self._client.aclose(), 1.0, "closing the capture client")
 
     async def _flush_counts_at_close(self, timeout_s: float = 1.0) -> None:
         """One last try for counts made after the writer stopped (drops at shutdown)."""

@@ -20,7 +20,6 @@ candidates every `gate.check_interval_s` and decides as actor "automation".
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
@@ -43,6 +42,7 @@ from proxy.registry import (
     HISTORY_KEPT,
     PROMOTED,
     REJECTED,
+    STOP_TIMEOUT_S,
     Change,
     Conflict,
     Entry,
@@ -50,6 +50,7 @@ from proxy.registry import (
     RegistrySync,
     Snapshot,
 )
+from proxy.tasks import stop_tasks
 
 log = logging.getLogger("shadowtrial.decisions")
 
@@ -403,6 +404,7 @@ class TrialWatch:
         self._on_error = on_error
         self._decisions: Decisions | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False  # ends the loop even if a cancellation was swallowed
 
     @property
     def automated(self) -> bool:
@@ -422,10 +424,9 @@ class TrialWatch:
         """Stop the automation and release the report client."""
         if self.check_time_boxes in self.sync.on_tick:
             self.sync.on_tick.remove(self.check_time_boxes)
+        self._stopping = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await stop_tasks([self._task], STOP_TIMEOUT_S, "gate automation")
         if self._decisions is not None:
             self._decisions.reports.close()
 
@@ -449,7 +450,7 @@ class TrialWatch:
     async def _automate(self) -> None:
         """Forever: one round per interval. Any error ends the round, never the task."""
         interval = self.settings.gate.check_interval_s
-        while True:
+        while not self._stopping:
             try:
                 if await self._lease(int(interval * 3000)):
                     await self.automate_once()

@@ -14,7 +14,6 @@ logging, no copy of the answer unless the request is mirrored.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import re
 import secrets
@@ -71,20 +70,22 @@ _RESPONSE_DROP = frozenset(
         b"upgrade",
     }
 )
+# A body chunk from uvicorn is at most its flow-control high-water mark (64 KiB) plus one
+# socket read (uvloop: 256 KiB); reserved per connection while it waits for the next one.
+_CHUNK_RESERVE = 320 * 1024
 _SAFE_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}").fullmatch
 _JSON = [(b"content-type", b"application/json")]
 
 
 class RequestIds:
-    """Cheap unique ids: a random per-process prefix and a counter (32 hex digits)."""
+    """Unpredictable request ids (32 hex digits, 128 random bits each).
 
-    def __init__(self) -> None:
-        self._prefix = secrets.token_hex(8)
-        self._counter = itertools.count(1)
+    Not a prefix and a counter: the label join is keyed by request id, and an id a client
+    can predict is one it can send first to claim another request's label."""
 
     def new(self) -> str:
         """A fresh request id."""
-        return f"{self._prefix}{next(self._counter):016x}"
+        return secrets.token_hex(16)
 
 
 class _Incoming:
@@ -115,6 +116,8 @@ class Forwarder:
         self._mirror = mirror
         self._metrics = metrics
         self._limit = settings.proxy.max_capture_bytes
+        self._max_buffered = settings.proxy.max_buffered_bytes
+        self._buffered = 0  # bytes of request bodies being read right now, all connections
         self._timeout_s = settings.proxy.primary_timeout_ms / 1000
         self._pool_size = max(1024, settings.proxy.mirror_concurrency * 4)
         self._ids = RequestIds()
@@ -161,7 +164,7 @@ class Forwarder:
         primary: asyncio.Future[PrimaryAnswer] | None = None
         mirrors = self._routing.mirrors
         policy = self._mirror.policy
-        if mirrors and method in policy.methods and policy.path_allowed(scope["path"]):
+        if mirrors and method in policy.methods and policy.path_allowed(path_text):
             key = incoming.sample_value or incoming.request_id
             request = MirrorRequest(
                 incoming.request_id, method, path_text, query, incoming.headers, body or b""
@@ -226,7 +229,9 @@ class Forwarder:
         self, receive: Receive, declared: int
     ) -> tuple[bytes | None, AsyncIterator[bytes] | None, bool]:
         """(body, None, too_large) when read whole; (None, stream, True) when too large
-        to hold (declared or found over max_capture_bytes): it is streamed to the primary."""
+        to hold (declared or found over max_capture_bytes), or when the bodies being read
+        by this process already hold proxy.max_buffered_bytes (slow clients must not pin
+        memory): it is streamed to the primary, not mirrored (counted too_large)."""
         limit = self._limit
         if declared > limit:
             return None, _stream_body(receive, []), True
@@ -237,16 +242,28 @@ class Forwarder:
         if not message.get("more_body", False):
             return body, None, len(body) > limit
         parts = [body]
-        size = len(body)
-        while size <= limit:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone
-            chunk = message.get("body", b"")
-            parts.append(chunk)
-            size += len(chunk)
-            if not message.get("more_body", False):
-                return b"".join(parts), None, size > limit
+        held = 0  # bytes of this body counted in self._buffered
+        try:
+            size = len(body)
+            while size <= limit:
+                # What is held, plus room for the chunk about to arrive: reserved before
+                # the wait, so many connections waiting at once cannot overshoot together.
+                want = size + _CHUNK_RESERVE
+                if self._buffered + want - held > self._max_buffered:
+                    self._metrics.body_buffer_full.inc()  # memory first: stream it through
+                    break
+                self._buffered += want - held
+                held = want
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientGone
+                chunk = message.get("body", b"")
+                parts.append(chunk)
+                size += len(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(parts), None, size > limit
+        finally:
+            self._buffered -= held
         return None, _stream_body(receive, parts), True
 
     async def _exchange(
@@ -408,9 +425,11 @@ def _drop_connection_listed(headers: list[tuple[str, str]], values: list[bytes])
 
 
 async def _stream_body(receive: Receive, head: list[bytes]) -> AsyncIterator[bytes]:
-    """The rest of a large request body, as it arrives from the client."""
-    for part in head:
-        yield part
+    """The rest of a large request body, as it arrives from the client (the parts read
+    already are let go of as they are sent: a stalled body must not pin them)."""
+    head.reverse()
+    while head:
+        yield head.pop()
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":

@@ -130,6 +130,19 @@ class Metrics:
             ["error"],
             registry=reg,
         )
+        self.http_refused = Counter(
+            "shadowtrial_http_refused",
+            "Requests refused before reaching the app: head_too_large (431), head_timeout "
+            "and body_timeout (408); not in shadowtrial_requests_total",
+            ["reason"],
+            registry=reg,
+        )
+        self.body_buffer_full = Counter(
+            "shadowtrial_body_buffer_full",
+            "Request bodies streamed to the primary uncaptured because the process already "
+            "held proxy.max_buffered_bytes of bodies being read (mirrors count too_large)",
+            registry=reg,
+        )
         self._request_children: dict[tuple[str, int], Any] = {}
         self._children: dict[tuple[str, ...], Any] = {}
 
@@ -169,6 +182,10 @@ class Metrics:
         self._child(self.capture, candidate, outcome).inc(count)
 
     def refused(self, reason: str) -> None:
+        """Count one request refused by the HTTP limits (proxy.http_limits)."""
+        self._child(self.http_refused, reason).inc()
+
+    def admin_refusal(self, reason: str) -> None:
         """Count one admin request refused at the door (proxy.admin_guard, proxy.auth)."""
         self._child(self.admin_refused, reason).inc()
 

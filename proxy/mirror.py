@@ -1,7 +1,8 @@
 """Mirroring: which requests go to which candidates, bounded, off the client's path.
 
 - Eligible: the method is in `proxy.mirror_methods` (POST by default, so a side effect
-  never happens twice) and the path matches one of `proxy.mirror_paths` (fnmatch).
+  never happens twice) and the normalised path matches one of `proxy.mirror_paths`
+  (by default the inference paths of `[outputs] protocol`; see proxy.paths).
 - Sticky sampling: u = first 8 bytes of blake2b(sample key) / 2**64; a candidate gets
   the request when u < its sample rate. The key is the request id, or a header with
   `proxy.sample_by = "header:X-User-Id"`. No per-candidate salt: a 10% sample is a subset
@@ -16,7 +17,6 @@
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import hashlib
 import logging
 import time
@@ -40,6 +40,7 @@ from proxy.metrics import (
     MIRROR_TOO_LARGE,
     Metrics,
 )
+from proxy.paths import compile_patterns, default_paths, normalise
 from proxy.routing import MirrorTarget
 
 log = logging.getLogger("shadowtrial.mirror")
@@ -74,32 +75,37 @@ class PrimaryAnswer:
 class MirrorPolicy:
     """Which requests may be mirrored at all, decided from method and path."""
 
-    def __init__(self, settings: ProxySettings) -> None:
+    def __init__(self, settings: ProxySettings, protocol: str = "auto") -> None:
         self.methods = frozenset(m.upper() for m in settings.mirror_methods)
-        self._patterns = tuple(settings.mirror_paths)
-        self._any_path = "*" in self._patterns
+        self.patterns = settings.mirror_paths or default_paths(protocol)
+        self._any_path = "**" in self.patterns
+        self._match = compile_patterns(self.patterns).fullmatch
         self._paths: dict[str, bool] = {}
         kind, _, name = settings.sample_by.partition(":")
         self.sample_header = name.strip().lower() if kind == "header" and name.strip() else None
 
-    def path_allowed(self, path: str) -> bool:
-        """True when the path matches a mirror pattern (cached, the cache is bounded)."""
+    def path_allowed(self, raw_path: str) -> bool:
+        """True when the raw (still percent-encoded) path, normalised, matches a mirror
+        pattern (proxy.paths; cached, the cache is bounded)."""
         if self._any_path:
             return True
-        allowed = self._paths.get(path)
+        allowed = self._paths.get(raw_path)
         if allowed is None:
-            allowed = any(fnmatch.fnmatchcase(path, pat) for pat in self._patterns)
+            path = normalise(raw_path)
+            allowed = path is not None and self._match(path) is not None
             if len(self._paths) >= _PATH_CACHE_MAX:
                 self._paths.clear()
-            self._paths[path] = allowed
+            self._paths[raw_path] = allowed
         return allowed
 
 
 class Mirror:
     """Starts sampled mirrors, bounds them, and turns their ends into pair records."""
 
-    def __init__(self, settings: ProxySettings, capture: Capture, metrics: Metrics) -> None:
-        self.policy = MirrorPolicy(settings)
+    def __init__(
+        self, settings: ProxySettings, capture: Capture, metrics: Metrics, protocol: str = "auto"
+    ) -> None:
+        self.policy = MirrorPolicy(settings, protocol)
         self._limit = settings.mirror_concurrency
         self._record_failed_primary = settings.mirror_on_primary_error
         self._capture = capture

@@ -57,6 +57,7 @@ from common.settings import (
 from common.urls import mask_url
 from proxy.candidates import CandidateRunner, build_runner
 from proxy.routing import MirrorTarget, RoutingTable
+from proxy.tasks import bounded, stop_tasks
 
 log = logging.getLogger("shadowtrial.registry")
 
@@ -65,6 +66,7 @@ STATES = (ACTIVE, REJECTED, PROMOTED, ENDED)
 HISTORY_KEPT = 20  # earlier primaries remembered for rollback
 TRANSACTION_TRIES = 20
 RETIRE_GRACE_S = 1.0  # a replaced runner is closed after its timeout plus this
+STOP_TIMEOUT_S = 2.0  # each step of RegistrySync.stop waits at most this long
 RUNTIME_FIELDS = ("name", "url", "sample", "timeout_ms", "role", "ends_at", "duration")
 PATCH_FIELDS = ("sample", "timeout_ms", "ends_at", "duration")
 
@@ -648,6 +650,7 @@ class RegistrySync:
         self._store: RegistryStore | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._lock = asyncio.Lock()
+        self._stopping = False  # ends the loops even if a cancellation was swallowed
 
     @property
     def store(self) -> RegistryStore:
@@ -670,17 +673,15 @@ class RegistrySync:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._listen()), loop.create_task(self._reconcile())]
 
-    async def stop(self) -> None:
-        """Stop following; close the runners made at runtime and the client."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+    async def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """Stop following; close the runners made at runtime and the client. Bounded:
+        a task that swallows its cancellation is left behind after `timeout_s`."""
+        self._stopping = True
+        await stop_tasks(self._tasks, timeout_s, "registry sync")
         self._tasks = []
-        await self.pool.close()
+        await bounded(self.pool.close(), timeout_s, "closing runtime candidates")
         if self._client is not None:
-            await self._client.aclose()
+            await bounded(self._client.aclose(), timeout_s, "closing the registry client")
             self._client = None
 
     async def refresh(self) -> bool:
@@ -727,7 +728,7 @@ class RegistrySync:
     async def _listen(self) -> None:
         """Refresh on every event; resubscribe (and refresh) after a lost connection."""
         backoff = 0.05
-        while True:
+        while not self._stopping:
             pubsub = None
             try:
                 assert self._client is not None
@@ -735,7 +736,7 @@ class RegistrySync:
                 await pubsub.subscribe(self.keys.events())
                 await self.refresh()
                 backoff = 0.05
-                while True:
+                while not self._stopping:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None:
                         await self.refresh()
@@ -750,7 +751,7 @@ class RegistrySync:
 
     async def _reconcile(self) -> None:
         """Re-read every interval (heals missed events; applies time boxes on time)."""
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.interval_s)
             if not await self.refresh() and self.snapshot is not None:
                 self.apply(self.snapshot)  # a time box still ends with Redis down

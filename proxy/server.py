@@ -10,11 +10,14 @@ prometheus-client's multiprocess mode in a temporary folder the parent creates a
 removes, so /metrics on any worker reports the sum over all of them (see proxy.metrics).
 
 Both ports speak HTTP/1.1 through proxy.http_limits (uvicorn's httptools protocol with a
-bounded request head: 431 past proxy.max_header_bytes, 408 past proxy.header_timeout_ms).
+bounded request head: 431 past proxy.max_header_bytes, 408 past proxy.header_timeout_ms;
+and a bounded body time: 408 past proxy.body_timeout_ms).
 
 SIGTERM / SIGINT: stop accepting, finish in-flight requests, let mirrors end, flush
-capture, exit 0. The parent forwards the signal to its workers and then stops the
-embedded Redis it started, if any.
+capture, exit 0. Every step is bounded (proxy.tasks), a repeated signal changes nothing
+(uvicorn's force_exit would skip flushing capture), and a watchdog thread ends a process
+still alive past the sum of the bounds (exit 1). The parent forwards the signal to its
+workers and then stops the embedded Redis it started, if any.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from multiprocessing.process import BaseProcess
 
@@ -49,6 +53,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 GRACE_EXTRA_S = 5.0
+WATCHDOG_EXTRA_S = 5.0
 
 
 class _Server(uvicorn.Server):
@@ -89,8 +94,10 @@ def _configs(
     app: object, admin: object, grace_s: float, settings: Settings
 ) -> tuple[uvicorn.Config, uvicorn.Config]:
     proxy = settings.proxy
+    refused = getattr(getattr(app, "metrics", None), "refused", None)
+    limits = (proxy.max_header_bytes, proxy.header_timeout_ms / 1000, proxy.body_timeout_ms / 1000)
     common = {
-        "http": guarded_http(proxy.max_header_bytes, proxy.header_timeout_ms / 1000),
+        "http": guarded_http(*limits, on_refuse=refused),
         "log_config": None,
         "access_log": False,
         "backlog": 4096,
@@ -123,9 +130,11 @@ async def serve_process(
     data, admin = _Server(data_cfg), _Server(admin_cfg)
 
     def stop() -> None:
-        if not data.should_exit:
-            log.info("stopping: finishing in-flight requests, flushing capture")
+        if data.should_exit:  # asked again: already stopping, every step is bounded
+            return
+        log.info("stopping: finishing in-flight requests, flushing capture")
         data.should_exit = admin.should_exit = True
+        _watchdog(grace_s + app.shutdown_budget_s + WATCHDOG_EXTRA_S)
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -139,6 +148,21 @@ async def serve_process(
     await admin_task
     if watch is not None:
         watch.cancel()
+
+
+def _watchdog(limit_s: float) -> None:
+    """The last resort behind every bounded shutdown step: a process still alive
+    `limit_s` after the stop signal exits anyway (a thread, so a blocked loop cannot
+    hold it up)."""
+
+    def expire() -> None:
+        log.error("shutdown did not finish within %.0f s; exiting now", limit_s)
+        logging.shutdown()
+        os._exit(EXIT_FAILED)
+
+    timer = threading.Timer(limit_s, expire)
+    timer.daemon = True
+    timer.start()
 
 
 async def _watch_parent(parent: int, stop: Callable[[], None]) -> None:

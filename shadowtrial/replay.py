@@ -317,6 +317,7 @@ class Replay:
         max_pairs: int = 1_000_000,
         on_done: Callable[[str], None] = lambda outcome: None,
         redact: Callable[[Any], None] | None = None,
+        maxlen: Callable[[str, dict[bytes, bytes]], int] | None = None,
     ) -> None:
         self.target = target
         self.redis = redis
@@ -328,6 +329,7 @@ class Replay:
         self.max_pairs = max_pairs
         self.on_done = on_done
         self.redact = redact  # proxy.redact's BodyRedactor.record: secrets out before Redis
+        self.maxlen = maxlen  # proxy.capture's StreamBudget.maxlen: the stream's byte bound
         self.tally = Tally()
         self._records: asyncio.Queue[Any] = asyncio.Queue(maxsize=WRITE_BATCH * 4)
 
@@ -398,6 +400,8 @@ class Replay:
         for rec in records:
             if self.redact is not None:
                 self.redact(rec)
-            pipe.xadd(self.stream, rec.to_fields(), maxlen=self.max_pairs, approximate=True)
+            fields = rec.to_fields()
+            maxlen = self.max_pairs if self.maxlen is None else self.maxlen(self.stream, fields)
+            pipe.xadd(self.stream, fields, maxlen=maxlen, approximate=True)
         await pipe.execute()
         self.tally.written += len(records)

@@ -81,7 +81,7 @@ def settings(
 ) -> Settings:
     """Settings for an in-process proxy replica (environment ignored)."""
     raw: dict[str, Any] = {
-        "proxy": {"primary": primary, **sections.pop("proxy", {})},
+        "proxy": {"primary": primary, "mirror_paths": ["**"], **sections.pop("proxy", {})},
         "redis": {"prefix": prefix},
         "admin": {"token_env": token_env, **sections.pop("admin", {})},
         "candidates": candidates or [],

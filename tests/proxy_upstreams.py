@@ -192,9 +192,10 @@ def reset_server() -> Iterator[str]:
 def proxy_settings(primary: str, candidates: list[dict[str, Any]] | None = None,
                    prefix: str = "shadowtrial", slices: list[dict[str, Any]] | None = None,
                    **proxy: Any) -> Settings:  # fmt: skip
-    """Settings for an in-process proxy (environment ignored)."""
+    """Settings for an in-process proxy (environment ignored); every path is mirrored
+    unless `mirror_paths` is given (the tests use paths like /json and /echo)."""
     raw: dict[str, Any] = {
-        "proxy": {"primary": primary, **proxy},
+        "proxy": {"primary": primary, "mirror_paths": ["**"], **proxy},
         "redis": {"prefix": prefix},
         "candidates": candidates or [],
         "slices": slices or [],

@@ -120,12 +120,14 @@ def write_config(
     sections: dict[str, dict[str, Any]] | None = None,
     **proxy: Any,
 ) -> Path:
-    """A shadowtrial.toml with free loopback ports for both of the proxy's ports."""
+    """A shadowtrial.toml with free loopback ports for both of the proxy's ports; every
+    path is mirrored unless `mirror_paths` is given."""
     tables: dict[str, dict[str, Any]] = {
         "proxy": {
             "listen": f"127.0.0.1:{free_port()}",
             "admin_listen": f"127.0.0.1:{free_port()}",
             "primary": primary,
+            "mirror_paths": ["**"],
             **proxy,
         },
         "redis": {"url": redis_url, "prefix": prefix},

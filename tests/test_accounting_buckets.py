@@ -34,7 +34,7 @@ HOUR = 3600
 
 def _settings(primary: str, candidate: str, prefix: str, **proxy: Any) -> Settings:
     raw = {
-        "proxy": {"primary": primary, **proxy},
+        "proxy": {"primary": primary, "mirror_paths": ["**"], **proxy},
         "redis": {"prefix": prefix},
         "worker": {"block_ms": 10},
         "candidates": [{"name": "c", "url": candidate, "timeout_ms": 30_000}],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import time
 from collections.abc import Iterator
@@ -115,9 +116,11 @@ async def test_capture_flushes_on_close_and_trims_to_max_pairs(
     redis_url: str, prefix: str, redis_client: redis.Redis
 ) -> None:
     settings = proxy_settings("http://127.0.0.1:1", prefix=prefix)
+    settings = dataclasses.replace(
+        settings, redis=dataclasses.replace(settings.redis, max_pairs=100)
+    )
     metrics = Metrics()
     capture = Capture.from_settings(settings, redis_url, metrics)
-    capture._max_pairs = 100
     capture.start()
     for i in range(1000):
         capture.submit("c", _record(i))

@@ -30,6 +30,7 @@ def write_config(folder: Path, primary: str, candidate: str | None = None, **pro
         f'listen = "127.0.0.1:{free_port()}"',
         f'admin_listen = "127.0.0.1:{free_port()}"',
         f'primary = "{primary}"',
+        'mirror_paths = ["**"]',
         *(f"{key} = {value}" for key, value in proxy.items()),
         "[redis]",
         f'prefix = "{folder.name[-20:].replace("_", "-")}"',

@@ -165,7 +165,7 @@ async def _replay(args: argparse.Namespace, settings: Any, total: int | None) ->
 
     from common.keys import Keys
     from common.redis_client import async_client
-    from proxy.capture import HeaderCapture
+    from proxy.capture import HeaderCapture, StreamBudget
     from proxy.redact import BodyRedactor
 
     keys = Keys(settings.redis.prefix)
@@ -188,6 +188,8 @@ async def _replay(args: argparse.Namespace, settings: Any, total: int | None) ->
                     target, client, keys.pairs(target.name), http, TokenBucket(args.rate),
                     lambda h: capture.select(h.items()), args.primary, settings.redis.max_pairs,
                     advance, redactor.record if redactor else None,
+                    maxlen=StreamBudget(settings.redis.max_pairs,
+                                        settings.redis.max_stream_bytes).maxlen,
                 )  # fmt: skip
                 return await replay.run(items, args.concurrency)
     except (redis.RedisError, OSError) as exc:
