@@ -28,8 +28,8 @@ from common.errors import CandidateError
 from common.onnx_model import OnnxModel
 from common.records import OUTCOME_ERROR, OUTCOME_OK, OUTCOME_TIMEOUT
 from common.settings import CandidateSettings
-from proxy.candidates import CandidateResult, MirrorRequest
 from proxy.metrics import MIRROR_SHED
+from proxy.runner import CandidateResult, MirrorRequest
 
 log = logging.getLogger("shadowtrial.onnx")
 

@@ -21,7 +21,8 @@ from analysis.adapters import select_adapter
 from common.errors import CandidateError, ModelLoadError
 from common.onnx_model import OnnxModel
 from common.settings import CandidateSettings, OutputSettings
-from proxy.candidates import CandidateRunner, MirrorRequest, build_runner
+from proxy.candidates import build_runner
+from proxy.runner import CandidateRunner, MirrorRequest
 from proxy.onnx_runner import OUTCOME_SHED, OnnxCandidate
 
 OIP = select_adapter(OutputSettings(protocol="oip-v2"))

@@ -4,7 +4,7 @@
 context is duck-typed: `settings` (common.settings.Settings), `keys` (common.keys.Keys),
 `redis` (a redis.asyncio client) and `async candidates() -> list[dict]` (registry entries:
 name, url or onnx, sample, timeout_ms, role, state, ends_at). When the context also has
-`async report(name, window_s) -> dict` (proxy.admin.AdminContext does), reports come from
+`async report(name, window_s) -> dict` (control.admin.AdminContext does), reports come from
 it; otherwise the synchronous `analysis.report.build_report` runs in a worker thread on
 a synchronous client of the same server: from `context.redis_url` when the context has
 one, else `settings.redis.url`, else rebuilt from the async client's connection settings.

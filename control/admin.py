@@ -7,8 +7,8 @@ and only reads plain state of the proxy (flags, counters, the routing table). Ch
 go to Redis; every replica, this one included, applies them through its RegistrySync.
 
 Errors are JSON `{"error": ..., "detail": ...}`. Writes need a bearer token
-(proxy.auth.RequireToken). The route table and its OpenAPI document are in
-proxy.openapi.
+(control.auth.RequireToken). The route table and its OpenAPI document are in
+control.openapi.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import importlib.util
 import shlex
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 from redis.exceptions import RedisError
@@ -35,29 +35,46 @@ from common.errors import StoreError
 from common.keys import Keys
 from common.settings import Settings, parse_duration
 from common.urls import mask_url, mask_urls_in
-from proxy.admin_guard import FailureLimit, HostAllowList
-from proxy.auth import RequireToken
-from proxy.decisions import Decisions, Reports
-from proxy.metrics import METRICS_CONTENT_TYPE
-from proxy.openapi import OPERATIONS, admin_routes, openapi_document
-from proxy.redact import REDACTED, BodyRedactor, secret_name
-from proxy.registry import (
+from control.admin_guard import FailureLimit, HostAllowList
+from control.auth import RequireToken
+from control.decisions import Decisions, Reports
+from control.openapi import OPERATIONS, admin_routes, openapi_document
+from control.registry import (
     PROMOTED,
     Change,
     Conflict,
     Invalid,
     NotFound,
     RegistryError,
-    RegistryStore,
     Snapshot,
     new_entry,
     patched_entry,
-    redis_client,
     registry_audit,
 )
+from control.registry_store import RegistryStore, redis_client
+from control.sync import RegistrySync
+from proxy.capture import Capture
+from proxy.metrics import METRICS_CONTENT_TYPE, Metrics
+from proxy.mirror import Mirror
+from proxy.redact import REDACTED, BodyRedactor, secret_name
+from proxy.routing import RoutingTable
 
-if TYPE_CHECKING:
-    from proxy.app import ProxyApp
+
+class ServedProxy(Protocol):
+    """What the admin port reads of the proxy process it serves (proxy.app.ProxyApp).
+
+    A Protocol rather than an import: the proxy process builds its admin app, so the
+    control plane must not import it back.
+    """
+
+    settings: Settings
+    redis_url: str
+    metrics: Metrics
+    routing: RoutingTable
+    capture: Capture
+    mirror: Mirror
+    registry: RegistrySync
+
 
 PROBE_TIMEOUT_S = 1.0
 DEFAULT_WINDOW = "1h"
@@ -89,12 +106,12 @@ class AdminContext:
 
     Attributes: `settings` (Settings), `keys` (common.keys.Keys), `redis` (a
     redis.asyncio.Redis client for the admin app's loop), `redis_url`, `store` (RegistryStore),
-    `decisions` (proxy.decisions.Decisions), `proxy` (the ProxyApp). Coroutines:
+    `decisions` (control.decisions.Decisions), `proxy` (the ProxyApp). Coroutines:
     `candidates()` (registry entries as dicts), `routing()` (primary, previous, version),
     `report(name, window_s)` (analysis.report in a thread).
     """
 
-    def __init__(self, proxy: ProxyApp) -> None:
+    def __init__(self, proxy: ServedProxy) -> None:
         self.proxy = proxy
         self.settings: Settings = proxy.settings
         self.keys = Keys(self.settings.redis.prefix)
@@ -270,7 +287,7 @@ def _with_curl(
 
 
 class Endpoints:
-    """Every admin endpoint, by the handler name proxy.openapi's route table uses."""
+    """Every admin endpoint, by the handler name control.openapi's route table uses."""
 
     def __init__(self, ctx: AdminContext) -> None:
         self.ctx = ctx
@@ -490,7 +507,7 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return JSONResponse(body, status_code=500)
 
 
-def create_admin_app(proxy: ProxyApp) -> Starlette:
+def create_admin_app(proxy: ServedProxy) -> Starlette:
     """The admin app for one proxy process."""
 
     ctx = AdminContext(proxy)
@@ -525,4 +542,4 @@ def create_admin_app(proxy: ProxyApp) -> Starlette:
     return app
 
 
-__all__ = ["AdminContext", "create_admin_app", "curl_line", "primary_reachable"]
+__all__ = ["AdminContext", "ServedProxy", "create_admin_app", "curl_line", "primary_reachable"]

@@ -1,6 +1,6 @@
 """Decisions on candidates: promote, reject, rollback, time-boxed ends, optional automation.
 
-Each decision is one registry transaction (proxy.registry): the state change and its
+Each decision is one registry transaction (control.registry_store): the state change and its
 audit entry are written by the same Lua script, so there is never one without the other.
 The audit stream (`Keys.decisions()`) records time, actor (the token's name), action,
 candidate, outcome, the gate's verdict and reasons, whether the gate was forced, and the
@@ -36,20 +36,19 @@ from common.keys import Keys
 from common.redis_client import sync_client
 from common.settings import Settings, format_instant
 from common.urls import mask_url, mask_urls_in
-from proxy.registry import (
+from control.registry import (
     ACTIVE,
     ENDED,
     HISTORY_KEPT,
     PROMOTED,
     REJECTED,
-    STOP_TIMEOUT_S,
     Change,
     Conflict,
     Entry,
-    RegistryStore,
-    RegistrySync,
     Snapshot,
 )
+from control.registry_store import RegistryStore
+from control.sync import STOP_TIMEOUT_S, RegistrySync
 from proxy.tasks import stop_tasks
 
 log = logging.getLogger("shadowtrial.decisions")

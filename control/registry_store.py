@@ -1,0 +1,156 @@
+"""The registry in Redis: consistent reads and atomic changes (the store boundary).
+
+Every change goes through `RegistryStore.transaction`: read a snapshot, compute the
+change, and apply it with one Lua script only if `version` is still the one read (else
+retry). The script also bumps `version`, writes the audit entry if the change is a
+decision, and publishes the new version on `Keys.events()`. Redis failures leave this
+module as StoreError only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from common.errors import StoreError
+from common.keys import Keys
+from common.redis_client import async_client
+from common.settings import Settings
+from control.registry import Change, Conflict, Snapshot, entries_from, text_map
+
+TRANSACTION_TRIES = 20
+# KEYS: routing, registry, seeded, audit stream.
+# ARGV: expected version, channel, audit maxlen, #routing pairs, #puts, #deletes, #seeds,
+#       #unseeds, #audit pairs, then the items in that order.
+_COMMIT_LUA = """
+local version = redis.call('HGET', KEYS[1], 'version') or '0'
+if version ~= ARGV[1] then return -1 end
+local i = 10
+local nr, np, nd = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local ns, nu, na = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+for _ = 1, nr do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]); i = i + 2 end
+for _ = 1, np do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]); i = i + 2 end
+for _ = 1, nd do redis.call('HDEL', KEYS[2], ARGV[i]); i = i + 1 end
+for _ = 1, ns do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]); i = i + 2 end
+for _ = 1, nu do redis.call('HDEL', KEYS[3], ARGV[i]); i = i + 1 end
+if na > 0 then
+  local fields = {}
+  for _ = 1, na do
+    table.insert(fields, ARGV[i]); table.insert(fields, ARGV[i + 1]); i = i + 2
+  end
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', unpack(fields))
+end
+local new = redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('PUBLISH', ARGV[2], new)
+return new
+"""
+
+
+def redis_client(url: str, socket_timeout_s: float = 5.0) -> aioredis.Redis:
+    """An asyncio client that fails fast (callers retry on their own schedule); a
+    `redis+cluster://` URL gives a cluster client (common.redis_client)."""
+    return async_client(
+        url,
+        socket_connect_timeout=1.0,
+        socket_timeout=socket_timeout_s,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+class RegistryStore:
+    """Reads and atomic changes of the registry and routing state, on one asyncio client."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys, settings: Settings) -> None:
+        self.client = client
+        self.keys = keys
+        self.settings = settings
+        self._commit = client.register_script(_COMMIT_LUA)
+
+    async def snapshot(self) -> Snapshot:
+        """Everything, read consistently; StoreError when Redis cannot answer."""
+        keys = self.keys
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.hgetall(keys.routing())
+                pipe.hgetall(keys.registry())
+                pipe.hgetall(keys.registry_seeded())
+                routing_raw, registry_raw, seeded = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"cannot read the candidate registry: {exc}") from exc
+        routing = {k: v.decode() for k, v in text_map(routing_raw).items()}
+        raw = text_map(registry_raw)
+        return Snapshot(
+            version=int(routing.get("version") or 0),
+            entries=entries_from(raw),
+            raw=raw,
+            routing=routing,
+            seeded={k: v.decode() for k, v in text_map(seeded).items()},
+        )
+
+    async def commit(self, expected: int, change: Change) -> int | None:
+        """Apply `change` if the version is still `expected`; the new version, else None."""
+        items: list[Any] = []
+        for name, value in change.routing.items():
+            items += [name, value]
+        for name, entry in change.put.items():
+            items += [name, entry.to_json()]
+        items += change.delete
+        for name, spec in change.seed.items():
+            items += [name, spec]
+        items += change.unseed
+        for name, value in change.audit.items():
+            items += [name, value]
+        args = [
+            str(expected), self.keys.events(), self.settings.admin.audit_max,
+            len(change.routing), len(change.put), len(change.delete), len(change.seed),
+            len(change.unseed), len(change.audit), *items,
+        ]  # fmt: skip
+        keys = [
+            self.keys.routing(),
+            self.keys.registry(),
+            self.keys.registry_seeded(),
+            self.keys.decisions(),
+        ]
+        try:
+            result = int(await self._commit(keys=keys, args=args))
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"cannot change the candidate registry: {exc}") from exc
+        return None if result < 0 else result
+
+    async def transaction(
+        self, decide: Callable[[Snapshot], Change | None]
+    ) -> tuple[Snapshot, int]:
+        """Read, decide, commit; retried while another change slips in between.
+
+        `decide` raises RegistryError to refuse, or returns None when there is nothing to
+        do. Returns the snapshot the change was computed from and the new version.
+        """
+        for _ in range(TRANSACTION_TRIES):
+            snap = await self.snapshot()
+            change = decide(snap)
+            if change is None:
+                return snap, snap.version
+            version = await self.commit(snap.version, change)
+            if version is not None:
+                return snap, version
+        raise Conflict("the registry kept changing during this request", "try again")
+
+    async def audit(self, fields: Mapping[str, str]) -> None:
+        """Append to the decisions stream without changing anything (refused decisions)."""
+        try:
+            await self.client.xadd(
+                self.keys.decisions(),
+                dict(fields),
+                maxlen=self.settings.admin.audit_max,
+                approximate=True,
+            )
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"cannot write the audit log: {exc}") from exc
+
+
+__all__ = ["TRANSACTION_TRIES", "RegistryStore", "redis_client"]
