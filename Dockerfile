@@ -25,6 +25,7 @@ WORKDIR /src
 # constraints.txt: the exact versions of every runtime dependency (deploy/constraints.py).
 COPY pyproject.toml README.md constraints.txt ./
 COPY common ./common
+COPY models ./models
 COPY proxy ./proxy
 COPY control ./control
 COPY analysis ./analysis

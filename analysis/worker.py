@@ -213,7 +213,7 @@ class DeferredRunner:
             raise CandidateError(
                 OUTCOME_ERROR, "no ONNX model configured for this worker-run candidate"
             )
-        from common.onnx_model import OnnxModel  # onnxruntime only where it is needed
+        from models.onnx_model import OnnxModel  # onnxruntime only where it is needed
 
         try:
             model = self._models[candidate] = OnnxModel.load(cand)

@@ -165,7 +165,7 @@ def build_runner(cand: CandidateSettings, max_body: int, pool_size: int) -> Cand
 
 def _check_loadable(cand: CandidateSettings) -> None:
     """Fail at start, not in the worker hours later, when a worker-run model is unusable."""
-    from common.onnx_model import OnnxModel  # onnxruntime only when an ONNX model is configured
+    from models.onnx_model import OnnxModel  # onnxruntime only when an ONNX model is configured
 
     OnnxModel.load(cand)  # raises ModelLoadError naming the file and the problem
 
