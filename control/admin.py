@@ -23,7 +23,6 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 
 import orjson
-from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -33,6 +32,7 @@ from starlette.routing import BaseRoute
 
 from common.errors import StoreError
 from common.keys import Keys
+from common.redis_client import store_errors
 from common.settings import Settings, parse_duration
 from common.urls import mask_url, mask_urls_in
 from control.admin_guard import FailureLimit, HostAllowList
@@ -206,10 +206,8 @@ async def _known(ctx: AdminContext, name: str) -> Snapshot:
     snap = await ctx.snapshot()
     if name in snap.entries:
         return snap
-    try:
+    with store_errors("cannot read the candidates seen"):
         seen = await ctx.redis.hexists(ctx.keys.candidates_seen(), name)
-    except (RedisError, OSError) as exc:
-        raise StoreError(f"cannot read the candidates seen: {exc}") from exc
     if not seen:
         raise NotFound(f"no candidate named {name!r}", "GET /v1/candidates lists them")
     return snap

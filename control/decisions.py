@@ -29,11 +29,10 @@ from typing import Any
 
 import orjson
 import redis
-from redis.exceptions import RedisError
 
-from common.errors import ShadowtrialError, StoreError
+from common.errors import ShadowtrialError
 from common.keys import Keys
-from common.redis_client import sync_client
+from common.redis_client import STORE_FAILURES, store_errors, sync_client
 from common.settings import Settings, format_instant
 from common.urls import mask_url, mask_urls_in
 from control.registry import (
@@ -82,10 +81,8 @@ class Reports:
     def _build(self, name: str, window_s: float, now: float | None) -> dict[str, Any]:
         from analysis.report import build_report  # heavy (numpy, scipy): only when asked
 
-        try:
+        with store_errors(f"cannot build the report of {name}"):
             return build_report(self.client, self.keys, self.settings, name, window_s, now)
-        except redis.RedisError as exc:
-            raise StoreError(f"cannot build the report of {name}: {exc}") from exc
 
     def close(self) -> None:
         """Release the connections."""
@@ -315,10 +312,8 @@ class Decisions:
     async def history(self, limit: int = 100) -> list[dict[str, Any]]:
         """The audit log, newest first."""
         limit = max(1, min(limit, DECISIONS_MAX))
-        try:
+        with store_errors("cannot read the audit log"):
             rows = await self.store.client.xrevrange(self.store.keys.decisions(), count=limit)
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"cannot read the audit log: {exc}") from exc
         return [_decision(entry_id, fields) for entry_id, fields in rows]
 
 
@@ -443,7 +438,7 @@ class TrialWatch:
                 if await self._decisions.end_trial(entry.name, entry.ends_at, self.owner):
                     self.ended.append(entry.name)
                     log.info("trial of %s ended; final verdict recorded", entry.name)
-            except (ShadowtrialError, RedisError, OSError) as exc:
+            except (ShadowtrialError, *STORE_FAILURES) as exc:
                 log.warning("could not end the trial of %s: %s", entry.name, exc)
 
     async def _automate(self) -> None:
@@ -483,7 +478,7 @@ class TrialWatch:
             try:
                 if await self._judge(decisions, entry, now):
                     return
-            except (ShadowtrialError, RedisError, OSError):
+            except (ShadowtrialError, *STORE_FAILURES):
                 raise  # Redis or the store: the round is over, retried next interval
             except Exception as exc:  # one candidate's broken evidence must not stop the rest
                 self._failed(f"gate automation skipped {entry.name!r}", exc)

@@ -15,11 +15,9 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
-from common.errors import StoreError
 from common.keys import Keys
-from common.redis_client import async_client
+from common.redis_client import async_client, store_errors
 from common.settings import Settings
 from control.registry import Change, Conflict, Snapshot, entries_from, text_map
 
@@ -74,14 +72,12 @@ class RegistryStore:
     async def snapshot(self) -> Snapshot:
         """Everything, read consistently; StoreError when Redis cannot answer."""
         keys = self.keys
-        try:
+        with store_errors("cannot read the candidate registry"):
             async with self.client.pipeline(transaction=True) as pipe:
                 pipe.hgetall(keys.routing())
                 pipe.hgetall(keys.registry())
                 pipe.hgetall(keys.registry_seeded())
                 routing_raw, registry_raw, seeded = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"cannot read the candidate registry: {exc}") from exc
         routing = {k: v.decode() for k, v in text_map(routing_raw).items()}
         raw = text_map(registry_raw)
         return Snapshot(
@@ -116,10 +112,8 @@ class RegistryStore:
             self.keys.registry_seeded(),
             self.keys.decisions(),
         ]
-        try:
+        with store_errors("cannot change the candidate registry"):
             result = int(await self._commit(keys=keys, args=args))
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"cannot change the candidate registry: {exc}") from exc
         return None if result < 0 else result
 
     async def transaction(
@@ -142,15 +136,13 @@ class RegistryStore:
 
     async def audit(self, fields: Mapping[str, str]) -> None:
         """Append to the decisions stream without changing anything (refused decisions)."""
-        try:
+        with store_errors("cannot write the audit log"):
             await self.client.xadd(
                 self.keys.decisions(),
                 dict(fields),
                 maxlen=self.settings.admin.audit_max,
                 approximate=True,
             )
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"cannot write the audit log: {exc}") from exc
 
 
 __all__ = ["TRANSACTION_TRIES", "RegistryStore", "redis_client"]

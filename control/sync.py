@@ -17,10 +17,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from common.errors import StoreError
 from common.keys import Keys
+from common.redis_client import STORE_FAILURES
 from common.settings import Settings
 from common.urls import mask_url
 from control.pool import RunnerPool
@@ -153,13 +153,13 @@ class RegistrySync:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None:
                         await self.refresh()
-            except (RedisError, OSError) as exc:
+            except STORE_FAILURES as exc:
                 self.last_error = f"events: {exc}"
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
             finally:
                 if pubsub is not None:
-                    with contextlib.suppress(RedisError, OSError):
+                    with contextlib.suppress(*STORE_FAILURES):
                         await pubsub.aclose()
 
     async def _reconcile(self) -> None:

@@ -35,12 +35,11 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
 from common.errors import StoreError
 from common.keys import FIELD_CAPTURE_DROPPED, Keys
 from common.records import PairRecord
-from common.redis_client import async_client
+from common.redis_client import async_client, store_errors
 from common.settings import Settings
 from proxy.metrics import CAPTURE_DROPPED, CAPTURE_RECORDED, CAPTURE_SPOOLED, Metrics
 from proxy.redact import REDACTED, BodyRedactor, secret_name
@@ -354,10 +353,8 @@ class Capture:
         for item in batch:
             pipe.xadd(item.stream, item.fields, maxlen=item.maxlen, approximate=True)
         self.counts.queue(pipe, counts)
-        try:
+        with store_errors("Redis unavailable"):
             return await pipe.execute(raise_on_error=False)
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"Redis unavailable: {exc}") from exc
 
     def _spool(self, batch: list[_Pending], exc: StoreError) -> None:
         """Put a failed batch back at the front, in order; count each record once."""
@@ -429,10 +426,8 @@ class Capture:
     async def _entries_after(self, stream: str, start: bytes) -> AsyncIterator[tuple[bytes, bytes]]:
         """(entry id, metadata) of up to RECONCILE_PAGES pages of entries from `start`."""
         for _ in range(RECONCILE_PAGES):
-            try:
+            with store_errors("Redis unavailable"):
                 page = await self._client.xrange(stream, min=start, max="+", count=RECONCILE_PAGE)
-            except (RedisError, OSError) as exc:
-                raise StoreError(f"Redis unavailable: {exc}") from exc
             for entry_id, fields in page:
                 yield entry_id, fields.get(b"m", b"")
             if len(page) < RECONCILE_PAGE:

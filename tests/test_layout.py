@@ -42,7 +42,7 @@ def test_analysis_never_imports_proxy() -> None:
 
 # -- import circles and the planes --------------------------------------------------------
 
-PACKAGES = ("common", "runners", "proxy", "control", "analysis", "shadowtrial")
+PACKAGES = ("common", "models", "proxy", "control", "analysis", "shadowtrial")
 
 
 def _module_name(path: Path) -> str:
@@ -129,3 +129,40 @@ def test_the_data_plane_does_not_import_the_control_plane() -> None:
     assert [m for m in data_plane if any(t.startswith("control") for t in graph[m])] == []
     control = [m for m in graph if m.split(".")[0] == "control"]
     assert [m for m in control if graph[m] & composition] == []
+
+
+def _exception_classes() -> list[tuple[str, str]]:
+    """(module, class) of every class in the packages whose base's name says it is an
+    exception (an `...Error`, `Exception`, `...Refused`, ...): what the tree must draw."""
+    found = []
+    for pkg in PACKAGES:
+        for path in (ROOT / pkg).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ClassDef) and _raises(node):
+                    found.append((_module_name(path), node.name))
+    return found
+
+
+def _raises(node: ast.ClassDef) -> bool:
+    bases = [ast.unparse(b).rpartition(".")[2] for b in node.bases]
+    return any(b.endswith(("Error", "Exception", "Refused", "Output")) for b in bases)
+
+
+def test_every_error_class_is_drawn_in_the_tree() -> None:
+    tree = (ROOT / "common" / "errors.py").read_text().partition('"""')[2].partition('"""')[0]
+    classes = _exception_classes()
+    assert len(classes) > 15  # the walk finds them
+    assert [f"{m}.{c}" for m, c in classes if c not in tree] == []
+
+
+def test_every_drawn_error_is_a_shadowtrial_error() -> None:
+    """Apart from the few the docstring names as signals or translations into redis-py."""
+    import importlib
+
+    from common.errors import ShadowtrialError
+
+    outside = {"ProtocolError", "ClientGone", "_BadInput", "BadInput", "ClusterUnavailable",
+               "ClusterCommandError"}  # fmt: skip
+    for module, name in _exception_classes():
+        cls = getattr(importlib.import_module(module), name)
+        assert name in outside or issubclass(cls, ShadowtrialError), f"{module}.{name}"
