@@ -20,7 +20,7 @@ from common.errors import ConfigError
 from common.settings import settings_from_mapping
 from common.store import resolve_redis_url
 from common.urls import check_destination, mask_url
-from proxy import admin_guard
+from control import admin_guard
 from control.admin_guard import FailureLimit
 from control.auth import check_token_length
 
