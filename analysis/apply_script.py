@@ -27,169 +27,11 @@ import redis
 
 from analysis.slices import MAX_VALUES, OTHER, RESERVED
 from analysis.summaries import FLOAT_FIELDS, BatchDelta
-from common.errors import StoreError
 from common.keys import SAMPLES_KEPT, Keys
-from common.redis_client import queue_script
+from common.redis_client import store_errors
+from common.scripts import SCRIPTS
 
 SAMPLE_KINDS = ("divergent", "recent", "unparseable", "contract")
-
-# Shared by both join directions: two generations per kind, rotated by size or age.
-JOIN_LUA = r"""
-local function join_gens(base, rotate, cap, ttl, now)
-  local meta = base .. ':gen'
-  local gen = tonumber(redis.call('HGET', meta, 'n') or '0')
-  local born = tonumber(redis.call('HGET', meta, 't') or now)
-  local cur = base .. ':' .. gen
-  if rotate and (redis.call('HLEN', cur) >= cap or now - born >= ttl) then
-    gen = gen + 1
-    redis.call('HSET', meta, 'n', gen, 't', now)
-    redis.call('DEL', base .. ':' .. (gen - 2))
-    cur = base .. ':' .. gen
-  elseif rotate and redis.call('HEXISTS', meta, 't') == 0 then
-    redis.call('HSET', meta, 'n', gen, 't', now)
-  end
-  return cur, base .. ':' .. (gen - 1), meta
-end
-
-local function join_category(enc, label)
-  local sep = string.char(31)
-  local a = string.find(enc, sep, 1, true)
-  local b = string.find(enc, sep, a + 1, true)
-  local c = string.find(enc, sep, b + 1, true)
-  local bucket = string.sub(enc, 1, a - 1)
-  local plabel = string.sub(enc, a + 1, b - 1)
-  local clabel = string.sub(enc, b + 1, c - 1)
-  local cerr = string.sub(enc, c + 1)
-  local p_right = plabel == label
-  local c_right = cerr == '0' and clabel == label
-  local field
-  if p_right and c_right then field = 'la'
-  elseif p_right then field = 'lb'
-  elseif c_right then field = 'lc'
-  else field = 'ld' end
-  return bucket, field
-end
-"""
-
-APPLY_LUA = (
-    JOIN_LUA
-    + r"""
--- KEYS: stream, bucket index, samples (divergent, recent, unparseable, contract), buckets...
-local stream, index = KEYS[1], KEYS[2]
-local group, consumer = ARGV[1], ARGV[2]
-local n_ids = tonumber(ARGV[3])
-local ttl = tonumber(ARGV[4])
-local index_min = ARGV[5]
-local samples_cap = tonumber(ARGV[6])
-local id_min, id_max = ARGV[7], ARGV[8]
-local preds_base, labels_base = ARGV[9], ARGV[10]
-local join_cap, join_ttl, now = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
-local pos = 14
-local ids = {}
-for i = 1, n_ids do ids[i] = ARGV[pos]; pos = pos + 1 end
-
--- (a) every id must still be pending for this consumer
-local pending = redis.call('XPENDING', stream, group, id_min, id_max, n_ids + 64, consumer)
-local mine = {}
-for _, entry in ipairs(pending) do mine[entry[1]] = true end
-local missing = {}
-for _, id in ipairs(ids) do
-  if not mine[id] then missing[#missing + 1] = id end
-end
-if #missing > 0 then return missing end
-
--- (b) counter increments per bucket
-local n_buckets = tonumber(ARGV[pos]); pos = pos + 1
-for b = 1, n_buckets do
-  local key = KEYS[6 + b]
-  local start = ARGV[pos]; pos = pos + 1
-  local n_int = tonumber(ARGV[pos]); pos = pos + 1
-  for _ = 1, n_int do
-    redis.call('HINCRBY', key, ARGV[pos], ARGV[pos + 1]); pos = pos + 2
-  end
-  local n_float = tonumber(ARGV[pos]); pos = pos + 1
-  for _ = 1, n_float do
-    redis.call('HINCRBYFLOAT', key, ARGV[pos], ARGV[pos + 1]); pos = pos + 2
-  end
-  redis.call('EXPIRE', key, ttl)
-  redis.call('ZADD', index, start, start)
-end
-redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. index_min)
-
--- (c) label joins: (request id, encoded predictions, bucket position)
-local n_joins = tonumber(ARGV[pos]); pos = pos + 1
-if n_joins > 0 then
-  local pcur, pprev, pmeta = join_gens(preds_base, true, join_cap, join_ttl, now)
-  local lcur, lprev = join_gens(labels_base, false, join_cap, join_ttl, now)
-  -- labels rarely come first: look them up only when some are waiting
-  local waiting = redis.call('EXISTS', lcur, lprev) > 0
-  local older = redis.call('EXISTS', pprev) == 1
-  local stored = 0
-  for _ = 1, n_joins do
-    local rid, enc, b = ARGV[pos], ARGV[pos + 1], tonumber(ARGV[pos + 2]); pos = pos + 3
-    local where, label = lcur, false
-    if waiting then
-      label = redis.call('HGET', lcur, rid)
-      if not label then where = lprev; label = redis.call('HGET', lprev, rid) end
-    end
-    if label then
-      redis.call('HDEL', where, rid)
-      local _, field = join_category(enc, label)
-      redis.call('HINCRBY', KEYS[6 + b], field, 1)
-    elseif (older and redis.call('HEXISTS', pprev, rid) == 1)
-        or redis.call('HSETNX', pcur, rid, enc) == 0 then
-      -- a request id already waiting (a client reusing ids): the first pair keeps the
-      -- join, this one is only counted, so a repeated id cannot change labelled accuracy
-      redis.call('HINCRBY', KEYS[6 + b], 'label_dup', 1)
-    else
-      stored = stored + 1
-    end
-  end
-  if stored > 0 then
-    redis.call('EXPIRE', pcur, 2 * join_ttl)
-    redis.call('EXPIRE', pmeta, 4 * join_ttl)
-  end
-end
-
--- (d) drill-down samples, newest first, capped
-for s = 1, 4 do
-  local n = tonumber(ARGV[pos]); pos = pos + 1
-  if n > 0 then
-    for _ = 1, n do redis.call('LPUSH', KEYS[2 + s], ARGV[pos]); pos = pos + 1 end
-    redis.call('LTRIM', KEYS[2 + s], 0, samples_cap - 1)
-    redis.call('EXPIRE', KEYS[2 + s], ttl)
-  end
-end
-
--- (e) acknowledge (in chunks: unpack has a stack limit)
-for i = 1, #ids, 1000 do
-  redis.call('XACK', stream, group, unpack(ids, i, math.min(i + 999, #ids)))
-end
-return {}
-"""
-)
-
-# Admit values of one feature until the set holds `cap`; answer 1 (admitted) or 0 per value.
-ADMIT_LUA = r"""
-local cap = tonumber(ARGV[1])
-local ttl = tonumber(ARGV[2])
-local out = {}
-local size = redis.call('SCARD', KEYS[1])
-for i = 3, #ARGV do
-  local v = ARGV[i]
-  if redis.call('SISMEMBER', KEYS[1], v) == 1 then
-    out[#out + 1] = 1
-  elseif size < cap then
-    redis.call('SADD', KEYS[1], v)
-    size = size + 1
-    out[#out + 1] = 1
-  else
-    out[#out + 1] = 0
-  end
-end
-redis.call('EXPIRE', KEYS[1], ttl)
-return out
-"""
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:
@@ -213,7 +55,7 @@ class Applier:
         self.keys = keys
         self.group = group
         self.consumer = consumer
-        self._script = client.register_script(APPLY_LUA)
+        self._script = SCRIPTS["apply"].register(client)
 
     def apply(
         self,
@@ -230,40 +72,46 @@ class Applier:
         """Apply and acknowledge; return the ids no longer pending for us (nothing applied)."""
         starts = sorted(delta.buckets)
         k = self.keys
-        keys = [k.pairs(candidate), k.bucket_index(candidate)]
-        keys += [k.samples(candidate, kind) for kind in SAMPLE_KINDS]
-        keys += [k.bucket(candidate, s) for s in starts]
+        samples = {kind: k.samples(candidate, kind) for kind in SAMPLE_KINDS}
         ordered = sorted(ids, key=_id_key)
-        args: list[Any] = [
-            self.group,
-            self.consumer,
-            len(ids),
-            ttl_s,
-            (starts[-1] if starts else int(now_s)) - ttl_s,  # index trims relative to the data
-            SAMPLES_KEPT,
-            ordered[0],
-            ordered[-1],
-            k.label_join(candidate, "preds"),
-            k.label_join(candidate, "labels"),
-            join_cap,
-            join_ttl_s,
-            int(now_s),
-            *ids,
-        ]
-        args += _bucket_args(delta, starts)
-        position = {s: i + 1 for i, s in enumerate(starts)}
-        joins = [j for j in extras.joins if j[2] in position]
-        args.append(len(joins))
-        args += chain.from_iterable((rid, enc, position[b]) for rid, enc, b in joins)
-        for kind in SAMPLE_KINDS:
-            items = extras.samples[kind][-SAMPLES_KEPT:]
-            args.append(len(items))
-            args += items
-        try:
-            missing = self._script(keys=keys, args=args)
-        except redis.RedisError as exc:
-            raise StoreError(f"apply script failed for {candidate}: {exc}") from exc
+        with store_errors(f"apply script failed for {candidate}"):
+            missing = self._script(
+                stream=k.pairs(candidate),
+                index=k.bucket_index(candidate),
+                **samples,
+                buckets=[k.bucket(candidate, s) for s in starts],
+                group=self.group,
+                consumer=self.consumer,
+                n_ids=len(ids),
+                ttl=ttl_s,
+                index_min=(starts[-1] if starts else int(now_s)) - ttl_s,  # relative to the data
+                samples_cap=SAMPLES_KEPT,
+                id_min=ordered[0],
+                id_max=ordered[-1],
+                preds_base=k.label_join(candidate, "preds"),
+                labels_base=k.label_join(candidate, "labels"),
+                join_cap=join_cap,
+                join_ttl=join_ttl_s,
+                now=int(now_s),
+                batch=_batch_args(ids, delta, extras, starts),
+            )
         return [m.decode() if isinstance(m, bytes) else str(m) for m in missing]
+
+
+def _batch_args(
+    ids: Sequence[str], delta: BatchDelta, extras: BatchExtras, starts: Sequence[int]
+) -> list[Any]:
+    """apply.lua's `batch`: the ids, the buckets' increments, the joins, the samples."""
+    args: list[Any] = [*ids, *_bucket_args(delta, starts)]
+    position = {s: i + 1 for i, s in enumerate(starts)}
+    joins = [j for j in extras.joins if j[2] in position]
+    args.append(len(joins))
+    args += chain.from_iterable((rid, enc, position[b]) for rid, enc, b in joins)
+    for kind in SAMPLE_KINDS:
+        items = extras.samples[kind][-SAMPLES_KEPT:]
+        args.append(len(items))
+        args += items
+    return args
 
 
 def _bucket_args(delta: BatchDelta, starts: Sequence[int]) -> list[Any]:
@@ -297,7 +145,7 @@ class Admission:
         self.keys = keys
         self.ttl_s = ttl_s
         self.cap = cap
-        self._script = client.register_script(ADMIT_LUA)
+        self._script = SCRIPTS["admit"].register(client)
         self._known: dict[tuple[str, str], dict[str, bool]] = {}
 
     def prepare(self, candidate: str, wanted: dict[str, set[str]]) -> None:
@@ -313,11 +161,9 @@ class Admission:
         pipe = self.client.pipeline(transaction=False)
         for feature, _, new in asks:
             key = self.keys.admitted(candidate, feature)
-            queue_script(self._script, pipe, [key], [self.cap, self.ttl_s, *new])
-        try:
+            self._script.queue(pipe, values=key, cap=self.cap, ttl=self.ttl_s, asked=new)
+        with store_errors(f"slice value admission failed for {candidate}"):
             answers = pipe.execute()
-        except redis.RedisError as exc:
-            raise StoreError(f"slice value admission failed for {candidate}: {exc}") from exc
         for (_, known, new), answer in zip(asks, answers, strict=True):
             if len(known) > self.LOCAL_LIMIT:
                 known.clear()
@@ -353,35 +199,6 @@ def admitted_values(
 
 ROLLUP_SECONDS = 3600
 
-# Move every listed bucket's counters into the hour's rollup hash and delete the bucket,
-# atomically: a report sees each count in exactly one of them. A bucket recreated later
-# by a late record is simply rolled up again.
-ROLLUP_LUA = r"""
-local index, hour = KEYS[1], KEYS[2]
-local n_float = tonumber(ARGV[4])
-local floats = {}
-for i = 1, n_float do floats[ARGV[4 + i]] = true end
-local moved = 0
-for k = 3, #KEYS do
-  local fields = redis.call('HGETALL', KEYS[k])
-  for i = 1, #fields, 2 do
-    if floats[fields[i]] then
-      redis.call('HINCRBYFLOAT', hour, fields[i], fields[i + 1])
-    else
-      redis.call('HINCRBY', hour, fields[i], fields[i + 1])
-    end
-  end
-  if #fields > 0 then moved = moved + 1 end
-  redis.call('DEL', KEYS[k])
-  redis.call('ZREM', index, ARGV[4 + n_float + k - 2])
-end
-if redis.call('EXISTS', hour) == 1 then
-  redis.call('ZADD', index, ARGV[2], ARGV[1])
-  redis.call('EXPIRE', hour, ARGV[3])
-end
-return moved
-"""
-
 
 def roll_up(
     client: redis.Redis,
@@ -397,29 +214,36 @@ def roll_up(
     if bucket_seconds >= ROLLUP_SECONDS or ROLLUP_SECONDS % bucket_seconds:
         return 0
     horizon = int(now_s) - after_s
-    try:
-        members = client.zrangebyscore(keys.bucket_index(candidate), "-inf", horizon)
-        hours: dict[int, list[int]] = {}
-        for member in members:
-            text = member.decode()
-            if text.isdigit():
-                start = int(text)
-                hours.setdefault(start - start % ROLLUP_SECONDS, []).append(start)
-        ready = {h: starts for h, starts in hours.items() if h + ROLLUP_SECONDS <= horizon}
+    with store_errors(f"rollup failed for {candidate}"):
+        ready = _hours_ready(client.zrangebyscore(keys.bucket_index(candidate), "-inf", horizon),
+                             horizon)  # fmt: skip
         if not ready:
             return 0
-        script = client.register_script(ROLLUP_LUA)
+        script = SCRIPTS["rollup"].register(client)
         floats = sorted(FLOAT_FIELDS)
         pipe = client.pipeline(transaction=False)
         for hour, starts in sorted(ready.items()):
-            bucket_keys = [keys.bucket(candidate, s) for s in starts]
-            queue_script(
-                script,
+            script.queue(
                 pipe,
-                [keys.bucket_index(candidate), keys.rollup(candidate, hour), *bucket_keys],
-                [f"h{hour}", hour, ttl_s, len(floats), *floats, *starts],
+                index=keys.bucket_index(candidate),
+                hour=keys.rollup(candidate, hour),
+                buckets=[keys.bucket(candidate, s) for s in starts],
+                member=f"h{hour}",
+                hour_start=hour,
+                ttl=ttl_s,
+                n_float=len(floats),
+                floats_then_starts=[*floats, *starts],
             )
         moved = pipe.execute()
-    except redis.RedisError as exc:
-        raise StoreError(f"rollup failed for {candidate}: {exc}") from exc
     return sum(1 for m in moved if m)
+
+
+def _hours_ready(members: Iterable[bytes], horizon: int) -> dict[int, list[int]]:
+    """The bucket starts of every hour that ended before `horizon`, by hour."""
+    hours: dict[int, list[int]] = {}
+    for member in members:
+        text = member.decode()
+        if text.isdigit():
+            start = int(text)
+            hours.setdefault(start - start % ROLLUP_SECONDS, []).append(start)
+    return {h: starts for h, starts in hours.items() if h + ROLLUP_SECONDS <= horizon}

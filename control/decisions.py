@@ -33,6 +33,7 @@ import redis
 from common.errors import ShadowtrialError
 from common.keys import Keys
 from common.redis_client import STORE_FAILURES, store_errors, sync_client
+from common.scripts import SCRIPTS
 from common.settings import Settings, format_instant
 from common.urls import mask_url, mask_urls_in
 from control.registry import (
@@ -374,13 +375,6 @@ def _demote_previous(snap: Snapshot, change: Change, name: str, now: float) -> N
 
 # -- on every replica: time boxes and automation -----------------------------------------
 
-_RENEW_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
-"""
-
 
 class TrialWatch:
     """Ends time-boxed trials and, when configured, runs the gate automation."""
@@ -462,9 +456,9 @@ class TrialWatch:
 
     async def _lease(self, ttl_ms: int) -> bool:
         store = self.sync.store
-        script = store.client.register_script(_RENEW_LUA)
-        key = store.keys.lock("automation")
-        return bool(await script(keys=[key], args=[self.owner, ttl_ms]))
+        renew = SCRIPTS["renew"].register(store.client)
+        lock = store.keys.lock("automation")
+        return bool(await renew(lock=lock, owner=self.owner, ttl_ms=ttl_ms))
 
     async def automate_once(self) -> None:
         """One round: reject failing candidates, promote one that passed long enough."""

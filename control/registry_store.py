@@ -18,35 +18,25 @@ from redis.backoff import NoBackoff
 
 from common.keys import Keys
 from common.redis_client import async_client, store_errors
+from common.scripts import SCRIPTS
 from common.settings import Settings
 from control.registry import Change, Conflict, Snapshot, entries_from, text_map
 
 TRANSACTION_TRIES = 20
-# KEYS: routing, registry, seeded, audit stream.
-# ARGV: expected version, channel, audit maxlen, #routing pairs, #puts, #deletes, #seeds,
-#       #unseeds, #audit pairs, then the items in that order.
-_COMMIT_LUA = """
-local version = redis.call('HGET', KEYS[1], 'version') or '0'
-if version ~= ARGV[1] then return -1 end
-local i = 10
-local nr, np, nd = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local ns, nu, na = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-for _ = 1, nr do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]); i = i + 2 end
-for _ = 1, np do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]); i = i + 2 end
-for _ = 1, nd do redis.call('HDEL', KEYS[2], ARGV[i]); i = i + 1 end
-for _ = 1, ns do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]); i = i + 2 end
-for _ = 1, nu do redis.call('HDEL', KEYS[3], ARGV[i]); i = i + 1 end
-if na > 0 then
-  local fields = {}
-  for _ = 1, na do
-    table.insert(fields, ARGV[i]); table.insert(fields, ARGV[i + 1]); i = i + 2
-  end
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', unpack(fields))
-end
-local new = redis.call('HINCRBY', KEYS[1], 'version', 1)
-redis.call('PUBLISH', ARGV[2], new)
-return new
-"""
+_PARTS = ("routing", "put", "delete", "seed", "unseed", "audit")  # commit.lua's order
+
+
+def _items(change: Change) -> list[Any]:
+    """The change flattened in commit.lua's order: pairs for maps, names for deletions."""
+    items: list[Any] = []
+    for part in _PARTS:
+        value = getattr(change, part)
+        if isinstance(value, dict):
+            for name, item in value.items():
+                items += [name, item.to_json() if part == "put" else item]
+        else:
+            items += value
+    return items
 
 
 def redis_client(url: str, socket_timeout_s: float = 5.0) -> aioredis.Redis:
@@ -67,7 +57,7 @@ class RegistryStore:
         self.client = client
         self.keys = keys
         self.settings = settings
-        self._commit = client.register_script(_COMMIT_LUA)
+        self._commit = SCRIPTS["commit"].register(client)
 
     async def snapshot(self) -> Snapshot:
         """Everything, read consistently; StoreError when Redis cannot answer."""
@@ -90,30 +80,22 @@ class RegistryStore:
 
     async def commit(self, expected: int, change: Change) -> int | None:
         """Apply `change` if the version is still `expected`; the new version, else None."""
-        items: list[Any] = []
-        for name, value in change.routing.items():
-            items += [name, value]
-        for name, entry in change.put.items():
-            items += [name, entry.to_json()]
-        items += change.delete
-        for name, spec in change.seed.items():
-            items += [name, spec]
-        items += change.unseed
-        for name, value in change.audit.items():
-            items += [name, value]
-        args = [
-            str(expected), self.keys.events(), self.settings.admin.audit_max,
-            len(change.routing), len(change.put), len(change.delete), len(change.seed),
-            len(change.unseed), len(change.audit), *items,
-        ]  # fmt: skip
-        keys = [
-            self.keys.routing(),
-            self.keys.registry(),
-            self.keys.registry_seeded(),
-            self.keys.decisions(),
-        ]
+        keys = self.keys
+        counts = {f"n_{part}": len(getattr(change, part)) for part in _PARTS}
         with store_errors("cannot change the candidate registry"):
-            result = int(await self._commit(keys=keys, args=args))
+            result = int(
+                await self._commit(
+                    routing=keys.routing(),
+                    registry=keys.registry(),
+                    seeded=keys.registry_seeded(),
+                    audit=keys.decisions(),
+                    version=str(expected),
+                    channel=keys.events(),
+                    audit_max=self.settings.admin.audit_max,
+                    items=_items(change),
+                    **counts,
+                )
+            )
         return None if result < 0 else result
 
     async def transaction(
