@@ -37,7 +37,7 @@ from common.settings import Settings, parse_duration
 from common.urls import mask_url, mask_urls_in
 from control.admin_guard import FailureLimit, HostAllowList
 from control.auth import RequireToken
-from control.decisions import Decisions, Reports
+from control.decisions import Decisions
 from control.openapi import OPERATIONS, admin_routes, openapi_document
 from control.registry import (
     PROMOTED,
@@ -52,6 +52,7 @@ from control.registry import (
     registry_audit,
 )
 from control.registry_store import RegistryStore, redis_client
+from control.reports import Reports
 from control.sync import RegistrySync
 from proxy.capture import Capture
 from proxy.metrics import METRICS_CONTENT_TYPE, Metrics

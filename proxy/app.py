@@ -5,7 +5,7 @@ loaded fails here, before anything listens), the routing table, capture, mirror 
 forwarder. The data port is this raw ASGI callable (no framework routing on the hot
 path); its lifespan opens and closes the upstream sessions and the capture writer, and
 starts the registry sync (control.sync: live primary and candidates from Redis) with
-its time-box and gate-automation watch (control.decisions). The admin port is a separate
+its time-box and gate-automation watch (control.trials). The admin port is a separate
 Starlette app, `app.admin`, that reads this object's state.
 """
 
@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 from common.settings import Settings
 from control.admin import create_admin_app
-from control.decisions import TrialWatch
 from control.sync import STOP_TIMEOUT_S, RegistrySync
+from control.trials import TrialWatch
 from proxy.candidates import build_runners
 from proxy.capture import Capture
 from proxy.forward import Forwarder, Receive, Scope, Send
