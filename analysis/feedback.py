@@ -20,7 +20,7 @@ import time
 import redis
 
 from analysis.adapters.base import label_text
-from analysis.apply_script import ROLLUP_SECONDS
+from analysis.apply import ROLLUP_SECONDS
 from analysis.summaries import SEP
 from common.keys import Keys
 from common.redis_client import store_errors

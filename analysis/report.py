@@ -21,7 +21,7 @@ import redis
 from scipy import stats as scipy_stats
 
 from analysis import stats
-from analysis.apply_script import ROLLUP_SECONDS
+from analysis.apply import ROLLUP_SECONDS
 from analysis.drilldown import read_samples, recent_pairs
 from analysis.gate import evaluate_gate
 from analysis.summaries import (

@@ -18,7 +18,7 @@ from proxy_upstreams import JSON_BODY, Candidate, Gate, Primary, running_proxy, 
 from reliability_harness import RedisServer
 from servers import serve_app
 
-from analysis.apply_script import roll_up
+from analysis.apply import roll_up
 from analysis.report import build_report
 from analysis.worker import Worker
 from common.keys import FIELD_SAMPLED, FIELD_SHED, Keys

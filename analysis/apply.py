@@ -1,15 +1,19 @@
-"""The Lua scripts that make summaries exact: apply-and-acknowledge, and value admission.
+"""Pipeline stage 4, apply: a batch's increments into Redis, exactly once; and rollups.
 
-`APPLY` runs once per batch. Atomically it (a) checks that every id of the batch is still
-pending *for this consumer* (XACK does not check ownership: if another worker claimed an
-entry after we read it, that worker applies it, and we must not); if any is not, it
-changes nothing and returns those ids so the caller re-aggregates without them; (b) adds
+apply.lua (common/lua) runs once per batch. Atomically it (a) checks that every id of the
+batch is still pending *for this consumer* (XACK does not check ownership: if another
+worker claimed an entry after we read it, that worker applies it, and we must not); if
+any is not, it changes nothing and returns those ids so the caller re-aggregates without
+them; (b) adds
 the batch's increments to the bucket hashes, indexes and expires the buckets; (c) joins
 ground-truth labels that arrived first, or remembers the pair's predictions for labels
 that come later (first pair wins: a request id already waiting is counted in
 `label_dup`, never overwritten); (d) pushes drill-down samples; (e) XACKs the ids. A
 crash before the script leaves the entries pending for XAUTOCLAIM; a crash after it has
 applied them once.
+
+rollup.lua merges old buckets into hourly ones. Slice value admission is in
+analysis.admission.
 
 Every key a script touches carries the candidate's hash tag, so on a Redis Cluster they
 share one slot (the label-join generation keys are derived inside the script from a base
@@ -25,7 +29,6 @@ from typing import Any
 
 import redis
 
-from analysis.slices import MAX_VALUES, OTHER, RESERVED
 from analysis.summaries import FLOAT_FIELDS, BatchDelta
 from common.keys import SAMPLES_KEPT, Keys
 from common.redis_client import store_errors
@@ -127,72 +130,6 @@ def _bucket_args(delta: BatchDelta, starts: Sequence[int]) -> list[Any]:
         args.append(len(floats))
         args += chain.from_iterable(floats)
     return args
-
-
-class Admission:
-    """Which slice values (and classes) are counted apart; the rest fold into OTHER.
-
-    Backed by one Redis set per candidate and feature holding at most MAX_VALUES (50)
-    values (reserved ones like `(missing)` never use the cap). Admission is permanent
-    while the set lives, so this process caches both answers; only values it has never
-    seen cost a (batched) round trip.
-    """
-
-    LOCAL_LIMIT = 100_000  # refused values remembered per feature before forgetting them
-
-    def __init__(self, client: redis.Redis, keys: Keys, ttl_s: int, cap: int = MAX_VALUES) -> None:
-        self.client = client
-        self.keys = keys
-        self.ttl_s = ttl_s
-        self.cap = cap
-        self._script = SCRIPTS["admit"].register(client)
-        self._known: dict[tuple[str, str], dict[str, bool]] = {}
-
-    def prepare(self, candidate: str, wanted: dict[str, set[str]]) -> None:
-        """Admit or refuse every value not decided yet, one script call per feature."""
-        asks = []
-        for feature, values in wanted.items():
-            known = self._known.setdefault((candidate, feature), {})
-            new = [v for v in values if v not in known and v not in RESERVED]
-            if new:
-                asks.append((feature, known, new))
-        if not asks:
-            return
-        pipe = self.client.pipeline(transaction=False)
-        for feature, _, new in asks:
-            key = self.keys.admitted(candidate, feature)
-            self._script.queue(pipe, values=key, cap=self.cap, ttl=self.ttl_s, asked=new)
-        with store_errors(f"slice value admission failed for {candidate}"):
-            answers = pipe.execute()
-        for (_, known, new), answer in zip(asks, answers, strict=True):
-            if len(known) > self.LOCAL_LIMIT:
-                known.clear()
-            known.update(zip(new, (bool(a) for a in answer), strict=True))
-
-    def folder(self, candidate: str) -> Any:
-        """fold(feature, value) -> value if admitted else OTHER (values must be prepared)."""
-        known = self._known
-
-        def fold(feature: str, value: str) -> str:
-            if value in RESERVED:
-                return value
-            decided = known.get((candidate, feature))
-            return value if decided is not None and decided.get(value, False) else OTHER
-
-        return fold
-
-
-def admitted_values(
-    client: redis.Redis, keys: Keys, candidate: str, features: Iterable[str]
-) -> dict[str, set[str]]:
-    """The admitted set of each feature (for tests and diagnostics)."""
-    pipe = client.pipeline(transaction=False)
-    names = list(features)
-    for f in names:
-        pipe.smembers(keys.admitted(candidate, f))
-    return {
-        f: {v.decode() for v in members} for f, members in zip(names, pipe.execute(), strict=True)
-    }
 
 
 # -- rollup: old buckets merged into hourly ones ----------------------------------------
