@@ -39,7 +39,7 @@ from analysis.evaluate import Evaluation
 from analysis.summaries import fold_candidates
 from common.errors import StoreError
 from common.keys import WORKER_GROUP, WORKER_HEALTH_TTL_S, Keys
-from common.redis_client import slot_groups, sync_client
+from common.redis_client import STORE_FAILURES, slot_groups, sync_client
 from common.settings import Settings
 from common.store import resolve_redis_url
 
@@ -160,7 +160,7 @@ class Worker:
             while not self.stopping:
                 try:
                     self.step()
-                except (redis.RedisError, StoreError) as exc:
+                except (*STORE_FAILURES, StoreError) as exc:
                     log.warning("Redis error, retrying in 1 s: %s", exc)
                     self._stopping.wait(1.0)
         finally:
@@ -251,7 +251,7 @@ class Worker:
         )
 
     def _clear_health(self) -> None:
-        with contextlib.suppress(redis.RedisError):  # it expires by itself anyway
+        with contextlib.suppress(*STORE_FAILURES):  # it expires by itself anyway
             self.client.delete(self.keys.worker_health(self.consumer))
 
     # -- reading --

@@ -80,3 +80,17 @@ def test_the_architecture_lists_every_package_and_module_that_exists() -> None:
         nested = {n.split("/")[0] + "/" for n in names if "/" in n.rstrip("/")}
         unlisted = sorted(_modules(package) - names - nested)
         assert unlisted == [], f"{package}/{unlisted} missing from docs/architecture.md"
+
+
+def test_every_source_file_the_docs_name_exists() -> None:
+    """A path like `proxy/redact.py` in the README or docs/ points at a file that is there
+    (a move updates the docs, or this fails)."""
+    packages = "common|models|proxy|control|analysis|shadowtrial|tests|benchmarks|deploy"
+    pattern = re.compile(rf"`((?:{packages})/[\w/]+\.(?:py|lua|md|toml))`")
+    named = {
+        (doc.name, path)
+        for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+        for path in pattern.findall(doc.read_text())
+    }
+    assert len(named) > 5
+    assert sorted((doc, path) for doc, path in named if not (ROOT / path).exists()) == []
