@@ -340,7 +340,7 @@ def _slice_row(row: dict, total_pairs: int, total_disagree: int) -> dict:
     }
 
 
-def _is_flagged(row: dict, q: float, min_phi: float, min_drop: float | None) -> bool:
+def is_slice_flagged(row: dict, q: float, min_phi: float, min_drop: float | None) -> bool:
     """Significant after BH, worse than the complement, and large enough to matter."""
     drop = row["complement_agreement"] - row["agreement"]
     if not (row["p_adj"] < q and drop > 0):
@@ -371,7 +371,7 @@ def slice_tests(
     adjusted = benjamini_hochberg([r["p"] for r in testable])
     for r, p_adj in zip(testable, adjusted, strict=True):
         r["p_adj"] = float(p_adj)
-        r["flagged"] = _is_flagged(r, q, min_phi, min_drop)
+        r["flagged"] = is_slice_flagged(r, q, min_phi, min_drop)
     return rows
 
 
