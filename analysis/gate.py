@@ -76,14 +76,6 @@ def evaluate_gate(report: dict[str, Any], gate: GateSettings) -> dict[str, Any]:
     }
 
 
-def actionable(gate: dict[str, Any], outcome: str) -> list[dict[str, Any]]:
-    """The anytime-valid rules with this outcome: what automation may act on at any look.
-
-    A fail from a rule judged only at the end of a trial is shown, not acted on early.
-    """
-    return [r for r in gate.get("rules") or [] if r.get("outcome") == outcome and r.get("anytime")]
-
-
 def _pairs(report: dict[str, Any], gate: GateSettings) -> RuleResult:
     pairs = int(report.get("pairs") or 0)
     evidence = {"pairs": pairs}
