@@ -72,11 +72,22 @@ def gate(report: Mapping[str, Any]) -> Group:
                 (str(rule.get("rule")), "bold"),
                 " ",
                 str(rule.get("detail")),
+                (_end_only(rule), "dim"),
             )
         )
     if not rules:
         lines += [Text(f"  {reason}") for reason in _get(report, "gate", "reasons") or []]
+    note = _get(report, "gate", "anytime_note")
+    if note:
+        lines.append(Text(f"  {note}", style="dim"))
     return Group(*lines)
+
+
+def _end_only(rule: Mapping[str, Any]) -> str:
+    """Marks a rule that is judged once, at the end of the trial, not at any look."""
+    if rule.get("anytime") is False and rule.get("outcome") != "skip":
+        return " (judged at the end of the trial)"
+    return ""
 
 
 def agreement(report: Mapping[str, Any]) -> Table:
@@ -131,7 +142,10 @@ def discovered(report: Mapping[str, Any]) -> Table | None:
     rows = report.get("discovered") or []
     if not rows:
         return None
-    table = _table("Discovered slices (SliceLine)", "conditions", "pairs", "agreement", "p (adj.)")
+    table = _table(
+        "Discovered slices (SliceLine; a hint unless confirmed by e-BH over every slice scored)",
+        "conditions", "pairs", "agreement", "p (adj.)", "status",
+    )  # fmt: skip
     for row in rows:
         conditions = " and ".join(f"{f}={v}" for f, v in row.get("conditions") or [])
         _add(
@@ -140,6 +154,10 @@ def discovered(report: Mapping[str, Any]) -> Table | None:
             num(row.get("pairs")),
             pct(row.get("agreement")),
             pval(row.get("p_adj")),
+            Text(
+                str(row.get("status") or "hint"),
+                "red" if row.get("status") == "confirmed" else "dim",
+            ),
         )
     return table
 
