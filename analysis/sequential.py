@@ -194,6 +194,7 @@ def e_bh(e_values: list[float], q: float = ALPHA) -> list[float]:
 
 
 EXCESS_T_OPT = 10_000.0  # effective rows at which the excess bound is tightest
+LABELS_T_OPT = 2_000.0  # labelled pairs at which the accuracy-change bound is tightest
 
 
 def excess_cs(raw: RequestMoments, noise: RequestMoments, alpha: float = ALPHA) -> dict:
@@ -229,14 +230,19 @@ def paired_flips_cs(negative: int, positive: int, n: int, alpha: float = ALPHA) 
 
     Under "no loss" a discordant pair is a negative flip with probability at most 1/2, so
     the beta-binomial CS on b / (b + c) is a sequential McNemar (fail when its lower bound
-    is above 1/2). The change (c - b) / n is bounded by the CSs of b / n and c / n. Each
-    statement gets half of alpha, each rate in the change a quarter.
+    is above 1/2). The change (c - b) / n is a mean of paired values in {-1, 0, 1}: its
+    asymptotic CS uses their variance (b + c) / n - change^2, with the discordant share
+    shrunk by one pair so that no flips yet is not certainty. Each statement gets half
+    of alpha.
     """
     share = beta_binomial_cs(negative, negative + positive, alpha / 2)
-    b_low, b_high = beta_binomial_cs(negative, n, alpha / 4)
-    c_low, c_high = beta_binomial_cs(positive, n, alpha / 4)
+    if n <= 0:
+        return {"negative_share_cs": None, "delta_cs_low": None, "delta_cs_high": None}
+    change = (positive - negative) / n
+    variance = max((negative + positive + 1.0) / (n + 2.0) - change * change, 1.0 / (n + 2.0))
+    low, high = difference_cs(change, variance / n, n, alpha / 2, LABELS_T_OPT)
     return {
         "negative_share_cs": list(share) if negative + positive else None,
-        "delta_cs_low": c_low - b_high if n else None,
-        "delta_cs_high": c_high - b_low if n else None,
+        "delta_cs_low": max(low, -1.0),
+        "delta_cs_high": min(high, 1.0),
     }
