@@ -2,20 +2,24 @@
 
 Each rule answers pass, fail, insufficient (the evidence cannot tell yet) or skip (the
 rule does not apply, e.g. no labels). The verdict is `fail` if any rule fails, else
-`insufficient` if any rule cannot tell, else `pass`. Rules (STATISTICS.md, "The gate"):
+`insufficient` if any rule cannot tell, else `pass`. Every rule here except latency is
+anytime-valid (docs/statistics.md): its error rate holds however often the verdict is
+read, so the automation may act at any look. Rules:
 
 - pairs: at least `min_pairs` compared.
-- agreement: judged on the anytime-valid confidence sequence, so reading the verdict at
-  any moment keeps its error rate: pass when its lower bound is at least `min_agreement`,
-  fail when its upper bound is below. With a noise floor (a secondary replica), the
-  disagreement beyond the noise is judged instead, against 1 - `min_agreement`.
-- slices: fail when a slice is flagged (significant after Benjamini-Hochberg, and large)
-  with an agreement drop of at least `max_slice_drop` versus the rest of the traffic.
+- agreement: judged on the beta-binomial confidence sequence on effective rows (rows /
+  design effect): pass when its lower bound is at least `min_agreement`, fail when its
+  upper bound is below. With a noise floor (a secondary replica), the disagreement
+  beyond the noise is judged instead, on its asymptotic confidence sequence, against
+  1 - `min_agreement`.
+- slices: fail when a slice is flagged (its one-sided e-value survives e-BH, and the gap
+  is large) with an agreement drop of at least `max_slice_drop` versus the rest.
 - latency: the candidate's p99 over the primary's at most `max_p99_ratio`.
-- errors: the candidate's error rate at most `max_error_rate_increase` above the primary's.
-- labels: with ground truth, fail when the candidate is significantly more often wrong
-  where the primary was right than the reverse, or when the accuracy loss is clearly
-  beyond `max_accuracy_loss`; pass when its lower bound is within it.
+- errors: the candidate's error rate at most `max_error_rate_increase` above the primary's,
+  each rate bounded by its own confidence sequence at half the level.
+- labels: with ground truth, fail when the sequential McNemar finds the candidate more
+  often wrong where the primary was right than the reverse, or when the accuracy change's
+  confidence sequence lies beyond -`max_accuracy_loss`; pass when its lower bound is within.
 """
 
 from __future__ import annotations

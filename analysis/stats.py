@@ -2,7 +2,8 @@
 
 Every function here works on merged additive state (counts, sums, histograms, Welford
 triples), never on raw events, so any window, any number of workers, gives one answer.
-Methods and defaults follow the project's STATISTICS.md. Primary and candidate answer
+Methods and defaults: the statistics notes (docs/statistics.md); the anytime-valid
+bounds and tests the gate judges on are in analysis.sequential. Primary and candidate answer
 the same request, so the paired tests (McNemar, Stuart-Maxwell, sign test) are the
 right ones; independent-sample statistics (KS, PSI, JS, W1) are effect sizes only.
 

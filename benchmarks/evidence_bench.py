@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -292,7 +293,11 @@ def run_many(
     sc: Scenario, runs: int, seed0: int, record_at: tuple[int, ...] = ()
 ) -> list[RunResult]:
     settings = settings_for(sc)
-    return [run_once(sc, settings, seed0 + r, record_at) for r in range(runs)]
+    results = []
+    for r in range(runs):
+        results.append(run_once(sc, settings, seed0 + r, record_at))
+        print(sc.name, seed0 + r, results[-1], file=sys.stderr, flush=True)  # progress
+    return results
 
 
 SCENARIOS: dict[str, Scenario] = {
