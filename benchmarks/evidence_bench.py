@@ -26,6 +26,7 @@ Seeds are `seed0 + run`; a run's result depends on its seed only.
 from __future__ import annotations
 
 import argparse
+import ast
 import math
 import sys
 import time
@@ -392,17 +393,39 @@ def _first_pass(sc: Scenario, settings: Settings, seed: int, old: list) -> int |
 # -- main ---------------------------------------------------------------------------------
 
 
-def measure(runs: int, seed0: int, only: set[str]) -> list[str]:
+def read_log(path: str, scenario: str) -> list[RunResult]:
+    """Run results from a progress log (stderr of an earlier, possibly interrupted, run)."""
+    results = []
+    for line in Path(path).read_text().splitlines():
+        name, _, text = line.split(" ", 2)
+        if name != scenario:
+            continue
+        call = ast.parse(text, mode="eval").body
+        assert isinstance(call, ast.Call)
+        results.append(RunResult(**{k.arg: ast.literal_eval(k.value) for k in call.keywords}))
+    return results
+
+
+def _results(
+    name: str, runs: int, seed0: int, logs: dict[str, str], record_at: tuple[int, ...] = ()
+) -> list[RunResult]:
+    if name in logs:
+        return read_log(logs[name], name)
+    return run_many(SCENARIOS[name], runs, seed0, record_at)
+
+
+def measure(runs: int, seed0: int, only: set[str], logs: dict[str, str]) -> list[str]:
     """Every measurement of the issue, as Markdown lines."""
     lines: list[str] = []
     if "aa" in only:
         sc = SCENARIOS["aa"]
         t0 = time.perf_counter()
-        results = run_many(sc, runs, seed0)
+        results = _results("aa", runs, seed0, logs)
+        n = len(results)
+        took = "from a progress log" if "aa" in logs else f"{time.perf_counter() - t0:.0f} s"
         lines += [
             f"### A/A twin, gate read every {sc.look_every} pairs from {sc.look_every} to"
-            f" {sc.pairs:,} ({runs} runs, seeds {seed0}..{seed0 + runs - 1},"
-            f" {time.perf_counter() - t0:.0f} s)",
+            f" {sc.pairs:,} ({n} runs, seeds {seed0}..{seed0 + n - 1}, {took})",
             "",
             f"{sc.rows}-row requests, disagreement {sc.rate:.0%} with intra-request correlation"
             f" {sc.icc}, a header slice (tenant) and two row slices (country, device), a"
@@ -417,26 +440,27 @@ def measure(runs: int, seed0: int, only: set[str]) -> list[str]:
         if name not in only:
             continue
         sc = SCENARIOS[name]
-        results = run_many(sc, runs, seed0 + 10_000, record_at=(2_000,))
+        results = _results(name, runs, seed0 + 10_000, logs, record_at=(2_000,))
         where = "country=XX (a row slice, 10% of rows)" if sc.drop_on == "country" else (
             "tenant=t3 (a header slice, 10% of requests)")  # fmt: skip
         lines += [
-            f"### Power: a {sc.drop:.0%} drop on {where} ({runs} runs, seeds {seed0 + 10_000}..)",
+            f"### Power: a {sc.drop:.0%} drop on {where} ({len(results)} runs,"
+            f" seeds {seed0 + 10_000}..)",
             "",
             *summarise_power(results, sc.pairs),
             "",
         ]
     if "at_limit" in only:
         sc = SCENARIOS["at_limit"]
-        results = run_many(sc, runs, seed0 + 30_000)
+        results = _results("at_limit", runs, seed0 + 30_000, logs)
         k = sum("agreement" in r.first_pass for r in results)
         cover = sum(r.covered["excess CS"] for r in results)
         lines += [
-            f"### Excess over the noise floor exactly at the allowed 5 points ({runs} runs,"
+            f"### Excess over the noise floor exactly at the allowed 5 points ({len(results)} runs,"
             f" seeds {seed0 + 30_000}.., looks every {sc.look_every} pairs to {sc.pairs:,})",
             "",
-            f"- the agreement rule ever passes: {rate_text(k, runs)}",
-            f"- the excess CS covers the truth at every look: {rate_text(cover, runs)}",
+            f"- the agreement rule ever passes: {rate_text(k, len(results))}",
+            f"- the excess CS covers the truth at every look: {rate_text(cover, len(results))}",
             "",
         ]
     if "rows" in only:
@@ -479,8 +503,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=20_240_101)
     parser.add_argument("--only", default="aa,power,power_header,at_limit,rows")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--logs",
+        default="",
+        help="scenario=path,...: read those scenarios' runs from earlier progress logs",
+    )
     args = parser.parse_args()
-    lines = measure(args.runs, args.seed, set(args.only.split(",")))
+    logs = dict(item.split("=", 1) for item in args.logs.split(",") if item)
+    lines = measure(args.runs, args.seed, set(args.only.split(",")), logs)
     print("\n".join(lines))
     if not args.no_write:
         write_results(lines, args.runs)
