@@ -48,6 +48,7 @@ __all__ = [
     "e_bh",
     "excess_cs",
     "mixture_radius",
+    "mixture_rho",
     "one_sided_e_value",
     "paired_flips_cs",
     "rate_variance",
@@ -117,7 +118,7 @@ def beta_binomial_cs(
     return (float(low), float(high))
 
 
-def _rho(t_opt: float, alpha: float) -> float:
+def mixture_rho(t_opt: float, alpha: float = ALPHA) -> float:
     """Normal-mixture precision that makes the boundary tightest at intrinsic time t_opt."""
     log_term = 2.0 * math.log(1.0 / alpha)
     return t_opt / (log_term + math.log1p(log_term))
@@ -133,7 +134,7 @@ def mixture_radius(variance: float, t: float, alpha: float = ALPHA, t_opt: float
     """
     if t <= 0 or variance <= 0:
         return math.inf if t <= 0 else 0.0
-    rho = _rho(t_opt, alpha)
+    rho = mixture_rho(t_opt, alpha)
     width = math.sqrt((t + rho) * (math.log1p(t / rho) + 2.0 * math.log(1.0 / alpha)))
     return math.sqrt(variance / t) * width
 
@@ -146,7 +147,7 @@ def one_sided_e_value(z: float, t: float, t_opt: float = 1_000, alpha: float = A
     """
     if t <= 0 or not math.isfinite(z):
         return 1.0 if not (math.isfinite(z) and z > 0) else E_MAX
-    rho = _rho(t_opt, alpha)
+    rho = mixture_rho(t_opt, alpha)
     s = z * math.sqrt(t)
     scale = s / math.sqrt(t + rho)
     cdf = _PHI.cdf(scale)

@@ -132,3 +132,14 @@ def test_excess_cs_and_paired_flips() -> None:
     assert flips["delta_cs_high"] < 0 < 0.75 - flips["negative_share_cs"][1] + 0.2
     none = sequential.paired_flips_cs(0, 0, 100)
     assert none["negative_share_cs"] is None and none["delta_cs_low"] < 0 < none["delta_cs_high"]
+
+
+def test_vectorised_slice_e_values_match_the_scalar_ones() -> None:
+    pairs = np.array([400, 400, 900, 4000, 0, 800, 32])
+    disagree = np.array([50, 45, 110, 300, 0, 200, 0])
+    many = anytime_slices.slice_e_values(pairs, disagree, 4000, 300, 2.4)
+    one = [
+        anytime_slices.slice_e_value(int(p), int(d), 4000, 300, 2.4)
+        for p, d in zip(pairs, disagree, strict=True)
+    ]
+    assert many.tolist() == pytest.approx(one, rel=1e-9)
