@@ -67,10 +67,9 @@ def slice_e_values(
     return np.where(ok, e, 1.0)
 
 
-def _anytime_row(row: dict, total_pairs: int, total_disagree: int, deff: float) -> dict:
-    """The fixed-sample row of stats.slice_tests, its interval and p made anytime-valid."""
-    out = stats.slice_tests([row], total_pairs, total_disagree, min_support=1)[0]
-    pairs, disagree = int(row["pairs"]), int(row["disagree"])
+def _make_anytime(out: dict, total_pairs: int, total_disagree: int, deff: float) -> dict:
+    """A fixed-sample row of stats.slice_tests, its interval and p made anytime-valid."""
+    pairs, disagree = int(out["pairs"]), int(out["disagree"])
     e = slice_e_value(pairs, disagree, total_pairs, total_disagree, deff)
     low, high = sequential.beta_binomial_cs((pairs - disagree) / deff, pairs / deff)
     out.update(e_value=e, p=min(1.0, 1.0 / e) if e > 0 else 1.0, ci_low=low, ci_high=high)
@@ -93,7 +92,8 @@ def judge_slices(
     at least `min_support` rows; a slice is flagged when p_adj < q, it is worse than the
     rest, and the gap is large (phi >= min_phi, or a drop >= min_drop).
     """
-    rows = [_anytime_row(s, total_pairs, total_disagree, design_effect) for s in slices]
+    fixed = stats.slice_tests(slices, total_pairs, total_disagree, min_support=1)
+    rows = [_make_anytime(r, total_pairs, total_disagree, design_effect) for r in fixed]
     testable = [r for r in rows if r["pairs"] >= min_support]
     for r in rows:
         if r["pairs"] < min_support:
@@ -138,7 +138,11 @@ def discover(
     sizes = np.array([c["pairs"] for c in scored], dtype=float)
     errors = np.array([c["disagree"] for c in scored], dtype=float)
     scores = stats.sliceline_score(sizes, errors, total_pairs, total_disagree)
-    by_key = {_key(c["conditions"]): float(s) for c, s in zip(scored, scores, strict=True)}
+    by_key = {  # single conditions only: the parents a pair slice must beat
+        _key(c["conditions"]): float(sc)
+        for c, sc in zip(scored, scores, strict=True)
+        if len(c["conditions"]) == 1
+    }
     e_values = slice_e_values(sizes, errors, total_pairs, total_disagree, design_effect).tolist()
     adjusted = sequential.e_bh(e_values, q)
     found = [
