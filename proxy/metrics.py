@@ -98,6 +98,13 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=reg,
         )
+        self.mirror_connects = Counter(
+            "shadowtrial_mirror_connections_opened",
+            "New connections a mirror had to open to its candidate (their time is kept out "
+            "of the candidate's latency)",
+            ["candidate"],
+            registry=reg,
+        )
         self.capture = Counter(
             "shadowtrial_capture",
             "Pair records by capture outcome: recorded, spooled (waited for Redis), dropped",
@@ -146,6 +153,10 @@ class Metrics:
     def mirror_outcome(self, candidate: str, outcome: str) -> None:
         """Count the final outcome of one sampled mirror."""
         self._child(self.mirror_outcomes, candidate, outcome).inc()
+
+    def mirror_connected(self, candidate: str) -> None:
+        """Count one new connection opened for a mirror (a cold or outgrown pool)."""
+        self._child(self.mirror_connects, candidate).inc()
 
     def in_flight(self, candidate: str, delta: int) -> None:
         """Track mirrors sent and not yet handed to capture."""
