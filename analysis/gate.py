@@ -11,7 +11,11 @@ rule does not apply, e.g. no labels). The verdict is `fail` if any rule fails, e
   disagreement beyond the noise is judged instead, against 1 - `min_agreement`.
 - slices: fail when a slice is flagged (significant after Benjamini-Hochberg, and large)
   with an agreement drop of at least `max_slice_drop` versus the rest of the traffic.
-- latency: the candidate's p99 over the primary's at most `max_p99_ratio`.
+- latency: anytime-valid p99 bounds from the latency histograms, time buckets as
+  clusters (analysis.latency): fail when the candidate's lower bound is beyond
+  `max_p99_ratio` times the reference's upper bound (a secondary replica when there is
+  one, else the primary), pass when its upper bound is within the ratio times the
+  reference's lower bound.
 - errors: the candidate's error rate at most `max_error_rate_increase` above the primary's.
 - labels: with ground truth, fail when the candidate is significantly more often wrong
   where the primary was right than the reverse, or when the accuracy loss is clearly
@@ -24,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from analysis import latency as latency_rule
 from analysis import stats
 from common.settings import GateSettings
 
@@ -151,15 +156,11 @@ def _latency(report: dict[str, Any], gate: GateSettings) -> RuleResult:
         return RuleResult(
             "latency", SKIP, "the candidate runs in the worker: its latency is not comparable"
         )
-    p99p = (latency.get("primary") or {}).get("p99")
-    p99c = (latency.get("candidate") or {}).get("p99")
-    ratio = latency.get("p99_ratio")
-    if ratio is None or p99p is None or p99c is None:
+    sequential = latency.get("sequential")
+    if not sequential or not sequential["candidate"]["n"] or not sequential["reference_side"]["n"]:
         return RuleResult("latency", INSUFFICIENT, "no latency measured on both sides yet")
-    text = f"p99 latency {p99c:.1f} ms against the primary's {p99p:.1f} ms ({ratio:.2f}x)"
-    if ratio <= gate.max_p99_ratio:
-        return RuleResult("latency", PASS, f"{text}, within {gate.max_p99_ratio:g}x")
-    return RuleResult("latency", FAIL, f"{text}, above the allowed {gate.max_p99_ratio:g}x")
+    outcome, detail = latency_rule.judge(sequential, gate.max_p99_ratio)
+    return RuleResult("latency", outcome, detail)
 
 
 def _errors(report: dict[str, Any], gate: GateSettings) -> RuleResult:

@@ -20,7 +20,7 @@ import numpy as np
 import redis
 from scipy import stats as scipy_stats
 
-from analysis import stats
+from analysis import latency, stats
 from analysis.apply_script import ROLLUP_SECONDS
 from analysis.drilldown import read_samples, recent_pairs
 from analysis.gate import evaluate_gate
@@ -104,7 +104,12 @@ def load_window(
         if raw
     ]
     timeline.sort(key=lambda p: p["t"])
-    return Summary(merge_raw(raws)), timeline
+    summary = Summary(merge_raw(raws))
+    bins = len(LATENCY_EDGES) - 1
+    summary.latency_buckets = {
+        side: latency.bucket_histograms(raws, f"{side}:".encode(), bins) for side in ("lp", "lc")
+    }
+    return summary, timeline
 
 
 def _timeline_point(start: int, seconds: int, raw: dict[bytes, bytes]) -> dict[str, Any]:
@@ -145,7 +150,9 @@ def build_report(
         "confidence": _confidence(summary),
         "confidence_deltas": _deltas(summary),
         "regression": _regression(summary),
-        "latency": _latency(summary),
+        "latency": _latency(
+            summary, _latency_reference(client, keys, settings, candidate, first, last)
+        ),
         "slices": _slices(summary, settings),
         "discovered": _discovered(summary),
         "noise_floor": _noise_floor(client, keys, settings, candidate, summary, first, last),
@@ -365,19 +372,43 @@ def _regression(s: Summary) -> dict[str, Any]:
     }
 
 
-def _latency(s: Summary) -> dict[str, Any]:
+def _latency(s: Summary, secondary: tuple[str, Summary] | None = None) -> dict[str, Any]:
+    """Quantiles of both sides, and the p99 bounds the latency rule judges (`sequential`):
+    the candidate against a secondary replica when there is one (mirrored and timed as
+    the candidate is), else against the primary."""
     bins = len(LATENCY_EDGES) - 1
     hp, hc = s.hist("lp", bins), s.hist("lc", bins)
     primary = {**stats.latency_quantiles(hp, LATENCY_EDGES), "n": int(hp.sum())}
     candidate = {**stats.latency_quantiles(hc, LATENCY_EDGES), "n": int(hc.sum())}
     p99p, p99c = primary.get("p99"), candidate.get("p99")
+    if secondary is None:
+        reference = ("primary", hp, s.latency_buckets.get("lp", []))
+    else:
+        name, other = secondary
+        reference = (name, other.hist("lc", bins), other.latency_buckets.get("lc", []))
+    sequential = latency.compare(
+        (hc, s.latency_buckets.get("lc", [])), reference[1:], LATENCY_EDGES, reference[0]
+    )
     return {
         "primary": primary,
         "candidate": candidate,
         "p99_ratio": p99c / p99p if p99p and p99c is not None else None,
         # A worker-run candidate's latency is its share of a batch: not comparable.
         "comparable": s.get("deferred") == 0,
+        "sequential": sequential,
     }
+
+
+def _latency_reference(
+    client: redis.Redis, keys: Keys, settings: Settings, candidate: str, first: int, last: float
+) -> tuple[str, Summary] | None:
+    """The secondary replica whose latency is the candidate's noise floor (None: none, or
+    the candidate is itself a secondary, judged against the primary)."""
+    secondaries = _secondaries(client, keys, settings)
+    if not secondaries or candidate in secondaries:
+        return None
+    other = load_window(client, keys, secondaries[0], first, last)[0]
+    return (secondaries[0], other) if other.get("records") else None
 
 
 DERIVED_FEATURES = frozenset({CLASS_FEATURE, CONFIDENCE_FEATURE})

@@ -44,9 +44,12 @@ def _summary(
 
 
 def _report(client: redis.Redis, prefix: str, fields: dict[str, int], **gate: object) -> dict:
+    """The counters spread over three buckets (the latency rule needs three time clusters)."""
     keys = Keys(prefix)
-    client.hset(keys.bucket("v2", START), mapping=fields)
-    client.zadd(keys.bucket_index("v2"), {str(START): START})
+    for i, start in enumerate(START - 60 * k for k in range(3)):
+        part = {k: v // 3 + (v % 3 if i == 0 else 0) for k, v in fields.items()}
+        client.hset(keys.bucket("v2", start), mapping={k: v for k, v in part.items() if v})
+        client.zadd(keys.bucket_index("v2"), {str(start): start})
     settings = settings_from_mapping({"redis": {"prefix": prefix}, "gate": gate}, environ={})
     return build_report(client, keys, settings, "v2", 3600, now=START + 30)
 

@@ -1,0 +1,231 @@
+"""Latency judged against its own noise: anytime-valid p99 bounds from mergeable histograms.
+
+The gate may be read at any moment, so the p99 comparison is made on confidence
+sequences, not on point estimates: a p99 of a thousand requests is a dozen requests.
+
+- Quantile confidence sequence (Howard & Ramdas, "Sequential estimation of quantiles
+  with applications to A/B-testing", Bernoulli 2022): at the true p-quantile the number
+  of requests at or below it is a Binomial(t, p) sum, so a beta-binomial mixture
+  martingale M_t(s) bounds it at every t at once (Ville: P(sup_t M_t >= 1/alpha) <=
+  alpha). The counts s it accepts map, through the histogram's cumulative counts, to
+  [low, high] on the latency axis, rounded outwards to whole bins (1% wide).
+- Time buckets as clusters: a stall (a GC pause, a busy host) slows every request of a
+  bucket together, so requests are not independent draws. The design effect of the tail
+  indicator (request beyond the side's own p99) is measured from per-bucket counts
+  (cluster-robust over binomial variance); counts are divided by it (effective sample
+  size), which widens the sequence exactly where stalls cluster. A window with fewer
+  than MIN_CLUSTERS buckets cannot measure it, and is not judged.
+- Noise floor: with a secondary replica of the primary mirrored like the candidate, the
+  candidate is compared with the secondary (the same client, the same mirror path and
+  the same measurement), not with the primary measured on the client's path.
+
+The rule (`judge`), for ratio r = gate.max_p99_ratio, candidate bounds [Lc, Uc] and
+reference bounds [Lr, Ur], each at alpha / 2 so both hold together at every look:
+fail when Lc > r * Ur (the candidate's p99 is beyond r times the reference's whatever
+the noise), pass when Uc <= r * Lr, otherwise insufficient.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from scipy.special import betaln
+
+QUANTILE = 0.99
+ALPHA = 0.05
+T_OPT = 2_000  # the mixture is tightest around this many requests (where the rule decides)
+MIN_CLUSTERS = 3  # time buckets per side before a design effect, and a verdict, exist
+MAX_DEFF = 100.0
+
+PASS, FAIL, INSUFFICIENT = "pass", "fail", "insufficient"
+
+__all__ = [
+    "bucket_histograms",
+    "compare",
+    "design_effect",
+    "judge",
+    "quantile_cs",
+]
+
+
+def _log_mixture(s: float, t: float, p: float, a: float, b: float) -> float:
+    """log M_t(s): the beta(a, b)-binomial mixture over the Binomial(t, p) likelihood."""
+    return betaln(a + s, b + t - s) - betaln(a, b) - s * math.log(p) - (t - s) * math.log1p(-p)
+
+
+def _prior(p: float, alpha: float, t_opt: int) -> tuple[float, float]:
+    """Beta prior centred on p, as concentrated as the normal mixture tuned for t_opt.
+
+    A normal mixture is tightest at V = t_opt p (1 - p) with rho = V / (2 log(1/alpha) +
+    log(1 + 2 log(1/alpha))) (Howard et al. 2021); a beta prior of mean p and
+    concentration m has variance p (1 - p) / (m + 1), matching it at m = rho / p(1-p).
+    """
+    log_term = 2.0 * math.log(1.0 / alpha)
+    m = max(t_opt / (log_term + math.log1p(log_term)), 2.0)
+    return p * m, (1.0 - p) * m
+
+
+def _accepted_counts(t: float, p: float, alpha: float, t_opt: int) -> tuple[float, float]:
+    """[s_lo, s_hi]: the counts at or below the p-quantile the sequence still accepts.
+
+    log M_t is convex in s with its minimum near t p: bisect each side for the crossing
+    of log(1 / alpha). A side where even s = 0 (or s = t) is accepted has no bound there.
+    """
+    a, b = _prior(p, alpha, t_opt)
+    threshold = math.log(1.0 / alpha)
+    centre = min(max(t * p, 0.0), t)
+
+    def crossing(inside: float, outside: float) -> float:
+        if _log_mixture(outside, t, p, a, b) < threshold:
+            return outside
+        for _ in range(60):
+            mid = (inside + outside) / 2.0
+            if _log_mixture(mid, t, p, a, b) < threshold:
+                inside = mid
+            else:
+                outside = mid
+        return inside
+
+    return crossing(centre, 0.0), crossing(centre, t)
+
+
+def quantile_cs(
+    counts: np.ndarray,
+    edges: np.ndarray,
+    p: float = QUANTILE,
+    alpha: float = ALPHA,
+    deff: float = 1.0,
+    t_opt: int = T_OPT,
+) -> tuple[float | None, float | None]:
+    """Anytime-valid (low, high) for the p-quantile of a latency histogram.
+
+    None where the data cannot bound it yet (high is None until enough requests are in:
+    about 300 for the p99). Counts are divided by `deff` (>= 1) before the martingale
+    sees them, and the accepted range is scaled back.
+    """
+    c = np.asarray(counts, dtype=float)
+    total = float(c.sum())
+    if total <= 0:
+        return None, None
+    deff = max(float(deff), 1.0)
+    s_lo, s_hi = _accepted_counts(total / deff, p, alpha, t_opt)
+    cumulative = np.cumsum(c)
+    e = np.asarray(edges, dtype=float)
+    low = None
+    if s_lo > 0:  # x below the edge of the bin where the count reaches s_lo is rejected
+        i = int(np.searchsorted(cumulative, s_lo * deff, side="left"))
+        low = float(e[min(i, len(c) - 1)])
+    high = None
+    if s_hi * deff < total:  # x at the top of the first bin past s_hi is rejected
+        i = int(np.searchsorted(cumulative, s_hi * deff, side="right"))
+        high = float(e[min(i, len(c) - 1) + 1])
+    return low, high
+
+
+def design_effect(clusters: Sequence[np.ndarray], p: float = QUANTILE) -> float | None:
+    """Variance inflation of the tail share from per-bucket histograms; None below
+    MIN_CLUSTERS non-empty buckets.
+
+    The tail is the bins beyond the pooled p-quantile's bin. Cluster-robust variance of a
+    ratio estimate, sum_b (y_b - q n_b)^2 * B / (B - 1), over its binomial counterpart
+    N q (1 - q); at least 1 (independence is the best case), at most MAX_DEFF.
+    """
+    rows = [np.asarray(h, dtype=float) for h in clusters if float(np.sum(h)) > 0]
+    if len(rows) < MIN_CLUSTERS:
+        return None
+    pooled = np.sum(rows, axis=0)
+    n_total = float(pooled.sum())
+    cut = int(np.searchsorted(np.cumsum(pooled), p * n_total, side="left"))
+    n = np.array([r.sum() for r in rows])
+    y = np.array([r[cut + 1 :].sum() for r in rows])
+    q = float(y.sum()) / n_total
+    if q <= 0.0 or q >= 1.0:
+        return 1.0
+    robust = float(np.sum((y - q * n) ** 2)) * len(rows) / (len(rows) - 1)
+    return min(max(robust / (n_total * q * (1.0 - q)), 1.0), MAX_DEFF)
+
+
+def bucket_histograms(
+    raws: Sequence[Mapping[bytes, bytes]], prefix: bytes, bins: int
+) -> list[np.ndarray]:
+    """One side's latency histogram per bucket hash (fields `<prefix><bin>`), in order."""
+    out = []
+    width = len(prefix)
+    for raw in raws:
+        h = np.zeros(bins, dtype=np.int64)
+        for key, value in raw.items():
+            if key.startswith(prefix):
+                i = int(key[width:])
+                if 0 <= i < bins:
+                    h[i] += int(value)
+        if h.any():
+            out.append(h)
+    return out
+
+
+def _side(
+    hist: np.ndarray, clusters: Sequence[np.ndarray], edges: np.ndarray, alpha: float
+) -> dict[str, Any]:
+    """One side's p99 bounds at alpha, with the design effect they were widened by."""
+    deff = design_effect(clusters)
+    low, high = quantile_cs(hist, edges, QUANTILE, alpha, deff or 1.0)
+    return {
+        "n": int(np.sum(hist)),
+        "buckets": sum(1 for h in clusters if np.any(h)),
+        "design_effect": deff,
+        "p99_low": low,
+        "p99_high": high,
+    }
+
+
+def compare(
+    candidate: tuple[np.ndarray, Sequence[np.ndarray]],
+    reference: tuple[np.ndarray, Sequence[np.ndarray]],
+    edges: np.ndarray,
+    reference_name: str,
+    alpha: float = ALPHA,
+) -> dict[str, Any]:
+    """Both sides' anytime-valid p99 bounds, each at alpha / 2 (jointly at alpha).
+
+    Each side is (merged histogram, per-bucket histograms). `reference_name` says what
+    the candidate is measured against ("primary", or the secondary replica's name).
+    """
+    return {
+        "reference": reference_name,
+        "alpha": alpha,
+        "candidate": _side(candidate[0], candidate[1], edges, alpha / 2.0),
+        "reference_side": _side(reference[0], reference[1], edges, alpha / 2.0),
+    }
+
+
+def _ms(x: float | None) -> str:
+    return "unbounded" if x is None else f"{x:.1f} ms"
+
+
+def judge(sequential: Mapping[str, Any], max_ratio: float) -> tuple[str, str]:
+    """(outcome, detail) of the latency rule on `compare`'s result; see the module doc."""
+    cand, ref = sequential["candidate"], sequential["reference_side"]
+    name = sequential["reference"]
+    text = (
+        f"candidate p99 within [{_ms(cand['p99_low'])}, {_ms(cand['p99_high'])}] against"
+        f" the {name}'s [{_ms(ref['p99_low'])}, {_ms(ref['p99_high'])}]"
+        f" (anytime-valid {100 * (1 - sequential['alpha']):g}% bounds, {cand['n']:,} and"
+        f" {ref['n']:,} requests"
+    )
+    deffs = [s["design_effect"] for s in (cand, ref)]
+    if None in deffs:
+        fewest = min(cand["buckets"], ref["buckets"])
+        return INSUFFICIENT, (
+            f"{text}); only {fewest} time bucket(s) so far: stalls cannot be told from"
+            f" slowness before {MIN_CLUSTERS}"
+        )
+    text += f", stall design effects {deffs[0]:.2g} and {deffs[1]:.2g})"
+    lc, uc, lr, ur = cand["p99_low"], cand["p99_high"], ref["p99_low"], ref["p99_high"]
+    if lc is not None and ur is not None and lc > max_ratio * ur:
+        return FAIL, f"{text}: above {max_ratio:g}x the {name}'s whatever the noise"
+    if uc is not None and lr is not None and uc <= max_ratio * lr:
+        return PASS, f"{text}: within {max_ratio:g}x the {name}'s"
+    return INSUFFICIENT, f"{text}: cannot tell yet whether it is within {max_ratio:g}x"
