@@ -89,6 +89,13 @@ name = "twin"
 url = "http://127.0.0.1:{ports["candidate"]}"
 sample = 1.0
 timeout_ms = 5000
+
+[[candidates]]
+name = "replica"
+url = "http://127.0.0.1:{ports["replica"]}"
+sample = 1.0
+timeout_ms = 5000
+role = "secondary"
 """
     )
 
@@ -149,23 +156,28 @@ def _quantiles(values: list[float] | np.ndarray) -> tuple[float, float]:
     return float(np.quantile(a, 0.5)), float(np.quantile(a, 0.99))
 
 
-def _records(redis_url: str, prefix: str, expected: int) -> list[PairRecord]:
+def _records(redis_url: str, prefix: str, name: str, expected: int) -> list[PairRecord]:
     client = redis.Redis.from_url(redis_url)
-    key = Keys(prefix).pairs("twin")
+    key = Keys(prefix).pairs(name)
     deadline = time.monotonic() + 15
     while client.xlen(key) < expected and time.monotonic() < deadline:
         time.sleep(0.2)
-    entries = client.xrange(key)
+    return [PairRecord.from_fields(fields) for _, fields in client.xrange(key)]
+
+
+def _clean(redis_url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(redis_url)
     for k in client.scan_iter(f"{prefix}*"):
         client.delete(k)
-    return [PairRecord.from_fields(fields) for _, fields in entries]
 
 
-def _line(name: str, p: list[float] | np.ndarray, c: list[float] | np.ndarray) -> str:
+def _line(
+    name: str, p: list[float] | np.ndarray, c: list[float] | np.ndarray, ref: str = "primary"
+) -> str:
     p50p, p99p = _quantiles(p)
     p50c, p99c = _quantiles(c)
     return (
-        f"{name:<24} primary p50 {p50p:7.2f} p99 {p99p:7.2f} | candidate p50 {p50c:7.2f}"
+        f"{name:<24} {ref} p50 {p50p:7.2f} p99 {p99p:7.2f} | candidate p50 {p50c:7.2f}"
         f" p99 {p99c:7.2f} | ratio p50 {p50c / p50p:5.2f} p99 {p99c / p99p:5.2f}"
     )
 
@@ -181,14 +193,14 @@ def main() -> None:
     )
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     args = parser.parse_args()
-    ports = {k: free_port() for k in ("primary", "candidate", "proxy", "admin")}
+    ports = {k: free_port() for k in ("primary", "candidate", "replica", "proxy", "admin")}
     prefix = f"latprobe{secrets.token_hex(4)}"
     servers = [
         _python("-m", "shadowtrial.examples.model_server", "--port", str(ports[k]))
-        for k in ("primary", "candidate")
+        for k in ("primary", "candidate", "replica")
     ]
     with tempfile.TemporaryDirectory() as tmp, running(*servers):
-        for k in ("primary", "candidate"):
+        for k in ("primary", "candidate", "replica"):
             wait_for_port(ports[k])
         direct_p = asyncio.run(_direct(f"http://127.0.0.1:{ports['primary']}{PATH}", 300))
         direct_c = asyncio.run(_direct(f"http://127.0.0.1:{ports['candidate']}{PATH}", 300))
@@ -206,13 +218,17 @@ def main() -> None:
                 client = asyncio.run(_closed_loop(url, args.concurrency, args.seconds))
             else:
                 client = asyncio.run(_open_loop(url, args.rate, args.seconds))
-            records = _records(args.redis_url, prefix, 50 + len(client))
+            records = _records(args.redis_url, prefix, "twin", 50 + len(client))
+            replica = _records(args.redis_url, prefix, "replica", 50 + len(client))
+            _clean(args.redis_url, prefix)
     records = records[-len(client) :]
+    replica = replica[-len(client) :]
     primary = [r.primary_ms for r in records]
     candidate = [r.candidate_ms for r in records]
     load = f"c={args.concurrency}" if args.concurrency else f"{args.rate:g} req/s"
     print(f"{len(records)} pairs, {load}; client p50/p99 {_quantiles(client)}")
     print(_line("through the proxy", primary, candidate))
+    print(_line("same, against replica", [r.candidate_ms for r in replica], candidate, "replica"))
     extra = [r for r in records if getattr(r, "candidate_connect_ms", None) is not None]
     if extra:
         print("connect ms > 0 on", sum(1 for r in extra if r.candidate_connect_ms > 0), "pairs")

@@ -20,6 +20,7 @@ from proxy.candidates import CandidateRunner, build_runners
 from proxy.capture import Capture
 from proxy.decisions import TrialWatch
 from proxy.forward import Forwarder, Receive, Scope, Send
+from proxy.looplag import LoopLag
 from proxy.metrics import Metrics
 from proxy.mirror import Mirror
 from proxy.registry import RegistrySync
@@ -50,6 +51,7 @@ class ProxyApp:
         self.forwarder = Forwarder(settings, self.routing, self.mirror, self.metrics)
         self.registry = RegistrySync(settings, redis_url, self.routing, self.runners)
         self.trials = TrialWatch(self.registry, redis_url)
+        self.loop_lag = LoopLag(self.metrics)
         self.started = False
         self.admin = create_admin_app(self)
 
@@ -68,12 +70,14 @@ class ProxyApp:
         self.capture.start()
         await self.registry.start()
         self.trials.start()
+        self.loop_lag.start()
         self.started = True
 
     async def shutdown(self) -> None:
         """Let in-flight mirrors end, flush capture, close every client."""
         slowest = max((c.timeout_ms for c in self.settings.candidates), default=0)
         await self.trials.stop()
+        await self.loop_lag.stop()
         await self.mirror.drain(timeout_s=slowest / 1000 + 1.0)
         await self.registry.stop()
         await self.capture.close(timeout_s=CAPTURE_FLUSH_S)

@@ -98,6 +98,13 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=reg,
         )
+        self.event_loop_lag = Histogram(
+            "shadowtrial_event_loop_lag_seconds",
+            "How late the proxy's event loop woke a 100 ms sleeper: time that lands inside "
+            "every latency measured at that moment",
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
         self.mirror_connects = Counter(
             "shadowtrial_mirror_connections_opened",
             "New connections a mirror had to open to its candidate (their time is kept out "
@@ -153,6 +160,10 @@ class Metrics:
     def mirror_outcome(self, candidate: str, outcome: str) -> None:
         """Count the final outcome of one sampled mirror."""
         self._child(self.mirror_outcomes, candidate, outcome).inc()
+
+    def loop_lag(self, seconds: float) -> None:
+        """Record one event-loop lag sample (negative jitter counts as none)."""
+        self.event_loop_lag.observe(max(seconds, 0.0))
 
     def mirror_connected(self, candidate: str) -> None:
         """Count one new connection opened for a mirror (a cold or outgrown pool)."""
