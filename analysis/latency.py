@@ -49,6 +49,7 @@ __all__ = [
     "design_effect",
     "judge",
     "quantile_cs",
+    "set_aside_worst",
 ]
 
 
@@ -156,7 +157,7 @@ def design_effect(clusters: Sequence[np.ndarray], p: float = QUANTILE) -> float 
         return None
     pooled = np.sum(rows, axis=0)
     n_total = float(pooled.sum())
-    cut = int(np.searchsorted(np.cumsum(pooled), p * n_total, side="left"))
+    cut = _tail_cut(pooled, p)
     n = np.array([r.sum() for r in rows])
     y = np.array([r[cut:].sum() for r in rows])  # from the quantile's bin: a stall fills it
     q = float(y.sum()) / n_total
@@ -184,12 +185,45 @@ def bucket_histograms(
     return out
 
 
+def _tail_cut(pooled: np.ndarray, p: float) -> int:
+    """The bin holding the pooled p-quantile."""
+    return int(np.searchsorted(np.cumsum(pooled), p * float(pooled.sum()), side="left"))
+
+
+def set_aside_worst(
+    hist: np.ndarray, clusters: Sequence[np.ndarray], p: float = QUANTILE
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The histogram and clusters without the bucket with the largest tail share.
+
+    One stall must not fail a twin: for the candidate's *lower* bound (the one a fail
+    rests on) its worst bucket is set aside. Dropping the most tail-heavy bucket can only
+    pull the tail down, so the lower bound stays on the safe side; any further stall
+    still shows in the design effect of the buckets that remain. Unchanged when there
+    are no more than MIN_CLUSTERS buckets (nothing can be spared).
+    """
+    rows = [np.asarray(h) for h in clusters if np.any(h)]
+    if len(rows) <= MIN_CLUSTERS:
+        return np.asarray(hist), rows
+    cut = _tail_cut(np.sum(rows, axis=0), p)
+    shares = [float(r[cut:].sum()) / float(r.sum()) for r in rows]
+    worst = int(np.argmax(shares))
+    return np.asarray(hist) - rows[worst], rows[:worst] + rows[worst + 1 :]
+
+
 def _side(
-    hist: np.ndarray, clusters: Sequence[np.ndarray], edges: np.ndarray, alpha: float
+    hist: np.ndarray,
+    clusters: Sequence[np.ndarray],
+    edges: np.ndarray,
+    alpha: float,
+    spare_worst: bool = False,
 ) -> dict[str, Any]:
-    """One side's p99 bounds at alpha, with the design effect they were widened by."""
+    """One side's p99 bounds at alpha, with the design effect they were widened by; with
+    `spare_worst`, the lower bound is taken without the worst bucket (set_aside_worst)."""
     deff = design_effect(clusters)
     low, high = quantile_cs(hist, edges, QUANTILE, alpha, deff or 1.0)
+    if spare_worst and deff is not None:
+        kept, rest = set_aside_worst(hist, clusters)
+        low = quantile_cs(kept, edges, QUANTILE, alpha, design_effect(rest) or 1.0)[0]
     return {
         "n": int(np.sum(hist)),
         "buckets": sum(1 for h in clusters if np.any(h)),
@@ -214,7 +248,7 @@ def compare(
     return {
         "reference": reference_name,
         "alpha": alpha,
-        "candidate": _side(candidate[0], candidate[1], edges, alpha / 2.0),
+        "candidate": _side(candidate[0], candidate[1], edges, alpha / 2.0, spare_worst=True),
         "reference_side": _side(reference[0], reference[1], edges, alpha / 2.0),
     }
 

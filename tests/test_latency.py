@@ -146,3 +146,22 @@ def test_continuous_looks_seeded_subset() -> None:
     assert results["aa_stalls"]["ever_fail"] == 0.0
     assert results["slow_2x"]["fail_by_5000"] >= 5 / 6
     assert results["slow_2x"]["ever_pass"] == 0.0
+
+
+def test_one_stall_bucket_is_set_aside_for_the_lower_bound_only() -> None:
+    """A twin with one stall: its lower p99 bound stays below the reference's upper one."""
+    rng = np.random.default_rng(9)
+    calm = [_hist(_lognormal(rng, 200)) for _ in range(9)]
+    stall = _hist(np.concatenate([_lognormal(rng, 170), np.full(30, 200.0)]))
+    clusters = [*calm, stall]
+    hist = np.sum(clusters, axis=0)
+    kept, rest = latency.set_aside_worst(hist, clusters)
+    assert len(rest) == 9 and int(kept.sum()) == 1800
+    assert latency.set_aside_worst(hist, clusters[:3])[1] == clusters[:3]
+    reference = [_hist(_lognormal(rng, 200)) for _ in range(10)]
+    section = latency.compare(
+        (hist, clusters), (np.sum(reference, axis=0), reference), LATENCY_EDGES, "primary"
+    )
+    assert section["candidate"]["p99_low"] < 15.0  # not the 200 ms of the stall
+    assert section["candidate"]["p99_high"] is None or section["candidate"]["p99_high"] > 100
+    assert latency.judge(section, 1.5)[0] != "fail"
