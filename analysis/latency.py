@@ -14,7 +14,9 @@ sequences, not on point estimates: a p99 of a thousand requests is a dozen reque
   indicator (request beyond the side's own p99) is measured from per-bucket counts
   (cluster-robust over binomial variance); counts are divided by it (effective sample
   size), which widens the sequence exactly where stalls cluster. A window with fewer
-  than MIN_CLUSTERS buckets cannot measure it, and is not judged.
+  than MIN_CLUSTERS buckets cannot measure it, and is not judged. For the candidate's
+  lower bound (the one a fail rests on) its single worst bucket is set aside first
+  (`set_aside_worst`): one stall cannot fail a twin, and does not cost power either.
 - Noise floor: with a secondary replica of the primary mirrored like the candidate, the
   candidate is compared with the secondary (the same client, the same mirror path and
   the same measurement), not with the primary measured on the client's path.
