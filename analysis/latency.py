@@ -50,8 +50,9 @@ __all__ = [
     "compare",
     "design_effect",
     "judge",
+    "paired_design_effect",
     "quantile_cs",
-    "set_aside_worst",
+    "worst_bucket",
 ]
 
 
@@ -146,36 +147,70 @@ def quantile_cs(
     return low, high
 
 
-def design_effect(clusters: Sequence[np.ndarray], p: float = QUANTILE) -> float | None:
-    """Variance inflation of the tail share from per-bucket histograms; None below
-    MIN_CLUSTERS non-empty buckets.
+Clusters = Mapping[int, np.ndarray]  # bucket start -> that bucket's latency histogram
 
-    The tail is the pooled p-quantile's bin and those above it. Cluster-robust variance of a
-    ratio estimate, sum_b (y_b - q n_b)^2 * B / (B - 1), over its binomial counterpart
-    N q (1 - q); at least 1 (independence is the best case), at most MAX_DEFF.
-    """
-    rows = [np.asarray(h, dtype=float) for h in clusters if float(np.sum(h)) > 0]
-    if len(rows) < MIN_CLUSTERS:
-        return None
-    pooled = np.sum(rows, axis=0)
-    n_total = float(pooled.sum())
+
+def _tail(clusters: Clusters, p: float) -> tuple[dict[int, float], dict[int, float], float]:
+    """Per bucket: requests, and requests in or above the pooled p-quantile's bin (a stall
+    fills that bin); and the pooled tail share."""
+    rows = {k: np.asarray(h, dtype=float) for k, h in clusters.items() if np.any(h)}
+    if not rows:
+        return {}, {}, 0.0
+    pooled = np.sum(list(rows.values()), axis=0)
     cut = _tail_cut(pooled, p)
-    n = np.array([r.sum() for r in rows])
-    y = np.array([r[cut:].sum() for r in rows])  # from the quantile's bin: a stall fills it
-    q = float(y.sum()) / n_total
-    if q <= 0.0 or q >= 1.0:
+    n = {k: float(r.sum()) for k, r in rows.items()}
+    y = {k: float(r[cut:].sum()) for k, r in rows.items()}
+    return n, y, sum(y.values()) / float(pooled.sum())
+
+
+def design_effect(clusters: Clusters, p: float = QUANTILE) -> float | None:
+    """Variance inflation of one side's tail share from its per-bucket histograms; None
+    below MIN_CLUSTERS non-empty buckets.
+
+    Cluster-robust variance of a ratio estimate, sum_b (y_b - q n_b)^2 * B / (B - 1),
+    over its binomial counterpart N q (1 - q); at least 1, at most MAX_DEFF.
+    """
+    return paired_design_effect(clusters, None, p)
+
+
+def paired_design_effect(
+    candidate: Clusters, reference: Clusters | None, p: float = QUANTILE
+) -> float | None:
+    """The design effect of the candidate's tail share minus the reference's, bucket by
+    bucket (None below MIN_CLUSTERS buckets on either side).
+
+    Both sides are timed in the same buckets: a slow minute of the host (a busy CPU, a
+    loop stall in the proxy) raises both tails together and cancels in the difference,
+    which is what the rule compares; a stall of the candidate alone does not cancel.
+    Without a reference it is one side's own design effect.
+    """
+    n_c, y_c, q_c = _tail(candidate, p)
+    n_r, y_r, q_r = _tail(reference or {}, p)
+    if len(n_c) < MIN_CLUSTERS or (reference is not None and len(n_r) < MIN_CLUSTERS):
+        return None
+    total_c, total_r = sum(n_c.values()), sum(n_r.values()) or 1.0
+    keys = set(n_c) | set(n_r)
+    residuals = np.array(
+        [
+            (y_c.get(k, 0.0) - q_c * n_c.get(k, 0.0)) / total_c
+            - (y_r.get(k, 0.0) - q_r * n_r.get(k, 0.0)) / total_r
+            for k in keys
+        ]
+    )
+    binomial = q_c * (1.0 - q_c) / total_c + (q_r * (1.0 - q_r) / total_r if n_r else 0.0)
+    if binomial <= 0.0:
         return 1.0
-    robust = float(np.sum((y - q * n) ** 2)) * len(rows) / (len(rows) - 1)
-    return min(max(robust / (n_total * q * (1.0 - q)), 1.0), MAX_DEFF)
+    robust = float(np.sum(residuals**2)) * len(keys) / (len(keys) - 1)
+    return min(max(robust / binomial, 1.0), MAX_DEFF)
 
 
 def bucket_histograms(
-    raws: Sequence[Mapping[bytes, bytes]], prefix: bytes, bins: int
-) -> list[np.ndarray]:
-    """One side's latency histogram per bucket hash (fields `<prefix><bin>`), in order."""
-    out = []
+    raws: Sequence[tuple[int, Mapping[bytes, bytes]]], prefix: bytes, bins: int
+) -> dict[int, np.ndarray]:
+    """One side's latency histogram per (bucket start, bucket hash), fields `<prefix><bin>`."""
+    out: dict[int, np.ndarray] = {}
     width = len(prefix)
-    for raw in raws:
+    for start, raw in raws:
         h = np.zeros(bins, dtype=np.int64)
         for key, value in raw.items():
             if key.startswith(prefix):
@@ -183,7 +218,7 @@ def bucket_histograms(
                 if 0 <= i < bins:
                     h[i] += int(value)
         if h.any():
-            out.append(h)
+            out[start] = out[start] + h if start in out else h
     return out
 
 
@@ -192,66 +227,63 @@ def _tail_cut(pooled: np.ndarray, p: float) -> int:
     return int(np.searchsorted(np.cumsum(pooled), p * float(pooled.sum()), side="left"))
 
 
-def set_aside_worst(
-    hist: np.ndarray, clusters: Sequence[np.ndarray], p: float = QUANTILE
-) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The histogram and clusters without the bucket with the largest tail share.
+def worst_bucket(clusters: Clusters, p: float = QUANTILE) -> int | None:
+    """The bucket with the largest tail share, when more than MIN_CLUSTERS can spare it.
 
-    One stall must not fail a twin: for the candidate's *lower* bound (the one a fail
-    rests on) its worst bucket is set aside. Dropping the most tail-heavy bucket can only
-    pull the tail down, so the lower bound stays on the safe side; any further stall
-    still shows in the design effect of the buckets that remain. Unchanged when there
-    are no more than MIN_CLUSTERS buckets (nothing can be spared).
+    One stall must not fail a twin: the candidate's *lower* bound (the one a fail rests
+    on) is taken without this bucket. Setting the most tail-heavy bucket aside can only
+    pull the tail down, so that bound stays on the safe side; a further stall still
+    shows in the design effect of the buckets that remain.
     """
-    rows = [np.asarray(h) for h in clusters if np.any(h)]
-    if len(rows) <= MIN_CLUSTERS:
-        return np.asarray(hist), rows
-    cut = _tail_cut(np.sum(rows, axis=0), p)
-    shares = [float(r[cut:].sum()) / float(r.sum()) for r in rows]
-    worst = int(np.argmax(shares))
-    return np.asarray(hist) - rows[worst], rows[:worst] + rows[worst + 1 :]
+    n, y, _ = _tail(clusters, p)
+    if len(n) <= MIN_CLUSTERS:
+        return None
+    return max(n, key=lambda k: (y[k] / n[k], k))
 
 
-def _side(
-    hist: np.ndarray,
-    clusters: Sequence[np.ndarray],
-    edges: np.ndarray,
-    alpha: float,
-    spare_worst: bool = False,
-) -> dict[str, Any]:
-    """One side's p99 bounds at alpha, with the design effect they were widened by; with
-    `spare_worst`, the lower bound is taken without the worst bucket (set_aside_worst)."""
-    deff = design_effect(clusters)
-    low, high = quantile_cs(hist, edges, QUANTILE, alpha, deff or 1.0)
-    if spare_worst and deff is not None:
-        kept, rest = set_aside_worst(hist, clusters)
-        low = quantile_cs(kept, edges, QUANTILE, alpha, design_effect(rest) or 1.0)[0]
+def _bounds(
+    hist: np.ndarray, deff: float | None, edges: np.ndarray, alpha: float
+) -> tuple[float | None, float | None]:
+    return quantile_cs(hist, edges, QUANTILE, alpha, deff or 1.0)
+
+
+def _side(hist: np.ndarray, clusters: Clusters, deff: float | None) -> dict[str, Any]:
     return {
         "n": int(np.sum(hist)),
-        "buckets": sum(1 for h in clusters if np.any(h)),
+        "buckets": sum(1 for h in clusters.values() if np.any(h)),
+        "own_design_effect": design_effect(clusters),
         "design_effect": deff,
-        "p99_low": low,
-        "p99_high": high,
     }
 
 
 def compare(
-    candidate: tuple[np.ndarray, Sequence[np.ndarray]],
-    reference: tuple[np.ndarray, Sequence[np.ndarray]],
+    candidate: tuple[np.ndarray, Clusters],
+    reference: tuple[np.ndarray, Clusters],
     edges: np.ndarray,
     reference_name: str,
     alpha: float = ALPHA,
 ) -> dict[str, Any]:
-    """Both sides' anytime-valid p99 bounds, each at alpha / 2 (jointly at alpha).
+    """Both sides' anytime-valid p99 bounds, each at alpha / 2 (jointly at alpha), widened
+    by the paired design effect; the candidate's lower bound without its worst bucket.
 
-    Each side is (merged histogram, per-bucket histograms). `reference_name` says what
-    the candidate is measured against ("primary", or the secondary replica's name).
+    Each side is (merged histogram, {bucket start: histogram}). `reference_name` says
+    what the candidate is measured against ("primary", or the secondary replica's name).
     """
+    (hc, cc), (hr, cr) = candidate, reference
+    deff = paired_design_effect(cc, cr)
+    c_low, c_high = _bounds(hc, deff, edges, alpha / 2.0)
+    r_low, r_high = _bounds(hr, deff, edges, alpha / 2.0)
+    worst = worst_bucket(cc) if deff is not None else None
+    if worst is not None:
+        rest = {k: h for k, h in cc.items() if k != worst}
+        others = {k: h for k, h in cr.items() if k != worst}
+        spared = paired_design_effect(rest, others)
+        c_low = _bounds(np.asarray(hc) - cc[worst], spared, edges, alpha / 2.0)[0]
     return {
         "reference": reference_name,
         "alpha": alpha,
-        "candidate": _side(candidate[0], candidate[1], edges, alpha / 2.0, spare_worst=True),
-        "reference_side": _side(reference[0], reference[1], edges, alpha / 2.0),
+        "candidate": {**_side(hc, cc, deff), "p99_low": c_low, "p99_high": c_high},
+        "reference_side": {**_side(hr, cr, deff), "p99_low": r_low, "p99_high": r_high},
     }
 
 
@@ -269,14 +301,14 @@ def judge(sequential: Mapping[str, Any], max_ratio: float) -> tuple[str, str]:
         f" (anytime-valid {100 * (1 - sequential['alpha']):g}% bounds, {cand['n']:,} and"
         f" {ref['n']:,} requests"
     )
-    deffs = [s["design_effect"] for s in (cand, ref)]
-    if None in deffs:
+    deff = cand["design_effect"]
+    if deff is None:
         fewest = min(cand["buckets"], ref["buckets"])
         return INSUFFICIENT, (
             f"{text}); only {fewest} time bucket(s) so far: stalls cannot be told from"
             f" slowness before {MIN_CLUSTERS}"
         )
-    text += f", stall design effects {deffs[0]:.2g} and {deffs[1]:.2g})"
+    text += f", design effect of time-bucket stalls {deff:.2g})"
     lc, uc, lr, ur = cand["p99_low"], cand["p99_high"], ref["p99_low"], ref["p99_high"]
     if lc is not None and ur is not None and lc > max_ratio * ur:
         return FAIL, f"{text}: above {max_ratio:g}x the {name}'s whatever the noise"

@@ -106,8 +106,9 @@ def load_window(
     timeline.sort(key=lambda p: p["t"])
     summary = Summary(merge_raw(raws))
     bins = len(LATENCY_EDGES) - 1
+    starts = [(start, raw) for (start, _, _), raw in zip(found, raws, strict=True)]
     summary.latency_buckets = {
-        side: latency.bucket_histograms(raws, f"{side}:".encode(), bins) for side in ("lp", "lc")
+        side: latency.bucket_histograms(starts, f"{side}:".encode(), bins) for side in ("lp", "lc")
     }
     return summary, timeline
 
@@ -382,12 +383,12 @@ def _latency(s: Summary, secondary: tuple[str, Summary] | None = None) -> dict[s
     candidate = {**stats.latency_quantiles(hc, LATENCY_EDGES), "n": int(hc.sum())}
     p99p, p99c = primary.get("p99"), candidate.get("p99")
     if secondary is None:
-        reference = ("primary", hp, s.latency_buckets.get("lp", []))
+        reference = ("primary", hp, s.latency_buckets.get("lp", {}))
     else:
         name, other = secondary
-        reference = (name, other.hist("lc", bins), other.latency_buckets.get("lc", []))
+        reference = (name, other.hist("lc", bins), other.latency_buckets.get("lc", {}))
     sequential = latency.compare(
-        (hc, s.latency_buckets.get("lc", [])), reference[1:], LATENCY_EDGES, reference[0]
+        (hc, s.latency_buckets.get("lc", {})), reference[1:], LATENCY_EDGES, reference[0]
     )
     return {
         "primary": primary,

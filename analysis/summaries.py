@@ -419,9 +419,9 @@ class Summary:
 
     def __init__(self, counts: dict[str, float | int]) -> None:
         self.counts = counts
-        # Per time bucket, each side's latency histogram ({"lp": [...], "lc": [...]}):
+        # Per time bucket, each side's latency histogram ({"lp": {start: hist}, "lc": ...}):
         # set by the report's window loader; the latency rule's clusters (analysis.latency).
-        self.latency_buckets: dict[str, list[np.ndarray]] = {}
+        self.latency_buckets: dict[str, dict[int, np.ndarray]] = {}
         self._groups: dict[str, dict[str, float | int]] = defaultdict(dict)
         for name, value in counts.items():
             kind, rest = _split_field(name)

@@ -111,8 +111,11 @@ def _bucket_hists(start: int, ints: dict[str, int]) -> tuple[np.ndarray, np.ndar
 
 def _summary(merged: dict[str, int], delta: BatchDelta) -> Summary:
     summary = Summary(dict(merged))
-    hists = [_bucket_hists(start, b.ints) for start, b in sorted(delta.buckets.items())]
-    summary.latency_buckets = {"lp": [h[0] for h in hists], "lc": [h[1] for h in hists]}
+    hists = {start: _bucket_hists(start, b.ints) for start, b in delta.buckets.items()}
+    summary.latency_buckets = {
+        "lp": {k: h[0] for k, h in hists.items()},
+        "lc": {k: h[1] for k, h in hists.items()},
+    }
     return summary
 
 
@@ -156,7 +159,9 @@ def latency_scenarios(
         out[scenario] = {
             "runs": runs,
             "ever_fail": _share(fails, traffic.requests),
+            "fail_by_1000": _share(fails, 1_000),
             "fail_by_2000": _share(fails, 2_000),
+            "fail_by_3000": _share(fails, 3_000),
             "fail_by_5000": _share(fails, 5_000),
             "median_first_fail": failed[len(failed) // 2] if failed else None,
             "ever_pass": _share(passes, traffic.requests),
@@ -172,9 +177,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--rate", type=float, default=20.0)
     parser.add_argument("--bucket-s", type=int, default=10)
+    parser.add_argument("--sigma", type=float, default=0.4, help="log-normal spread")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    traffic = Traffic(requests=args.requests, rate=args.rate, bucket_s=args.bucket_s)
+    traffic = Traffic(
+        requests=args.requests, rate=args.rate, bucket_s=args.bucket_s, sigma=args.sigma
+    )
     started = time.perf_counter()
     results = latency_scenarios(args.runs, traffic, seed=args.seed)
     print(f"{traffic}, {args.runs} runs, {time.perf_counter() - started:.0f} s")

@@ -64,17 +64,37 @@ def test_bounds_tighten_and_the_upper_one_needs_a_few_hundred_requests() -> None
     assert latency.quantile_cs(np.zeros(BINS), LATENCY_EDGES) == (None, None)
 
 
+def _clusters(hists: list[np.ndarray]) -> dict[int, np.ndarray]:
+    return {START - 60 * k: h for k, h in enumerate(hists)}
+
+
 def test_a_stall_bucket_raises_the_design_effect() -> None:
     rng = np.random.default_rng(5)
     calm = [_hist(_lognormal(rng, 200)) for _ in range(10)]
     stalled = [*calm[:9], _hist(np.concatenate([_lognormal(rng, 170), np.full(30, 200.0)]))]
-    assert latency.design_effect(calm[:2]) is None  # too few buckets to tell
-    assert latency.design_effect(calm) == pytest.approx(1.0, abs=0.6)
-    assert latency.design_effect(stalled) > 5
+    assert latency.design_effect(_clusters(calm[:2])) is None  # too few buckets to tell
+    assert latency.design_effect(_clusters(calm)) == pytest.approx(1.0, abs=0.6)
+    assert latency.design_effect(_clusters(stalled)) > 5
+
+
+def test_a_stall_of_the_host_cancels_between_the_sides() -> None:
+    """Both sides timed in the same slow bucket: no design effect left in the difference;
+    a stall of the candidate alone remains."""
+    rng = np.random.default_rng(6)
+
+    def side(stalled: bool) -> dict[int, np.ndarray]:
+        hists = [_hist(_lognormal(rng, 200)) for _ in range(9)]
+        slow = np.full(30, 200.0) if stalled else _lognormal(rng, 30)
+        return _clusters([*hists, _hist(np.concatenate([_lognormal(rng, 170), slow]))])
+
+    both = latency.paired_design_effect(side(True), side(True))
+    alone = latency.paired_design_effect(side(True), side(False))
+    assert both is not None and alone is not None
+    assert both < 3 < alone
 
 
 def _section(cand: tuple[float, float], ref: tuple[float, float]) -> dict:
-    side = {"n": 5000, "buckets": 10, "design_effect": 1.0}
+    side = {"n": 5000, "buckets": 10, "design_effect": 1.0, "own_design_effect": 1.0}
     return {
         "reference": "primary",
         "alpha": 0.05,
@@ -153,14 +173,15 @@ def test_one_stall_bucket_is_set_aside_for_the_lower_bound_only() -> None:
     rng = np.random.default_rng(9)
     calm = [_hist(_lognormal(rng, 200)) for _ in range(9)]
     stall = _hist(np.concatenate([_lognormal(rng, 170), np.full(30, 200.0)]))
-    clusters = [*calm, stall]
-    hist = np.sum(clusters, axis=0)
-    kept, rest = latency.set_aside_worst(hist, clusters)
-    assert len(rest) == 9 and int(kept.sum()) == 1800
-    assert latency.set_aside_worst(hist, clusters[:3])[1] == clusters[:3]
-    reference = [_hist(_lognormal(rng, 200)) for _ in range(10)]
+    clusters = _clusters([*calm, stall])
+    assert latency.worst_bucket(clusters) == START - 60 * 9
+    assert latency.worst_bucket(_clusters(calm[:3])) is None  # nothing to spare
+    reference = _clusters([_hist(_lognormal(rng, 200)) for _ in range(10)])
     section = latency.compare(
-        (hist, clusters), (np.sum(reference, axis=0), reference), LATENCY_EDGES, "primary"
+        (np.sum(list(clusters.values()), axis=0), clusters),
+        (np.sum(list(reference.values()), axis=0), reference),
+        LATENCY_EDGES,
+        "primary",
     )
     assert section["candidate"]["p99_low"] < 15.0  # not the 200 ms of the stall
     assert section["candidate"]["p99_high"] is None or section["candidate"]["p99_high"] > 100
