@@ -10,13 +10,15 @@ sequences, not on point estimates: a p99 of a thousand requests is a dozen reque
   alpha). The counts s it accepts map, through the histogram's cumulative counts, to
   [low, high] on the latency axis, rounded outwards to whole bins (1% wide).
 - Time buckets as clusters: a stall (a GC pause, a busy host) slows every request of a
-  bucket together, so requests are not independent draws. The design effect of the tail
-  indicator (request beyond the side's own p99) is measured from per-bucket counts
-  (cluster-robust over binomial variance); counts are divided by it (effective sample
-  size), which widens the sequence exactly where stalls cluster. A window with fewer
-  than MIN_CLUSTERS buckets cannot measure it, and is not judged. For the candidate's
-  lower bound (the one a fail rests on) its single worst bucket is set aside first
-  (`set_aside_worst`): one stall cannot fail a twin, and does not cost power either.
+  bucket together, so requests are not independent draws. The design effect of the
+  candidate's tail share minus the reference's (a request in or above its side's p99
+  bin), bucket by bucket, is measured from per-bucket counts (cluster-robust over
+  binomial variance): a slow minute of the host hits both sides and cancels, a stall of
+  the candidate alone does not. Counts are divided by it (an effective sample size).
+  One stall must not fail a twin: the bounds a fail rests on (the candidate's lower, the
+  reference's upper) are taken without the candidate's worst bucket (`worst_bucket`);
+  a second stall still shows in the design effect. A window with fewer than
+  MIN_CLUSTERS + 1 buckets (one to spare, three to measure) is not judged.
 - Noise floor: with a secondary replica of the primary mirrored like the candidate, the
   candidate is compared with the secondary (the same client, the same mirror path and
   the same measurement), not with the primary measured on the client's path.
@@ -40,7 +42,7 @@ from scipy.special import betainc, betaincc, betaln
 QUANTILE = 0.99
 ALPHA = 0.05
 T_OPT = 2_000  # the mixture is tightest around this many requests (where the rule decides)
-MIN_CLUSTERS = 3  # time buckets per side before a design effect, and a verdict, exist
+MIN_CLUSTERS = 3  # time buckets before a design effect exists (a verdict needs one more)
 MAX_DEFF = 100.0
 
 PASS, FAIL, INSUFFICIENT = "pass", "fail", "insufficient"
@@ -151,16 +153,23 @@ Clusters = Mapping[int, np.ndarray]  # bucket start -> that bucket's latency his
 
 
 def _tail(clusters: Clusters, p: float) -> tuple[dict[int, float], dict[int, float], float]:
-    """Per bucket: requests, and requests in or above the pooled p-quantile's bin (a stall
-    fills that bin); and the pooled tail share."""
-    rows = {k: np.asarray(h, dtype=float) for k, h in clusters.items() if np.any(h)}
-    if not rows:
+    """Per non-empty bucket: requests, and requests in or above the pooled p-quantile's
+    bin (a stall fills that bin); and the pooled tail share."""
+    if not clusters:
         return {}, {}, 0.0
-    pooled = np.sum(list(rows.values()), axis=0)
+    keys = list(clusters)
+    rows = np.stack([clusters[k] for k in keys])  # exact integer counts
+    pooled = rows.sum(axis=0)
+    if pooled.sum() <= 0:
+        return {}, {}, 0.0
     cut = _tail_cut(pooled, p)
-    n = {k: float(r.sum()) for k, r in rows.items()}
-    y = {k: float(r[cut:].sum()) for k, r in rows.items()}
-    return n, y, sum(y.values()) / float(pooled.sum())
+    n, y = rows.sum(axis=1), rows[:, cut:].sum(axis=1)
+    kept = [i for i in range(len(keys)) if n[i] > 0]
+    return (
+        {keys[i]: float(n[i]) for i in kept},
+        {keys[i]: float(y[i]) for i in kept},
+        float(y.sum()) / float(pooled.sum()),
+    )
 
 
 def design_effect(clusters: Clusters, p: float = QUANTILE) -> float | None:
@@ -250,8 +259,7 @@ def _bounds(
 def _side(hist: np.ndarray, clusters: Clusters, deff: float | None) -> dict[str, Any]:
     return {
         "n": int(np.sum(hist)),
-        "buckets": sum(1 for h in clusters.values() if np.any(h)),
-        "own_design_effect": design_effect(clusters),
+        "buckets": len(clusters),  # bucket_histograms keeps only non-empty ones
         "design_effect": deff,
     }
 
@@ -271,17 +279,22 @@ def compare(
     """
     (hc, cc), (hr, cr) = candidate, reference
     deff = paired_design_effect(cc, cr)
+    worst = worst_bucket(cc) if deff is not None else None
+    if worst is None:  # no bucket to spare yet: not judged (judge says so)
+        deff = None
     c_low, c_high = _bounds(hc, deff, edges, alpha / 2.0)
     r_low, r_high = _bounds(hr, deff, edges, alpha / 2.0)
-    worst = worst_bucket(cc) if deff is not None else None
-    if worst is not None:
+    if worst is not None:  # the bounds a fail rests on, without the worst time bucket
         rest = {k: h for k, h in cc.items() if k != worst}
         others = {k: h for k, h in cr.items() if k != worst}
         spared = paired_design_effect(rest, others)
         c_low = _bounds(np.asarray(hc) - cc[worst], spared, edges, alpha / 2.0)[0]
+        reference_rest = np.asarray(hr) - cr[worst] if worst in cr else np.asarray(hr)
+        r_high = _bounds(reference_rest, spared, edges, alpha / 2.0)[1]
     return {
         "reference": reference_name,
         "alpha": alpha,
+        "set_aside_bucket": worst,
         "candidate": {**_side(hc, cc, deff), "p99_low": c_low, "p99_high": c_high},
         "reference_side": {**_side(hr, cr, deff), "p99_low": r_low, "p99_high": r_high},
     }
@@ -306,9 +319,12 @@ def judge(sequential: Mapping[str, Any], max_ratio: float) -> tuple[str, str]:
         fewest = min(cand["buckets"], ref["buckets"])
         return INSUFFICIENT, (
             f"{text}); only {fewest} time bucket(s) so far: stalls cannot be told from"
-            f" slowness before {MIN_CLUSTERS}"
+            f" slowness before {MIN_CLUSTERS + 1}"
         )
-    text += f", design effect of time-bucket stalls {deff:.2g})"
+    text += (
+        f", design effect of time-bucket stalls {deff:.2g}; the candidate's worst bucket"
+        " set aside for the lower and the reference's upper bound)"
+    )
     lc, uc, lr, ur = cand["p99_low"], cand["p99_high"], ref["p99_low"], ref["p99_high"]
     if lc is not None and ur is not None and lc > max_ratio * ur:
         return FAIL, f"{text}: above {max_ratio:g}x the {name}'s whatever the noise"

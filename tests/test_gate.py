@@ -44,10 +44,10 @@ def _summary(
 
 
 def _report(client: redis.Redis, prefix: str, fields: dict[str, int], **gate: object) -> dict:
-    """The counters spread over three buckets (the latency rule needs three time clusters)."""
+    """The counters spread over four buckets (the latency rule needs four time clusters)."""
     keys = Keys(prefix)
-    for i, start in enumerate(START - 60 * k for k in range(3)):
-        part = {k: v // 3 + (v % 3 if i == 0 else 0) for k, v in fields.items()}
+    for i, start in enumerate(START - 60 * k for k in range(4)):
+        part = {k: v // 4 + (v % 4 if i == 0 else 0) for k, v in fields.items()}
         client.hset(keys.bucket("v2", start), mapping={k: v for k, v in part.items() if v})
         client.zadd(keys.bucket_index("v2"), {str(start): start})
     settings = settings_from_mapping({"redis": {"prefix": prefix}, "gate": gate}, environ={})
