@@ -15,7 +15,7 @@ rule does not apply, e.g. no labels). The verdict is `fail` if any rule fails, e
   clusters (analysis.latency): fail when the candidate's lower bound is beyond
   `max_p99_ratio` times the reference's upper bound (a secondary replica when there is
   one, else the primary), pass when its upper bound is within the ratio times the
-  reference's lower bound.
+  reference's lower bound; skipped when `max_p99_ratio` is 0.
 - errors: the candidate's error rate at most `max_error_rate_increase` above the primary's.
 - labels: with ground truth, fail when the candidate is significantly more often wrong
   where the primary was right than the reverse, or when the accuracy loss is clearly
@@ -156,6 +156,8 @@ def _latency(report: dict[str, Any], gate: GateSettings) -> RuleResult:
         return RuleResult(
             "latency", SKIP, "the candidate runs in the worker: its latency is not comparable"
         )
+    if gate.max_p99_ratio == 0:
+        return RuleResult("latency", SKIP, "the policy does not judge latency (max_p99_ratio = 0)")
     sequential = latency.get("sequential")
     if not sequential or not sequential["candidate"]["n"] or not sequential["reference_side"]["n"]:
         return RuleResult("latency", INSUFFICIENT, "no latency measured on both sides yet")

@@ -139,3 +139,9 @@ def test_agreement_is_judged_beyond_the_noise_floor(
     rule = next(r for r in result["rules"] if r["rule"] == "agreement")
     assert rule["outcome"] == outcome
     assert "noise floor" in rule["detail"]
+
+
+def test_latency_not_judged_when_the_ratio_is_zero(redis_client: redis.Redis, prefix: str) -> None:
+    report = _report(redis_client, prefix, _summary(5000, 4990, c_ms=80.0), max_p99_ratio=0)
+    assert _rule(report, "latency")["outcome"] == "skip"
+    assert report["gate"]["verdict"] == "pass"
