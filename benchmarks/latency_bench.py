@@ -124,16 +124,26 @@ def run_once(seed: int, scenario: str, traffic: Traffic, gate: GateSettings) -> 
     rng = np.random.default_rng(seed)
     slowdown = 2.0 if scenario == "slow_2x" else 1.0
     arrival, primary, candidate = _latencies(rng, traffic, slowdown)
-    first: dict[str, int | None] = {"fail": None, "pass": None}
+    first: dict[str, int | None] = {"fail": None, "pass": None, "point": None}
     for n, summary in _looks(traffic, arrival, primary, candidate):
-        verdict = evaluate_gate({"latency": _latency(summary)}, gate)
+        section = _latency(summary)
+        verdict = evaluate_gate({"latency": section}, gate)
         outcome = next(r for r in verdict["rules"] if r["rule"] == "latency")["outcome"]
         if outcome in first and first[outcome] is None:
             first[outcome] = n
-        if first["fail"] is not None and first["pass"] is not None:
+        # The rule before this work: the point p99 ratio above the policy at this look.
+        ratio = section["p99_ratio"]
+        if first["point"] is None and ratio is not None and ratio > gate.max_p99_ratio:
+            first["point"] = n
+        if None not in first.values():
             break
     _BUCKET_CACHE.clear()
-    return {"seed": seed, "first_fail": first["fail"], "first_pass": first["pass"]}
+    return {
+        "seed": seed,
+        "first_fail": first["fail"],
+        "first_pass": first["pass"],
+        "first_point_fail": first["point"],
+    }
 
 
 def _share(values: list[int | None], within: int) -> float:
@@ -165,6 +175,8 @@ def latency_scenarios(
             "fail_by_5000": _share(fails, 5_000),
             "median_first_fail": failed[len(failed) // 2] if failed else None,
             "ever_pass": _share(passes, traffic.requests),
+            "point_rule_ever_fail": _share([r["first_point_fail"] for r in results], 10**9),
+            "point_rule_fail_by_2000": _share([r["first_point_fail"] for r in results], 2_000),
             "pass_by_5000": _share(passes, 5_000),
         }
     return out
