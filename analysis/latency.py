@@ -214,20 +214,29 @@ def paired_design_effect(
 
 
 def bucket_histograms(
-    raws: Sequence[tuple[int, Mapping[bytes, bytes]]], prefix: bytes, bins: int
-) -> dict[int, np.ndarray]:
-    """One side's latency histogram per (bucket start, bucket hash), fields `<prefix><bin>`."""
-    out: dict[int, np.ndarray] = {}
-    width = len(prefix)
+    raws: Sequence[tuple[int, Mapping[bytes, bytes]]],
+    bins: int,
+    sides: Sequence[str] = ("lp", "lc"),
+) -> dict[str, dict[int, np.ndarray]]:
+    """Each side's latency histogram per bucket, from (bucket start, bucket hash) pairs whose
+    fields are `<side>:<bin>`; one pass over each hash, empty buckets left out."""
+    prefixes = {f"{side}:".encode(): side for side in sides}
+    out: dict[str, dict[int, np.ndarray]] = {side: {} for side in sides}
     for start, raw in raws:
-        h = np.zeros(bins, dtype=np.int64)
+        found: dict[str, np.ndarray] = {}
         for key, value in raw.items():
-            if key.startswith(prefix):
-                i = int(key[width:])
-                if 0 <= i < bins:
-                    h[i] += int(value)
-        if h.any():
-            out[start] = out[start] + h if start in out else h
+            side = prefixes.get(key[:3])
+            if side is None:
+                continue
+            i = int(key[3:])
+            if 0 <= i < bins:
+                h = found.get(side)
+                if h is None:
+                    h = found[side] = np.zeros(bins, dtype=np.int64)
+                h[i] += int(value)
+        for side, h in found.items():
+            same = out[side].get(start)
+            out[side][start] = h if same is None else same + h
     return out
 
 

@@ -107,9 +107,7 @@ def load_window(
     summary = Summary(merge_raw(raws))
     bins = len(LATENCY_EDGES) - 1
     starts = [(start, raw) for (start, _, _), raw in zip(found, raws, strict=True)]
-    summary.latency_buckets = {
-        side: latency.bucket_histograms(starts, f"{side}:".encode(), bins) for side in ("lp", "lc")
-    }
+    summary.latency_buckets = latency.bucket_histograms(starts, bins)
     return summary, timeline
 
 
