@@ -330,10 +330,7 @@ def judge(sequential: Mapping[str, Any], max_ratio: float) -> tuple[str, str]:
             f"{text}); only {fewest} time bucket(s) so far: stalls cannot be told from"
             f" slowness before {MIN_CLUSTERS + 1}"
         )
-    text += (
-        f", design effect of time-bucket stalls {deff:.2g}; the candidate's worst bucket"
-        " set aside for the lower and the reference's upper bound)"
-    )
+    text += f", stall design effect {deff:.2g})"
     lc, uc, lr, ur = cand["p99_low"], cand["p99_high"], ref["p99_low"], ref["p99_high"]
     if lc is not None and ur is not None and lc > max_ratio * ur:
         return FAIL, f"{text}: above {max_ratio:g}x the {name}'s whatever the noise"
