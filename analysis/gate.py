@@ -14,7 +14,11 @@ read, so the automation may act at any look. Rules:
   1 - `min_agreement`.
 - slices: fail when a slice is flagged (its one-sided e-value survives e-BH, and the gap
   is large) with an agreement drop of at least `max_slice_drop` versus the rest.
-- latency: the candidate's p99 over the primary's at most `max_p99_ratio`.
+- latency: anytime-valid p99 bounds from the latency histograms, time buckets as
+  clusters (analysis.latency): fail when the candidate's lower bound is beyond
+  `max_p99_ratio` times the reference's upper bound (a secondary replica when there is
+  one, else the primary), pass when its upper bound is within the ratio times the
+  reference's lower bound; skipped when `max_p99_ratio` is 0.
 - errors: the candidate's error rate at most `max_error_rate_increase` above the primary's,
   each rate bounded by its own confidence sequence at half the level.
 - labels: with ground truth, fail when the sequential McNemar finds the candidate more
@@ -28,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from analysis import latency as latency_rule
 from common.settings import GateSettings
 
 PASS, FAIL, INSUFFICIENT, SKIP = "pass", "fail", "insufficient", "skip"
@@ -184,15 +189,20 @@ def _latency(report: dict[str, Any], gate: GateSettings) -> RuleResult:
         return RuleResult(
             "latency", SKIP, "the candidate runs in the worker: its latency is not comparable"
         )
-    p99p = (latency.get("primary") or {}).get("p99")
-    p99c = (latency.get("candidate") or {}).get("p99")
-    ratio = latency.get("p99_ratio")
-    if ratio is None or p99p is None or p99c is None:
+    if gate.max_p99_ratio == 0:
+        return RuleResult("latency", SKIP, "the policy does not judge latency (max_p99_ratio = 0)")
+    sequential = latency.get("sequential")
+    if not sequential or not sequential["candidate"]["n"] or not sequential["reference_side"]["n"]:
         return RuleResult("latency", INSUFFICIENT, "no latency measured on both sides yet")
-    text = f"p99 latency {p99c:.1f} ms against the primary's {p99p:.1f} ms ({ratio:.2f}x)"
-    if ratio <= gate.max_p99_ratio:
-        return RuleResult("latency", PASS, f"{text}, within {gate.max_p99_ratio:g}x")
-    return RuleResult("latency", FAIL, f"{text}, above the allowed {gate.max_p99_ratio:g}x")
+    outcome, detail = latency_rule.judge(sequential, gate.max_p99_ratio)
+    cand, ref = sequential["candidate"], sequential["reference_side"]
+    evidence = {
+        "reference": sequential["reference"],
+        "candidate_p99": [cand["p99_low"], cand["p99_high"]],
+        "reference_p99": [ref["p99_low"], ref["p99_high"]],
+        "max_ratio": gate.max_p99_ratio,
+    }
+    return RuleResult("latency", outcome, detail, True, evidence)
 
 
 def _errors(report: dict[str, Any], gate: GateSettings) -> RuleResult:

@@ -20,7 +20,7 @@ import numpy as np
 import redis
 from scipy import stats as scipy_stats
 
-from analysis import anytime_slices, sequential, stats
+from analysis import anytime_slices, latency, sequential, stats
 from analysis.apply_script import ROLLUP_SECONDS
 from analysis.drilldown import read_samples, recent_pairs
 from analysis.gate import evaluate_gate
@@ -104,7 +104,11 @@ def load_window(
         if raw
     ]
     timeline.sort(key=lambda p: p["t"])
-    return Summary(merge_raw(raws)), timeline
+    summary = Summary(merge_raw(raws))
+    bins = len(LATENCY_EDGES) - 1
+    starts = [(start, raw) for (start, _, _), raw in zip(found, raws, strict=True)]
+    summary.latency_buckets = latency.bucket_histograms(starts, bins)
+    return summary, timeline
 
 
 def _timeline_point(start: int, seconds: int, raw: dict[bytes, bytes]) -> dict[str, Any]:
@@ -134,7 +138,7 @@ def build_report(
     report: dict[str, Any] = {
         "candidate": candidate,
         "window": _window(first, last, window_s, settings.worker.bucket_seconds, len(timeline)),
-        **analyse(summary, settings, noise),
+        **analyse(summary, settings, noise, _latency_reference(candidate, noise)),
         "contract": _contract(client, keys, candidate, summary),
         "unparseable": _unparseable(client, keys, candidate, summary),
         "timeline": timeline,
@@ -144,11 +148,16 @@ def build_report(
 
 
 def analyse(
-    summary: Summary, settings: Settings, noise: tuple[str, Summary] | None = None
+    summary: Summary,
+    settings: Settings,
+    noise: tuple[str, Summary] | None = None,
+    latency_reference: tuple[str, Summary] | None = None,
 ) -> dict[str, Any]:
     """Every statistic of a merged window, with no store involved: the sections the gate
-    reads. `noise` is a secondary replica's (name, window). The evidence bench runs this
-    very function on the worker's counters, so what it measures is what the report does.
+    reads. `noise` is a secondary replica's (name, window); `latency_reference` the one
+    whose latency the candidate's is judged against (None: the primary's). The evidence
+    bench runs this very function on the worker's counters, so what it measures is what
+    the report does.
     """
     labels, matrix = summary.flip_matrix()
     return {
@@ -163,7 +172,7 @@ def analyse(
         "confidence": _confidence(summary),
         "confidence_deltas": _deltas(summary),
         "regression": _regression(summary),
-        "latency": _latency(summary),
+        "latency": _latency(summary, latency_reference),
         "slices": _slices(summary, settings),
         "discovered": _discovered(summary),
         "noise_floor": _noise_floor(summary, noise),
@@ -394,19 +403,41 @@ def _regression(s: Summary) -> dict[str, Any]:
     }
 
 
-def _latency(s: Summary) -> dict[str, Any]:
+def _latency(s: Summary, secondary: tuple[str, Summary] | None = None) -> dict[str, Any]:
+    """Quantiles of both sides, and the p99 bounds the latency rule judges (`sequential`):
+    the candidate against a secondary replica when there is one (mirrored and timed as
+    the candidate is), else against the primary."""
     bins = len(LATENCY_EDGES) - 1
     hp, hc = s.hist("lp", bins), s.hist("lc", bins)
     primary = {**stats.latency_quantiles(hp, LATENCY_EDGES), "n": int(hp.sum())}
     candidate = {**stats.latency_quantiles(hc, LATENCY_EDGES), "n": int(hc.sum())}
     p99p, p99c = primary.get("p99"), candidate.get("p99")
+    if secondary is None:
+        reference = ("primary", hp, s.latency_buckets.get("lp", {}))
+    else:
+        name, other = secondary
+        reference = (name, other.hist("lc", bins), other.latency_buckets.get("lc", {}))
+    sequential = latency.compare(
+        (hc, s.latency_buckets.get("lc", {})), reference[1:], LATENCY_EDGES, reference[0]
+    )
     return {
         "primary": primary,
         "candidate": candidate,
         "p99_ratio": p99c / p99p if p99p and p99c is not None else None,
         # A worker-run candidate's latency is its share of a batch: not comparable.
         "comparable": s.get("deferred") == 0,
+        "sequential": sequential,
     }
+
+
+def _latency_reference(
+    candidate: str, noise: tuple[str, Summary] | None
+) -> tuple[str, Summary] | None:
+    """The secondary replica whose latency is the candidate's noise floor (None: none, or
+    the candidate is itself a secondary, judged against the primary)."""
+    if noise is None or noise[0] == candidate or not noise[1].get("records"):
+        return None
+    return noise
 
 
 DERIVED_FEATURES = frozenset({CLASS_FEATURE, CONFIDENCE_FEATURE})

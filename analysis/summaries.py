@@ -458,6 +458,9 @@ class Summary:
     def __init__(self, counts: dict[str, float | int]) -> None:
         self.counts = counts
         self.malformed = 0  # fields skipped: wrong number of parts (stored before SEP_SHOWN)
+        # Per time bucket, each side's latency histogram ({"lp": {start: hist}, "lc": ...}):
+        # set by the report's window loader; the latency rule's clusters (analysis.latency).
+        self.latency_buckets: dict[str, dict[int, np.ndarray]] = {}
         self._groups: dict[str, dict[str, float | int]] = defaultdict(dict)
         for name, value in counts.items():
             kind, rest = _split_field(name)

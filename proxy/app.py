@@ -20,6 +20,7 @@ from proxy.candidates import CandidateRunner, build_runners
 from proxy.capture import Capture
 from proxy.decisions import TrialWatch
 from proxy.forward import Forwarder, Receive, Scope, Send
+from proxy.looplag import LoopLag
 from proxy.metrics import Metrics
 from proxy.mirror import Mirror
 from proxy.registry import STOP_TIMEOUT_S, RegistrySync
@@ -54,6 +55,7 @@ class ProxyApp:
         self.forwarder = Forwarder(settings, self.routing, self.mirror, self.metrics)
         self.registry = RegistrySync(settings, redis_url, self.routing, self.runners)
         self.trials = TrialWatch(self.registry, redis_url, self.metrics.automation_error)
+        self.loop_lag = LoopLag(self.metrics)
         self.started = False
         self.admin = create_admin_app(self)
 
@@ -72,6 +74,7 @@ class ProxyApp:
         self.capture.start()
         await self.registry.start()
         self.trials.start()
+        self.loop_lag.start()
         self.started = True
 
     @property
@@ -90,6 +93,7 @@ class ProxyApp:
         """Let in-flight mirrors end, flush capture, close every client; each step is
         bounded, so a shutdown ends within `shutdown_budget_s` whatever hangs."""
         await self.trials.stop()
+        await self.loop_lag.stop()
         await self.mirror.drain(timeout_s=self.drain_s)
         await self.registry.stop()
         await self.capture.close(timeout_s=CAPTURE_FLUSH_S)

@@ -64,8 +64,10 @@ class CandidateResult:
 
     outcome: one of common.records.OUTCOMES. status: HTTP status (0 when there was no HTTP
     answer). body: the answer's bytes (at most max_capture_bytes). elapsed_ms: from the
-    start of `run` to the end of the answer. error: a short human-readable reason when the
-    outcome is not `ok`.
+    start of `run` to the end of the answer, less `connect_ms`, the time spent opening a
+    new connection for it (0.0 on a pooled one): the exchange is the candidate's latency,
+    the handshake is the proxy's. error: a short human-readable reason when the outcome
+    is not `ok`.
     """
 
     outcome: str
@@ -74,6 +76,7 @@ class CandidateResult:
     content_type: str = ""
     elapsed_ms: float = 0.0
     error: str = ""
+    connect_ms: float = 0.0
 
 
 SHADOW_HEADER = ("x-shadowtrial-shadow", "1")
@@ -172,12 +175,14 @@ class HttpCandidate:
             return _failed(OUTCOME_TIMEOUT, f"no answer within {self.timeout_ms} ms", start)
         except (OSError, ProtocolError, ValueError) as exc:
             return _failed(OUTCOME_ERROR, f"{type(exc).__name__}: {exc}"[:500], start)
-        elapsed = (time.perf_counter() - start) * 1000
+        connect = answer.connect_ms
+        elapsed = (time.perf_counter() - start) * 1000 - connect
         status = answer.status
-        if 200 <= status < 300:
-            return CandidateResult(OUTCOME_OK, status, answer.body, answer.content_type, elapsed)
+        outcome, error = (
+            (OUTCOME_OK, "") if 200 <= status < 300 else (OUTCOME_HTTP_ERROR, f"HTTP {status}")
+        )
         return CandidateResult(
-            OUTCOME_HTTP_ERROR, status, answer.body, answer.content_type, elapsed, f"HTTP {status}"
+            outcome, status, answer.body, answer.content_type, elapsed, error, connect
         )
 
     async def close(self) -> None:
