@@ -1,7 +1,8 @@
 """The report: a window's buckets merged, every statistic computed, the gate applied.
 
 `build_report` reads the window's bucket hashes with one pipelined HGETALL each, sums them
-(analysis.summaries), and turns the counters into the JSON of DESIGN.md's Report section.
+(analysis.summaries), and turns the counters into the JSON of the report contract
+(docs/architecture.md).
 Extra keys beside the contract ones: `rows` (compared rows; `pairs` counts pair records),
 `dropped` and `pending` (the accounting of sampled mirrors, see `_accounting`),
 `records` {trimmed, bad, deferred}, `contract`, `unparseable`, `confidence_deltas`,
@@ -20,7 +21,7 @@ import numpy as np
 import redis
 from scipy import stats as scipy_stats
 
-from analysis import stats
+from analysis import anytime_slices, latency, sequential, stats
 from analysis.apply import ROLLUP_SECONDS
 from analysis.drilldown import read_samples, recent_pairs
 from analysis.gate import evaluate_gate
@@ -104,7 +105,11 @@ def load_window(
         if raw
     ]
     timeline.sort(key=lambda p: p["t"])
-    return Summary(merge_raw(raws)), timeline
+    summary = Summary(merge_raw(raws))
+    bins = len(LATENCY_EDGES) - 1
+    starts = [(start, raw) for (start, _, _), raw in zip(found, raws, strict=True)]
+    summary.latency_buckets = latency.bucket_histograms(starts, bins)
+    return summary, timeline
 
 
 def _timeline_point(start: int, seconds: int, raw: dict[bytes, bytes]) -> dict[str, Any]:
@@ -126,14 +131,38 @@ def build_report(
     window_s: float,
     now: float | None = None,
 ) -> dict[str, Any]:
-    """The report for one candidate over the last `window_s` seconds (see DESIGN.md)."""
+    """The report for one candidate over the last `window_s` seconds (the report contract:
+    docs/architecture.md)."""
     now = time.time() if now is None else now
     first, last = _bucket_range(window_s, now, settings.worker.bucket_seconds)
     summary, timeline = load_window(client, keys, candidate, first, last)
-    labels, matrix = summary.flip_matrix()
+    noise = _noise_summary(client, keys, settings, candidate, summary, first, last)
     report: dict[str, Any] = {
         "candidate": candidate,
         "window": _window(first, last, window_s, settings.worker.bucket_seconds, len(timeline)),
+        **analyse(summary, settings, noise, _latency_reference(candidate, noise)),
+        "contract": _contract(client, keys, candidate, summary),
+        "unparseable": _unparseable(client, keys, candidate, summary),
+        "timeline": timeline,
+    }
+    report["gate"] = evaluate_gate(report, settings.gate)
+    return json_safe(report)
+
+
+def analyse(
+    summary: Summary,
+    settings: Settings,
+    noise: tuple[str, Summary] | None = None,
+    latency_reference: tuple[str, Summary] | None = None,
+) -> dict[str, Any]:
+    """Every statistic of a merged window, with no store involved: the sections the gate
+    reads. `noise` is a secondary replica's (name, window); `latency_reference` the one
+    whose latency the candidate's is judged against (None: the primary's). The evidence
+    bench runs this very function on the worker's counters, so what it measures is what
+    the report does.
+    """
+    labels, matrix = summary.flip_matrix()
+    return {
         "pairs": summary.get("records"),
         "rows": summary.get("rows"),
         **_accounting(summary),
@@ -145,17 +174,12 @@ def build_report(
         "confidence": _confidence(summary),
         "confidence_deltas": _deltas(summary),
         "regression": _regression(summary),
-        "latency": _latency(summary),
+        "latency": _latency(summary, latency_reference),
         "slices": _slices(summary, settings),
         "discovered": _discovered(summary),
-        "noise_floor": _noise_floor(client, keys, settings, candidate, summary, first, last),
+        "noise_floor": _noise_floor(summary, noise),
         "labels": _labels(summary),
-        "contract": _contract(client, keys, candidate, summary),
-        "unparseable": _unparseable(client, keys, candidate, summary),
-        "timeline": timeline,
     }
-    report["gate"] = evaluate_gate(report, settings.gate)
-    return json_safe(report)
 
 
 # -- sections ---------------------------------------------------------------------------
@@ -221,6 +245,9 @@ def _errors(s: Summary) -> dict[str, Any]:
     primary = sum(kinds.pop(k, 0) for k in PRIMARY_FAILURES)
     candidate = sum(kinds.values())
     pairs = s.get("records")
+    # Each rate's own anytime-valid bounds at half the level: together a 95% statement
+    # on the increase, whenever it is read. Errors are per request: no design effect.
+    half = sequential.ALPHA / 2
     return {
         "primary": primary,
         "candidate": candidate,
@@ -228,13 +255,19 @@ def _errors(s: Summary) -> dict[str, Any]:
         "by_kind": dict(sorted(kinds.items())),
         "primary_rate": _rate(primary, pairs),
         "candidate_rate": _rate(candidate, pairs),
+        "primary_cs": list(sequential.beta_binomial_cs(primary, pairs, half)),
+        "candidate_cs": list(sequential.beta_binomial_cs(candidate, pairs, half)),
     }
 
 
 def _agreement(s: Summary, matrix: np.ndarray) -> dict[str, Any]:
+    """Agreement with a fixed-sample interval and an anytime-valid one, both on effective
+    rows (rows / design effect): rows of one request are not independent evidence."""
     rows, agree = s.get("rows"), s.get("agree")
-    ci_low, ci_high = stats.wilson_interval(agree, rows)
-    cs_low, cs_high = stats.confidence_sequence(agree, rows)
+    moments = s.request_moments()
+    deff = moments.design_effect()
+    ci_low, ci_high = stats.wilson_interval(agree / deff, rows / deff)
+    cs_low, cs_high = sequential.beta_binomial_cs(agree / deff, rows / deff)
     return {
         "rate": _rate(agree, rows),
         "ci_low": ci_low,
@@ -244,6 +277,8 @@ def _agreement(s: Summary, matrix: np.ndarray) -> dict[str, Any]:
         "kappa": stats.cohens_kappa(matrix) if matrix.size else None,
         "n": rows,
         "disagree": rows - agree,
+        "requests": moments.requests,
+        "design_effect": deff,
     }
 
 
@@ -370,26 +405,49 @@ def _regression(s: Summary) -> dict[str, Any]:
     }
 
 
-def _latency(s: Summary) -> dict[str, Any]:
+def _latency(s: Summary, secondary: tuple[str, Summary] | None = None) -> dict[str, Any]:
+    """Quantiles of both sides, and the p99 bounds the latency rule judges (`sequential`):
+    the candidate against a secondary replica when there is one (mirrored and timed as
+    the candidate is), else against the primary."""
     bins = len(LATENCY_EDGES) - 1
     hp, hc = s.hist("lp", bins), s.hist("lc", bins)
     primary = {**stats.latency_quantiles(hp, LATENCY_EDGES), "n": int(hp.sum())}
     candidate = {**stats.latency_quantiles(hc, LATENCY_EDGES), "n": int(hc.sum())}
     p99p, p99c = primary.get("p99"), candidate.get("p99")
+    if secondary is None:
+        reference = ("primary", hp, s.latency_buckets.get("lp", {}))
+    else:
+        name, other = secondary
+        reference = (name, other.hist("lc", bins), other.latency_buckets.get("lc", {}))
+    sequential = latency.compare(
+        (hc, s.latency_buckets.get("lc", {})), reference[1:], LATENCY_EDGES, reference[0]
+    )
     return {
         "primary": primary,
         "candidate": candidate,
         "p99_ratio": p99c / p99p if p99p and p99c is not None else None,
         # A worker-run candidate's latency is its share of a batch: not comparable.
         "comparable": s.get("deferred") == 0,
+        "sequential": sequential,
     }
+
+
+def _latency_reference(
+    candidate: str, noise: tuple[str, Summary] | None
+) -> tuple[str, Summary] | None:
+    """The secondary replica whose latency is the candidate's noise floor (None: none, or
+    the candidate is itself a secondary, judged against the primary)."""
+    if noise is None or noise[0] == candidate or not noise[1].get("records"):
+        return None
+    return noise
 
 
 DERIVED_FEATURES = frozenset({CLASS_FEATURE, CONFIDENCE_FEATURE})
 
 _SLICE_KEYS = (
     "slice", "value", "pairs", "disagree", "agreement", "complement_agreement",
-    "delta_vs_overall", "p", "p_adj", "flagged", "phi", "risk_ratio", "ci_low", "ci_high",
+    "delta_vs_overall", "p", "p_adj", "e_value", "flagged", "phi", "risk_ratio", "ci_low",
+    "ci_high",
 )  # fmt: skip
 
 
@@ -405,13 +463,15 @@ def _slices(s: Summary, settings: Settings) -> list[dict[str, Any]]:
     if not rows:
         return []
     total, agree = s.get("rows"), s.get("agree")
+    deff = s.request_moments().design_effect()
     out: list[dict[str, Any]] = []
     for derived in (False, True):
         family = [r for r in rows if _is_derived(r["slice"]) == derived]
-        tested = stats.slice_tests(
+        tested = anytime_slices.judge_slices(
             family,
             total,
             total - agree,
+            design_effect=deff,
             min_support=MIN_SUPPORT,
             min_drop=settings.gate.max_slice_drop,
         )
@@ -425,6 +485,7 @@ def _slices(s: Summary, settings: Settings) -> list[dict[str, Any]]:
 
 
 def _discovered(s: Summary) -> list[dict[str, Any]]:
+    """SliceLine's top slices, each `confirmed` or a `hint` (analysis.anytime_slices)."""
     total, agree = s.get("rows"), s.get("agree")
     singles = [
         {"conditions": [[r["slice"], r["value"]]], "pairs": r["pairs"], "disagree": r["disagree"]}
@@ -432,10 +493,10 @@ def _discovered(s: Summary) -> list[dict[str, Any]]:
         if not _is_derived(r["slice"])
     ]
     pairs = [p for p in s.slice_pairs() if not any(_is_derived(f) for f, _ in p["conditions"])]
-    found = stats.discover_slices(singles + pairs, total, total - agree, k=DISCOVERED_K)
-    return [
-        {k: r[k] for k in ("conditions", "pairs", "agreement", "p_adj", "score")} for r in found
-    ]
+    deff = s.request_moments().design_effect()
+    return anytime_slices.discover(
+        singles + pairs, total, total - agree, design_effect=deff, k=DISCOVERED_K
+    )
 
 
 def _secondaries(client: redis.Redis, keys: Keys, settings: Settings) -> list[str]:
@@ -448,7 +509,7 @@ def _secondaries(client: redis.Redis, keys: Keys, settings: Settings) -> list[st
     return sorted(names)
 
 
-def _noise_floor(
+def _noise_summary(
     client: redis.Redis,
     keys: Keys,
     settings: Settings,
@@ -456,15 +517,21 @@ def _noise_floor(
     own: Summary,
     first: int,
     last: float,
-) -> dict[str, Any]:
-    """Agreement of a secondary replica of the primary over the same window (noise alone)."""
+) -> tuple[str, Summary] | None:
+    """A secondary replica of the primary and its window: the disagreement of noise alone."""
     secondaries = _secondaries(client, keys, settings)
     if not secondaries:
-        return {"agreement": None, "candidate": None}
+        return None
     name = candidate if candidate in secondaries else secondaries[0]
-    noise = own if name == candidate else load_window(client, keys, name, first, last)[0]
-    n_noise, d_noise = noise.get("rows"), noise.get("rows") - noise.get("agree")
-    n_raw, d_raw = own.get("rows"), own.get("rows") - own.get("agree")
+    return name, own if name == candidate else load_window(client, keys, name, first, last)[0]
+
+
+def _noise_floor(own: Summary, noise: tuple[str, Summary] | None) -> dict[str, Any]:
+    """Agreement of the secondary over the same window, and the candidate's excess over it."""
+    if noise is None:
+        return {"agreement": None, "candidate": None}
+    name, floor = noise
+    n_noise, d_noise = floor.get("rows"), floor.get("rows") - floor.get("agree")
     low, high = stats.wilson_interval(n_noise - d_noise, n_noise)
     return {
         "agreement": _rate(n_noise - d_noise, n_noise),
@@ -472,7 +539,7 @@ def _noise_floor(
         "ci_high": high,
         "candidate": name,
         "pairs": n_noise,
-        "excess": stats.excess_disagreement(d_raw, n_raw, d_noise, n_noise),
+        "excess": sequential.excess_cs(own.request_moments(), floor.request_moments()),
     }
 
 
@@ -482,7 +549,13 @@ def _labels(s: Summary) -> dict[str, Any]:
     if not result["n"]:
         result["mcnemar_p"] = None
     dup = s.get("label_dup")  # pairs whose request id was already waiting for its label
-    return {**result, "negative_flips": b, "positive_flips": c, "duplicate_ids": dup}
+    return {
+        **result,
+        "negative_flips": b,
+        "positive_flips": c,
+        "duplicate_ids": dup,
+        **sequential.paired_flips_cs(b, c, result["n"]),
+    }
 
 
 def _contract(client: redis.Redis, keys: Keys, candidate: str, s: Summary) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Every function here works on merged additive state (counts, sums, histograms, Welford
 triples), never on raw events, so any window, any number of workers, gives one answer.
-Methods and defaults follow the project's STATISTICS.md. Primary and candidate answer
+Methods and defaults: the statistics notes (docs/statistics.md); the anytime-valid
+bounds and tests the gate judges on are in analysis.sequential. Primary and candidate answer
 the same request, so the paired tests (McNemar, Stuart-Maxwell, sign test) are the
 right ones; independent-sample statistics (KS, PSI, JS, W1) are effect sizes only.
 
@@ -340,7 +341,7 @@ def _slice_row(row: dict, total_pairs: int, total_disagree: int) -> dict:
     }
 
 
-def _is_flagged(row: dict, q: float, min_phi: float, min_drop: float | None) -> bool:
+def is_slice_flagged(row: dict, q: float, min_phi: float, min_drop: float | None) -> bool:
     """Significant after BH, worse than the complement, and large enough to matter."""
     drop = row["complement_agreement"] - row["agreement"]
     if not (row["p_adj"] < q and drop > 0):
@@ -371,7 +372,7 @@ def slice_tests(
     adjusted = benjamini_hochberg([r["p"] for r in testable])
     for r, p_adj in zip(testable, adjusted, strict=True):
         r["p_adj"] = float(p_adj)
-        r["flagged"] = _is_flagged(r, q, min_phi, min_drop)
+        r["flagged"] = is_slice_flagged(r, q, min_phi, min_drop)
     return rows
 
 

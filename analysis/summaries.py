@@ -7,6 +7,8 @@ a SEP inside a value from traffic is stored as SEP_SHOWN, see `field_text`, and 
 read back with the wrong number of parts is skipped and counted in `Summary.malformed`):
 
     records, rows, agree            pair records, compared rows, agreeing rows
+    un umm ukk umk                  per request with m compared rows, k disagreeing:
+                                    requests, sum m^2, sum k^2, sum m*k (cluster moments)
     err:<kind>                      records per failure: primary (non-2xx), unparseable
                                     primary, and the candidate's timeout / http_error /
                                     error / unparseable / contract / model_load
@@ -51,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from analysis import stats
+from analysis.sequential import RequestMoments
 from analysis.slices import OTHER
 
 if TYPE_CHECKING:
@@ -220,8 +223,11 @@ class BatchDelta:
             ints[f"ct{SEP}{kind}"] += 1
         if ev.candidate_error:
             _count_error_rows(ints, ev, fold)
+            rows = disagree = len(ev.primary_rows)
         else:
-            _count_rows(delta, ev, fold)
+            disagree = _count_rows(delta, ev, fold)
+            rows = len(ev.rows)
+        _count_request(ints, rows, disagree)
 
     def add_trimmed(self, count: int, now_s: float) -> None:
         """Entries trimmed from the stream before any worker read them (counted, not lost)."""
@@ -359,9 +365,24 @@ def _count_regression(delta: BucketDelta, row: Any) -> None:
     floats["ras"] += abs_d
 
 
-def _count_rows(delta: BucketDelta, ev: PairEvidence, fold: Fold) -> None:
-    """Rows the candidate answered: agreement, flips, confidence, regression, slices."""
+def _count_request(ints: defaultdict[str, int], rows: int, disagree: int) -> None:
+    """Request-level moments (un, umm, ukk, umk): the request is the statistical unit, and
+    these sums give the cluster-robust variance of the agreement rate (see
+    analysis.sequential.RequestMoments)."""
+    if rows <= 0:
+        return
+    ints["un"] += 1
+    ints["umm"] += rows * rows
+    ints["ukk"] += disagree * disagree
+    ints["umk"] += rows * disagree
+
+
+def _count_rows(delta: BucketDelta, ev: PairEvidence, fold: Fold) -> int:
+    """Rows the candidate answered: agreement, flips, confidence, regression, slices.
+
+    Returns how many of them disagree."""
     ints = delta.ints
+    disagree = 0
     for i, row in enumerate(ev.rows):
         p, c = row.primary, row.candidate
         agree = bool(row.agree)
@@ -378,6 +399,8 @@ def _count_rows(delta: BucketDelta, ev: PairEvidence, fold: Fold) -> None:
         _count_delta(ints, p, c)
         _count_regression(delta, row)
         _count_slices(ints, slice_items(ev, i, p, fold), not agree)
+        disagree += not agree
+    return disagree
 
 
 def _count_error_rows(ints: defaultdict[str, int], ev: PairEvidence, fold: Fold) -> None:
@@ -435,6 +458,9 @@ class Summary:
     def __init__(self, counts: dict[str, float | int]) -> None:
         self.counts = counts
         self.malformed = 0  # fields skipped: wrong number of parts (stored before SEP_SHOWN)
+        # Per time bucket, each side's latency histogram ({"lp": {start: hist}, "lc": ...}):
+        # set by the report's window loader; the latency rule's clusters (analysis.latency).
+        self.latency_buckets: dict[str, dict[int, np.ndarray]] = {}
         self._groups: dict[str, dict[str, float | int]] = defaultdict(dict)
         for name, value in counts.items():
             kind, rest = _split_field(name)
@@ -466,6 +492,14 @@ class Summary:
             if 0 <= i < bins:
                 out[i] += int(value)
         return out
+
+    def request_moments(self) -> RequestMoments:
+        """The agreement stream's request-level moments (zeros before they were counted)."""
+        rows = self.get("rows")
+        return RequestMoments(
+            self.get("un"), rows, rows - self.get("agree"),
+            self.get("umm"), self.get("ukk"), self.get("umk"),
+        )  # fmt: skip
 
     def flip_matrix(self) -> tuple[list[str], np.ndarray]:
         """Labels (most frequent first, OTHER then ERR last) and the count matrix."""

@@ -3,8 +3,9 @@
 Each decision is one registry transaction (control.registry_store): the state change and its
 audit entry are written by the same Lua script, so there is never one without the other.
 The audit stream (`Keys.decisions()`) records time, actor (the token's name), action,
-candidate, outcome, the gate's verdict and reasons, whether the gate was forced, and the
-primary before and after. Refused promotions are audited too.
+candidate, outcome, the gate's verdict and reasons, the evidence of each deciding rule
+(its bound or e-value, and whether it is valid at any look), whether the gate was forced,
+and the primary before and after. Refused promotions are audited too.
 
 Promote judges the gate (analysis.report + analysis.gate, built in a thread: they are
 synchronous) over `gate.window`, or the candidate's whole trial so far, unless forced.
@@ -43,7 +44,7 @@ from control.reports import Reports
 
 log = logging.getLogger("shadowtrial.decisions")
 
-PASS = "pass"
+PASS, FAIL = "pass", "fail"
 NOT_CHECKED = "not checked"
 ACTOR_TIME_BOX = "time-box"
 ACTOR_AUTOMATION = "automation"
@@ -57,13 +58,31 @@ def _gate_summary(report: dict[str, Any], window_s: float) -> dict[str, Any]:
         "verdict": gate.get("verdict", NOT_CHECKED),
         "reasons": list(gate.get("reasons") or []),
         "rules": list(gate.get("rules") or []),
+        "anytime_note": gate.get("anytime_note"),
         "window_s": window_s,
         "pairs": report.get("pairs", 0),
     }
 
 
+def _evidence(gate: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each rule that decided something, with the bound or e-value it decided on."""
+    return [
+        {k: r.get(k) for k in ("rule", "outcome", "anytime", "evidence")}
+        for r in gate.get("rules") or []
+        if r.get("outcome") in (PASS, FAIL)
+    ]
+
+
 def _unchecked(why: str) -> dict[str, Any]:
     return {"verdict": NOT_CHECKED, "reasons": [why], "window_s": None, "pairs": None}
+
+
+def anytime_fail(gate: dict[str, Any]) -> bool:
+    """A fail the automation may act on now: from a rule valid at every look (a rule judged
+    only at the end of a trial fails the verdict on the page, but does not reject early)."""
+    return gate.get("verdict") == FAIL and any(
+        r.get("outcome") == FAIL and r.get("anytime") for r in gate.get("rules") or []
+    )
 
 
 class Decisions:
@@ -266,6 +285,7 @@ class Decisions:
             "outcome": outcome,
             "verdict": str(gate.get("verdict", NOT_CHECKED)),
             "reasons": orjson.dumps(gate.get("reasons") or []).decode(),
+            "evidence": orjson.dumps(_evidence(gate)).decode(),
             "forced": "true" if forced else "false",
             "primary_before": mask_url(before),
             "primary_after": mask_url(after),
@@ -287,6 +307,10 @@ def _decision(entry_id: bytes, fields: dict[bytes, bytes]) -> dict[str, Any]:
         item["reasons"] = orjson.loads(item.get("reasons", "[]"))
     except orjson.JSONDecodeError:
         item["reasons"] = [item.get("reasons", "")]
+    try:
+        item["evidence"] = orjson.loads(item.get("evidence", "[]"))
+    except orjson.JSONDecodeError:
+        item["evidence"] = []
     item["forced"] = item.get("forced") == "true"
     return item
 

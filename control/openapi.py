@@ -321,6 +321,12 @@ SCHEMAS: dict[str, Any] = {
                         "verdict": {"type": "string"},
                         "reasons": {"type": "array", "items": {"type": "string"}},
                         "forced": {"type": "boolean"},
+                        "evidence": {
+                            "type": "array",
+                            "description": "each deciding rule: outcome, anytime-valid or"
+                            " not, and its bound or e-value",
+                            "items": {"type": "object"},
+                        },
                         "primary_before": {"type": "string"},
                         "primary_after": {"type": "string"},
                         "before": {

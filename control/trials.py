@@ -5,7 +5,8 @@ final verdict, exactly once across replicas (a SET NX lock per trial end, and a
 transaction that only ends a trial that is still active). With `[gate] auto_reject` or
 `auto_promote_after_s`, one replica at a time (a Redis lease, common/lua/renew.lua)
 re-judges active candidates every `gate.check_interval_s` and decides as actor
-"automation".
+"automation"; it rejects only on a fail from an anytime-valid rule, so re-judging often
+keeps the error rate.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from common.errors import ShadowtrialError
 from common.redis_client import STORE_FAILURES
 from common.scripts import SCRIPTS
 from common.urls import mask_urls_in
-from control.decisions import ACTOR_AUTOMATION, PASS, Decisions
+from control.decisions import ACTOR_AUTOMATION, PASS, Decisions, anytime_fail
 from control.registry import ACTIVE, Entry
 from control.reports import Reports
 from control.sync import STOP_TIMEOUT_S, RegistrySync
@@ -133,7 +134,7 @@ class TrialWatch:
     async def _judge(self, decisions: Decisions, entry: Entry, now: float) -> bool:
         """Reject or promote one candidate as the gate says; True when it was promoted."""
         gate = await decisions.gate(entry, now)
-        if gate["verdict"] == "fail" and self.settings.gate.auto_reject:
+        if self.settings.gate.auto_reject and anytime_fail(gate):
             await decisions.reject(entry.name, ACTOR_AUTOMATION, gate=gate)
         elif await self._passed_long_enough(entry, gate, now):
             await decisions.promote(entry.name, ACTOR_AUTOMATION, gate=gate)

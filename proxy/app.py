@@ -21,6 +21,7 @@ from control.trials import TrialWatch
 from proxy.candidates import build_runners
 from proxy.capture import Capture
 from proxy.forward import Forwarder, Receive, Scope, Send
+from proxy.looplag import LoopLag
 from proxy.metrics import Metrics
 from proxy.mirror import Mirror
 from proxy.routing import RoutingTable
@@ -55,6 +56,7 @@ class ProxyApp:
         self.forwarder = Forwarder(settings, self.routing, self.mirror, self.metrics)
         self.registry = RegistrySync(settings, redis_url, self.routing, self.runners)
         self.trials = TrialWatch(self.registry, redis_url, self.metrics.automation_error)
+        self.loop_lag = LoopLag(self.metrics)
         self.started = False
         self.admin = create_admin_app(self)
 
@@ -73,6 +75,7 @@ class ProxyApp:
         self.capture.start()
         await self.registry.start()
         self.trials.start()
+        self.loop_lag.start()
         self.started = True
 
     @property
@@ -91,6 +94,7 @@ class ProxyApp:
         """Let in-flight mirrors end, flush capture, close every client; each step is
         bounded, so a shutdown ends within `shutdown_budget_s` whatever hangs."""
         await self.trials.stop()
+        await self.loop_lag.stop()
         await self.mirror.drain(timeout_s=self.drain_s)
         await self.registry.stop()
         await self.capture.close(timeout_s=CAPTURE_FLUSH_S)

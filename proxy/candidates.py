@@ -108,12 +108,14 @@ class HttpCandidate:
             return _failed(OUTCOME_TIMEOUT, f"no answer within {self.timeout_ms} ms", start)
         except (OSError, ProtocolError, ValueError) as exc:
             return _failed(OUTCOME_ERROR, f"{type(exc).__name__}: {exc}"[:500], start)
-        elapsed = (time.perf_counter() - start) * 1000
+        connect = answer.connect_ms
+        elapsed = (time.perf_counter() - start) * 1000 - connect
         status = answer.status
-        if 200 <= status < 300:
-            return CandidateResult(OUTCOME_OK, status, answer.body, answer.content_type, elapsed)
+        outcome, error = (
+            (OUTCOME_OK, "") if 200 <= status < 300 else (OUTCOME_HTTP_ERROR, f"HTTP {status}")
+        )
         return CandidateResult(
-            OUTCOME_HTTP_ERROR, status, answer.body, answer.content_type, elapsed, f"HTTP {status}"
+            outcome, status, answer.body, answer.content_type, elapsed, error, connect
         )
 
     async def close(self) -> None:

@@ -313,13 +313,13 @@ class Forwarder:
     ) -> None:
         headers, content_type, sized = _response_headers(resp.raw_headers, incoming.request_id)
         copy: list[bytes] | None = [] if primary is not None else None
-        complete = False
+        answered: float | None = None
         # An unsized answer (chunked, server-sent events) may never end: stop reading it
         # when the client goes away. A sized one is read to its end.
         watcher = None if sized else asyncio.get_running_loop().create_task(_watch(receive, resp))
         try:
             await send({"type": "http.response.start", "status": resp.status, "headers": headers})
-            complete = await self._relay_body(send, resp.content, copy)
+            answered = await self._relay_body(send, resp.content, copy)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             if watcher is None or not watcher.done():
                 # The primary failed mid-answer: the only honest signal left is to abort.
@@ -328,7 +328,11 @@ class Forwarder:
         finally:
             if watcher is not None:
                 watcher.cancel()
-            elapsed = time.perf_counter() - started
+            complete = answered is not None
+            # The primary's latency ends with its last byte, before it is relayed: a slow
+            # client must not make the primary look slow next to a candidate (whose time
+            # ends with its answer too).
+            elapsed = (answered if complete else time.perf_counter()) - started
             if complete:
                 resp.release()
             else:
@@ -345,21 +349,25 @@ class Forwarder:
 
     async def _relay_body(
         self, send: Send, content: aiohttp.StreamReader, copy: list[bytes] | None
-    ) -> bool:
-        """Forward body chunks as they arrive; keep a copy up to the capture limit."""
+    ) -> float:
+        """Forward body chunks as they arrive; keep a copy up to the capture limit.
+
+        Returns the moment (perf_counter) the primary's answer was complete."""
         kept = 0
         limit = self._limit
         while True:
             chunk = await content.readany()
             if not chunk:
+                answered = time.perf_counter()
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
-                return True
+                return answered
             if copy is not None and kept <= limit:
                 copy.append(chunk)
                 kept += len(chunk)
             if content.at_eof():
+                answered = time.perf_counter()
                 await send({"type": "http.response.body", "body": chunk, "more_body": False})
-                return True
+                return answered
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
 
     async def _fail(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from urllib.parse import urlsplit
 
 import httptools
@@ -24,14 +25,21 @@ class ProtocolError(Exception):
 
 
 class Answer:
-    """One parsed answer: status, content type, body (at most max_body bytes)."""
+    """One parsed answer: status, content type, body (at most max_body bytes).
 
-    __slots__ = ("body", "content_type", "status")
+    `connect_ms` is the time spent opening a connection for it (0.0 on a pooled one),
+    so a caller can time the exchange alone: a fresh TCP (or TLS) handshake is the
+    proxy's cost, not the model's, and a pool that grows under a burst would otherwise
+    make a candidate look slower than a primary reached over warm connections.
+    """
+
+    __slots__ = ("body", "connect_ms", "content_type", "status")
 
     def __init__(self, status: int, content_type: str, body: bytes) -> None:
         self.status = status
         self.content_type = content_type
         self.body = body
+        self.connect_ms = 0.0
 
 
 class _Connection(asyncio.Protocol):
@@ -180,10 +188,13 @@ class Http1Client:
                 if not getattr(exc, "retryable", False):
                     raise
                 # A pooled connection the peer had already closed: one retry on a new one.
+                # (The failed attempt's time stays in the caller's span: it is rare.)
                 return await self._exchange(data, method == "HEAD", allow_fresh_retry=False)
 
     async def _exchange(self, data: bytes, head_only: bool, allow_fresh_retry: bool) -> Answer:
+        started = time.perf_counter()
         conn, reused = await self._acquire(use_idle=allow_fresh_retry)
+        connect_ms = 0.0 if reused else (time.perf_counter() - started) * 1000
         try:
             answer = await conn.send(data, head_only)
         except BaseException as exc:
@@ -191,6 +202,7 @@ class Http1Client:
             if isinstance(exc, ConnectionResetError) and not reused:
                 exc.retryable = False  # type: ignore[attr-defined]
             raise
+        answer.connect_ms = connect_ms
         if conn.done() and len(self._idle) < self._max_idle:
             self._idle.append(conn)
         else:

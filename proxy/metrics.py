@@ -98,6 +98,20 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=reg,
         )
+        self.event_loop_lag = Histogram(
+            "shadowtrial_event_loop_lag_seconds",
+            "How late the proxy's event loop woke a 100 ms sleeper: time that lands inside "
+            "every latency measured at that moment",
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.mirror_connects = Counter(
+            "shadowtrial_mirror_connections_opened",
+            "New connections a mirror had to open to its candidate (their time is kept out "
+            "of the candidate's latency)",
+            ["candidate"],
+            registry=reg,
+        )
         self.capture = Counter(
             "shadowtrial_capture",
             "Pair records by capture outcome: recorded, spooled (waited for Redis), dropped",
@@ -172,6 +186,14 @@ class Metrics:
     def mirror_outcome(self, candidate: str, outcome: str) -> None:
         """Count the final outcome of one sampled mirror."""
         self._child(self.mirror_outcomes, candidate, outcome).inc()
+
+    def loop_lag(self, seconds: float) -> None:
+        """Record one event-loop lag sample (negative jitter counts as none)."""
+        self.event_loop_lag.observe(max(seconds, 0.0))
+
+    def mirror_connected(self, candidate: str) -> None:
+        """Count one new connection opened for a mirror (a cold or outgrown pool)."""
+        self._child(self.mirror_connects, candidate).inc()
 
     def in_flight(self, candidate: str, delta: int) -> None:
         """Track mirrors sent and not yet handed to capture."""

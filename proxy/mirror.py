@@ -210,6 +210,8 @@ class Mirror:
             self._unrecorded(target.name, MIRROR_SHED, int(arrival_s * 1000))
             return
         self._metrics.mirror_outcome(target.name, result.outcome)
+        if result.connect_ms > 0:
+            self._metrics.mirror_connected(target.name)
         record = PairRecord(
             request_id=request.request_id,
             candidate=target.name,

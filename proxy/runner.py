@@ -42,8 +42,10 @@ class CandidateResult:
 
     outcome: one of common.records.OUTCOMES. status: HTTP status (0 when there was no HTTP
     answer). body: the answer's bytes (at most max_capture_bytes). elapsed_ms: from the
-    start of `run` to the end of the answer. error: a short human-readable reason when the
-    outcome is not `ok`.
+    start of `run` to the end of the answer, less `connect_ms`, the time spent opening a
+    new connection for it (0.0 on a pooled one): the exchange is the candidate's latency,
+    the handshake is the proxy's. error: a short human-readable reason when the outcome
+    is not `ok`.
     """
 
     outcome: str
@@ -52,6 +54,7 @@ class CandidateResult:
     content_type: str = ""
     elapsed_ms: float = 0.0
     error: str = ""
+    connect_ms: float = 0.0
 
 
 @runtime_checkable

@@ -82,11 +82,22 @@ def gate(report: Mapping[str, Any]) -> Group:
                 (printable(rule.get("rule")), "bold"),
                 " ",
                 printable(rule.get("detail")),
+                (_end_only(rule), "dim"),
             )
         )
     if not rules:
         lines += [_text(f"  {reason}") for reason in _get(report, "gate", "reasons") or []]
+    note = _get(report, "gate", "anytime_note")
+    if note:
+        lines.append(Text(f"  {note}", style="dim"))
     return Group(*lines)
+
+
+def _end_only(rule: Mapping[str, Any]) -> str:
+    """Marks a rule that is judged once, at the end of the trial, not at any look."""
+    if rule.get("anytime") is False and rule.get("outcome") != "skip":
+        return " (judged at the end of the trial)"
+    return ""
 
 
 def agreement(report: Mapping[str, Any]) -> Table:
@@ -141,7 +152,10 @@ def discovered(report: Mapping[str, Any]) -> Table | None:
     rows = report.get("discovered") or []
     if not rows:
         return None
-    table = _table("Discovered slices (SliceLine)", "conditions", "pairs", "agreement", "p (adj.)")
+    table = _table(
+        "Discovered slices (SliceLine; a hint unless confirmed by e-BH over every slice scored)",
+        "conditions", "pairs", "agreement", "p (adj.)", "status",
+    )  # fmt: skip
     for row in rows:
         conditions = " and ".join(f"{f}={v}" for f, v in row.get("conditions") or [])
         _add(
@@ -150,6 +164,10 @@ def discovered(report: Mapping[str, Any]) -> Table | None:
             num(row.get("pairs")),
             pct(row.get("agreement")),
             pval(row.get("p_adj")),
+            Text(
+                str(row.get("status") or "hint"),
+                "red" if row.get("status") == "confirmed" else "dim",
+            ),
         )
     return table
 

@@ -32,7 +32,7 @@ INFER = "/v2/models/m/infer"
 EASY_GATE = {
     "min_pairs": 20,
     "min_agreement": 0.2,
-    "max_p99_ratio": 1000,
+    "max_p99_ratio": 0,  # latency not judged: 60 requests bound no p99
     "max_error_rate_increase": 0.5,
 }
 

@@ -11,6 +11,8 @@ import pytest
 from admin_harness import ALICE, BOB, EASY_GATE, INFER, Trial, run_worker, trial, wait_for
 from fixtures.onnx_models import tiny_model
 
+from control.decisions import anytime_fail
+
 PROPAGATION_S = 1.0
 
 
@@ -205,8 +207,22 @@ def test_automation_rejects_a_failing_candidate(
             "automation",
             "fail",
         )
+        # The audit entry names the rule it acted on and its evidence (here a bound).
+        failed = [e for e in decision["evidence"] if e["outcome"] == "fail"]
+        agreement = next(e for e in failed if e["rule"] == "agreement")
+        assert agreement["anytime"] is True
+        assert agreement["evidence"]["high"] < agreement["evidence"]["minimum"] == 0.95
         for replica in t.replicas:
             wait_for(lambda r=replica: not r.app.routing.mirrors, PROPAGATION_S)
+
+
+def test_automation_acts_only_on_anytime_valid_fails() -> None:
+    """A fail from a rule judged only at the end of a trial is not acted on early."""
+    end_only = {"rule": "latency", "outcome": "fail", "anytime": False}
+    anytime = {"rule": "slices", "outcome": "fail", "anytime": True}
+    assert not anytime_fail({"verdict": "fail", "rules": [end_only]})
+    assert anytime_fail({"verdict": "fail", "rules": [end_only, anytime]})
+    assert not anytime_fail({"verdict": "pass", "rules": []})
 
 
 def test_automation_promotes_after_the_gate_held(

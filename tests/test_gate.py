@@ -44,9 +44,12 @@ def _summary(
 
 
 def _report(client: redis.Redis, prefix: str, fields: dict[str, int], **gate: object) -> dict:
+    """The counters spread over four buckets (the latency rule needs four time clusters)."""
     keys = Keys(prefix)
-    client.hset(keys.bucket("v2", START), mapping=fields)
-    client.zadd(keys.bucket_index("v2"), {str(START): START})
+    for i, start in enumerate(START - 60 * k for k in range(4)):
+        part = {k: v // 4 + (v % 4 if i == 0 else 0) for k, v in fields.items()}
+        client.hset(keys.bucket("v2", start), mapping={k: v for k, v in part.items() if v})
+        client.zadd(keys.bucket_index("v2"), {str(start): start})
     settings = settings_from_mapping({"redis": {"prefix": prefix}, "gate": gate}, environ={})
     return build_report(client, keys, settings, "v2", 3600, now=START + 30)
 
@@ -136,3 +139,9 @@ def test_agreement_is_judged_beyond_the_noise_floor(
     rule = next(r for r in result["rules"] if r["rule"] == "agreement")
     assert rule["outcome"] == outcome
     assert "noise floor" in rule["detail"]
+
+
+def test_latency_not_judged_when_the_ratio_is_zero(redis_client: redis.Redis, prefix: str) -> None:
+    report = _report(redis_client, prefix, _summary(5000, 4990, c_ms=80.0), max_p99_ratio=0)
+    assert _rule(report, "latency")["outcome"] == "skip"
+    assert report["gate"]["verdict"] == "pass"

@@ -154,3 +154,27 @@ async def test_head_answer_completes_without_body() -> None:
 def test_rejects_non_http_urls() -> None:
     with pytest.raises(ValueError):
         Http1Client("ftp://example.com", 10)
+
+
+async def test_connect_time_is_reported_apart_from_the_exchange() -> None:
+    """A new connection's handshake is the proxy's cost: the candidate's latency is the
+    exchange alone, so a pool that grows under a burst cannot make a twin look slow."""
+    from proxy.candidates import HttpCandidate, MirrorRequest
+
+    app = CountingApp()
+    with serve_app(app) as url:
+        client = Http1Client(url, max_body=1000)
+        fresh = await client.request("POST", "/x", [], b"{}", 5)
+        pooled = await client.request("POST", "/x", [], b"{}", 5)
+        await client.close()
+        candidate = HttpCandidate("twin", url, timeout_ms=5000)
+        request = MirrorRequest("r1", "POST", "/x", "", [], b"{}")
+        started = time.perf_counter()
+        first = await candidate.run(request)
+        total_ms = (time.perf_counter() - started) * 1000
+        second = await candidate.run(request)
+        await candidate.close()
+    assert fresh.connect_ms > 0 and pooled.connect_ms == 0.0
+    assert first.connect_ms > 0 and second.connect_ms == 0.0
+    assert first.elapsed_ms + first.connect_ms <= total_ms
+    assert first.elapsed_ms < total_ms - first.connect_ms + 1e-6

@@ -9,7 +9,7 @@ import orjson
 import pytest
 import redis
 
-from analysis import stats
+from analysis import anytime_slices, stats
 from analysis.report import build_report, recent_pairs
 from analysis.worker import Worker
 from common.keys import Keys
@@ -105,7 +105,10 @@ def test_agreement_and_errors_match_hand_counts(fixed_report: dict) -> None:
     assert agreement["rate"] == pytest.approx(88 / 105)
     assert agreement["ci_low"] < 88 / 105 < agreement["ci_high"]
     assert agreement["cs_low"] < agreement["ci_low"] and agreement["cs_high"] > agreement["ci_high"]
-    assert fixed_report["errors"] == {
+    errors = dict(fixed_report["errors"])
+    primary_cs, candidate_cs = errors.pop("primary_cs"), errors.pop("candidate_cs")
+    assert primary_cs[0] == 0.0 and candidate_cs[0] < 5 / 105 < candidate_cs[1]
+    assert errors == {
         "primary": 0,
         "candidate": 5,
         "timeouts": 4,
@@ -150,9 +153,15 @@ def test_slices_match_hand_counts(fixed_report: dict) -> None:
     # output-derived slices: the primary's class and confidence decile
     assert rows[("primary:class", "setosa")]["pairs"] == 44
     assert rows[("primary:confidence", "0.9-1.0")]["pairs"] == 44
-    # FR against the rest (7 disagreements in 65); BH over every testable input slice,
-    # output-derived slices in a family of their own and never flagged
-    assert rows[("country", "FR")]["p"] == pytest.approx(stats.two_proportion_p(10, 40, 7, 65))
+    # FR against the rest (7 disagreements in 65): the anytime-valid p = 1/e of the
+    # one-sided e-value (one row per request here: design effect n / (n - 1), the
+    # small-sample correction of the cluster-robust variance); e-BH (BH on 1/e)
+    # over every testable input slice, output-derived slices in a family of their own and
+    # never flagged
+    assert fixed_report["agreement"]["design_effect"] == pytest.approx(105 / 104)
+    e_fr = anytime_slices.slice_e_value(40, 10, 105, 17, 105 / 104)
+    assert rows[("country", "FR")]["e_value"] == pytest.approx(e_fr)
+    assert rows[("country", "FR")]["p"] == pytest.approx(min(1.0, 1.0 / e_fr))
     for derived in (False, True):
         family = [r for r in fixed_report["slices"] if r["derived"] is derived]
         testable = [r for r in family if r["p"] is not None]

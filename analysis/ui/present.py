@@ -254,6 +254,7 @@ def candidate_view(
             for r in gate.get("rules") or []
         ],
         "reasons": gate.get("reasons") or [],
+        "anytime_note": gate.get("anytime_note"),
         "min_agreement": settings.gate.min_agreement,
         "slices": slice_rows(report, name, root),
         "discovered": discovered_rows(report, name, root),
