@@ -1,18 +1,40 @@
-"""Slice admission: which slice values (and classes) are counted apart, the rest fold
-into OTHER; at most MAX_VALUES per candidate and feature, decided once in Redis.
+"""Slice admission, in one place: which slice values (and classes) are counted apart, the
+rest fold into OTHER; at most MAX_VALUES per candidate and feature, decided once in Redis
+(admit.lua). `fold_candidates` lists what a batch asks for, `Admission.prepare` decides it
+in one round trip, `Admission.folder` answers the fold the counters use.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
 import redis
 
 from analysis.slices import MAX_VALUES, OTHER, RESERVED
+from analysis.summaries import LABEL_FEATURE, PairEvidence, field_text
 from common.keys import Keys
 from common.redis_client import store_errors
 from common.scripts import SCRIPTS
+
+
+def fold_candidates(evidence: Iterable[PairEvidence]) -> dict[str, set[str]]:
+    """Every (feature -> raw values) the batch would count, for one admission round trip."""
+    wanted: dict[str, set[str]] = defaultdict(set)
+    for ev in evidence:
+        if ev.primary_failure is not None:
+            continue
+        for values in ev.slice_rows:
+            for f, v in values.items():
+                wanted[f].add(field_text(v))
+        for p in ev.primary_rows:
+            if p.label is not None:
+                wanted[LABEL_FEATURE].add(field_text(p.label))
+        for row in ev.rows:
+            if row.candidate.label is not None:
+                wanted[LABEL_FEATURE].add(field_text(row.candidate.label))
+    return wanted
 
 
 class Admission:
@@ -81,4 +103,4 @@ def admitted_values(
     }
 
 
-__all__ = ["Admission", "admitted_values"]
+__all__ = ["Admission", "admitted_values", "fold_candidates"]

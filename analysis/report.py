@@ -37,7 +37,6 @@ from analysis.summaries import (
     Summary,
     merge_raw,
 )
-from common.errors import StoreError
 from common.keys import (
     FIELD_CANCELLED,
     FIELD_CAPTURE_DROPPED,
@@ -47,6 +46,7 @@ from common.keys import (
     FIELD_TOO_LARGE,
     Keys,
 )
+from common.redis_client import store_errors
 from common.settings import Settings
 
 __all__ = ["build_report", "load_window", "recent_pairs"]
@@ -88,7 +88,7 @@ def load_window(
     A rollup counts whole: a window starting inside an old hour includes all of that hour.
     If buckets vanish between listing and reading them (rolled up meanwhile), read again.
     """
-    try:
+    with store_errors(f"cannot read the summaries of {candidate}"):
         for _ in range(3):
             found = _window_buckets(client, keys, candidate, first, last)
             pipe = client.pipeline(transaction=False)
@@ -97,8 +97,6 @@ def load_window(
             raws = pipe.execute() if found else []
             if all(raws):
                 break
-    except redis.RedisError as exc:
-        raise StoreError(f"cannot read the summaries of {candidate}: {exc}") from exc
     timeline = [
         _timeline_point(start, seconds, raw)
         for (start, seconds, _), raw in zip(found, raws, strict=True)
@@ -501,10 +499,8 @@ def _discovered(s: Summary) -> list[dict[str, Any]]:
 
 def _secondaries(client: redis.Redis, keys: Keys, settings: Settings) -> list[str]:
     names = {c.name for c in settings.candidates if c.role == "secondary"}
-    try:
+    with store_errors("cannot read the candidates seen"):
         seen = client.hgetall(keys.candidates_seen())
-    except redis.RedisError as exc:
-        raise StoreError(f"cannot read the candidates seen: {exc}") from exc
     names |= {k.decode() for k, v in seen.items() if v == b"secondary"}
     return sorted(names)
 

@@ -31,12 +31,11 @@ from typing import Any
 import orjson
 import redis
 
-from analysis.admission import Admission
+from analysis.admission import Admission, fold_candidates
 from analysis.aggregate import aggregate
 from analysis.apply import Applier, roll_up
 from analysis.decode import Item, decode
 from analysis.evaluate import Evaluation
-from analysis.summaries import fold_candidates
 from common.errors import StoreError
 from common.keys import WORKER_GROUP, WORKER_HEALTH_TTL_S, Keys
 from common.redis_client import STORE_FAILURES, slot_groups, sync_client

@@ -24,12 +24,12 @@ boundary (common.redis_client's clients; control.registry_store for the registry
         ├── CompressedBodyError  common.compressed: corrupt, truncated or too large
         ├── BinaryTensorError    common.oip_binary: binary tensors the bytes do not hold
         ├── JsonPathError        analysis.jsonpath: a path outside the supported subset
-        └── UnparseableOutput    analysis.adapters.base: an answer no adapter understands
+        ├── UnparseableOutput    analysis.adapters.base: an answer no adapter understands
+        └── ProtocolError        proxy.http1: a candidate's answer that is not HTTP/1.x
+                                 (caught by the runner, counted as the outcome `error`)
 
 Not errors of the tree, on purpose:
 
-- proxy.http1.ProtocolError: a candidate's answer is not HTTP/1.x; caught inside the
-  candidate runner and counted as the outcome `error` (it never leaves proxy.candidates).
 - proxy.forward.ClientGone, models.onnx_model._BadInput and
   shadowtrial.examples.model_server.BadInput: signals inside one module, never raised
   past it.
