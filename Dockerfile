@@ -25,13 +25,15 @@ WORKDIR /src
 # constraints.txt: the exact versions of every runtime dependency (deploy/constraints.py).
 COPY pyproject.toml README.md constraints.txt ./
 COPY common ./common
+COPY models ./models
 COPY proxy ./proxy
+COPY control ./control
 COPY analysis ./analysis
 COPY shadowtrial ./shadowtrial
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --upgrade pip \
  && /opt/venv/bin/pip install -c constraints.txt . \
- && /opt/venv/bin/python -c "import proxy.app, analysis.worker, shadowtrial.cli"
+ && /opt/venv/bin/python -c "import proxy.app, control.admin, analysis.worker, shadowtrial.cli"
 
 # -- run: the virtualenv, the example config and the health check, as a non-root user ---
 FROM ${PYTHON_IMAGE}

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import redis
 
-from common.errors import StoreError
 from common.keys import SAMPLES_KEPT, Keys
+from common.redis_client import store_errors
 
 if TYPE_CHECKING:
     from analysis.adapters.base import Prediction
@@ -115,10 +115,8 @@ def read_samples(
     client: redis.Redis, keys: Keys, candidate: str, kind: str, limit: int = SAMPLES_KEPT
 ) -> list[dict[str, Any]]:
     """The newest samples of one kind, newest first."""
-    try:
+    with store_errors(f"cannot read {kind} samples of {candidate}"):
         raw = client.lrange(keys.samples(candidate, kind), 0, max(limit, 1) - 1)
-    except redis.RedisError as exc:
-        raise StoreError(f"cannot read {kind} samples of {candidate}: {exc}") from exc
     return [orjson.loads(item) for item in raw]
 
 

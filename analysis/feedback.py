@@ -20,42 +20,12 @@ import time
 import redis
 
 from analysis.adapters.base import label_text
-from analysis.apply_script import JOIN_LUA, ROLLUP_SECONDS
+from analysis.apply import ROLLUP_SECONDS
 from analysis.summaries import SEP
-from common.errors import StoreError
 from common.keys import Keys
-from common.redis_client import queue_script
+from common.redis_client import store_errors
+from common.scripts import SCRIPTS
 from common.settings import WorkerSettings
-
-FEEDBACK_LUA = (
-    JOIN_LUA
-    + r"""
-local preds_base, labels_base, bucket_base = ARGV[1], ARGV[2], ARGV[3]
-local rid, label = ARGV[4], ARGV[5]
-local cap, ttl, now = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local rollup = tonumber(ARGV[9])
-local pcur, pprev = join_gens(preds_base, false, cap, ttl, now)
-local where = pcur
-local enc = redis.call('HGET', pcur, rid)
-if not enc then where = pprev; enc = redis.call('HGET', pprev, rid) end
-if enc then
-  redis.call('HDEL', where, rid)
-  local bucket, field = join_category(enc, label)
-  local key = bucket_base .. bucket
-  if redis.call('EXISTS', key) == 0 then  -- rolled up into its hour, or expired
-    local start = tonumber(bucket)
-    key = bucket_base .. 'h' .. (start - start % rollup)
-  end
-  if redis.call('EXISTS', key) == 1 then redis.call('HINCRBY', key, field, 1) end
-  return 'joined'
-end
-local lcur, _, lmeta = join_gens(labels_base, true, cap, ttl, now)
-redis.call('HSET', lcur, rid, label)
-redis.call('EXPIRE', lcur, 2 * ttl)
-redis.call('EXPIRE', lmeta, 4 * ttl)
-return 'pending'
-"""
-)
 
 
 def clean_label(value: object) -> str | None:
@@ -99,22 +69,27 @@ def record_feedback(
     worker = worker or WorkerSettings()
     ttl = worker.label_join_hours * 3600
     now = int(now_s if now_s is not None else time.time())
-    try:
+    with store_errors(f"cannot record feedback for {request_id}"):
         candidates = known_candidates(client, keys)
-        script = client.register_script(FEEDBACK_LUA)
+        script = SCRIPTS["feedback"].register(client)
         pipe = client.pipeline(transaction=False)
         for name in candidates:
             preds, labels = keys.label_join(name, "preds"), keys.label_join(name, "labels")
-            args = [preds, labels, keys.bucket_base(name), request_id, text]
-            queue_script(
-                script,
+            script.queue(
                 pipe,
-                [f"{preds}:gen", f"{labels}:gen"],
-                [*args, worker.label_join_max, ttl, now, ROLLUP_SECONDS],
+                preds_gen=f"{preds}:gen",
+                labels_gen=f"{labels}:gen",
+                preds_base=preds,
+                labels_base=labels,
+                bucket_base=keys.bucket_base(name),
+                request_id=request_id,
+                label=text,
+                cap=worker.label_join_max,
+                ttl=ttl,
+                now=now,
+                rollup=ROLLUP_SECONDS,
             )
         answers = pipe.execute() if candidates else []
-    except redis.RedisError as exc:
-        raise StoreError(f"cannot record feedback for {request_id}: {exc}") from exc
     return {
         n: (a.decode() if isinstance(a, bytes) else a)
         for n, a in zip(candidates, answers, strict=True)

@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+from common.errors import DecodeError
+
 _MISSING = object()
 # One step at a time: .name | .* | [*] | [N] | ['name'] | ["name"]
 _STEP_RE = re.compile(
@@ -27,7 +29,7 @@ _STEP_RE = re.compile(
 _WILD = ("*", None)
 
 
-class JsonPathError(ValueError):
+class JsonPathError(DecodeError):
     """A path uses syntax outside the supported subset."""
 
 

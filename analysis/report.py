@@ -1,7 +1,8 @@
 """The report: a window's buckets merged, every statistic computed, the gate applied.
 
 `build_report` reads the window's bucket hashes with one pipelined HGETALL each, sums them
-(analysis.summaries), and turns the counters into the JSON of DESIGN.md's Report section.
+(analysis.summaries), and turns the counters into the JSON of the report contract
+(docs/architecture.md).
 Extra keys beside the contract ones: `rows` (compared rows; `pairs` counts pair records),
 `dropped` and `pending` (the accounting of sampled mirrors, see `_accounting`),
 `records` {trimmed, bad, deferred}, `contract`, `unparseable`, `confidence_deltas`,
@@ -21,7 +22,7 @@ import redis
 from scipy import stats as scipy_stats
 
 from analysis import anytime_slices, latency, sequential, stats
-from analysis.apply_script import ROLLUP_SECONDS
+from analysis.apply import ROLLUP_SECONDS
 from analysis.drilldown import read_samples, recent_pairs
 from analysis.gate import evaluate_gate
 from analysis.summaries import (
@@ -36,7 +37,6 @@ from analysis.summaries import (
     Summary,
     merge_raw,
 )
-from common.errors import StoreError
 from common.keys import (
     FIELD_CANCELLED,
     FIELD_CAPTURE_DROPPED,
@@ -46,6 +46,7 @@ from common.keys import (
     FIELD_TOO_LARGE,
     Keys,
 )
+from common.redis_client import store_errors
 from common.settings import Settings
 
 __all__ = ["build_report", "load_window", "recent_pairs"]
@@ -87,7 +88,7 @@ def load_window(
     A rollup counts whole: a window starting inside an old hour includes all of that hour.
     If buckets vanish between listing and reading them (rolled up meanwhile), read again.
     """
-    try:
+    with store_errors(f"cannot read the summaries of {candidate}"):
         for _ in range(3):
             found = _window_buckets(client, keys, candidate, first, last)
             pipe = client.pipeline(transaction=False)
@@ -96,8 +97,6 @@ def load_window(
             raws = pipe.execute() if found else []
             if all(raws):
                 break
-    except redis.RedisError as exc:
-        raise StoreError(f"cannot read the summaries of {candidate}: {exc}") from exc
     timeline = [
         _timeline_point(start, seconds, raw)
         for (start, seconds, _), raw in zip(found, raws, strict=True)
@@ -130,7 +129,8 @@ def build_report(
     window_s: float,
     now: float | None = None,
 ) -> dict[str, Any]:
-    """The report for one candidate over the last `window_s` seconds (see DESIGN.md)."""
+    """The report for one candidate over the last `window_s` seconds (the report contract:
+    docs/architecture.md)."""
     now = time.time() if now is None else now
     first, last = _bucket_range(window_s, now, settings.worker.bucket_seconds)
     summary, timeline = load_window(client, keys, candidate, first, last)
@@ -499,10 +499,8 @@ def _discovered(s: Summary) -> list[dict[str, Any]]:
 
 def _secondaries(client: redis.Redis, keys: Keys, settings: Settings) -> list[str]:
     names = {c.name for c in settings.candidates if c.role == "secondary"}
-    try:
+    with store_errors("cannot read the candidates seen"):
         seen = client.hgetall(keys.candidates_seen())
-    except redis.RedisError as exc:
-        raise StoreError(f"cannot read the candidates seen: {exc}") from exc
     names |= {k.decode() for k, v in seen.items() if v == b"secondary"}
     return sorted(names)
 

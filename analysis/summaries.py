@@ -413,24 +413,6 @@ def _count_error_rows(ints: defaultdict[str, int], ev: PairEvidence, fold: Fold)
         _count_slices(ints, slice_items(ev, i, p, fold), True)
 
 
-def fold_candidates(evidence: Iterable[PairEvidence]) -> dict[str, set[str]]:
-    """Every (feature -> raw values) the batch would count, for one admission round trip."""
-    wanted: dict[str, set[str]] = defaultdict(set)
-    for ev in evidence:
-        if ev.primary_failure is not None:
-            continue
-        for values in ev.slice_rows:
-            for f, v in values.items():
-                wanted[f].add(field_text(v))
-        for p in ev.primary_rows:
-            if p.label is not None:
-                wanted[LABEL_FEATURE].add(field_text(p.label))
-        for row in ev.rows:
-            if row.candidate.label is not None:
-                wanted[LABEL_FEATURE].add(field_text(row.candidate.label))
-    return wanted
-
-
 # --------------------------------------------------------------------------------------
 # Reading: buckets merged into a window
 # --------------------------------------------------------------------------------------

@@ -5,9 +5,10 @@ consumer with a unique name. A loop iteration: discover streams (configured cand
 and any `Keys.pairs("*")` registered at runtime), refresh the health key, roll old
 buckets up into hourly ones, take over
 entries idle longer than `claim_idle_ms` (a dead worker's), then XREADGROUP a batch per
-stream. A batch is understood (adapters, comparison, slices), aggregated locally into
-counter increments and applied with one Lua script that also acknowledges it (see
-analysis.apply_script): exactly once, whatever worker dies when.
+stream. A batch goes through one pipeline, a module per stage: analysis.decode (entries
+into items), analysis.evaluate (adapters, comparison, slices), analysis.aggregate
+(counter increments and extras, locally) and analysis.apply (one Lua script that applies
+and acknowledges it: exactly once, whatever worker dies when).
 
 SIGTERM (via `stop()`) stops taking work: the batch in hand is finished, applied and
 acknowledged, then `run` returns.
@@ -25,40 +26,19 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import redis
 
-from analysis import drilldown
-from analysis.adapters import select_adapter
-from analysis.adapters.base import UnparseableOutput
-from analysis.apply_script import Admission, Applier, BatchExtras, roll_up
-from analysis.compare import compare_outputs
-from analysis.feedback import join_value
-from analysis.jsonpath import compile_path
-from analysis.slices import SliceExtractor
-from analysis.summaries import (
-    BatchDelta,
-    PairEvidence,
-    bucket_start,
-    fold_candidates,
-    slice_items,
-)
-from common.errors import CandidateError, StoreError
-from common.keys import SAMPLES_KEPT, WORKER_GROUP, WORKER_HEALTH_TTL_S, Keys
-from common.oip_binary import load_body
-from common.records import (
-    OUTCOME_DEFERRED,
-    OUTCOME_ERROR,
-    OUTCOME_HTTP_ERROR,
-    OUTCOME_OK,
-    OUTCOME_TIMEOUT,
-    PairRecord,
-    RecordError,
-)
-from common.redis_client import slot_groups, sync_client
+from analysis.admission import Admission, fold_candidates
+from analysis.aggregate import aggregate
+from analysis.apply import Applier, roll_up
+from analysis.decode import Item, decode
+from analysis.evaluate import Evaluation
+from common.errors import StoreError
+from common.keys import WORKER_GROUP, WORKER_HEALTH_TTL_S, Keys
+from common.redis_client import STORE_FAILURES, slot_groups, sync_client
 from common.settings import Settings
 from common.store import resolve_redis_url
 
@@ -68,164 +48,12 @@ DISCOVER_EVERY_S = 5.0
 SCAN_EVERY_S = 60.0
 HEARTBEAT_EVERY_S = 2.0
 ROLLUP_EVERY_S = 60.0
-RECENT_PER_BATCH = 20  # pairs of each batch pushed to the `recent` drill-down list
-_TIMED_OUTCOMES = (OUTCOME_OK, OUTCOME_HTTP_ERROR, OUTCOME_TIMEOUT)
-
-
-@dataclass(slots=True)
-class Item:
-    """One stream entry of a batch: a pair understood, a bad record, or a trimmed id."""
-
-    id: str
-    trimmed: bool = False  # the stream no longer holds it (trimmed before it was applied)
-    record: PairRecord | None = None
-    evidence: PairEvidence | None = None
-    unparseable: tuple[str, str] | None = None  # (side, reason)
-    contract: list[Any] = field(default_factory=list)  # ContractDiff
-
-    @property
-    def ts_ms(self) -> int:
-        """Arrival time: the record's, else the stream id's milliseconds."""
-        return self.record.ts_ms if self.record else int(self.id.partition("-")[0])
-
-
-class Evaluator:
-    """Turns one pair record into evidence: parse both answers, compare, slice."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.adapter = select_adapter(settings.outputs)
-        self.outputs = settings.outputs
-        self.extractor = SliceExtractor(settings.slices)
-        self.has_slices = bool(settings.slices)
-        # Decode the request, and split it into rows, only when some slice reads them.
-        paths = [
-            compile_path(s.source) for s in settings.slices if not s.source.startswith("header:")
-        ]
-        self.needs_json = bool(paths)
-        self.needs_rows = any(not p.has_wildcard for p in paths)
-
-    def evaluate(self, item: Item, deferred: bool = False) -> None:
-        """Fill `item.evidence` (and its diagnostics) from `item.record`."""
-        rec = item.record
-        assert rec is not None
-        ev = item.evidence = PairEvidence(
-            request_id=rec.request_id,
-            ts_ms=rec.ts_ms,
-            primary_ms=rec.primary_ms,
-            candidate_ms=rec.candidate_ms if rec.candidate_outcome in _TIMED_OUTCOMES else None,
-            deferred=deferred,
-        )
-        if not 200 <= rec.primary_status < 300:
-            ev.primary_failure = "primary"
-            return
-        try:
-            primary = self.adapter.parse(rec.request_body, rec.primary_body)
-        except UnparseableOutput as exc:
-            ev.primary_failure = "primary_unparseable"
-            item.unparseable = ("primary", str(exc))
-            return
-        ev.primary_rows = primary.rows
-        if self.has_slices:
-            ev.slice_rows = self._slices(rec, len(primary.rows))
-        if rec.candidate_outcome != OUTCOME_OK:
-            ev.candidate_error = rec.candidate_outcome
-            return
-        if rec.candidate_body == rec.primary_body:
-            candidate = primary  # the same bytes lift alike (a replica, an identical answer)
-        else:
-            try:
-                candidate = self.adapter.parse(rec.request_body, rec.candidate_body)
-            except UnparseableOutput as exc:
-                ev.candidate_error = "unparseable"
-                item.unparseable = ("candidate", str(exc))
-                return
-        comparison = compare_outputs(primary, candidate, self.outputs)
-        item.contract = comparison.contract_diffs
-        ev.contract_kinds = [d.kind for d in comparison.contract_diffs]
-        if comparison.error:
-            ev.candidate_error = "contract"
-            item.contract = [*item.contract, _RowCount(comparison.error)]
-        else:
-            ev.rows = comparison.rows
-
-    def _slices(self, rec: PairRecord, n_rows: int) -> list[dict[str, str]]:
-        request = None
-        if self.needs_json and rec.request_body:
-            try:
-                request = load_body(rec.request_body)
-            except ValueError:  # not JSON, nor binary tensors that fit: no row values
-                request = None
-        rows = (
-            self.adapter.rows_from_json(request) if self.needs_rows and request is not None else []
-        )
-        return self.extractor.row_values(rows, request, rec.headers, n_rows)
-
-
-@dataclass(frozen=True, slots=True)
-class _RowCount:
-    """A row-count mismatch shown among contract examples (counted as a candidate error)."""
-
-    detail: str
-    kind: str = "row_count"
-
-
-class DeferredRunner:
-    """Runs `run = "worker"` ONNX candidates on a batch's request bodies, vectorised."""
-
-    RETRY_LOAD_S = 60.0
-
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
-        self.settings = settings
-        self.clock = clock
-        self._models: dict[str, Any] = {}
-        self._load_errors: dict[str, tuple[float, CandidateError]] = {}
-
-    def run(self, candidate: str, records: Sequence[PairRecord]) -> None:
-        """Fill in the candidate's answer and latency share of every deferred record."""
-        if not records:
-            return
-        started = time.perf_counter()
-        try:
-            answers = self._model(candidate).predict_bodies([r.request_body for r in records])
-        except CandidateError as exc:
-            answers = [exc] * len(records)
-        share_ms = (time.perf_counter() - started) * 1000.0 / len(records)
-        for rec, answer in zip(records, answers, strict=True):
-            rec.candidate_ms = share_ms
-            if isinstance(answer, CandidateError):
-                rec.candidate_outcome, rec.candidate_error = answer.outcome, answer.detail
-            else:
-                rec.candidate_outcome, rec.candidate_status, rec.candidate_body = (
-                    OUTCOME_OK,
-                    200,
-                    answer,
-                )
-
-    def _model(self, candidate: str) -> Any:
-        model = self._models.get(candidate)
-        if model is not None:
-            return model
-        failed = self._load_errors.get(candidate)
-        if failed and self.clock() - failed[0] < self.RETRY_LOAD_S:
-            raise failed[1]
-        cand = self.settings.candidate(candidate)
-        if cand is None or cand.onnx is None:
-            raise CandidateError(
-                OUTCOME_ERROR, "no ONNX model configured for this worker-run candidate"
-            )
-        from common.onnx_model import OnnxModel  # onnxruntime only where it is needed
-
-        try:
-            model = self._models[candidate] = OnnxModel.load(cand)
-        except CandidateError as exc:
-            self._load_errors[candidate] = (self.clock(), exc)
-            log.error("cannot load the ONNX model of %s: %s", candidate, exc)
-            raise
-        return model
 
 
 class BatchProcessor:
-    """Understands, aggregates and applies one batch of one candidate's stream."""
+    """One batch of one candidate's stream through the pipeline: decode, evaluate,
+    aggregate, apply (one module each); re-aggregated without the entries another worker
+    took over meanwhile."""
 
     def __init__(
         self, client: redis.Redis, settings: Settings, consumer: str, clock: Callable[[], float]
@@ -235,8 +63,7 @@ class BatchProcessor:
         self.keys = Keys(settings.redis.prefix)
         self.clock = clock
         self.roles: dict[str, str] = {}
-        self.evaluator = Evaluator(settings)
-        self.deferred = DeferredRunner(settings)
+        self.evaluation = Evaluation(settings)
         ttl = settings.worker.retention_hours * 3600
         self.applier = Applier(client, self.keys, WORKER_GROUP, consumer)
         self.admission = Admission(client, self.keys, ttl_s=ttl)
@@ -244,22 +71,14 @@ class BatchProcessor:
 
     def process(self, candidate: str, entries: Sequence[tuple[Any, Any]]) -> int:
         """Apply and acknowledge the entries still ours; return how many were applied."""
-        items = [self._decode(entry_id, fields) for entry_id, fields in entries]
-        self._understand(candidate, items)
+        items = [decode(entry_id, fields) for entry_id, fields in entries]
+        self._seen(candidate, items)
+        self.evaluation.run(candidate, items)
+        self.admission.prepare(
+            candidate, fold_candidates(i.evidence for i in items if i.evidence is not None)
+        )
         while items:
-            now = self.clock()
-            delta, extras = self._aggregate(candidate, items, now)
-            w = self.settings.worker
-            missing = self.applier.apply(
-                candidate,
-                [i.id for i in items],
-                delta,
-                extras,
-                ttl_s=self.ttl_s,
-                join_cap=w.label_join_max,
-                join_ttl_s=w.label_join_hours * 3600,
-                now_s=now,
-            )
+            missing = self._apply(candidate, items)
             if not missing:
                 return len(items)
             log.info("%d entries of %s were taken over by another worker", len(missing), candidate)
@@ -267,92 +86,28 @@ class BatchProcessor:
             items = [i for i in items if i.id not in gone]
         return 0
 
-    @staticmethod
-    def _decode(entry_id: Any, fields: Any) -> Item:
-        item = Item(entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id))
-        item.trimmed = fields is None
-        if fields:
-            try:
-                item.record = PairRecord.from_fields(fields)
-            except RecordError as exc:
-                log.warning("entry %s is not a pair record: %s", item.id, exc)
-        return item
+    def _seen(self, candidate: str, items: Sequence[Item]) -> None:
+        """Record the candidate's role the first time this process sees one of its pairs."""
+        first = next((i.record for i in items if i.record is not None), None)
+        if first is not None and candidate not in self.roles:
+            self.roles[candidate] = first.role
+            self.client.hset(self.keys.candidates_seen(), candidate, first.role)
 
-    def _understand(self, candidate: str, items: list[Item]) -> None:
-        records = [i for i in items if i.record is not None]
-        if records and candidate not in self.roles:
-            self.roles[candidate] = records[0].record.role
-            self.client.hset(self.keys.candidates_seen(), candidate, records[0].record.role)
-        deferred = [i for i in records if i.record.candidate_outcome == OUTCOME_DEFERRED]
-        self.deferred.run(candidate, [i.record for i in deferred])
-        deferred_ids = {i.id for i in deferred}
-        for item in records:
-            try:
-                self.evaluator.evaluate(item, deferred=item.id in deferred_ids)
-            except Exception:  # an adapter bug must not stop the evidence: count it as bad
-                log.exception("cannot evaluate entry %s of %s", item.id, candidate)
-                item.record, item.evidence = None, None
-        wanted = fold_candidates(i.evidence for i in items if i.evidence is not None)
-        self.admission.prepare(candidate, wanted)
-
-    def _aggregate(
-        self, candidate: str, items: list[Item], now: float
-    ) -> tuple[BatchDelta, BatchExtras]:
-        delta = BatchDelta(self.settings.worker.bucket_seconds)
-        extras = BatchExtras()
+    def _apply(self, candidate: str, items: Sequence[Item]) -> list[str]:
+        now = self.clock()
+        w = self.settings.worker
         fold = self.admission.folder(candidate)
-        contract_kinds: set[str] = set()  # one example per kind and batch
-        for item in items:
-            if item.trimmed:
-                delta.add_trimmed(1, now)
-            elif item.evidence is None:
-                delta.add_bad(item.ts_ms)
-            else:
-                delta.add(item.evidence, fold)
-                self._joins(extras, item)
-                self._diagnostics(extras, item, contract_kinds)
-        self._pair_samples(extras, items, fold)
-        return delta, extras
-
-    def _joins(self, extras: BatchExtras, item: Item) -> None:
-        ev = item.evidence
-        if ev is None or ev.n_rows != 1:
-            return
-        primary, candidate = ev.labels()
-        if primary is None:
-            return
-        bucket = bucket_start(ev.ts_ms, self.settings.worker.bucket_seconds)
-        extras.joins.append((ev.request_id, join_value(bucket, primary, candidate), bucket))
-
-    @staticmethod
-    def _diagnostics(extras: BatchExtras, item: Item, seen: set[str]) -> None:
-        rec = item.record
-        assert rec is not None
-        if item.unparseable is not None:
-            sample = drilldown.unparseable_sample(rec, *item.unparseable)
-            extras.samples["unparseable"].append(drilldown.encode(sample))
-        for diff in item.contract:
-            if diff.kind not in seen:
-                seen.add(diff.kind)
-                sample = drilldown.contract_sample(rec, diff.kind, diff.detail)
-                extras.samples["contract"].append(drilldown.encode(sample))
-
-    @staticmethod
-    def _pair_samples(extras: BatchExtras, items: list[Item], fold: Any) -> None:
-        understood = [
-            i for i in items if i.evidence is not None and i.evidence.primary_failure is None
-        ]
-        divergent = [i for i in understood if not all(i.evidence.row_agreement())][-SAMPLES_KEPT:]
-        for kind, chosen in (("recent", understood[-RECENT_PER_BATCH:]), ("divergent", divergent)):
-            for item in chosen:
-                ev = item.evidence
-                slices = [
-                    dict(slice_items(ev, r, p, fold))
-                    for r, p in enumerate(ev.primary_rows[: drilldown.ROWS_SHOWN])
-                ]
-                extras.samples[kind].append(
-                    drilldown.encode(drilldown.pair_sample(item.record, ev, slices))
-                )
+        delta, extras = aggregate(items, fold, w.bucket_seconds, now)
+        return self.applier.apply(
+            candidate,
+            [i.id for i in items],
+            delta,
+            extras,
+            ttl_s=self.ttl_s,
+            join_cap=w.label_join_max,
+            join_ttl_s=w.label_join_hours * 3600,
+            now_s=now,
+        )
 
 
 def _registered_role(raw: bytes) -> str:
@@ -404,7 +159,7 @@ class Worker:
             while not self.stopping:
                 try:
                     self.step()
-                except (redis.RedisError, StoreError) as exc:
+                except (*STORE_FAILURES, StoreError) as exc:
                     log.warning("Redis error, retrying in 1 s: %s", exc)
                     self._stopping.wait(1.0)
         finally:
@@ -495,7 +250,7 @@ class Worker:
         )
 
     def _clear_health(self) -> None:
-        with contextlib.suppress(redis.RedisError):  # it expires by itself anyway
+        with contextlib.suppress(*STORE_FAILURES):  # it expires by itself anyway
             self.client.delete(self.keys.worker_health(self.consumer))
 
     # -- reading --

@@ -36,8 +36,10 @@ sys.path.insert(0, str(ROOT))
 import orjson  # noqa: E402
 import redis  # noqa: E402
 
+from analysis.aggregate import aggregate  # noqa: E402
+from analysis.decode import Item  # noqa: E402
 from analysis.report import build_report  # noqa: E402
-from analysis.worker import BatchProcessor, Item, Worker, freeze_startup_heap  # noqa: E402
+from analysis.worker import BatchProcessor, Worker, freeze_startup_heap  # noqa: E402
 from common.keys import WORKER_GROUP, Keys  # noqa: E402
 from common.records import OUTCOME_OK, OUTCOME_TIMEOUT, PairRecord  # noqa: E402
 from common.settings import Settings, settings_from_mapping  # noqa: E402
@@ -244,7 +246,7 @@ def stage_costs(url: str, pairs: list[dict[bytes, bytes]]) -> list[tuple[str, fl
     """
     settings = bench_settings("stagecost", url)
     proc = BatchProcessor(redis.Redis.from_url(url), settings, "bench", time.time)
-    ev = proc.evaluator
+    ev = proc.evaluation.evaluator
     records = [PairRecord.from_fields(f) for f in pairs]
     n = len(pairs)
 
@@ -289,7 +291,11 @@ def stage_costs(url: str, pairs: list[dict[bytes, bytes]]) -> list[tuple[str, fl
     rows.append(
         (
             "aggregate into counters + samples",
-            timed(lambda: proc._aggregate("v2", items, time.time())),
+            timed(
+                lambda: aggregate(
+                    items, proc.admission.folder("v2"), settings.worker.bucket_seconds, time.time()
+                )
+            ),
         )
     )
     return rows

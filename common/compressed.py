@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import zlib
 
+from common.errors import DecodeError
 
-class CompressedBodyError(ValueError):
+
+class CompressedBodyError(DecodeError):
     """A compressed body is corrupt, truncated or expands beyond the bound."""
 
 

@@ -1,15 +1,43 @@
-"""The shadowtrial exception hierarchy.
+"""The shadowtrial exception hierarchy: every error class in the tree, drawn here.
 
 Every lower-level failure (TOML parsing, Redis, HTTP clients, onnxruntime) is caught at
 the boundary where it happens and re-raised as one of these, so callers handle our names
-and never a third-party library's.
+and never a third-party library's. Redis failures become StoreError at the store
+boundary (common.redis_client's clients; control.registry_store for the registry).
 
     ShadowtrialError
     ├── ConfigError          bad configuration: fails at start with one line naming the key
     ├── StoreError           Redis unreachable or answering with an error
     ├── CandidateError       a candidate failed (the mirror path turns it into a counter)
     │   └── ModelLoadError   an ONNX model cannot be loaded or fed from its input adapter
-    └── AdminError           an admin API call failed (the CLI turns it into exit code 2)
+    ├── AdminError           an admin API call failed (the CLI turns it into exit code 2)
+    │   └── AdminRefused     shadowtrial.admin_client: the API answered an error status
+    ├── RegistryError        control.registry: a registry request refused; `status` is the
+    │   │                    HTTP status it maps to
+    │   ├── Invalid          400: malformed, or asks for something not allowed
+    │   ├── NotFound         404: no such candidate
+    │   └── Conflict         409: clashes with the current state
+    ├── ReplayError          proxy.replay: a usage problem of `shadowtrial replay` (exit 2)
+    └── DecodeError          bytes or text that are not what they claim (also a ValueError,
+        │                    so a parser's callers may catch either)
+        ├── RecordError          common.records: a stream entry that is no pair record
+        ├── CompressedBodyError  common.compressed: corrupt, truncated or too large
+        ├── BinaryTensorError    common.oip_binary: binary tensors the bytes do not hold
+        ├── JsonPathError        analysis.jsonpath: a path outside the supported subset
+        ├── UnparseableOutput    analysis.adapters.base: an answer no adapter understands
+        └── ProtocolError        proxy.http1: a candidate's answer that is not HTTP/1.x
+                                 (caught by the runner, counted as the outcome `error`)
+
+Not errors of the tree, on purpose:
+
+- proxy.forward.ClientGone, models.onnx_model._BadInput and
+  shadowtrial.examples.model_server.BadInput: signals inside one module, never raised
+  past it.
+- common.redis_client.ClusterUnavailable and ClusterCommandError: translations *into*
+  redis-py's tree (a cluster client's failures as RedisError), so the store boundary
+  catches one family.
+
+tests/test_layout.py checks that every exception class in the packages is named here.
 """
 
 from __future__ import annotations
@@ -64,3 +92,8 @@ class ModelLoadError(CandidateError):
 
 class AdminError(ShadowtrialError):
     """An admin API request failed (connection refused, bad token, server error)."""
+
+
+class DecodeError(ShadowtrialError, ValueError):
+    """Bytes or text that are not what they claim to be (a record, a compressed body,
+    binary tensors, a path, a model's answer); the subclasses say which."""

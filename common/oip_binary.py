@@ -16,7 +16,7 @@ then counted unparseable), never anything else.
 
 `inline` gives the same document a JSON-only client would have sent or received: each
 binary tensor gets its `data` (flat, row-major) and loses `binary_data_size`. It lives in
-`common` because both the analysis adapters and the ONNX runner (common.onnx_model) read
+`common` because both the analysis adapters and the ONNX runner (models.onnx_model) read
 such bodies.
 """
 
@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 import orjson
+
+from common.errors import DecodeError
 
 MARK = b'"binary_data_size"'  # no body without it is worth a second look
 # Little-endian numpy types of the fixed-width OIP v2 datatypes.
@@ -51,7 +53,7 @@ _LENGTH = struct.Struct("<I")
 _DECODER = json.JSONDecoder()
 
 
-class BinaryTensorError(ValueError):
+class BinaryTensorError(DecodeError):
     """A body announces binary tensors that its bytes do not hold."""
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from common.errors import DecodeError
+
 SCHEMA_VERSION = 1
 
 # Candidate outcomes recorded in a pair. Everything but "ok" is the error class ERR in
@@ -26,7 +28,7 @@ OUTCOME_DEFERRED = "deferred"  # run = "worker": the worker runs the model later
 OUTCOMES = (OUTCOME_OK, OUTCOME_HTTP_ERROR, OUTCOME_TIMEOUT, OUTCOME_ERROR, OUTCOME_DEFERRED)
 
 
-class RecordError(ValueError):
+class RecordError(DecodeError):
     """A stream entry is not a pair record this version understands."""
 
 

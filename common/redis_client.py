@@ -20,6 +20,11 @@ know, and this module hides them:
 - a multi-key command must keep its keys in one slot: `slot_groups`;
 - pub/sub: a classic PUBLISH reaches every node of a cluster, so the async client
   subscribes through one plain connection to the URL's node and hears every event.
+
+It is also the store boundary: `store_errors(what)` is the one place a Redis failure
+(any RedisError, or the OSError of a socket) becomes our StoreError, and
+`STORE_FAILURES` is what code that rides out an outage (retries, keeps its last state)
+catches.
 """
 
 from __future__ import annotations
@@ -40,7 +45,20 @@ from redis.connection import Encoder
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, SlotNotCoveredError
 
+from common.errors import StoreError
+
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+STORE_FAILURES = (redis.RedisError, OSError)  # a Redis that is down, slow or refusing
+
+
+@contextmanager
+def store_errors(what: str) -> Iterator[None]:
+    """Re-raise a Redis failure inside as StoreError("{what}: {reason}") (also around
+    `await`s: the block's exceptions pass through here either way)."""
+    try:
+        yield
+    except STORE_FAILURES as exc:
+        raise StoreError(f"{what}: {exc}") from exc
 
 
 class ClusterUnavailable(redis.ConnectionError):

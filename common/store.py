@@ -19,6 +19,7 @@ from pathlib import Path
 import redis
 
 from common.errors import StoreError
+from common.redis_client import STORE_FAILURES
 from common.urls import mask_url
 
 log = logging.getLogger("shadowtrial.store")
@@ -57,7 +58,7 @@ def _answers(url: str) -> bool:
             return bool(client.ping())
         finally:
             client.close()
-    except redis.RedisError:
+    except STORE_FAILURES:
         return False
 
 

@@ -1,8 +1,12 @@
-"""The hot path: forward to the primary, mirror to candidates, record pairs in Redis.
+"""The data plane: forward to the primary, mirror to candidates, record pairs in Redis.
 
-Modules: app (the process's proxy and its lifespan), forward (the data port), mirror
-(sampling, bounds, detached mirrors), candidates (runners behind one Protocol), capture
-(pair records to Redis), routing (live primary and candidates), admin (admin port),
-metrics (every Prometheus metric), server (ports, processes, signals).
+Modules: forward (the data port), mirror (sampling, bounds, detached mirrors), runner
+(the candidate runner contract), candidates (HTTP and deferred runners, which runner a
+candidate gets), onnx_runner (ONNX in the proxy), http1 (the candidates' HTTP client),
+capture (pair records to Redis), redact (secrets out of what is stored), routing (live
+primary and candidates), paths (what is mirrored), metrics (every Prometheus metric),
+tasks (bounded shutdown steps), http_limits (request limits on the data port).
+app (the process's proxy and its lifespan) and server (ports, processes, signals) compose
+it with the control plane (`control/`), which no other module here imports.
 This package never imports `analysis`: the proxy stores raw bytes.
 """

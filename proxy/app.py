@@ -4,8 +4,8 @@
 loaded fails here, before anything listens), the routing table, capture, mirror and
 forwarder. The data port is this raw ASGI callable (no framework routing on the hot
 path); its lifespan opens and closes the upstream sessions and the capture writer, and
-starts the registry sync (proxy.registry: live primary and candidates from Redis) with
-its time-box and gate-automation watch (proxy.decisions). The admin port is a separate
+starts the registry sync (control.sync: live primary and candidates from Redis) with
+its time-box and gate-automation watch (control.trials). The admin port is a separate
 Starlette app, `app.admin`, that reads this object's state.
 """
 
@@ -15,16 +15,17 @@ import logging
 from collections.abc import Sequence
 
 from common.settings import Settings
-from proxy.admin import create_admin_app
-from proxy.candidates import CandidateRunner, build_runners
+from control.admin import create_admin_app
+from control.sync import STOP_TIMEOUT_S, RegistrySync
+from control.trials import TrialWatch
+from proxy.candidates import build_runners
 from proxy.capture import Capture
-from proxy.decisions import TrialWatch
 from proxy.forward import Forwarder, Receive, Scope, Send
 from proxy.looplag import LoopLag
 from proxy.metrics import Metrics
 from proxy.mirror import Mirror
-from proxy.registry import STOP_TIMEOUT_S, RegistrySync
 from proxy.routing import RoutingTable
+from proxy.runner import CandidateRunner
 from proxy.tasks import bounded
 
 log = logging.getLogger("shadowtrial.proxy")

@@ -35,12 +35,12 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
 from common.errors import StoreError
 from common.keys import FIELD_CAPTURE_DROPPED, Keys
 from common.records import PairRecord
-from common.redis_client import async_client
+from common.redis_client import async_client, store_errors
+from common.scripts import SCRIPTS
 from common.settings import Settings
 from proxy.metrics import CAPTURE_DROPPED, CAPTURE_RECORDED, CAPTURE_SPOOLED, Metrics
 from proxy.redact import REDACTED, BodyRedactor, secret_name
@@ -60,19 +60,7 @@ RECONCILE_PAGE = 1000
 RECONCILE_PAGES = 20
 CLOCK_SKEW_MS = 60_000
 RECORD_OVERHEAD = 200  # bytes a stream entry takes besides its field values (measured ~150)
-
-# Add accounting counts to one bucket, keep it as long as the worker keeps its own, and
-# index it so a window finds it even without pairs. Atomic: an hourly rollup running at
-# the same time never leaves a bucket without its index entry or an entry without a bucket.
-# KEYS: bucket, bucket index; ARGV: bucket start, ttl, (field, increment)*
-COUNT_LUA = r"""
-for i = 3, #ARGV, 2 do
-  redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
-end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[1], ARGV[1])
-return 1
-"""
+COUNT = SCRIPTS["count"]  # accounting counts into one bucket, indexed (common/lua)
 
 Counts = dict[tuple[str, int], dict[str, int]]  # (candidate, bucket start) -> field -> n
 
@@ -143,7 +131,7 @@ class BucketCounts:
                 mine[name] = mine.get(name, 0) + n
 
     def queue(self, pipe: Any, taken: Counts) -> None:
-        """One COUNT_LUA call per bucket on the pipeline, in the order of `taken`.
+        """One count.lua call per bucket on the pipeline, in the order of `taken`.
 
         EVAL with the script's text rather than EVALSHA: it is written at most once a
         second, needs no SCRIPT LOAD round trip, and works the same on a cluster pipeline.
@@ -152,7 +140,10 @@ class BucketCounts:
         for (candidate, start), fields in taken.items():
             bucket, index = keys.bucket(candidate, start), keys.bucket_index(candidate)
             flat = chain.from_iterable(fields.items())
-            pipe.execute_command("EVAL", COUNT_LUA, 2, bucket, index, start, self._ttl_s, *flat)
+            names, args = COUNT.bind(
+                bucket=bucket, index=index, start=start, ttl=self._ttl_s, increments=flat
+            )
+            pipe.execute_command("EVAL", COUNT.source, len(names), *names, *args)
 
 
 class _Pending:
@@ -354,10 +345,8 @@ class Capture:
         for item in batch:
             pipe.xadd(item.stream, item.fields, maxlen=item.maxlen, approximate=True)
         self.counts.queue(pipe, counts)
-        try:
+        with store_errors("Redis unavailable"):
             return await pipe.execute(raise_on_error=False)
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"Redis unavailable: {exc}") from exc
 
     def _spool(self, batch: list[_Pending], exc: StoreError) -> None:
         """Put a failed batch back at the front, in order; count each record once."""
@@ -429,10 +418,8 @@ class Capture:
     async def _entries_after(self, stream: str, start: bytes) -> AsyncIterator[tuple[bytes, bytes]]:
         """(entry id, metadata) of up to RECONCILE_PAGES pages of entries from `start`."""
         for _ in range(RECONCILE_PAGES):
-            try:
+            with store_errors("Redis unavailable"):
                 page = await self._client.xrange(stream, min=start, max="+", count=RECONCILE_PAGE)
-            except (RedisError, OSError) as exc:
-                raise StoreError(f"Redis unavailable: {exc}") from exc
             for entry_id, fields in page:
                 yield entry_id, fields.get(b"m", b"")
             if len(page) < RECONCILE_PAGE:

@@ -26,10 +26,10 @@ import orjson
 from yarl import URL
 
 from common.settings import Settings
-from proxy.candidates import MirrorRequest
 from proxy.metrics import Metrics
 from proxy.mirror import Mirror, PrimaryAnswer
 from proxy.routing import RoutingTable
+from proxy.runner import MirrorRequest
 
 log = logging.getLogger("shadowtrial.forward")
 

@@ -19,9 +19,11 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from common.errors import DecodeError
 
-class ProtocolError(Exception):
-    """The peer's answer is not valid HTTP/1.x."""
+
+class ProtocolError(DecodeError):
+    """The peer's answer is not valid HTTP/1.x (the candidate runner counts it as `error`)."""
 
 
 class Answer:

@@ -208,7 +208,7 @@ class Metrics:
         self._child(self.http_refused, reason).inc()
 
     def admin_refusal(self, reason: str) -> None:
-        """Count one admin request refused at the door (proxy.admin_guard, proxy.auth)."""
+        """Count one admin request refused at the door (control.admin_guard, control.auth)."""
         self._child(self.admin_refused, reason).inc()
 
     def automation_error(self, error: str) -> None:

@@ -32,7 +32,6 @@ from common.keys import (
 )
 from common.records import OUTCOME_ERROR, PairRecord
 from common.settings import ProxySettings
-from proxy.candidates import CandidateResult, MirrorRequest, empty_result
 from proxy.capture import Capture
 from proxy.metrics import (
     MIRROR_PRIMARY_FAILED,
@@ -42,6 +41,7 @@ from proxy.metrics import (
 )
 from proxy.paths import compile_patterns, default_paths, normalise
 from proxy.routing import MirrorTarget
+from proxy.runner import CandidateResult, MirrorRequest, empty_result
 
 log = logging.getLogger("shadowtrial.mirror")
 

@@ -9,7 +9,7 @@ for its own limit; it is counted, not recorded) rather than queueing without bou
 Micro-batching comes for free: a request that arrives when a worker is idle runs alone at
 once; requests that arrive while every worker is busy are taken together, split evenly
 across the workers that free up, and answered by one `session.run` per batch
-(common.onnx_model.OnnxModel.predict_bodies), which amortises the per-call overhead
+(models.onnx_model.OnnxModel.predict_bodies), which amortises the per-call overhead
 under load without adding a wait when the load is light.
 """
 
@@ -25,11 +25,11 @@ import time
 from collections import deque
 
 from common.errors import CandidateError
-from common.onnx_model import OnnxModel
 from common.records import OUTCOME_ERROR, OUTCOME_OK, OUTCOME_TIMEOUT
 from common.settings import CandidateSettings
-from proxy.candidates import CandidateResult, MirrorRequest
+from models.onnx_model import OnnxModel
 from proxy.metrics import MIRROR_SHED
+from proxy.runner import CandidateResult, MirrorRequest
 
 log = logging.getLogger("shadowtrial.onnx")
 

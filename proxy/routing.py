@@ -3,7 +3,7 @@
 The forwarder reads `table.primary` and `table.mirrors` once per request; every change
 replaces an attribute with a new immutable value, so a swap is one assignment (atomic on
 the event loop): requests already in flight keep the values they read, new ones see the
-new ones. The values start from the settings; proxy.registry.RegistrySync then keeps them
+new ones. The values start from the settings; control.sync.RegistrySync then keeps them
 in step with the registry in Redis (pub/sub plus a periodic re-read) on every replica,
 through `set_primary` / `set_mirrors`, and records the registry `version` applied.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from common.settings import Settings
-from proxy.candidates import CandidateRunner
+from proxy.runner import CandidateRunner
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,7 @@ from common.errors import ShadowtrialError
 from common.settings import Settings, split_hostport
 from common.store import EmbeddedRedis, resolve_redis_url
 from common.urls import mask_url
-from proxy.auth import check_token_length
+from control.auth import check_token_length
 from proxy.http_limits import guarded_http
 from proxy.metrics import MULTIPROC_ENV
 

@@ -20,7 +20,7 @@ import httpx
 
 from common.errors import AdminError
 from common.settings import Settings
-from proxy.auth import split_named
+from control.auth import split_named
 
 DEFAULT_TIMEOUT_S = 60.0  # a promote builds a report first
 WILDCARDS = {"0.0.0.0", "::", "[::]", ""}

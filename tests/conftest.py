@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from reliability_harness import RedisServer, redis_server
 
 from common.store import EmbeddedRedis
 
@@ -47,3 +48,11 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own on a fixed loopback port, to kill and restart
+    (an outage without touching the shared one)."""
+    with redis_server(tmp_path) as server:
+        yield server

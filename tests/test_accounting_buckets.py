@@ -10,18 +10,15 @@ Real proxy, real candidate and primary servers, real Redis, the real worker and 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import redis
 from proxy_upstreams import JSON_BODY, Candidate, Gate, Primary, running_proxy, wait_until
+from reliability_harness import RedisServer
 from servers import serve_app
-from test_proxy_capture import RedisProcess
 
-from analysis.apply_script import roll_up
+from analysis.apply import roll_up
 from analysis.report import build_report
 from analysis.worker import Worker
 from common.keys import FIELD_SAMPLED, FIELD_SHED, Keys
@@ -145,17 +142,7 @@ async def test_counts_only_buckets_are_indexed_found_and_rolled_up(
     assert again["timeline"][0]["hour"] is True
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
-    server = RedisProcess(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
-def test_counts_and_capture_drops_survive_a_redis_outage(own_redis: RedisProcess) -> None:
+def test_counts_and_capture_drops_survive_a_redis_outage(own_redis: RedisServer) -> None:
     """Counted while Redis is down, written when it returns: the spool's drops included."""
     prefix = "outage"
     with serve_app(Primary()) as primary, serve_app(Candidate()) as cand:

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from admin_harness import ALICE, INFER, answer, run_worker, trial
 
-from proxy.openapi import OPERATIONS
+from control.openapi import OPERATIONS
 
 SECRETS = ("SECRET-TOKEN-123", "SECRET-KEY-456", "SECRET-Q-789", "SECRET-PW-000")
 

@@ -7,7 +7,7 @@ import hmac
 import pytest
 from admin_harness import ALICE, BOB, trial
 
-from proxy import auth
+from control import auth
 
 
 def test_token_values_single_named_and_base64_padding() -> None:

@@ -17,7 +17,7 @@ from common.errors import ConfigError
 from common.logs import JsonFormatter
 from common.settings import settings_from_mapping
 from common.urls import check_destination, check_http_url, mask_url, mask_urls_in
-from proxy.admin_guard import host_allowed
+from control.admin_guard import host_allowed
 
 N = int(os.environ.get("FUZZ_EXAMPLES", "100"))
 FUZZ = settings(max_examples=N, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -45,9 +45,9 @@ from analysis.worker import Worker
 from common import oip_binary
 from common.errors import CandidateError
 from common.keys import Keys
-from common.onnx_model import OnnxModel
 from common.records import PairRecord
 from common.settings import OutputSettings, Settings, settings_from_mapping
+from models.onnx_model import OnnxModel
 
 INFER = "/v2/models/iris/infer"
 HEADER_LENGTH = "Inference-Header-Content-Length"

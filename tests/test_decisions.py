@@ -11,7 +11,7 @@ import pytest
 from admin_harness import ALICE, BOB, EASY_GATE, INFER, Trial, run_worker, trial, wait_for
 from fixtures.onnx_models import tiny_model
 
-from proxy.decisions import anytime_fail
+from control.decisions import anytime_fail
 
 PROPAGATION_S = 1.0
 

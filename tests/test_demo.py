@@ -25,8 +25,9 @@ import pytest
 from servers import serve_app
 
 from common.settings import load_settings
-from shadowtrial.demo import config, data, model_server, traffic
+from shadowtrial.demo import config, data, traffic
 from shadowtrial.demo.processes import pid_alive
+from shadowtrial.examples import model_server
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGURED = ("religious", "occupation", "tenant")
@@ -233,11 +234,11 @@ def test_model_server_answers_oip_v2(flawed: DemoRun) -> None:
     import onnxruntime as ort
 
     path = flawed.keep / "models" / "v1.onnx"  # the primary the flawed run trained
-    app = model_server.create_app(model_server.load_model(str(path), "v1"), "v1")
+    app = model_server.create_app(model_server.load_model(str(path), "v1"), config.MODEL_NAME)
     held_out = data.split(data.load_fair(), 3)[1]
     planned = traffic.plan(held_out, 5, seed=1, label_share=1.0)
     with serve_app(app) as base:
-        url = f"{base}/v2/models/{model_server.MODEL_NAME}/infer"
+        url = f"{base}/v2/models/{config.MODEL_NAME}/infer"
         answers = [httpx.post(url, content=p.body).json() for p in planned]
         bad = httpx.post(url, content=b'{"inputs": [{"name": "age"}]}')
         unknown = httpx.post(f"{base}/v2/models/other/infer", content=planned[0].body)

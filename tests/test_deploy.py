@@ -136,7 +136,10 @@ def test_dockerfile_builds_runtime_dependencies_in_a_builder_from_one_base() -> 
     assert "[demo]" not in runs and "[test]" not in runs
     assert "--from=builder /opt/venv /opt/venv" in " ".join(r for i, r in _dockerfile())
     packages = {s.rstrip("/") for sources, _ in _copies() for s in sources if "/" not in s}
-    assert {"common", "proxy", "analysis", "shadowtrial"} <= packages
+    include = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
+    files = {"pyproject.toml", "README.md", "constraints.txt"}
+    assert packages == files | {i.rstrip("*") for i in include}
+    assert {"common", "proxy", "control", "analysis", "shadowtrial"} <= packages
 
 
 def test_the_image_installs_the_versions_the_tests_ran_against() -> None:
@@ -561,7 +564,7 @@ def test_the_admin_port_is_reachable_only_from_admin_clients() -> None:
 
 
 def test_the_configmap_admin_answers_its_service_names() -> None:
-    from proxy.admin_guard import host_allowed
+    from control.admin_guard import host_allowed
 
     settings = _configmap_settings()
     [admin] = [s for s in _by_kind("Service") if s["metadata"]["name"] == "shadowtrial-admin"]

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from analysis.adapters import select_adapter
 from analysis.adapters.base import KIND_CLASSIFICATION, KIND_REGRESSION, ParsedOutput
 from common.errors import CandidateError, ModelLoadError
-from common.onnx_model import OnnxModel
 from common.settings import CandidateSettings, OutputSettings
+from models.onnx_model import OnnxModel
 
 OIP = select_adapter(OutputSettings(protocol="oip-v2"))
 
@@ -270,7 +270,7 @@ def test_answers_are_read_as_onnx_answers_under_any_protocol(
     models: dict[str, TrialModel],
 ) -> None:
     from analysis.adapters.oip_v2 import SYNTHETIC_GENERATOR
-    from common.onnx_model import GENERATOR
+    from models.onnx_model import GENERATOR
 
     assert GENERATOR == SYNTHETIC_GENERATOR
     model = models["iris_names_zipmap"]

@@ -19,10 +19,11 @@ from fixtures.onnx_models import TrialModel, build_models
 
 from analysis.adapters import select_adapter
 from common.errors import CandidateError, ModelLoadError
-from common.onnx_model import OnnxModel
 from common.settings import CandidateSettings, OutputSettings
-from proxy.candidates import CandidateRunner, MirrorRequest, build_runner
+from models.onnx_model import OnnxModel
+from proxy.candidates import build_runner
 from proxy.onnx_runner import OUTCOME_SHED, OnnxCandidate
+from proxy.runner import CandidateRunner, MirrorRequest
 
 OIP = select_adapter(OutputSettings(protocol="oip-v2"))
 

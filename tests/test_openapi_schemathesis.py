@@ -29,7 +29,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from servers import serve_app
 
-from proxy.openapi import OPERATIONS, Operation
+from control.openapi import OPERATIONS, Operation
 
 EXAMPLES = 40
 TOKEN_ENV = "ST_TOKEN_SCHEMATHESIS"

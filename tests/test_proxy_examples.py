@@ -14,7 +14,7 @@ from servers import serve_app
 from common.keys import Keys
 from common.records import PairRecord
 from common.settings import load_settings
-from proxy.candidates import MirrorRequest
+from proxy.runner import MirrorRequest
 from shadowtrial.examples.model_server import create_app
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ from reliability_harness import serve, write_config
 from servers import serve_app
 
 from common.settings import settings_from_mapping
-from proxy.registry import STOP_TIMEOUT_S, RegistrySync
+from control.sync import STOP_TIMEOUT_S, RegistrySync
 from proxy.routing import RoutingTable
 
 

@@ -24,9 +24,9 @@ from analysis.worker import Worker
 from common.keys import Keys
 from common.records import OUTCOME_DEFERRED, PairRecord
 from common.settings import Settings, load_settings
+from proxy.replay import ReplayError, TokenBucket, check_jsonl, parse_line
 from shadowtrial import cli
 from shadowtrial.examples import model_server
-from shadowtrial.replay import ReplayError, TokenBucket, check_jsonl, parse_line
 from tests import pairs_factory as pf
 
 TENANTS = ("acme", "globex", "initech")

@@ -37,7 +37,7 @@ from reliability_harness import (
 from servers import serve_app
 
 from common.keys import Keys
-from proxy.openapi import OPERATIONS
+from control.openapi import OPERATIONS
 from tests import worker_procs as wp
 
 SECRETS = {

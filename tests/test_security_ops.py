@@ -20,9 +20,9 @@ from common.errors import ConfigError
 from common.settings import settings_from_mapping
 from common.store import resolve_redis_url
 from common.urls import check_destination, mask_url
-from proxy import admin_guard
-from proxy.admin_guard import FailureLimit
-from proxy.auth import check_token_length
+from control import admin_guard
+from control.admin_guard import FailureLimit
+from control.auth import check_token_length
 
 URL_SECRET = "SECRET-URL-PW-0101"
 QUERY_SECRET = "SECRET-URL-Q-0102"
@@ -274,7 +274,7 @@ def test_admin_error_answers_mask_urls_an_exception_quotes() -> None:
     from starlette.requests import Request
 
     from common.errors import StoreError
-    from proxy.admin import _server_error, _store_error
+    from control.admin import _server_error, _store_error
 
     request = Request({"type": "http", "method": "GET", "path": "/", "headers": []})
     quoted = f"cannot reach redis://:{URL_SECRET}@h:6379/0?password={URL_SECRET}"

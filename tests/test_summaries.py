@@ -7,7 +7,7 @@ import random
 import redis
 
 from analysis.adapters.base import Prediction
-from analysis.apply_script import Admission, admitted_values
+from analysis.admission import Admission, admitted_values
 from analysis.compare import RowComparison
 from analysis.slices import MISSING, OTHER
 from analysis.summaries import (

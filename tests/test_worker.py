@@ -10,7 +10,7 @@ import time
 import pytest
 import redis
 
-from analysis.apply_script import admitted_values
+from analysis.admission import admitted_values
 from analysis.report import build_report
 from analysis.slices import MAX_VALUES
 from analysis.summaries import FLOAT_FIELDS

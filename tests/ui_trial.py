@@ -171,7 +171,7 @@ class PageContext:
 
 
 def entry(name: str, state: str = "active", url: str = "http://127.0.0.1:8002") -> dict[str, Any]:
-    """A registry entry as proxy.registry lists it."""
+    """A registry entry as control.registry lists it."""
     return {"name": name, "url": url, "onnx": None, "sample": 1.0, "timeout_ms": 2000,
             "role": "candidate", "state": state, "ends_at": None}  # fmt: skip
 

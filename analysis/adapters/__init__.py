@@ -2,7 +2,7 @@
 
 `select_adapter(settings.outputs)` gives the adapter for `[outputs] protocol`; "auto"
 detects the protocol per body. Whatever the protocol, the OIP v2 answers shadowtrial
-writes for ONNX candidates (common.onnx_model) are understood too, so an explicit
+writes for ONNX candidates (models.onnx_model) are understood too, so an explicit
 `protocol = "tfserving"` still reads an ONNX candidate's answers. Every adapter's `parse`
 raises only `UnparseableOutput`, and `request_rows` / `rows_from_json` never raise (rows
 that cannot be told are `[]`).

@@ -14,13 +14,14 @@ from typing import Protocol
 import orjson
 
 from common import oip_binary
+from common.errors import DecodeError
 
 KIND_CLASSIFICATION = "classification"
 KIND_REGRESSION = "regression"
 KIND_TEXT = "text"
 
 
-class UnparseableOutput(ValueError):
+class UnparseableOutput(DecodeError):
     """A body is not something the adapter understands (counted as `unparseable`)."""
 
 

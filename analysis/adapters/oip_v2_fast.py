@@ -33,7 +33,7 @@ LABEL_NAMES = {"label", "labels", "output_label", "predicted_label", "class", "c
 LABEL_TYPES = ("BYTES", "INT", "UINT", "BOOL")
 FLOAT_TYPES = ("FP", "BF16")
 PROB_HINTS = ("prob", "softmax")
-SYNTHETIC_GENERATOR = "shadowtrial-onnx"  # `parameters.generator` of common.onnx_model answers
+SYNTHETIC_GENERATOR = "shadowtrial-onnx"  # `parameters.generator` of models.onnx_model answers
 PLANS_MAX = 1024  # answer shapes remembered per adapter (a new model version adds a few)
 _UNSEEN = object()
 

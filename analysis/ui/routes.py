@@ -4,7 +4,7 @@
 context is duck-typed: `settings` (common.settings.Settings), `keys` (common.keys.Keys),
 `redis` (a redis.asyncio client) and `async candidates() -> list[dict]` (registry entries:
 name, url or onnx, sample, timeout_ms, role, state, ends_at). When the context also has
-`async report(name, window_s) -> dict` (proxy.admin.AdminContext does), reports come from
+`async report(name, window_s) -> dict` (control.admin.AdminContext does), reports come from
 it; otherwise the synchronous `analysis.report.build_report` runs in a worker thread on
 a synchronous client of the same server: from `context.redis_url` when the context has
 one, else `settings.redis.url`, else rebuilt from the async client's connection settings.
@@ -36,9 +36,9 @@ from starlette.staticfiles import StaticFiles
 from analysis.report import build_report
 from analysis.series import agreement_points
 from analysis.ui import charts, present
-from common.errors import ShadowtrialError, StoreError
+from common.errors import ShadowtrialError
 from common.keys import Keys
-from common.redis_client import sync_client
+from common.redis_client import store_errors, sync_client
 from common.sanitize import printable
 from common.settings import Settings, parse_duration
 
@@ -115,12 +115,10 @@ class Pages:
         ctx = self.context
         if callable(getattr(ctx, "report", None)):
             return await ctx.report(name, window_s)
-        try:
+        with store_errors(f"cannot build the report of {name}"):
             return await asyncio.to_thread(
                 build_report, self.client, ctx.keys, ctx.settings, name, window_s
             )
-        except redis.RedisError as exc:
-            raise StoreError(f"cannot build the report of {name}: {exc}") from exc
 
     def render(self, request: Request, template: str, status: int = 200, **values: Any) -> Response:
         root = request.scope.get("root_path", "")
@@ -200,11 +198,9 @@ class Pages:
 
     async def _entries(self) -> list[dict[str, Any]]:
         """Registry entries, then candidates with evidence but no entry (replayed ones)."""
-        try:
+        with store_errors("cannot read the candidates"):
             entries = list(await self.context.candidates())
             seen = await self.context.redis.hgetall(self.context.keys.candidates_seen())
-        except (redis.RedisError, OSError) as exc:
-            raise StoreError(f"cannot read the candidates: {exc}") from exc
         known = {e["name"] for e in entries}
         for raw_name, raw_role in sorted(seen.items()):
             name = raw_name.decode() if isinstance(raw_name, bytes) else str(raw_name)

@@ -50,8 +50,7 @@ from typing import Any
 
 import orjson
 
-from shadowtrial.commands import add_config_option, load_config, positive_int
-from shadowtrial.replay import (
+from proxy.replay import (
     Replay,
     ReplayError,
     Tally,
@@ -61,6 +60,7 @@ from shadowtrial.replay import (
     jsonl_items,
     stream_items,
 )
+from shadowtrial.commands import add_config_option, load_config, positive_int
 
 EXIT_OK, EXIT_NOTHING, EXIT_USAGE = 0, 1, 2
 
@@ -161,10 +161,9 @@ async def resolve_target(args: argparse.Namespace, settings: Any, client: Any, k
 
 async def _replay(args: argparse.Namespace, settings: Any, total: int | None) -> Tally:
     import httpx
-    import redis
 
     from common.keys import Keys
-    from common.redis_client import async_client
+    from common.redis_client import STORE_FAILURES, async_client
     from proxy.capture import HeaderCapture, StreamBudget
     from proxy.redact import BodyRedactor
 
@@ -192,7 +191,7 @@ async def _replay(args: argparse.Namespace, settings: Any, total: int | None) ->
                                         settings.redis.max_stream_bytes).maxlen,
                 )  # fmt: skip
                 return await replay.run(items, args.concurrency)
-    except (redis.RedisError, OSError) as exc:
+    except STORE_FAILURES as exc:
         raise ReplayError(f"Redis: {exc}") from None
     finally:
         await client.aclose()

@@ -60,10 +60,9 @@ def check_health(settings: Settings, consumer: str | None = None) -> bool:
 
     Imports only redis: probes run often and must be quick. Never starts a Redis.
     """
-    import redis
 
     from common.keys import Keys
-    from common.redis_client import sync_client
+    from common.redis_client import STORE_FAILURES, sync_client
     from common.store import default_socket_dir
 
     url = settings.redis.url or f"unix://{default_socket_dir() / 'redis.sock'}"
@@ -74,7 +73,7 @@ def check_health(settings: Settings, consumer: str | None = None) -> bool:
             return bool(client.exists(keys.worker_health(consumer)))
         pattern = keys.worker_health(consumer or "*")
         return next(iter(client.scan_iter(match=pattern, count=1000)), None) is not None
-    except (redis.RedisError, OSError):
+    except STORE_FAILURES:
         return False
     finally:
         client.close()

@@ -12,7 +12,7 @@
   sixth of the traffic) is scored as if they were devout: training/serving skew.
 
 Every model is a scikit-learn Pipeline with one ONNX input per request field, so the
-same file serves over HTTP (shadowtrial.demo.model_server) and runs inside the proxy.
+same file serves over HTTP (shadowtrial.examples.model_server) and runs inside the proxy.
 """
 
 from __future__ import annotations

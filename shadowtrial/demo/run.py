@@ -211,8 +211,9 @@ class Demo:
         versions = {"v1": "v1", config.REPLICA: "v1", config.CANDIDATE: "v2"}
         for name in SERVERS:
             argv = [
-                sys.executable, "-m", "shadowtrial.demo.model_server", "--model", str(files[name]),
-                "--port", str(ports[name]), "--version", versions[name],
+                sys.executable, "-m", "shadowtrial.examples.model_server", "--model",
+                str(files[name]), "--port", str(ports[name]), "--version", versions[name],
+                "--name", config.MODEL_NAME,
             ]  # fmt: skip
             self.supervisor.start(name, argv)
         self.supervisor.start("proxy", [*self._shadowtrial("serve"), "--log-level", "warning"])

@@ -1,10 +1,11 @@
 """Replaying recorded requests against a candidate: sources, rate limit, pairing, writing.
 
-The engine behind `shadowtrial replay` (see shadowtrial.commands.replay for the JSONL
-format and the command). Sources yield `Recorded` requests (a JSONL file, or the pair
-records kept in a candidate's stream); `Replay` sends each to the target at the pace of a
-`TokenBucket`, pairs the answer with the recorded primary answer as the PairRecord the
-proxy would have written, and XADDs the pairs to the target's stream in batches.
+The data plane offline: the engine behind `shadowtrial replay` (shadowtrial.commands.replay
+has the JSONL format and the command; this is library code any caller can drive). Sources
+yield `Recorded` requests (a JSONL file, or the pair records kept in a candidate's
+stream); `Replay` sends each to the target at the pace of a `TokenBucket`, pairs the
+answer with the recorded primary answer as the PairRecord the proxy would have written,
+and XADDs the pairs to the target's stream in batches.
 """
 
 from __future__ import annotations

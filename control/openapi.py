@@ -119,7 +119,7 @@ OPERATIONS: tuple[Operation, ...] = (
                "409": _error("it is the primary: roll back first")},
               (_NAME_PARAM,), write=True),
     Operation("GET", "/v1/candidates/{name}/report", "report", "The report over a window",
-              {"200": _json(_ref("Report"), "the report (see DESIGN.md)"),
+              {"200": _json(_ref("Report"), "the report (docs/architecture.md)"),
                "400": _error("invalid window"), "404": _error("no such candidate")},
               (_NAME_PARAM,
                {"name": "window", "in": "query", "required": False,

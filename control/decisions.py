@@ -1,6 +1,6 @@
-"""Decisions on candidates: promote, reject, rollback, time-boxed ends, optional automation.
+"""Decisions on candidates: promote, reject, rollback, and the end of a time-boxed trial.
 
-Each decision is one registry transaction (proxy.registry): the state change and its
+Each decision is one registry transaction (control.registry_store): the state change and its
 audit entry are written by the same Lua script, so there is never one without the other.
 The audit stream (`Keys.decisions()`) records time, actor (the token's name), action,
 candidate, outcome, the gate's verdict and reasons, the evidence of each deciding rule
@@ -11,48 +11,36 @@ Promote judges the gate (analysis.report + analysis.gate, built in a thread: the
 synchronous) over `gate.window`, or the candidate's whole trial so far, unless forced.
 An ONNX candidate never becomes the primary: there is no URL to send traffic to.
 
-`TrialWatch` runs on every proxy replica: when a trial's time box is over it records the
-final verdict, exactly once across replicas (a SET NX lock per trial end, and a
-transaction that only ends a trial that is still active). With `[gate] auto_reject` or
-`auto_promote_after_s`, one replica at a time (a Redis lease) re-judges active
-candidates every `gate.check_interval_s` and decides as actor "automation"; it rejects
-only on a fail from an anytime-valid rule, so re-judging often keeps the error rate.
+The reports the gate reads come from control.reports; control.trials takes the decisions
+nobody asked for (time boxes, gate automation).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 import orjson
-import redis
-from redis.exceptions import RedisError
 
-from common.errors import ShadowtrialError, StoreError
-from common.keys import Keys
-from common.redis_client import sync_client
+from common.redis_client import store_errors
 from common.settings import Settings, format_instant
-from common.urls import mask_url, mask_urls_in
-from proxy.registry import (
+from common.urls import mask_url
+from control.registry import (
     ACTIVE,
     ENDED,
     HISTORY_KEPT,
     PROMOTED,
     REJECTED,
-    STOP_TIMEOUT_S,
     Change,
     Conflict,
     Entry,
-    RegistryStore,
-    RegistrySync,
     Snapshot,
 )
-from proxy.tasks import stop_tasks
+from control.registry_store import RegistryStore
+from control.reports import Reports
 
 log = logging.getLogger("shadowtrial.decisions")
 
@@ -62,37 +50,6 @@ ACTOR_TIME_BOX = "time-box"
 ACTOR_AUTOMATION = "automation"
 END_LOCK_MS = 60_000
 DECISIONS_MAX = 1000  # GET /v1/decisions returns at most this many
-
-
-class Reports:
-    """Reports and gate verdicts, built in a thread on a synchronous Redis client."""
-
-    def __init__(self, client: redis.Redis, keys: Keys, settings: Settings) -> None:
-        self.client = client
-        self.keys = keys
-        self.settings = settings
-
-    @classmethod
-    def from_url(cls, url: str, keys: Keys, settings: Settings) -> Reports:
-        """Reports on their own client (thread-safe connection pool)."""
-        client = sync_client(url, socket_connect_timeout=1.0, socket_timeout=10.0)
-        return cls(client, keys, settings)
-
-    async def build(self, name: str, window_s: float, now: float | None = None) -> dict[str, Any]:
-        """analysis.report.build_report for one candidate (StoreError if Redis fails)."""
-        return await asyncio.to_thread(self._build, name, window_s, now)
-
-    def _build(self, name: str, window_s: float, now: float | None) -> dict[str, Any]:
-        from analysis.report import build_report  # heavy (numpy, scipy): only when asked
-
-        try:
-            return build_report(self.client, self.keys, self.settings, name, window_s, now)
-        except redis.RedisError as exc:
-            raise StoreError(f"cannot build the report of {name}: {exc}") from exc
-
-    def close(self) -> None:
-        """Release the connections."""
-        self.client.close()
 
 
 def _gate_summary(report: dict[str, Any], window_s: float) -> dict[str, Any]:
@@ -337,10 +294,8 @@ class Decisions:
     async def history(self, limit: int = 100) -> list[dict[str, Any]]:
         """The audit log, newest first."""
         limit = max(1, min(limit, DECISIONS_MAX))
-        try:
+        with store_errors("cannot read the audit log"):
             rows = await self.store.client.xrevrange(self.store.keys.decisions(), count=limit)
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"cannot read the audit log: {exc}") from exc
         return [_decision(entry_id, fields) for entry_id, fields in rows]
 
 
@@ -401,137 +356,3 @@ def _demote_previous(snap: Snapshot, change: Change, name: str, now: float) -> N
     old = snap.entries.get(snap.routing.get("primary_name", ""))
     if old is not None and old.name != name and old.state == PROMOTED:
         change.put[old.name] = _moved(old, ENDED, f"replaced as primary by {name}", now)
-
-
-# -- on every replica: time boxes and automation -----------------------------------------
-
-_RENEW_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
-"""
-
-
-class TrialWatch:
-    """Ends time-boxed trials and, when configured, runs the gate automation."""
-
-    def __init__(
-        self, sync: RegistrySync, redis_url: str, on_error: Callable[[str], None] | None = None
-    ) -> None:
-        self.sync = sync
-        self.settings = sync.settings
-        self.redis_url = redis_url
-        self.owner = secrets.token_hex(8)
-        self.ended: list[str] = []  # trials this replica ended (for tests and logs)
-        self.ticks = 0
-        self.errors = 0  # automation rounds or candidates that raised (also on /metrics)
-        self._on_error = on_error
-        self._decisions: Decisions | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False  # ends the loop even if a cancellation was swallowed
-
-    @property
-    def automated(self) -> bool:
-        """True when [gate] asks for auto-reject or auto-promote."""
-        gate = self.settings.gate
-        return gate.auto_reject or gate.auto_promote_after_s > 0
-
-    def start(self) -> None:
-        """Hook into the registry sync (after RegistrySync.start)."""
-        reports = Reports.from_url(self.redis_url, self.sync.keys, self.settings)
-        self._decisions = Decisions(self.sync.store, reports, self.settings, self.sync.clock)
-        self.sync.on_tick.append(self.check_time_boxes)
-        if self.automated:
-            self._task = asyncio.get_running_loop().create_task(self._automate())
-
-    async def stop(self) -> None:
-        """Stop the automation and release the report client."""
-        if self.check_time_boxes in self.sync.on_tick:
-            self.sync.on_tick.remove(self.check_time_boxes)
-        self._stopping = True
-        if self._task is not None:
-            await stop_tasks([self._task], STOP_TIMEOUT_S, "gate automation")
-        if self._decisions is not None:
-            self._decisions.reports.close()
-
-    async def check_time_boxes(self) -> None:
-        """End every trial whose time is up (once per sync tick, cheap when none is)."""
-        self.ticks += 1
-        snap = self.sync.snapshot
-        if snap is None or self._decisions is None or self.sync.last_error:
-            return  # Redis is down: the trial ends (mirroring stops) and is recorded later
-        now = self.sync.clock()
-        for entry in snap.entries.values():
-            if entry.state != ACTIVE or not entry.expired(now) or entry.ends_at is None:
-                continue
-            try:
-                if await self._decisions.end_trial(entry.name, entry.ends_at, self.owner):
-                    self.ended.append(entry.name)
-                    log.info("trial of %s ended; final verdict recorded", entry.name)
-            except (ShadowtrialError, RedisError, OSError) as exc:
-                log.warning("could not end the trial of %s: %s", entry.name, exc)
-
-    async def _automate(self) -> None:
-        """Forever: one round per interval. Any error ends the round, never the task."""
-        interval = self.settings.gate.check_interval_s
-        while not self._stopping:
-            try:
-                if await self._lease(int(interval * 3000)):
-                    await self.automate_once()
-            except Exception as exc:  # the automation must outlive any bug: retried next round
-                self._failed("gate automation skipped a round", exc)
-            await asyncio.sleep(interval)
-
-    def _failed(self, what: str, exc: Exception) -> None:
-        """Log (class and masked message, no traceback unless debug) and count an error."""
-        self.errors += 1
-        if self._on_error is not None:
-            self._on_error(type(exc).__name__)
-        log.warning("%s: %s: %s", what, type(exc).__name__, mask_urls_in(str(exc))[:300])
-        log.debug("%s", what, exc_info=True)
-
-    async def _lease(self, ttl_ms: int) -> bool:
-        store = self.sync.store
-        script = store.client.register_script(_RENEW_LUA)
-        key = store.keys.lock("automation")
-        return bool(await script(keys=[key], args=[self.owner, ttl_ms]))
-
-    async def automate_once(self) -> None:
-        """One round: reject failing candidates, promote one that passed long enough."""
-        decisions = self._decisions
-        assert decisions is not None
-        snap = await decisions.store.snapshot()
-        now = self.sync.clock()
-        for entry in snap.entries.values():
-            if entry.role != "candidate" or not entry.mirrored(now):
-                continue
-            try:
-                if await self._judge(decisions, entry, now):
-                    return
-            except (ShadowtrialError, RedisError, OSError):
-                raise  # Redis or the store: the round is over, retried next interval
-            except Exception as exc:  # one candidate's broken evidence must not stop the rest
-                self._failed(f"gate automation skipped {entry.name!r}", exc)
-
-    async def _judge(self, decisions: Decisions, entry: Entry, now: float) -> bool:
-        """Reject or promote one candidate as the gate says; True when it was promoted."""
-        gate = await decisions.gate(entry, now)
-        if self.settings.gate.auto_reject and anytime_fail(gate):
-            await decisions.reject(entry.name, ACTOR_AUTOMATION, gate=gate)
-        elif await self._passed_long_enough(entry, gate, now):
-            await decisions.promote(entry.name, ACTOR_AUTOMATION, gate=gate)
-            await decisions.store.client.delete(decisions.store.keys.gate_passing())
-            return True
-        return False
-
-    async def _passed_long_enough(self, entry: Entry, gate: dict[str, Any], now: float) -> bool:
-        """Track since when the gate has passed; True once it held auto_promote_after_s."""
-        after_s = self.settings.gate.auto_promote_after_s
-        client, key = self.sync.store.client, self.sync.store.keys.gate_passing()
-        if gate["verdict"] != PASS or after_s <= 0 or entry.url is None:
-            await client.hdel(key, entry.name)
-            return False
-        await client.hsetnx(key, entry.name, repr(now))
-        since = float(await client.hget(key, entry.name) or now)
-        return now - since >= after_s

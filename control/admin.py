@@ -7,8 +7,8 @@ and only reads plain state of the proxy (flags, counters, the routing table). Ch
 go to Redis; every replica, this one included, applies them through its RegistrySync.
 
 Errors are JSON `{"error": ..., "detail": ...}`. Writes need a bearer token
-(proxy.auth.RequireToken). The route table and its OpenAPI document are in
-proxy.openapi.
+(control.auth.RequireToken). The route table and its OpenAPI document are in
+control.openapi.
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ import importlib.util
 import shlex
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
-from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -33,31 +32,50 @@ from starlette.routing import BaseRoute
 
 from common.errors import StoreError
 from common.keys import Keys
+from common.redis_client import store_errors
 from common.settings import Settings, parse_duration
 from common.urls import mask_url, mask_urls_in
-from proxy.admin_guard import FailureLimit, HostAllowList
-from proxy.auth import RequireToken
-from proxy.decisions import Decisions, Reports
-from proxy.metrics import METRICS_CONTENT_TYPE
-from proxy.openapi import OPERATIONS, admin_routes, openapi_document
-from proxy.redact import REDACTED, BodyRedactor, secret_name
-from proxy.registry import (
+from control.admin_guard import FailureLimit, HostAllowList
+from control.auth import RequireToken
+from control.decisions import Decisions
+from control.openapi import OPERATIONS, admin_routes, openapi_document
+from control.registry import (
     PROMOTED,
     Change,
     Conflict,
     Invalid,
     NotFound,
     RegistryError,
-    RegistryStore,
     Snapshot,
     new_entry,
     patched_entry,
-    redis_client,
     registry_audit,
 )
+from control.registry_store import RegistryStore, redis_client
+from control.reports import Reports
+from control.sync import RegistrySync
+from proxy.capture import Capture
+from proxy.metrics import METRICS_CONTENT_TYPE, Metrics
+from proxy.mirror import Mirror
+from proxy.redact import REDACTED, BodyRedactor, secret_name
+from proxy.routing import RoutingTable
 
-if TYPE_CHECKING:
-    from proxy.app import ProxyApp
+
+class ServedProxy(Protocol):
+    """What the admin port reads of the proxy process it serves (proxy.app.ProxyApp).
+
+    A Protocol rather than an import: the proxy process builds its admin app, so the
+    control plane must not import it back.
+    """
+
+    settings: Settings
+    redis_url: str
+    metrics: Metrics
+    routing: RoutingTable
+    capture: Capture
+    mirror: Mirror
+    registry: RegistrySync
+
 
 PROBE_TIMEOUT_S = 1.0
 DEFAULT_WINDOW = "1h"
@@ -89,12 +107,12 @@ class AdminContext:
 
     Attributes: `settings` (Settings), `keys` (common.keys.Keys), `redis` (a
     redis.asyncio.Redis client for the admin app's loop), `redis_url`, `store` (RegistryStore),
-    `decisions` (proxy.decisions.Decisions), `proxy` (the ProxyApp). Coroutines:
+    `decisions` (control.decisions.Decisions), `proxy` (the ProxyApp). Coroutines:
     `candidates()` (registry entries as dicts), `routing()` (primary, previous, version),
     `report(name, window_s)` (analysis.report in a thread).
     """
 
-    def __init__(self, proxy: ProxyApp) -> None:
+    def __init__(self, proxy: ServedProxy) -> None:
         self.proxy = proxy
         self.settings: Settings = proxy.settings
         self.keys = Keys(self.settings.redis.prefix)
@@ -189,10 +207,8 @@ async def _known(ctx: AdminContext, name: str) -> Snapshot:
     snap = await ctx.snapshot()
     if name in snap.entries:
         return snap
-    try:
+    with store_errors("cannot read the candidates seen"):
         seen = await ctx.redis.hexists(ctx.keys.candidates_seen(), name)
-    except (RedisError, OSError) as exc:
-        raise StoreError(f"cannot read the candidates seen: {exc}") from exc
     if not seen:
         raise NotFound(f"no candidate named {name!r}", "GET /v1/candidates lists them")
     return snap
@@ -270,7 +286,7 @@ def _with_curl(
 
 
 class Endpoints:
-    """Every admin endpoint, by the handler name proxy.openapi's route table uses."""
+    """Every admin endpoint, by the handler name control.openapi's route table uses."""
 
     def __init__(self, ctx: AdminContext) -> None:
         self.ctx = ctx
@@ -490,7 +506,7 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return JSONResponse(body, status_code=500)
 
 
-def create_admin_app(proxy: ProxyApp) -> Starlette:
+def create_admin_app(proxy: ServedProxy) -> Starlette:
     """The admin app for one proxy process."""
 
     ctx = AdminContext(proxy)
@@ -525,4 +541,4 @@ def create_admin_app(proxy: ProxyApp) -> Starlette:
     return app
 
 
-__all__ = ["AdminContext", "create_admin_app", "curl_line", "primary_reachable"]
+__all__ = ["AdminContext", "ServedProxy", "create_admin_app", "curl_line", "primary_reachable"]

@@ -25,7 +25,7 @@ from typing import Any
 from starlette.responses import JSONResponse
 
 from common.errors import ConfigError
-from proxy.admin_guard import FailureLimit, Refused, client_address, too_many_failures
+from control.admin_guard import FailureLimit, Refused, client_address, too_many_failures
 
 DEFAULT_ACTOR = "admin"
 _ACTOR_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
@@ -130,7 +130,7 @@ class RequireToken:
 
     The actor the token names is put in `scope["state"]["actor"]` for the audit log.
     No token configured: writes answer 503 with how to set one, never 401, so an operator
-    sees at once what is missing. With a `limit` (proxy.admin_guard.FailureLimit), an
+    sees at once what is missing. With a `limit` (control.admin_guard.FailureLimit), an
     address over its failed-token budget gets 429 before its token is even looked at;
     `on_refused` is told each refusal's reason (the admin_refused metric).
     """
