@@ -203,7 +203,8 @@ def excess_cs(raw: RequestMoments, noise: RequestMoments, alpha: float = ALPHA) 
 
     The two rates' cluster-robust variances add (treating the streams as independent is
     conservative: both see the same hard requests); the intrinsic time is the smaller
-    stream's effective rows. Same keys as analysis.stats.excess_disagreement.
+    stream's effective rows. `real` is Diffy's field rule: a relative excess above 20% and
+    an absolute one above 0.03 points.
     """
     if raw.rows <= 0 or noise.rows <= 0:
         return {"excess": math.nan, "ci_low": -1.0, "ci_high": 1.0,

@@ -43,8 +43,6 @@ __all__ = [
     "cohens_kappa",
     "confidence_sequence",
     "cs_rho",
-    "discover_slices",
-    "excess_disagreement",
     "expected_calibration_error",
     "hist_mean",
     "hist_quantile",
@@ -403,68 +401,6 @@ def sliceline_score(
     return np.where(sizes > 0, score, -np.inf)
 
 
-def _conditions_key(conditions: Sequence[Sequence[object]]) -> tuple:
-    """Hashable key for a list of [feature, value] conditions."""
-    return tuple(tuple(c) for c in conditions)
-
-
-def _beats_parents(conditions: list, score: float, scores_by_key: dict[tuple, float]) -> bool:
-    """A pair slice earns its place only by scoring above each single-condition parent."""
-    if len(conditions) < 2:
-        return True
-    parents = [_conditions_key([c]) for c in conditions]
-    return all(score > scores_by_key[p] for p in parents if p in scores_by_key)
-
-
-def discover_slices(
-    candidates: list[dict],
-    total_pairs: int,
-    total_disagree: int,
-    k: int = 4,
-    min_support: int = 32,
-    q: float = 0.05,
-    alpha: float = SLICELINE_ALPHA,
-) -> list[dict]:
-    """Top-k slices where disagreement concentrates, each confirmed by a BH-adjusted test.
-
-    Candidates are level-1 and level-2 slices (one or two [feature, value] conditions);
-    a pair is kept only when it scores above each of its single-condition parents.
-    """
-    if not candidates:
-        return []
-    sizes = np.array([c["pairs"] for c in candidates], dtype=float)
-    errors = np.array([c["disagree"] for c in candidates], dtype=float)
-    scores = sliceline_score(sizes, errors, total_pairs, total_disagree, alpha)
-    scores_by_key = {
-        _conditions_key(c["conditions"]): float(s) for c, s in zip(candidates, scores, strict=True)
-    }
-    kept = [i for i, s in enumerate(scores) if s > 0 and sizes[i] >= min_support]
-    pvalues = [
-        two_proportion_p(
-            int(errors[i]),
-            int(sizes[i]),
-            total_disagree - int(errors[i]),
-            total_pairs - int(sizes[i]),
-        )
-        for i in kept
-    ]
-    found = []
-    for i, p_adj in zip(kept, benjamini_hochberg(pvalues), strict=True):
-        conditions = candidates[i]["conditions"]
-        if p_adj < q and _beats_parents(conditions, float(scores[i]), scores_by_key):
-            found.append(
-                {
-                    "conditions": conditions,
-                    "pairs": int(sizes[i]),
-                    "agreement": 1.0 - errors[i] / sizes[i],
-                    "score": float(scores[i]),
-                    "p_adj": float(p_adj),
-                }
-            )
-    found.sort(key=lambda r: (-r["score"], -r["pairs"]))
-    return found[:k]
-
-
 # --------------------------------------------------------------------------------------
 # Histograms: fixed bins, merged by addition
 # --------------------------------------------------------------------------------------
@@ -608,37 +544,6 @@ def latency_quantiles(
 # --------------------------------------------------------------------------------------
 # Noise floor and ground truth
 # --------------------------------------------------------------------------------------
-
-
-def excess_disagreement(
-    d_raw: int, n_raw: int, d_noise: int, n_noise: int, alpha: float = 0.05
-) -> dict:
-    """Disagreement beyond what a replica of the primary shows (Diffy's noise floor).
-
-    The interval is Newcombe's hybrid score interval for a difference of proportions; it
-    treats the two rates as independent, which is conservative when both streams see
-    the same hard requests.
-    """
-    if n_raw <= 0 or n_noise <= 0:
-        return {
-            "excess": NAN,
-            "ci_low": -1.0,
-            "ci_high": 1.0,
-            "relative_excess": NAN,
-            "real": False,
-        }
-    raw, noise = d_raw / n_raw, d_noise / n_noise
-    raw_low, raw_high = wilson_interval(d_raw, n_raw, alpha)
-    noise_low, noise_high = wilson_interval(d_noise, n_noise, alpha)
-    excess = raw - noise
-    relative = abs(excess) / (raw + noise) if raw + noise > 0 else 0.0
-    return {
-        "excess": excess,
-        "ci_low": excess - math.hypot(raw - raw_low, noise_high - noise),
-        "ci_high": excess + math.hypot(raw_high - raw, noise - noise_low),
-        "relative_excess": relative,
-        "real": excess > DIFFY_ABSOLUTE_EXCESS and relative > DIFFY_RELATIVE_EXCESS,
-    }
 
 
 def accuracy_comparison(a: int, b: int, c: int, d: int) -> dict:

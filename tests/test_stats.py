@@ -13,7 +13,9 @@ from statsmodels.stats.contingency_tables import SquareTable, mcnemar
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint, proportions_ztest
 
+from analysis import anytime_slices, sequential
 from analysis import stats as st
+from analysis.sequential import RequestMoments
 
 # A fixed 3-class flip matrix (rows: primary, columns: candidate), no empty cells.
 FLIPS_3 = np.array([[120, 9, 4], [14, 85, 6], [3, 11, 48]])
@@ -339,31 +341,32 @@ def test_discover_slices() -> None:
         4000,
         200,
     )
-    assert scores[4] > 0  # plan=pro is dropped by the test, not by the score
     assert scores[7] > 0  # android & de is dropped by its parent, not by the score
-    found = st.discover_slices(candidates, total_pairs=4000, total_disagree=200)
-    assert [f["conditions"] for f in found] == [
+    found = anytime_slices.discover(candidates, total_pairs=4000, total_disagree=200)
+    confirmed = [f["conditions"] for f in found if f["status"] == anytime_slices.CONFIRMED]
+    assert confirmed[:3] == [
         [["device", "android"], ["country", "br"]],
         [["device", "android"]],
         [["country", "br"]],
     ]
+    assert [["device", "android"], ["country", "de"]] not in [f["conditions"] for f in found]
     top = found[0]
     assert top["pairs"] == 500
     assert top["agreement"] == pytest.approx(0.8)
     assert top["score"] == pytest.approx(scores[2])
     assert top["p_adj"] < 0.05
-    assert len(st.discover_slices(candidates, 4000, 200, k=1)) == 1
-    assert st.discover_slices([], 10, 1) == []
+    assert len(anytime_slices.discover(candidates, 4000, 200, k=1)) == 1
+    assert anytime_slices.discover([], 10, 1) == []
 
 
 def test_discover_slices_drops_a_pair_no_better_than_its_parent() -> None:
     parent = {"conditions": [["device", "android"]], "pairs": 400, "disagree": 120}
     pair = {"conditions": [["device", "android"], ["country", "br"]], "pairs": 300, "disagree": 90}
     other = {"conditions": [["country", "br"]], "pairs": 1500, "disagree": 80}
-    found = st.discover_slices([parent, pair, other], total_pairs=4000, total_disagree=200)
+    found = anytime_slices.discover([parent, pair, other], total_pairs=4000, total_disagree=200)
     assert [f["conditions"] for f in found] == [parent["conditions"]]
     # Without the parent among the candidates, the pair stands on its own.
-    found = st.discover_slices([pair, other], total_pairs=4000, total_disagree=200)
+    found = anytime_slices.discover([pair, other], total_pairs=4000, total_disagree=200)
     assert [f["conditions"] for f in found] == [pair["conditions"]]
 
 
@@ -475,17 +478,16 @@ def test_latency_quantiles_within_one_percent_on_lognormal() -> None:
 # --- noise floor and labels -----------------------------------------------------------
 
 
+def _independent_rows(hits: int, rows: int) -> RequestMoments:
+    """Moments of `rows` one-row requests, `hits` of them disagreeing."""
+    return RequestMoments(rows, rows, hits, rows, hits, hits)
+
+
 def test_excess_disagreement_is_real() -> None:
-    result = st.excess_disagreement(300, 10_000, 100, 10_000)
+    result = sequential.excess_cs(_independent_rows(300, 10_000), _independent_rows(100, 10_000))
     assert result["excess"] == pytest.approx(0.02)
     assert result["relative_excess"] == pytest.approx(0.02 / 0.04)
     assert result["real"] is True
-    # Newcombe's hybrid score interval, built by hand from the two Wilson intervals.
-    raw_low, raw_high = proportion_confint(300, 10_000, method="wilson")
-    noise_low, noise_high = proportion_confint(100, 10_000, method="wilson")
-    low = 0.02 - math.sqrt((0.03 - raw_low) ** 2 + (noise_high - 0.01) ** 2)
-    high = 0.02 + math.sqrt((raw_high - 0.03) ** 2 + (0.01 - noise_low) ** 2)
-    assert (result["ci_low"], result["ci_high"]) == pytest.approx((low, high))
     assert 0 < result["ci_low"] < 0.02 < result["ci_high"]
 
 
@@ -498,12 +500,12 @@ def test_excess_disagreement_is_real() -> None:
     ],
 )
 def test_excess_disagreement_not_real(d_raw: int, d_noise: int, why: str) -> None:
-    result = st.excess_disagreement(d_raw, 100_000, d_noise, 100_000)
-    assert result["real"] is False, why
+    raw, noise = _independent_rows(d_raw, 100_000), _independent_rows(d_noise, 100_000)
+    assert sequential.excess_cs(raw, noise)["real"] is False, why
 
 
 def test_excess_disagreement_without_data() -> None:
-    result = st.excess_disagreement(5, 100, 0, 0)
+    result = sequential.excess_cs(_independent_rows(5, 100), _independent_rows(0, 0))
     assert result["real"] is False
     assert (result["ci_low"], result["ci_high"]) == (-1.0, 1.0)
     assert math.isnan(result["excess"])
