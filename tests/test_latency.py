@@ -169,6 +169,21 @@ def test_continuous_looks_seeded_subset() -> None:
     assert results["slow_2x"]["ever_pass"] == 0.0
 
 
+def test_the_direct_bench_path_judges_as_the_full_one() -> None:
+    """`latency_bench.py --direct` (the rule alone, for iterating on it) must reach the same
+    first fail and first pass as the worker -> report -> gate path, seed for seed."""
+    traffic = latency_bench.Traffic(requests=3_000, every=100)
+    gate = latency_bench.GateSettings(max_p99_ratio=1.5)
+    for seed, scenario in [(3, "slow_2x"), (4, "slow_2x"), (5, "aa_stalls")]:
+        full = latency_bench.run_once(seed, scenario, traffic, gate)
+        direct = latency_bench._direct_run(seed, scenario, traffic, gate)
+        assert (direct["first_fail"], direct["first_pass"]) == (
+            full["first_fail"],
+            full["first_pass"],
+        ), (seed, scenario)
+    assert any(latency_bench._direct_run(s, "slow_2x", traffic, gate)["first_fail"] for s in (3, 4))
+
+
 def test_one_stall_bucket_is_set_aside_for_the_lower_bound_only() -> None:
     """A twin with one stall: its lower p99 bound stays below the reference's upper one."""
     rng = np.random.default_rng(9)
