@@ -1,0 +1,66 @@
+"""Request bodies -> named feature rows for the watch, without configuration.
+
+Rows come from `analysis.adapters.rows` (every supported protocol). Names follow the
+protocol: an OIP v2 tensor `x` of shape [n, d] gives `x[0]` ... `x[d-1]`, an `instances`
+list of lists gives `instances[0]` ..., object rows keep their keys, and a scalar column
+keeps its name. A list deeper than one level inside a row is not a feature: it is
+counted as invalid under its name (a giant nested array costs one count, not memory).
+`renames` maps a derived name to the name the training data uses (`x[0]` -> `age`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+
+from analysis.adapters.rows import Row, rows_from_request
+from analysis.watch_state import WatchState
+
+MAX_ROWS_PER_REQUEST = 1024  # rows beyond are not watched (a batch of a million rows)
+MAX_COLUMNS = 256  # columns of one tensor row beyond are counted over the feature cap
+
+_DEEP = object()  # marks a value that is not a scalar feature
+
+
+def feature_rows(doc: object, renames: Mapping[str, str] | None = None) -> list[dict[str, object]]:
+    """Named feature rows of a decoded request body ([] when its rows cannot be told)."""
+    positional = "instances" if isinstance(doc, dict) and "instances" in doc else ""
+    rows = rows_from_request(doc)[:MAX_ROWS_PER_REQUEST]
+    return [_named(row, positional, renames or {}) for row in rows]
+
+
+def _named(row: Row, positional: str, renames: Mapping[str, str]) -> dict[str, object]:
+    named: dict[str, object] = {}
+    for key, value in row.items():
+        name = f"{positional}[{key}]" if positional and str(key).isdigit() else str(key)
+        if isinstance(value, list):
+            for i, item in enumerate(value[:MAX_COLUMNS]):
+                column = f"{name}[{i}]"
+                named[renames.get(column, column)] = _scalar(item)
+        else:
+            named[renames.get(name, name)] = _scalar(value)
+    return named
+
+
+def _scalar(value: object) -> object:
+    """The value itself when it is a JSON scalar; lists and objects become `_DEEP`."""
+    return _DEEP if isinstance(value, list | dict) else value
+
+
+def watch_bodies(
+    bodies: Iterable[bytes | str], state: WatchState, renames: Mapping[str, str] | None = None
+) -> WatchState:
+    """Count every request body into `state`; a body that is not JSON is `unreadable`."""
+    for body in bodies:
+        state.requests += 1
+        try:
+            doc = json.loads(body)
+        except (ValueError, RecursionError):
+            state.unreadable += 1
+            continue
+        rows = feature_rows(doc, renames)
+        if not rows:
+            state.unreadable += 1
+        for row in rows:
+            state.add_row(row)
+    return state
