@@ -16,9 +16,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from analysis.watch_state import DEFAULT_MAX_FEATURES, WatchState
-from common.errors import ConfigError
+from common.errors import ShadowtrialError
 
 PROFILE_MAX_CATEGORIES = 1000  # a profile keeps more categories than a live window
+
+
+class ProfileError(ShadowtrialError):
+    """A data file or profile that cannot be read (`shadowtrial profile` / `watch`: exit 2)."""
 
 
 def _cell(text: str) -> object:
@@ -54,7 +58,7 @@ def _parquet_rows(path: Path) -> Iterator[dict[str, object] | None]:
 
         frame = pd.read_parquet(path)
     except ImportError as exc:
-        raise ConfigError(f"reading {path.name} needs pyarrow: {exc}") from exc
+        raise ProfileError(f"reading {path.name} needs pyarrow: {exc}") from exc
     for record in frame.to_dict(orient="records"):
         yield {str(k): (v.item() if hasattr(v, "item") else v) for k, v in record.items()}
 
@@ -68,26 +72,33 @@ def build_profile(
     max_features: int = DEFAULT_MAX_FEATURES,
     max_categories: int = PROFILE_MAX_CATEGORIES,
 ) -> WatchState:
-    """Every row of the data file counted into one state (ConfigError: unknown format)."""
+    """Every row of the data file counted into one state (ProfileError: unknown format)."""
     reader = READERS.get(path.suffix.lower())
     if reader is None:
-        raise ConfigError(f"{path.name}: expected one of {', '.join(sorted(READERS))}")
+        raise ProfileError(f"{path.name}: expected one of {', '.join(sorted(READERS))}")
     if not path.is_file():
-        raise ConfigError(f"{path}: no such file")
+        raise ProfileError(f"{path}: no such file")
     state = WatchState(max_features=max_features, max_categories=max_categories)
-    for row in reader(path):
+    try:
+        _count(reader(path), state)
+    except (OSError, csv.Error, ValueError) as exc:
+        raise ProfileError(f"{path.name}: cannot be read ({exc})") from exc
+    state.kinds = {name: state.features[name].kind() for name in state.features}
+    return state
+
+
+def _count(rows: Iterator[dict[str, object] | None], state: WatchState) -> None:
+    for row in rows:
         state.requests += 1
         if row is None:
             state.unreadable += 1
         else:
             state.add_row(row)
-    state.kinds = {name: state.features[name].kind() for name in state.features}
-    return state
 
 
 def load_profile(path: Path) -> WatchState:
-    """A profile written by `shadowtrial profile` (ConfigError when it is not one)."""
+    """A profile written by `shadowtrial profile` (ProfileError when it is not one)."""
     try:
         return WatchState.from_dict(json.loads(path.read_text()))
     except (OSError, ValueError, TypeError, AttributeError) as exc:
-        raise ConfigError(f"{path}: not a shadowtrial profile ({exc})") from exc
+        raise ProfileError(f"{path}: not a shadowtrial profile ({exc})") from exc

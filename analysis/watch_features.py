@@ -26,13 +26,30 @@ def feature_rows(doc: object, renames: Mapping[str, str] | None = None) -> list[
     """Named feature rows of a decoded request body ([] when its rows cannot be told)."""
     positional = "instances" if isinstance(doc, dict) and "instances" in doc else ""
     rows = rows_from_request(doc)[:MAX_ROWS_PER_REQUEST]
-    return [_named(row, positional, renames or {}) for row in rows]
+    columns = _one_column_tensors(doc)
+    return [_named(row, positional, columns, renames or {}) for row in rows]
 
 
-def _named(row: Row, positional: str, renames: Mapping[str, str]) -> dict[str, object]:
+def _one_column_tensors(doc: object) -> set[str]:
+    """OIP v2 tensors of shape [n, 1]: their rows come as scalars, named `x[0]` all the same."""
+    inputs = doc.get("inputs") if isinstance(doc, dict) else None
+    if not isinstance(inputs, list):
+        return set()
+    return {
+        str(t.get("name"))
+        for t in inputs
+        if isinstance(t, dict) and isinstance(t.get("shape"), list) and t["shape"][1:] == [1]
+    }
+
+
+def _named(
+    row: Row, positional: str, columns: set[str], renames: Mapping[str, str]
+) -> dict[str, object]:
     named: dict[str, object] = {}
     for key, value in row.items():
         name = f"{positional}[{key}]" if positional and str(key).isdigit() else str(key)
+        if key in columns and not isinstance(value, list):
+            value = [value]
         if isinstance(value, list):
             for i, item in enumerate(value[:MAX_COLUMNS]):
                 column = f"{name}[{i}]"

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from analysis.watch_state import DEFAULT_MAX_FEATURES
+from common.sanitize import printable
 
 
 def register(subparsers: Any) -> None:
@@ -34,9 +36,13 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the profile, write it, say what it holds."""
-    from analysis.profile import build_profile
+    from analysis.profile import ProfileError, build_profile
 
-    state = build_profile(args.data, max_features=args.max_features)
+    try:
+        state = build_profile(args.data, max_features=args.max_features)
+    except ProfileError as exc:
+        print(f"profile: {printable(exc)}", file=sys.stderr)
+        return 2
     args.output.write_text(json.dumps(state.to_dict(), indent=1, allow_nan=False) + "\n")
     kinds = [state.kind(name) for name in state.features]
     print(

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-from common.errors import ConfigError
+from common.sanitize import printable
+
+EXIT_USAGE = 2
 
 
 def rename_arg(text: str) -> tuple[str, str]:
@@ -47,15 +50,16 @@ def register(subparsers: Any) -> None:
 
 
 def _bodies(path: Path) -> list[str]:
+    from analysis.profile import ProfileError
+
     try:
         with path.open(encoding="utf-8", errors="replace") as handle:
             return [line for line in handle if line.strip()]
     except OSError as exc:
-        raise ConfigError(f"{path}: {exc.strerror}") from exc
+        raise ProfileError(f"{path}: {exc.strerror}") from exc
 
 
-def run(args: argparse.Namespace) -> int:
-    """Build both states, compare, print; 1 when a feature is flagged."""
+def _document(args: argparse.Namespace) -> dict[str, Any]:
     from analysis.drift import watch_report
     from analysis.profile import load_profile
     from analysis.watch_features import watch_bodies
@@ -68,7 +72,18 @@ def run(args: argparse.Namespace) -> int:
         reference = watch_bodies(_bodies(args.reference_requests), WatchState(), renames)
         name = "requests"
     current = watch_bodies(_bodies(args.requests), WatchState(), renames)
-    document = watch_report(reference, current, name)
+    return watch_report(reference, current, name)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build both states, compare, print; 1 when a feature is flagged."""
+    from analysis.profile import ProfileError
+
+    try:
+        document = _document(args)
+    except ProfileError as exc:
+        print(f"watch: {printable(exc)}", file=sys.stderr)
+        return EXIT_USAGE
     if args.json:
         print(json.dumps(document, indent=2))
     else:
