@@ -64,14 +64,26 @@ def _scalar(value: object) -> object:
     return _DEEP if isinstance(value, list | dict) else value
 
 
+_REQUEST_KEYS = ("inputs", "instances", "dataframe_split", "dataframe_records", "messages")
+
+
+def _request(line: bytes | str) -> object:
+    """A JSONL line: a request body, or a `shadowtrial replay` line ({"body": ...})."""
+    doc = json.loads(line)
+    if isinstance(doc, dict) and "body" in doc and not any(k in doc for k in _REQUEST_KEYS):
+        body = doc["body"]
+        return json.loads(body) if isinstance(body, str) else body
+    return doc
+
+
 def watch_bodies(
     bodies: Iterable[bytes | str], state: WatchState, renames: Mapping[str, str] | None = None
 ) -> WatchState:
-    """Count every request body into `state`; a body that is not JSON is `unreadable`."""
+    """Count every request into `state`; a line that is not a JSON request is `unreadable`."""
     for body in bodies:
         state.requests += 1
         try:
-            doc = json.loads(body)
+            doc = _request(body)
         except (ValueError, RecursionError):
             state.unreadable += 1
             continue

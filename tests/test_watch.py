@@ -33,6 +33,9 @@ def test_feature_names_follow_the_protocol() -> None:
     assert feature_rows({"instances": [{"age": 3}]}, {"age": "years"}) == [{"years": 3}]
     assert feature_rows(_oip([[1.0, 2.0]], ["a"]), {"x[1]": "income"})[0]["income"] == 2.0
     assert feature_rows("not an object") == []
+    replay_lines = [json.dumps({"body": {"instances": [[1.5]]}, "path": "/v1/predict"}),
+                    json.dumps({"body": json.dumps({"instances": [[2.5]]})})]  # fmt: skip
+    assert watch_bodies(replay_lines, WatchState()).features["instances[0]"].n_numeric == 2
 
 
 def test_hostile_values_are_counted_and_memory_stays_bounded() -> None:
