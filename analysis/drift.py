@@ -20,6 +20,7 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from analysis.stats import benjamini_hochberg, js_distance_hist, ks_p_hist, wasserstein_hist
+from analysis.watch_outputs import outputs_summary
 from analysis.watch_state import EDGES, OTHER, FeatureState, WatchState
 
 NAN = float("nan")
@@ -139,19 +140,33 @@ def _finite(x: float) -> float:
     return -1.0 if math.isnan(x) else x
 
 
+def _outputs(
+    outputs: tuple[WatchState, WatchState] | None, thresholds: DriftThresholds | None
+) -> dict[str, Any]:
+    """The primary's answers on both sides, when both hold some (else {})."""
+    if outputs is None or not (outputs[0].requests and outputs[1].requests):
+        return {}
+    rows = compare_states(*outputs, thresholds)
+    return {**outputs_summary(*outputs), "features": [_json_safe(r) for r in rows],
+            "flagged": [r["feature"] for r in rows if r["flagged"]]}  # fmt: skip
+
+
 def watch_report(
     reference: WatchState,
     current: WatchState,
     reference_name: str,
     thresholds: DriftThresholds | None = None,
+    outputs: tuple[WatchState, WatchState] | None = None,
 ) -> dict[str, Any]:
-    """The watch document (the shape `GET /v1/watch` is to return) for two states."""
+    """The watch document (the shape `GET /v1/watch` is to return) for two states, and
+    the primary's answers (`outputs`: reference, current) when both sides recorded them."""
     features = compare_states(reference, current, thresholds)
     return {
         "reference": reference_name, "requests": current.requests, "rows": current.rows,
         "unreadable": current.unreadable, "features_over_cap": current.over_cap,
         "flagged": [f["feature"] for f in features if f["flagged"]],
         "features": [_json_safe(f) for f in features],
+        "outputs": _outputs(outputs, thresholds),
     }  # fmt: skip
 
 

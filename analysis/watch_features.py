@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from analysis.adapters.rows import Row, rows_from_request
+from analysis.watch_outputs import watch_answer
 from analysis.watch_state import WatchState
 
 MAX_ROWS_PER_REQUEST = 1024  # rows beyond are not watched (a batch of a million rows)
@@ -67,26 +69,44 @@ def _scalar(value: object) -> object:
 _REQUEST_KEYS = ("inputs", "instances", "dataframe_split", "dataframe_records", "messages")
 
 
-def _request(line: bytes | str) -> object:
-    """A JSONL line: a request body, or a `shadowtrial replay` line ({"body": ...})."""
+def _request(line: bytes | str) -> tuple[object, dict[str, Any] | None]:
+    """A JSONL line: a request body, or a `shadowtrial replay` line ({"body": ...}) and
+    that line itself (it may carry the primary's answer)."""
     doc = json.loads(line)
     if isinstance(doc, dict) and "body" in doc and not any(k in doc for k in _REQUEST_KEYS):
         body = doc["body"]
-        return json.loads(body) if isinstance(body, str) else body
-    return doc
+        return (json.loads(body) if isinstance(body, str) else body), doc
+    return doc, None
+
+
+def _as_bytes(value: object) -> bytes:
+    return value.encode() if isinstance(value, str) else json.dumps(value).encode()
+
+
+def _answer(doc: object, line: dict[str, Any] | None, outputs: WatchState | None) -> None:
+    if outputs is None or line is None or "primary_body" not in line:
+        return
+    status = line.get("primary_status", 200)
+    status = status if isinstance(status, int) and not isinstance(status, bool) else 200
+    watch_answer(_as_bytes(doc), _as_bytes(line["primary_body"]), status, outputs)
 
 
 def watch_bodies(
-    bodies: Iterable[bytes | str], state: WatchState, renames: Mapping[str, str] | None = None
+    bodies: Iterable[bytes | str],
+    state: WatchState,
+    renames: Mapping[str, str] | None = None,
+    outputs: WatchState | None = None,
 ) -> WatchState:
-    """Count every request into `state`; a line that is not a JSON request is `unreadable`."""
+    """Count every request into `state` (and the primary's answers, when a line holds one,
+    into `outputs`); a line that is not a JSON request is `unreadable`."""
     for body in bodies:
         state.requests += 1
         try:
-            doc = _request(body)
+            doc, line = _request(body)
         except (ValueError, RecursionError):
             state.unreadable += 1
             continue
+        _answer(doc, line, outputs)
         rows = feature_rows(doc, renames)
         if not rows:
             state.unreadable += 1

@@ -52,6 +52,7 @@ class FeatureState:
     invalid: int = 0
     low: float = math.inf
     high: float = -math.inf
+    total: float = 0.0  # sum of the finite numbers: an exact mean beside the histogram
 
     def add(self, value: object, max_categories: int) -> None:
         """Count one value from a row (hostile input: any JSON value)."""
@@ -74,6 +75,7 @@ class FeatureState:
         i = bin_index(x)
         self.numeric[i] = self.numeric.get(i, 0) + 1
         self.low, self.high = min(self.low, x), max(self.high, x)
+        self.total += x
 
     def _add_category(self, text: str, max_categories: int) -> None:
         key = text if text in self.categories or len(self.categories) < max_categories else OTHER
@@ -86,6 +88,11 @@ class FeatureState:
     @property
     def n_categorical(self) -> int:
         return sum(self.categories.values())
+
+    def mean(self) -> float:
+        """The exact mean of the finite numbers (nan when there are none)."""
+        n = self.n_numeric
+        return self.total / n if n else math.nan
 
     def kind(self) -> str:
         """`numeric` when numbers outnumber text values, else `categorical`."""
@@ -109,6 +116,7 @@ class FeatureState:
         self.nan += other.nan
         self.invalid += other.invalid
         self.low, self.high = min(self.low, other.low), max(self.high, other.high)
+        self.total += other.total
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -118,6 +126,7 @@ class FeatureState:
             "invalid": self.invalid,
             "min": self.low if math.isfinite(self.low) else None,
             "max": self.high if math.isfinite(self.high) else None,
+            "sum": self.total,
         }  # fmt: skip
 
     @classmethod
@@ -130,6 +139,7 @@ class FeatureState:
             nan=int(doc.get("nan", 0)), invalid=int(doc.get("invalid", 0)),
             low=math.inf if low is None else float(low),
             high=-math.inf if high is None else float(high),
+            total=float(doc.get("sum", 0.0)),
         )  # fmt: skip
 
 
@@ -144,6 +154,7 @@ class WatchState:
     features: dict[str, FeatureState] = field(default_factory=dict)
     over_cap: int = 0  # values of features beyond max_features (counted, not kept)
     unreadable: int = 0  # requests whose rows could not be told
+    errors: int = 0  # answers with an error status (outputs only)
     kinds: dict[str, str] = field(default_factory=dict)  # declared kinds (a profile's)
 
     def add_row(self, row: dict[str, object]) -> None:
@@ -163,6 +174,7 @@ class WatchState:
         self.rows += other.rows
         self.over_cap += other.over_cap
         self.unreadable += other.unreadable
+        self.errors += other.errors
         for name, state in other.features.items():
             mine = self.features.get(name)
             if mine is None and len(self.features) >= self.max_features:
@@ -180,7 +192,7 @@ class WatchState:
             "version": PROFILE_VERSION,
             "max_features": self.max_features, "max_categories": self.max_categories,
             "requests": self.requests, "rows": self.rows, "over_cap": self.over_cap,
-            "unreadable": self.unreadable,
+            "unreadable": self.unreadable, "errors": self.errors,
             "features": {
                 name: {"kind": self.kind(name), **state.to_dict()}
                 for name, state in self.features.items()
@@ -198,6 +210,7 @@ class WatchState:
             max_categories=int(doc.get("max_categories", DEFAULT_MAX_CATEGORIES)),
             requests=int(doc.get("requests", 0)), rows=int(doc.get("rows", 0)),
             over_cap=int(doc.get("over_cap", 0)), unreadable=int(doc.get("unreadable", 0)),
+            errors=int(doc.get("errors", 0)),
             features={str(k): FeatureState.from_dict(v) for k, v in features.items()},
             kinds={str(k): str(v.get("kind")) for k, v in features.items() if v.get("kind")},
         )  # fmt: skip

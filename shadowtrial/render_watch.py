@@ -58,4 +58,19 @@ def render_watch(document: Mapping[str, Any]) -> Group:
         " categories training never saw; out: numbers outside its range",
         style="dim",
     )
-    return Group(summary, table, legend, *([Text(f"... {more} more")] if more > 0 else []))
+    extra = [Text(f"... {more} more")] if more > 0 else []
+    return Group(summary, table, legend, *extra, *_outputs(document.get("outputs") or {}))
+
+
+def _outputs(outputs: Mapping[str, Any]) -> list[Text]:
+    """The primary's answers in one line, when the lines recorded them."""
+    if not outputs:
+        return []
+    flagged = ", ".join(printable(f) for f in outputs.get("flagged") or []) or "nothing"
+    return [Text(
+        f"primary: mean confidence {pct(outputs.get('mean_confidence'))} (reference "
+        f"{pct(outputs.get('reference_mean_confidence'))}), error rate "
+        f"{pct(outputs.get('error_rate'))} (reference {pct(outputs.get('reference_error_rate'))}),"
+        f" {num(outputs.get('unreadable'))} answers unreadable; drift flagged in: {flagged}",
+        style="bold red" if outputs.get("flagged") else "",
+    )]  # fmt: skip

@@ -74,7 +74,11 @@ def test_states_merge_as_if_counted_together() -> None:
     rows = [{"a": rng.gauss(0, 1), "b": rng.choice("xyz"), "c": None} for _ in range(300)]
     merged = _state(rows[:120])
     merged.merge(WatchState.from_dict(json.loads(json.dumps(_state(rows[120:]).to_dict()))))
-    assert merged.to_dict() == _state(rows).to_dict()
+    together = _state(rows).to_dict()
+    assert merged.features["a"].total == pytest.approx(together["features"]["a"].pop("sum"))
+    merged_doc = merged.to_dict()
+    merged_doc["features"]["a"].pop("sum")
+    assert merged_doc == together
 
 
 def _numeric(counts: dict[int, int]) -> FeatureState:
@@ -177,3 +181,34 @@ def test_bad_files_exit_with_a_usage_error(tmp_path: Path, capsys) -> None:
 
 def test_thresholds_are_a_value_object() -> None:
     assert DriftThresholds().alpha == 0.01
+
+
+def _replay_line(rng: random.Random, p_high: float, status: int = 200) -> str:
+    p = min(max(rng.gauss(p_high, 0.05), 0.5), 0.999)
+    label_first = rng.random() < 0.5
+    probs = [p, 1 - p] if label_first else [1 - p, p]
+    answer = {
+        "model_name": "m",
+        "outputs": [{"name": "probabilities", "shape": [1, 2], "datatype": "FP32", "data": probs}],
+    }
+    body = {"instances": [[rng.gauss(0, 1)]]}
+    return json.dumps({"body": body, "primary_body": answer, "primary_status": status})
+
+
+def test_a_less_confident_primary_is_flagged_from_its_recorded_answers(
+    tmp_path: Path, capsys
+) -> None:
+    rng = random.Random(5)
+    old = [_replay_line(rng, 0.9) for _ in range(400)]
+    new = [_replay_line(rng, 0.75) for _ in range(300)]
+    new += [_replay_line(rng, 0.9, status=503), json.dumps({"body": {}, "primary_body": "x"})]
+    (tmp_path / "old.jsonl").write_text("\n".join(old) + "\n")
+    (tmp_path / "new.jsonl").write_text("\n".join(new) + "\n")
+    files = ["--reference-requests", str(tmp_path / "old.jsonl")]
+    assert main(["watch", *files, "--requests", str(tmp_path / "new.jsonl"), "--json"]) == 1
+    outputs = json.loads(capsys.readouterr().out)["outputs"]
+    assert "confidence" in outputs["flagged"] and "class" not in outputs["flagged"]
+    assert outputs["mean_confidence"] < outputs["reference_mean_confidence"] - 0.1
+    assert (outputs["errors"], outputs["unreadable"]) == (1, 1)
+    assert main(["watch", *files, "--requests", str(tmp_path / "new.jsonl")]) == 1
+    assert "mean confidence" in capsys.readouterr().out

@@ -66,13 +66,14 @@ def _document(args: argparse.Namespace) -> dict[str, Any]:
     from analysis.watch_state import WatchState
 
     renames = dict(args.rename)
+    ref_out, cur_out = WatchState(), WatchState()
     if args.reference is not None:
         reference, name = load_profile(args.reference), "profile"
     else:
-        reference = watch_bodies(_bodies(args.reference_requests), WatchState(), renames)
-        name = "requests"
-    current = watch_bodies(_bodies(args.requests), WatchState(), renames)
-    return watch_report(reference, current, name)
+        lines = _bodies(args.reference_requests)
+        reference, name = watch_bodies(lines, WatchState(), renames, ref_out), "requests"
+    current = watch_bodies(_bodies(args.requests), WatchState(), renames, cur_out)
+    return watch_report(reference, current, name, outputs=(ref_out, cur_out))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,4 +93,4 @@ def run(args: argparse.Namespace) -> int:
         from shadowtrial.render_watch import render_watch
 
         Console(highlight=False).print(render_watch(document))
-    return 1 if document["flagged"] else 0
+    return 1 if document["flagged"] or document["outputs"].get("flagged") else 0
