@@ -212,3 +212,13 @@ def test_a_less_confident_primary_is_flagged_from_its_recorded_answers(
     assert (outputs["errors"], outputs["unreadable"]) == (1, 1)
     assert main(["watch", *files, "--requests", str(tmp_path / "new.jsonl")]) == 1
     assert "mean confidence" in capsys.readouterr().out
+
+
+def test_hostile_feature_names_print_as_escapes(tmp_path: Path, capsys) -> None:
+    evil = "\x1b[2Jfake\u202e"
+    lines = [json.dumps({"instances": [{evil: i % 3, "k": "v"}]}) for i in range(40)]
+    (tmp_path / "a.jsonl").write_text("\n".join(lines) + "\n")
+    files = ["--reference-requests", str(tmp_path / "a.jsonl"), "--requests"]
+    assert main(["watch", *files, str(tmp_path / "a.jsonl")]) == 0
+    shown = capsys.readouterr().out
+    assert "\\x1b[2Jfake\\u202e" in shown and "\x1b" not in shown and "\u202e" not in shown
