@@ -222,3 +222,26 @@ def test_hostile_feature_names_print_as_escapes(tmp_path: Path, capsys) -> None:
     assert main(["watch", *files, str(tmp_path / "a.jsonl")]) == 0
     shown = capsys.readouterr().out
     assert "\\x1b[2Jfake\\u202e" in shown and "\x1b" not in shown and "\u202e" not in shown
+
+
+def test_watch_reads_the_pairs_a_stream_recorded(tmp_path: Path, redis_url: str, prefix: str,
+                                                  redis_client, capsys) -> None:  # fmt: skip
+    from common.keys import Keys
+    from pairs_factory import record, write
+
+    recs = [record(f"r{i}", [[0.8, 0.1, 0.1]], [[0.8, 0.1, 0.1]], country=c)
+            for i, c in enumerate(["FR", "DE"] * 30)]  # fmt: skip
+    write(redis_client, Keys(prefix).pairs("v2"), recs)
+    config = tmp_path / "shadowtrial.toml"
+    config.write_text(f'[redis]\nurl = "{redis_url}"\nprefix = "{prefix}"\n')
+    old = [json.dumps({"body": r.request_body.decode(), "primary_body": r.primary_body.decode()})
+           for r in recs]  # fmt: skip
+    (tmp_path / "old.jsonl").write_text("\n".join(old) + "\n")
+    args = ["watch", "--reference-requests", str(tmp_path / "old.jsonl"), "-c", str(config)]
+    assert main([*args, "--from-stream", "v2", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["requests"] == 60 and document["outputs"]["requests"] == 60
+    names = {f["feature"] for f in document["features"]}
+    assert {"features[0]", "features[1]", "country[0]"} <= names
+    assert main([*args, "--from-stream", "nothing", "--json"]) == 0  # an empty stream: no rows
+    assert json.loads(capsys.readouterr().out)["requests"] == 0

@@ -1,7 +1,9 @@
 """`shadowtrial watch --reference profile.json --requests REQUESTS.jsonl`: inputs vs reference.
 
 Offline for now: REQUESTS.jsonl holds one request body per line (as sent to the model:
-OIP v2, `instances`, rows, ...); the reference is a training profile (`shadowtrial
+OIP v2, `instances`, rows, ...) or `shadowtrial replay` lines, or `--from-stream NAME`
+reads the requests and primary answers recorded for a candidate (the mirrored sample:
+no separate primary-only capture exists yet); the reference is a training profile (`shadowtrial
 profile`) or another file of request bodies (`--reference-requests`, e.g. last week's).
 Prints per feature the drift, its corrected p-value, the flag and the skew rates
 (docs/statistics.md, "Watch"). Exit codes: 0 nothing flagged, 1 a feature flagged,
@@ -17,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from common.sanitize import printable
+from shadowtrial.commands import add_config_option
 
 EXIT_USAGE = 2
+STREAM_LIMIT = 100_000
 
 
 def rename_arg(text: str) -> tuple[str, str]:
@@ -37,7 +41,15 @@ def register(subparsers: Any) -> None:
         description="Per feature: drift, corrected p-value, flag, unseen / out-of-range /"
         " missing rates of the requests against the reference.",
     )
-    parser.add_argument("--requests", type=Path, required=True, help="JSONL of request bodies")
+    current = parser.add_mutually_exclusive_group(required=True)
+    current.add_argument("--requests", type=Path, help="JSONL of request bodies (or replay lines)")
+    current.add_argument(
+        "--from-stream", metavar="NAME",
+        help="the requests and primary answers recorded in candidate NAME's pair stream",
+    )  # fmt: skip
+    parser.add_argument("--limit", type=int, default=STREAM_LIMIT,
+                        help=f"pairs read from the stream (default {STREAM_LIMIT:,})")  # fmt: skip
+    add_config_option(parser)
     reference = parser.add_mutually_exclusive_group(required=True)
     reference.add_argument("--reference", type=Path, help="a profile from `shadowtrial profile`")
     reference.add_argument("--reference-requests", type=Path, help="JSONL of earlier bodies")
@@ -59,6 +71,40 @@ def _bodies(path: Path) -> list[str]:
         raise ProfileError(f"{path}: {exc.strerror}") from exc
 
 
+def _stream_lines(args: argparse.Namespace) -> list[str]:
+    """The stream's pairs as replay lines: request body, primary answer and status."""
+    import asyncio
+
+    from analysis.profile import ProfileError
+    from common.keys import Keys
+    from common.redis_client import STORE_FAILURES, async_client
+    from proxy.replay import ReplayError, stream_items
+    from shadowtrial.commands import load_config
+    from shadowtrial.commands.replay import redis_url
+
+    settings = load_config(args)
+
+    async def collect() -> list[str]:
+        client = async_client(redis_url(settings), socket_connect_timeout=2.0)
+        stream = Keys(settings.redis.prefix).pairs(args.from_stream)
+        try:
+            return [_line(item) async for item in stream_items(client, stream, args.limit)]
+        finally:
+            await client.aclose()
+
+    try:
+        return asyncio.run(collect())
+    except (ReplayError, *STORE_FAILURES) as exc:
+        raise ProfileError(f"Redis: {exc}") from None
+
+
+def _line(item: Any) -> str:
+    text = {"body": item.body.decode("utf-8", "replace"), "primary_status": item.primary_status}
+    if item.primary_body is not None:
+        text["primary_body"] = item.primary_body.decode("utf-8", "replace")
+    return json.dumps(text)
+
+
 def _document(args: argparse.Namespace) -> dict[str, Any]:
     from analysis.drift import watch_report
     from analysis.profile import load_profile
@@ -72,7 +118,8 @@ def _document(args: argparse.Namespace) -> dict[str, Any]:
     else:
         lines = _bodies(args.reference_requests)
         reference, name = watch_bodies(lines, WatchState(), renames, ref_out), "requests"
-    current = watch_bodies(_bodies(args.requests), WatchState(), renames, cur_out)
+    lines = _stream_lines(args) if args.from_stream else _bodies(args.requests)
+    current = watch_bodies(lines, WatchState(), renames, cur_out)
     return watch_report(reference, current, name, outputs=(ref_out, cur_out))
 
 
