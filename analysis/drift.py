@@ -24,6 +24,7 @@ from analysis.watch_outputs import outputs_summary
 from analysis.watch_state import EDGES, OTHER, FeatureState, WatchState
 
 NAN = float("nan")
+UNSEEN_SHOWN = 5  # the most frequent values the reference never saw, per feature
 
 
 @dataclass(frozen=True)
@@ -68,13 +69,15 @@ def _categorical(ref: FeatureState, cur: FeatureState) -> tuple[float, float]:
     return js_distance_hist(a, b), p
 
 
-def _skew(ref: FeatureState, cur: FeatureState, kind: str) -> dict[str, float]:
+def _skew(ref: FeatureState, cur: FeatureState, kind: str) -> dict[str, Any]:
     """Unseen and out-of-range rates of `cur` against what `ref` saw."""
     if kind == "categorical":
         known = set(ref.categories) - {OTHER}
-        unseen = sum(c for k, c in cur.categories.items() if k not in known)
-        return {"unseen_rate": _rate(unseen, cur.n_categorical), "out_of_range_rate": NAN,
-                "non_numeric_rate": NAN}  # fmt: skip
+        unseen = {k: c for k, c in cur.categories.items() if k not in known}
+        top = sorted(unseen.items(), key=lambda kc: (-kc[1], kc[0]))[:UNSEEN_SHOWN]
+        return {"unseen_rate": _rate(sum(unseen.values()), cur.n_categorical),
+                "unseen_values": [{"value": k, "count": c} for k, c in top],
+                "out_of_range_rate": NAN, "non_numeric_rate": NAN}  # fmt: skip
     out = 0
     for i, c in cur.numeric.items():
         if EDGES[i + 1] <= ref.low or EDGES[i] >= ref.high:

@@ -59,7 +59,16 @@ def render_watch(document: Mapping[str, Any]) -> Group:
         style="dim",
     )
     extra = [Text(f"... {more} more")] if more > 0 else []
+    extra += [_unseen(f) for f in features[:FEATURES_SHOWN] if f.get("unseen_values")]
     return Group(summary, table, legend, *extra, *_outputs(document.get("outputs") or {}))
+
+
+def _unseen(feature: Mapping[str, Any]) -> Text:
+    """`city: never seen in the reference: marseille (212), ...` (values printable)."""
+    values = ", ".join(
+        f"{printable(v.get('value'))} ({num(v.get('count'))})" for v in feature["unseen_values"]
+    )
+    return Text(f"{printable(feature.get('feature'))}: never seen in the reference: {values}")
 
 
 def _outputs(outputs: Mapping[str, Any]) -> list[Text]:

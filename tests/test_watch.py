@@ -163,6 +163,7 @@ def test_profile_then_watch_flags_skew_end_to_end(tmp_path: Path, capsys) -> Non
     assert sorted(document["flagged"]) == ["age", "city"]
     city = next(f for f in document["features"] if f["feature"] == "city")
     assert 0.15 < city["unseen_rate"] < 0.35
+    assert [v["value"] for v in city["unseen_values"]] == ["marseille\x1b[2J"]
     assert main([*watch, "--requests", str(tmp_path / "drift.jsonl")]) == 1
     shown = capsys.readouterr().out
     assert "DRIFT" in shown and "\x1b" not in shown
@@ -226,8 +227,9 @@ def test_hostile_feature_names_print_as_escapes(tmp_path: Path, capsys) -> None:
 
 def test_watch_reads_the_pairs_a_stream_recorded(tmp_path: Path, redis_url: str, prefix: str,
                                                   redis_client, capsys) -> None:  # fmt: skip
-    from common.keys import Keys
     from pairs_factory import record, write
+
+    from common.keys import Keys
 
     recs = [record(f"r{i}", [[0.8, 0.1, 0.1]], [[0.8, 0.1, 0.1]], country=c)
             for i, c in enumerate(["FR", "DE"] * 30)]  # fmt: skip
