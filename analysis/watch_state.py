@@ -40,6 +40,14 @@ def bin_index(value: float) -> int:
     return min(max(i, 0), N_BINS - 1)
 
 
+def _as_float(value: int | float) -> float:
+    """A JSON number as a float; an integer beyond a float's range is an infinity."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 @dataclass
 class FeatureState:
     """Counts for one feature; `merge` adds another state of the same feature."""
@@ -64,7 +72,7 @@ class FeatureState:
         elif isinstance(value, str):
             self._add_category(value, max_categories)
         elif isinstance(value, int | float):
-            self._add_number(float(value))
+            self._add_number(_as_float(value))
         else:
             self.invalid += 1
 

@@ -247,3 +247,11 @@ def test_watch_reads_the_pairs_a_stream_recorded(tmp_path: Path, redis_url: str,
     assert {"features[0]", "features[1]", "country[0]"} <= names
     assert main([*args, "--from-stream", "nothing", "--json"]) == 0  # an empty stream: no rows
     assert json.loads(capsys.readouterr().out)["requests"] == 0
+
+
+def test_huge_integers_and_deep_nesting_are_counted_not_raised() -> None:
+    state = watch_bodies(
+        ['{"instances": [{"n": 1' + "0" * 400 + "}]}", "[" * 100_000 + "]" * 100_000], WatchState()
+    )
+    assert state.features["n"].nan == 1  # beyond a float: counted with the infinities
+    assert state.unreadable == 1 and state.requests == 2
