@@ -140,8 +140,11 @@ class FeatureState:
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> FeatureState:
         low, high = doc.get("min"), doc.get("max")
+        numeric = {int(i): int(c) for i, c in doc.get("numeric", {}).items()}
+        if any(not 0 <= i < N_BINS for i in numeric):
+            raise ValueError(f"histogram bins must be in [0, {N_BINS})")
         return cls(
-            numeric={int(i): int(c) for i, c in doc.get("numeric", {}).items()},
+            numeric=numeric,
             categories={str(k): int(c) for k, c in doc.get("categories", {}).items()},
             present=int(doc.get("present", 0)), null=int(doc.get("null", 0)),
             nan=int(doc.get("nan", 0)), invalid=int(doc.get("invalid", 0)),

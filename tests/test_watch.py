@@ -178,6 +178,11 @@ def test_bad_files_exit_with_a_usage_error(tmp_path: Path, capsys) -> None:
     assert main([*bogus, "--requests", str(tmp_path / "r.jsonl")]) == 2
     assert main([*bogus, "--requests", str(tmp_path / "missing.jsonl")]) == 2
     assert "not a shadowtrial profile" in capsys.readouterr().err
+    (tmp_path / "edited.json").write_text(
+        json.dumps({"version": 1, "features": {"a": {"kind": "numeric", "numeric": {"99999": 3}}}})
+    )
+    edited = ["watch", "--reference", str(tmp_path / "edited.json")]
+    assert main([*edited, "--requests", str(tmp_path / "r.jsonl")]) == 2
 
 
 def test_thresholds_are_a_value_object() -> None:
