@@ -49,14 +49,24 @@ def _missing(state: FeatureState | None, rows: int) -> float:
     return _rate(absent + state.null + state.nan + state.invalid, rows)
 
 
-def _numeric(ref: FeatureState, cur: FeatureState) -> tuple[float, float]:
+Scales = tuple[float, float]  # per side: requests per row (<= 1), the test's unit
+
+
+def _unit(state: WatchState) -> float:
+    """Requests per row: the tests count requests, not rows, so a batch of 500 near-identical
+    rows weighs as one request (the distance still uses every row)."""
+    readable = state.requests - state.unreadable
+    return min(1.0, readable / state.rows) if state.rows and readable > 0 else 1.0
+
+
+def _numeric(ref: FeatureState, cur: FeatureState, scales: Scales) -> tuple[float, float]:
     a, b = ref.histogram(), cur.histogram()
     if a.sum() == 0 or b.sum() == 0:
         return NAN, NAN
-    return wasserstein_hist(a, b, EDGES), ks_p_hist(a, b)
+    return wasserstein_hist(a, b, EDGES), ks_p_hist(a * scales[0], b * scales[1])
 
 
-def _categorical(ref: FeatureState, cur: FeatureState) -> tuple[float, float]:
+def _categorical(ref: FeatureState, cur: FeatureState, scales: Scales) -> tuple[float, float]:
     keys = sorted(set(ref.categories) | set(cur.categories))
     a = np.array([ref.categories.get(k, 0) for k in keys], dtype=float)
     b = np.array([cur.categories.get(k, 0) for k in keys], dtype=float)
@@ -64,7 +74,7 @@ def _categorical(ref: FeatureState, cur: FeatureState) -> tuple[float, float]:
         return NAN, NAN
     if len(keys) < 2:
         return 0.0, 1.0
-    table = np.vstack([a, b])
+    table = np.vstack([a * scales[0], b * scales[1]])
     p = float(scipy_stats.chi2_contingency(table[:, table.sum(axis=0) > 0]).pvalue)
     return js_distance_hist(a, b), p
 
@@ -88,11 +98,16 @@ def _skew(ref: FeatureState, cur: FeatureState, kind: str) -> dict[str, Any]:
 
 
 def _feature_row(
-    name: str, kind: str, ref: FeatureState, cur: FeatureState | None, rows: tuple[int, int]
+    name: str,
+    kind: str,
+    pair: tuple[FeatureState, FeatureState | None],
+    sides: tuple[WatchState, WatchState],
 ) -> dict[str, Any]:
+    ref, cur = pair
+    rows = (sides[0].rows, sides[1].rows)
     current = cur or FeatureState()
     compare = _numeric if kind == "numeric" else _categorical
-    distance, p = compare(ref, current)
+    distance, p = compare(ref, current, (_unit(sides[0]), _unit(sides[1])))
     count = current.n_numeric if kind == "numeric" else current.n_categorical
     ref_count = ref.n_numeric if kind == "numeric" else ref.n_categorical
     return {
@@ -116,9 +131,9 @@ def compare_states(
 ) -> list[dict[str, Any]]:
     """One row per reference feature (plus features the reference never had), most drifted first."""
     limits = thresholds or DriftThresholds()
-    rows = (reference.rows, current.rows)
+    sides = (reference, current)
     out = [
-        _feature_row(name, reference.kind(name), state, current.features.get(name), rows)
+        _feature_row(name, reference.kind(name), (state, current.features.get(name)), sides)
         for name, state in reference.features.items()
     ]
     new = {k: v for k, v in current.features.items() if k not in reference.features}

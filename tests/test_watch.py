@@ -260,3 +260,16 @@ def test_huge_integers_and_deep_nesting_are_counted_not_raised() -> None:
     )
     assert state.features["n"].nan == 1  # beyond a float: counted with the infinities
     assert state.unreadable == 1 and state.requests == 2
+
+
+def test_the_request_is_the_unit_a_batch_of_copies_is_not_evidence() -> None:
+    """20 requests of 50 identical rows each: 1,000 rows but 20 draws of the law."""
+    rng = random.Random(13)
+    reference = _state([{"a": rng.gauss(0, 1)} for _ in range(5000)])
+    reference.requests = 5000
+    batched = WatchState()
+    for _ in range(20):
+        value = rng.gauss(0, 1)
+        watch_bodies([json.dumps({"instances": [{"a": value}] * 50})], batched)
+    row = compare_states(reference, batched)[0]
+    assert row["count"] == 1000 and row["p_adj"] > 0.01 and not row["flagged"]
