@@ -18,6 +18,7 @@ boundary (common.redis_client's clients; control.registry_store for the registry
     │   ├── NotFound         404: no such candidate
     │   └── Conflict         409: clashes with the current state
     ├── ReplayError          proxy.replay: a usage problem of `shadowtrial replay` (exit 2)
+    ├── ProfileError         analysis.profile: a data or profile file that cannot be read
     └── DecodeError          bytes or text that are not what they claim (also a ValueError,
         │                    so a parser's callers may catch either)
         ├── RecordError          common.records: a stream entry that is no pair record

@@ -22,6 +22,7 @@ from common.sanitize import printable
 COMMANDS: list[str] = [
     "serve", "worker", "candidates", "promote", "reject", "rollback", "report", "replay",
     "demo",
+    "profile", "watch",
 ]  # fmt: skip
 
 EXIT_FAILED = 1
