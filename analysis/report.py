@@ -37,6 +37,7 @@ from analysis.summaries import (
     Summary,
     merge_raw,
 )
+from analysis.text_summary import text_section
 from common.keys import (
     FIELD_CANCELLED,
     FIELD_CAPTURE_DROPPED,
@@ -177,6 +178,7 @@ def analyse(
         "discovered": _discovered(summary),
         "noise_floor": _noise_floor(summary, noise),
         "labels": _labels(summary),
+        "text": text_section(summary.get, summary.hist),
     }
 
 

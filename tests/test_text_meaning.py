@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import redis
 
@@ -74,13 +75,21 @@ def test_agreement_slices_and_drilldown_work_by_meaning(
     by_topic = {s["value"]: s for s in report["slices"] if s["slice"] == "topic"}
     assert by_topic["billing"]["agreement"] == 0.0 and by_topic["billing"]["flagged"]
     assert by_topic["geography"]["agreement"] == 1.0
+    text = report["text"]
+    assert text["rows"] == 240 and text["exact_rate"] == 0.0
+    assert text["similarity"]["rows"] == 240 and sum(text["similarity"]["histogram"]) == 240
+    assert text["similarity"]["p5"] < 0.85 < text["similarity"]["p50"]
+    assert text["refusal_rate"] == {"primary": 0.0, "candidate": 0.0}
+    assert text["json_valid_rate"] is None and text["mean_logprob_shift"] is None
     sample = read_samples(redis_client, Keys(prefix), "llm", "divergent", 1)[0]
     assert sample["similarity"][0] < 0.85
     assert sample["primary"]["text"] and sample["candidate"]["text"]
 
 
 def test_exact_agreement_is_still_available(redis_client: redis.Redis, prefix: str) -> None:
-    assert _report(redis_client, prefix, "exact")["agreement"]["rate"] == 0.0
+    report = _report(redis_client, prefix, "exact")
+    assert report["agreement"]["rate"] == 0.0
+    assert report["text"]["exact_rate"] == 0.0 and report["text"]["similarity"] is None
 
 
 @pytest.mark.parametrize(
@@ -113,3 +122,34 @@ def test_a_missing_model_file_fails_at_start_naming_it(prefix: str) -> None:
 
     with pytest.raises(ModelLoadError, match=r"nope\.onnx"):
         Evaluation(_settings(prefix, "meaning", text_model="/nonexistent/nope.onnx"))
+
+
+def test_text_counters_refusals_json_and_logprobs() -> None:
+    """The section's rates from real rows (no model needed: the counters are plain)."""
+    from collections import defaultdict
+
+    from analysis.adapters.base import Prediction
+    from analysis.compare import RowComparison
+    from analysis.text_summary import count_text, text_section
+
+    ints: defaultdict[str, int] = defaultdict(int)
+    rows = [
+        ('{"a": 1}', '{"a": 2}', 0.9),
+        ('{"a": 1}', "{broken", 0.5),
+        ("Sure, here it is.", "I'm sorry, but I can't help with that.", 0.1),
+        ("same  answer", "same answer", None),
+    ]
+    for p, c, sim in rows:
+        pp = Prediction(text=p, mean_logprob=-1.0)
+        cc = Prediction(text=c, mean_logprob=-0.5)
+        count_text(ints, RowComparison(False, pp, cc, similarity=sim))
+
+    def hist(kind: str, bins: int) -> np.ndarray:
+        return np.array([ints.get(f"{kind}:{i}", 0) for i in range(bins)])
+
+    section = text_section(lambda k: ints.get(k, 0), hist)
+    assert section["rows"] == 4 and section["exact_rate"] == 0.25
+    assert section["json_valid_rate"] == 0.5
+    assert section["refusal_rate"] == {"primary": 0.0, "candidate": 0.25}
+    assert section["mean_logprob_shift"] == 0.5
+    assert section["similarity"]["rows"] == 3 and section["similarity"]["p50"] == 0.51

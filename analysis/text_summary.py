@@ -1,0 +1,110 @@
+"""The report's `text` section: what agreement by meaning hides, counted per row.
+
+Counted by the worker for every row where both answers are text (integer counters in the
+bucket hash, so any number of workers add up exactly):
+
+    xn                  text rows compared
+    xeq                 equal after collapsing whitespace (the exact agreement)
+    xs:i                similarity histogram, 100 bins on [0, 1] (negatives in bin 0),
+                        for rows judged by meaning
+    xpc xcc             characters of the primary's / the candidate's answers
+    xpe xce             empty answers per side
+    xpr xcr             refusals per side ("I can't ...", "I'm sorry, but ...")
+    xjp xjc             the primary's answers that are JSON, and of those the candidate's
+    xln xls             rows with both mean token log-probabilities; the sum of their
+                        shift (candidate - primary, micro-units)
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import orjson
+
+BINS = 100
+MICRO = 1_000_000
+_XS = [f"xs:{i}" for i in range(BINS)]
+_REFUSAL = re.compile(
+    r"^\W*(?:i(?:'m| am) sorry|sorry,|i can(?:'|no)t|i cannot|i(?:'m| am) (?:not able|unable)"
+    r"|as an ai)",
+    re.IGNORECASE,
+)
+
+
+def _refusal(text: str) -> bool:
+    return bool(_REFUSAL.match(text[:200]))
+
+
+def _json(text: str) -> bool:
+    stripped = text.strip()
+    if not stripped or stripped[0] not in "{[":
+        return False
+    try:
+        orjson.loads(stripped)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def count_text(ints: defaultdict[str, int], row: Any) -> None:
+    """Count one row whose two answers are both text."""
+    p, c = row.primary.text, row.candidate.text
+    ints["xn"] += 1
+    if " ".join(p.split()) == " ".join(c.split()):
+        ints["xeq"] += 1
+    sim = getattr(row, "similarity", None)
+    if sim is not None:
+        ints[_XS[min(BINS - 1, max(0, int(sim * BINS)))]] += 1
+    ints["xpc"] += len(p)
+    ints["xcc"] += len(c)
+    ints["xpe"] += not p.strip()
+    ints["xce"] += not c.strip()
+    ints["xpr"] += _refusal(p)
+    ints["xcr"] += _refusal(c)
+    if _json(p):
+        ints["xjp"] += 1
+        ints["xjc"] += _json(c)
+    lp, lc = row.primary.mean_logprob, row.candidate.mean_logprob
+    if lp is not None and lc is not None:
+        ints["xln"] += 1
+        ints["xls"] += round((lc - lp) * MICRO)
+
+
+def _rate(num: int, den: int) -> float | None:
+    return round(num / den, 4) if den else None
+
+
+def _similarity(hist: np.ndarray) -> dict[str, Any] | None:
+    n = int(hist.sum())
+    if not n:
+        return None
+    cdf = np.cumsum(hist) / n
+    pct = {
+        f"p{q}": round(float(np.searchsorted(cdf, q / 100) + 1) / BINS, 2)
+        for q in (5, 25, 50, 75, 95)
+    }
+    return {"rows": n, **pct, "histogram": [int(x) for x in hist]}
+
+
+def text_section(get: Any, hist: Any) -> dict[str, Any] | None:
+    """The `text` section from a summary's counters (None when no text was compared)."""
+    n = get("xn")
+    if not n:
+        return None
+    n_lp = get("xln")
+    return {
+        "rows": n,
+        "exact_rate": _rate(get("xeq"), n),
+        "similarity": _similarity(hist("xs", BINS)),
+        "length_ratio": _rate(get("xcc"), get("xpc")),
+        "empty_rate": {"primary": _rate(get("xpe"), n), "candidate": _rate(get("xce"), n)},
+        "refusal_rate": {"primary": _rate(get("xpr"), n), "candidate": _rate(get("xcr"), n)},
+        "json_valid_rate": _rate(get("xjc"), get("xjp")),
+        "mean_logprob_shift": round(get("xls") / MICRO / n_lp, 4) if n_lp else None,
+    }
+
+
+__all__ = ["count_text", "text_section"]
