@@ -37,7 +37,7 @@ from analysis.summaries import (
     Summary,
     merge_raw,
 )
-from analysis.text_summary import text_section
+from analysis.text_summary import text_examples, text_section
 from common.keys import (
     FIELD_CANCELLED,
     FIELD_CAPTURE_DROPPED,
@@ -144,6 +144,9 @@ def build_report(
         "unparseable": _unparseable(client, keys, candidate, summary),
         "timeline": timeline,
     }
+    if report["text"]:
+        divergent = read_samples(client, keys, candidate, "divergent", 50)
+        report["text"]["examples"] = text_examples(divergent)
     report["gate"] = evaluate_gate(report, settings.gate)
     return json_safe(report)
 

@@ -107,4 +107,30 @@ def text_section(get: Any, hist: Any) -> dict[str, Any] | None:
     }
 
 
-__all__ = ["count_text", "text_section"]
+EXAMPLE_CHARS = 500  # each text of an example, as the drill-down keeps it (cut further)
+
+
+def text_examples(samples: list[dict[str, Any]], limit: int = 5) -> list[dict[str, Any]]:
+    """Recent divergent pairs judged by meaning: both first-row texts and their similarity
+    (the page shows them side by side). Samples come from Redis: read defensively."""
+    out = []
+    for sample in samples:
+        sims = sample.get("similarity")
+        p_texts = (sample.get("primary") or {}).get("text")
+        c_texts = (sample.get("candidate") or {}).get("text")
+        if not (isinstance(sims, list) and sims and p_texts and c_texts):
+            continue
+        out.append(
+            {
+                "request_id": str(sample.get("request_id", "")),
+                "similarity": sims[0],
+                "primary": str(p_texts[0] or "")[:EXAMPLE_CHARS],
+                "candidate": str(c_texts[0] or "")[:EXAMPLE_CHARS],
+            }
+        )
+        if len(out) >= limit:
+            break
+    return out
+
+
+__all__ = ["count_text", "text_examples", "text_section"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import redis
@@ -153,3 +155,29 @@ def test_text_counters_refusals_json_and_logprobs() -> None:
     assert section["refusal_rate"] == {"primary": 0.0, "candidate": 0.25}
     assert section["mean_logprob_shift"] == 0.5
     assert section["similarity"]["rows"] == 3 and section["similarity"]["p50"] == 0.51
+
+
+def test_the_page_shows_both_texts_side_by_side_with_their_similarity(
+    redis_client: redis.Redis, prefix: str, redis_url: str
+) -> None:
+    import httpx
+    from servers import serve_app
+
+    from tests.ui_trial import entry, page_context, ui_app
+
+    settings = _settings(prefix, "meaning")
+    records = _records(40)
+    records.append(chat_record("x", "billing", "Pay by card.", "<script>alert(1)</script>\x1b[2J"))
+    now = time.time()
+    for rec in records:
+        rec.ts_ms = int(now * 1000)
+    pf.write(redis_client, Keys(prefix).pairs("llm"), records)
+    pf.drain(Worker(redis_client, settings))
+    report = build_report(redis_client, Keys(prefix), settings, "llm", 3600, now=now + 1)
+    example = report["text"]["examples"][0]
+    assert example["similarity"] < 0.85 and example["primary"] and example["candidate"]
+    with serve_app(ui_app(page_context(settings, redis_url, [entry("llm")]))) as base:
+        page = httpx.get(f"{base}/ui/candidates/llm?window=1h", timeout=30).text
+    assert 'id="text"' in page and "Text answers" in page
+    assert "Invoices are never sent" in page or "Only cash is accepted" in page
+    assert "<script>alert" not in page and "\x1b" not in page
