@@ -107,6 +107,24 @@ def text_section(get: Any, hist: Any) -> dict[str, Any] | None:
     }
 
 
+def noise_similarity(name: str, get: Any, hist: Any) -> dict[str, Any] | None:
+    """The secondary replica's similarity to the primary: the noise floor of meaning.
+
+    A replica that samples (temperature > 0) words the same meaning differently; its 5th
+    percentile is then a calibrated threshold (`suggested_threshold`). A replica whose
+    answers are nearly all identical (deterministic decoding) calibrates nothing: None,
+    and the configured `outputs.text_threshold` stands. Never applied automatically.
+    """
+    n = get("xn")
+    sim = _similarity(hist("xs", BINS))
+    if not n or sim is None:
+        return None
+    exact = get("xeq") / n
+    suggested = round(sim["p5"] - 1 / BINS, 2) if exact < 0.95 else None
+    return {"secondary": name, "rows": n, "exact_rate": round(exact, 4), "p5": sim["p5"],
+            "suggested_threshold": suggested}  # fmt: skip
+
+
 EXAMPLE_CHARS = 500  # each text of an example, as the drill-down keeps it (cut further)
 
 
@@ -133,4 +151,4 @@ def text_examples(samples: list[dict[str, Any]], limit: int = 5) -> list[dict[st
     return out
 
 
-__all__ = ["count_text", "text_examples", "text_section"]
+__all__ = ["count_text", "noise_similarity", "text_examples", "text_section"]

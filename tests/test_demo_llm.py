@@ -40,4 +40,7 @@ def test_the_llm_scenario_agrees_by_meaning_and_flags_the_wrong_topic(tmp_path: 
     # it answered at all only because the proxy sent its own key and model name
     assert report["errors"]["candidate"] == 0
     assert report["text"]["examples"] and "#text" in out
+    # the replica answers identically (deterministic): it calibrates no threshold
+    floor = report["text"]["noise_floor"]
+    assert floor["exact_rate"] == 1.0 and floor["suggested_threshold"] is None
     assert not [p for p in json.loads((keep / "pids.json").read_text()).values() if pid_alive(p)]

@@ -181,3 +181,33 @@ def test_the_page_shows_both_texts_side_by_side_with_their_similarity(
     assert 'id="text"' in page and "Text answers" in page
     assert "Invoices are never sent" in page or "Only cash is accepted" in page
     assert "<script>alert" not in page and "\x1b" not in page
+
+
+def test_a_rewording_replica_calibrates_a_threshold(redis_client: redis.Redis, prefix: str) -> None:
+    """The noise floor of meaning: a sampling replica words the same answers differently;
+    the 5th percentile of its similarity is the suggested threshold (below every rewording
+    it produced, above the wrong answers' similarity)."""
+    raw = {
+        "redis": {"prefix": prefix},
+        "worker": {"block_ms": 10},
+        "outputs": {"protocol": "openai", "text_agreement": "meaning"},
+        "candidates": [
+            {"name": "llm", "url": "http://127.0.0.1:9"},
+            {"name": "replica", "url": "http://127.0.0.1:9", "role": "secondary"},
+        ],
+    }
+    settings = settings_from_mapping(raw, environ={})
+    keys = Keys(prefix)
+    pf.write(redis_client, keys.pairs("llm"), _records(5))
+    replica = [
+        chat_record(f"r{topic}{k}{i}", topic, p, r, name="replica")
+        for topic, answers in TOPICS.items()
+        for k, (p, r, _) in enumerate(answers)
+        for i in range(5)
+    ]
+    pf.write(redis_client, keys.pairs("replica"), replica)
+    pf.drain(Worker(redis_client, settings))
+    report = build_report(redis_client, keys, settings, "llm", 3600, now=1_700_000_030)
+    floor = report["text"]["noise_floor"]
+    assert floor["secondary"] == "replica" and floor["exact_rate"] == 0.0
+    assert 0.5 < floor["suggested_threshold"] < 0.9
