@@ -50,6 +50,7 @@ class RowComparison:
     abs_diff: float | None = None  # |diff|; for vectors the largest element difference
     conf_delta: float | None = None  # candidate confidence - primary confidence
     similarity: float | None = None  # text by meaning: cosine of the two answers' embeddings
+    text_cut: bool = False  # text by meaning: an answer was cut to outputs.text_max_chars
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,7 +67,8 @@ class MeaningJudge:
             a = vectors[texts[row.primary.text[: self.max_chars]]]
             b = vectors[texts[row.candidate.text[: self.max_chars]]]
             sim = round(float(np.clip(a @ b, -1.0, 1.0)), 4)
-            rows[i] = replace(row, agree=sim >= self.threshold, similarity=sim)
+            cut = max(len(row.primary.text), len(row.candidate.text)) > self.max_chars
+            rows[i] = replace(row, agree=sim >= self.threshold, similarity=sim, text_cut=cut)
 
 
 def _is_text(row: Any) -> bool:

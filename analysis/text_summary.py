@@ -5,6 +5,7 @@ bucket hash, so any number of workers add up exactly):
 
     xn                  text rows compared
     xeq                 equal after collapsing whitespace (the exact agreement)
+    xcut                rows with an answer cut to outputs.text_max_chars before embedding
     xs:i                similarity histogram, 100 bins on [0, 1] (negatives in bin 0),
                         for rows judged by meaning
     xpc xcc             characters of the primary's / the candidate's answers
@@ -58,6 +59,7 @@ def count_text(ints: defaultdict[str, int], row: Any) -> None:
     sim = getattr(row, "similarity", None)
     if sim is not None:
         ints[_XS[min(BINS - 1, max(0, int(sim * BINS)))]] += 1
+    ints["xcut"] += bool(getattr(row, "text_cut", False))
     ints["xpc"] += len(p)
     ints["xcc"] += len(c)
     ints["xpe"] += not p.strip()
@@ -100,6 +102,7 @@ def text_section(get: Any, hist: Any) -> dict[str, Any] | None:
         "exact_rate": _rate(get("xeq"), n),
         "similarity": _similarity(hist("xs", BINS)),
         "length_ratio": _rate(get("xcc"), get("xpc")),
+        "cut_rate": _rate(get("xcut"), n),
         "empty_rate": {"primary": _rate(get("xpe"), n), "candidate": _rate(get("xce"), n)},
         "refusal_rate": {"primary": _rate(get("xpr"), n), "candidate": _rate(get("xcr"), n)},
         "json_valid_rate": _rate(get("xjc"), get("xjp")),

@@ -117,6 +117,7 @@ def test_hostile_text_answers_never_crash_the_worker(
     assert pf.drain(Worker(redis_client, settings)) == 3
     report = build_report(redis_client, Keys(prefix), settings, "llm", 3600, now=1_700_000_030)
     assert report["pairs"] == 3
+    assert report["text"]["cut_rate"] > 0  # the giant answer was cut, and counted
 
 
 def test_a_missing_model_file_fails_at_start_naming_it(prefix: str) -> None:
