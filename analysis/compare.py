@@ -49,6 +49,8 @@ class RowComparison:
     diff: float | None = None  # candidate - primary score (regression)
     abs_diff: float | None = None  # |diff|; for vectors the largest element difference
     conf_delta: float | None = None  # candidate confidence - primary confidence
+    similarity: float | None = None  # text by meaning: cosine of the two answers' embeddings
+    text_cut: bool = False  # text by meaning: an answer was cut to outputs.text_max_chars
 
 
 @dataclass(frozen=True, slots=True)

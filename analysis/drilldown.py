@@ -48,6 +48,12 @@ def _side(preds: list[Prediction]) -> dict[str, Any]:
     }
 
 
+def _similarity(ev: PairEvidence) -> list[float | None] | None:
+    """Per-row similarity of the two texts when they were compared by meaning."""
+    shown = [getattr(r, "similarity", None) for r in ev.rows[:ROWS_SHOWN]]
+    return shown if any(s is not None for s in shown) else None
+
+
 def pair_sample(rec: PairRecord, ev: PairEvidence, slices: list[dict[str, str]]) -> dict[str, Any]:
     """One pair as the drill-down endpoint shows it (JSON-safe)."""
     request, cut = _text(rec.request_body, REQUEST_CHARS)
@@ -66,6 +72,7 @@ def pair_sample(rec: PairRecord, ev: PairEvidence, slices: list[dict[str, str]])
         "rows": len(agreement),
         "divergent_rows": agreement.count(False),
         "agree": bool(agreement) and all(agreement),
+        "similarity": _similarity(ev),
         "slices": slices[:ROWS_SHOWN],
         "primary": {
             "status": rec.primary_status,

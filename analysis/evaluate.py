@@ -2,7 +2,9 @@
 
 Deferred ONNX candidates (`run = "worker"`) are run first on the batch's request bodies;
 then both answers are parsed by the protocol adapter, compared row by row, and the
-request's slice values read. An adapter bug counts the entry as bad, never stops the batch.
+request's slice values read; with `outputs.text_agreement = "meaning"` the batch's text
+rows are then judged by embedding similarity (analysis.meaning). An adapter bug counts
+the entry as bad, never stops the batch.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from analysis.adapters.base import UnparseableOutput
 from analysis.compare import compare_outputs
 from analysis.decode import Item
 from analysis.jsonpath import compile_path
+from analysis.meaning import MeaningJudge
 from analysis.slices import SliceExtractor
 from analysis.summaries import PairEvidence
 from common.errors import CandidateError
@@ -178,6 +181,9 @@ class Evaluation:
     def __init__(self, settings: Settings) -> None:
         self.evaluator = Evaluator(settings)
         self.deferred = DeferredRunner(settings)
+        self.meaning: MeaningJudge | None = None
+        if settings.outputs.text_agreement == "meaning":
+            self.meaning = MeaningJudge(settings.outputs)  # ModelLoadError at start
 
     def run(self, candidate: str, items: Sequence[Item]) -> None:
         """Fill each item's evidence; an item that cannot be evaluated becomes bad."""
@@ -191,6 +197,8 @@ class Evaluation:
             except Exception:  # an adapter bug must not stop the evidence: count it as bad
                 log.exception("cannot evaluate entry %s of %s", item.id, candidate)
                 item.record, item.evidence = None, None
+        if self.meaning is not None:
+            self.meaning.judge(records)
 
 
 __all__ = ["DeferredRunner", "Evaluation", "Evaluator"]

@@ -37,6 +37,7 @@ from analysis.summaries import (
     Summary,
     merge_raw,
 )
+from analysis.text_summary import noise_similarity, text_examples, text_section
 from common.keys import (
     FIELD_CANCELLED,
     FIELD_CAPTURE_DROPPED,
@@ -143,6 +144,12 @@ def build_report(
         "unparseable": _unparseable(client, keys, candidate, summary),
         "timeline": timeline,
     }
+    if report["text"]:
+        divergent = read_samples(client, keys, candidate, "divergent", 50)
+        report["text"]["examples"] = text_examples(divergent)
+        if noise is not None:
+            floor = noise[1]
+            report["text"]["noise_floor"] = noise_similarity(noise[0], floor.get, floor.hist)
     report["gate"] = evaluate_gate(report, settings.gate)
     return json_safe(report)
 
@@ -177,6 +184,7 @@ def analyse(
         "discovered": _discovered(summary),
         "noise_floor": _noise_floor(summary, noise),
         "labels": _labels(summary),
+        "text": text_section(summary.get, summary.hist),
     }
 
 

@@ -31,6 +31,7 @@ read back with the wrong number of parts is skipped and counted in `Summary.malf
                                     records whose candidate the worker ran itself
     mirror:sampled mirror:shed ...  added by the proxies, not the worker (common.keys
     capture:dropped                 FIELD_*): mirrors sampled, and those left without a pair
+    xn xeq xs:i ...                 text rows (analysis.text_summary)
 
 Bound: a bucket holds at most about 460 fixed fields + 2 x 1,475 latency bins + the
 populated regression bins + (C + 2)^2 flip cells + 2 x sum_f (V_f + 1) slice fields
@@ -55,6 +56,7 @@ import numpy as np
 from analysis import stats
 from analysis.sequential import RequestMoments
 from analysis.slices import OTHER
+from analysis.text_summary import count_text
 
 if TYPE_CHECKING:
     from analysis.adapters.base import Prediction
@@ -398,6 +400,8 @@ def _count_rows(delta: BucketDelta, ev: PairEvidence, fold: Fold) -> int:
             ints[f"nb:{near_p}{near_c}"] += 1
         _count_delta(ints, p, c)
         _count_regression(delta, row)
+        if p.text is not None and c.text is not None:
+            count_text(ints, row)
         _count_slices(ints, slice_items(ev, i, p, fold), not agree)
         disagree += not agree
     return disagree

@@ -11,6 +11,7 @@ for a Service named shadowtrial-admin) are not overrides and are skipped.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
@@ -269,6 +270,59 @@ def _name(key: str, value: Any) -> str:
     return text
 
 
+_HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}\Z")
+_ENV_REF_RE = re.compile(r"env:([A-Za-z_][A-Za-z0-9_]{0,127})\Z")
+
+
+def _pairs(key: str, value: Any, what: str) -> list[tuple[str, Any]]:
+    """A TOML table, or the list of pairs the registry stores it as, as (name, value) pairs."""
+    if isinstance(value, Mapping):
+        return list(value.items())
+    if isinstance(value, list | tuple) and all(
+        isinstance(p, list | tuple) and len(p) == 2 and isinstance(p[0], str) for p in value
+    ):
+        return [(p[0], p[1]) for p in value]
+    raise ConfigError(key, "...", f"expected a table of {what}")
+
+
+def _cast_header_table(key: str, value: Any) -> tuple[tuple[str, str], ...]:
+    """A candidate's own headers: a literal value, or `env:NAME` read when the runner starts.
+
+    A credential header (Authorization, API keys, tokens) must use `env:`, so its secret is
+    never in the config file, the registry in Redis, or an error message.
+    """
+    from common.credentials import is_credential
+
+    pairs = []
+    for name, val in _pairs(key, value, "header values"):
+        where = f"{key}.{name}" if _HEADER_NAME_RE.match(name) else key
+        if not _HEADER_NAME_RE.match(name):
+            raise ConfigError(where, "...", "not a valid header name")
+        if not isinstance(val, str) or any(c in val for c in "\r\n\0"):
+            raise ConfigError(where, "...", "expected a one-line string")
+        if is_credential(name) and not _ENV_REF_RE.match(val):
+            raise ConfigError(where, "...", 'a credential header takes "env:VARIABLE_NAME"')
+        pairs.append((name, val))
+    return tuple(pairs)
+
+
+def _cast_header_names(key: str, value: Any) -> tuple[str, ...]:
+    names = _cast_str_list(key, value)
+    if not all(_HEADER_NAME_RE.match(n) for n in names):
+        raise ConfigError(key, value, "not a list of header names")
+    return tuple(n.lower() for n in names)
+
+
+def _cast_json_table(key: str, value: Any) -> tuple[tuple[str, Any], ...]:
+    """Top-level JSON fields to set in a candidate's request body (e.g. `model`)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ConfigError(key, "...", "expected a table (or a JSON object)") from None
+    return tuple((str(k), v) for k, v in _pairs(key, value, "JSON fields"))
+
+
 def _setting(default: Any, cast: Callable[[str, Any], Any], **kw: Any) -> Any:
     """A dataclass field that knows how to validate its raw value."""
     if isinstance(default, list | dict):
@@ -366,6 +420,13 @@ class OutputSettings:
     # A gzip / deflate answer is decoded up to this size; beyond it (a bomb) it is counted
     # unparseable without being expanded further (analysis.adapters.encoding).
     max_decoded_bytes: int = _setting(8_388_608, _at_least(_cast_int, 1024))
+    # Free text (OpenAI chat/completions, a jsonpath text field): "exact" compares after
+    # collapsing whitespace; "meaning" embeds both answers in the worker (models.text_embedder,
+    # the `text` extra) and they agree when their cosine similarity is >= text_threshold.
+    text_agreement: str = _setting("exact", _choice("exact", "meaning"))
+    text_threshold: float = _setting(0.85, _fraction)
+    text_model: str = _setting("", _cast_str)  # an all-MiniLM-L6-v2 ONNX file; "" = the extra's
+    text_max_chars: int = _setting(4000, _at_least(_cast_int, 1))  # cut before embedding
 
 
 @dataclass(frozen=True)
@@ -429,6 +490,12 @@ class CandidateSettings:
     # Send the client's Authorization, Cookie and API-key headers to this candidate too
     # (off: a candidate on trial never sees the client's credentials).
     forward_credentials: bool = _setting(False, _cast_bool)
+    # Per-candidate requests (a candidate LLM behind another provider or model name):
+    # headers set or replaced (`env:NAME` values read at start), header names removed,
+    # and top-level fields set in a JSON object body (`body_set = { model = "b" }`).
+    headers: tuple[tuple[str, str], ...] = _setting((), _cast_header_table)
+    drop_headers: tuple[str, ...] = _setting((), _cast_header_names)
+    body_set: tuple[tuple[str, Any], ...] = _setting((), _cast_json_table)
 
 
 @dataclass(frozen=True)

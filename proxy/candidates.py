@@ -8,7 +8,8 @@ Runners:
   sent to the candidate's base URL (proxy.http1), under the candidate's own timeout.
   The client's credentials (Authorization, Cookie, API keys and tokens) are not sent
   unless the candidate sets `forward_credentials = true`, and every mirrored request
-  carries `X-Shadowtrial-Shadow: 1` so a candidate can skip side effects.
+  carries `X-Shadowtrial-Shadow: 1` so a candidate can skip side effects. A candidate's
+  own `headers`, `drop_headers` and `body_set` apply after that (proxy.candidate_request).
 - `DeferredCandidate`: `onnx = ...` with `run = "worker"`. Returns `deferred` at once
   without doing any work; the comparison worker runs the model later from the record.
 - `proxy.onnx_runner.OnnxCandidate(settings)`: `onnx = ...` with `run = "proxy"`; runs the
@@ -20,6 +21,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from common.credentials import is_credential
 from common.errors import ModelLoadError
 from common.records import (
     OUTCOME_DEFERRED,
@@ -29,26 +31,13 @@ from common.records import (
     OUTCOME_TIMEOUT,
 )
 from common.settings import CandidateSettings, Settings
+from proxy.candidate_request import RequestShape, request_shape
 from proxy.http1 import Http1Client, ProtocolError
 from proxy.runner import CandidateResult, CandidateRunner, MirrorRequest
 
 SHADOW_HEADER = ("x-shadowtrial-shadow", "1")
-# Request headers that carry the client's credentials: never sent to a candidate unless
-# it opts in (a candidate is a model on trial, not a party the client authenticated to).
-_CREDENTIAL_NAMES = frozenset(
-    {"authorization", "cookie", "proxy-authorization", "x-api-key", "api-key", "apikey"}
-)
-_CREDENTIAL_SUFFIXES = ("-token", "_token", "-api-key", "-apikey", "-secret", "-subscription-key")
-
-
 _KEEP, _CREDENTIAL, _SHADOW = 1, 2, 3
 _KINDS: dict[str, int] = {}  # header name -> kind; on the mirror path, so cached (bounded)
-
-
-def is_credential(name: str) -> bool:
-    """True for a header name that carries a credential (any case)."""
-    lname = name.lower()
-    return lname in _CREDENTIAL_NAMES or lname.endswith(_CREDENTIAL_SUFFIXES)
 
 
 def _kind(name: str) -> int:
@@ -88,6 +77,7 @@ class HttpCandidate:
     max_body: int = 1_048_576
     pool_size: int = 256
     forward_credentials: bool = False
+    shape: RequestShape = field(default_factory=RequestShape)
     _client: Http1Client | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -98,11 +88,12 @@ class HttpCandidate:
         """Send the request; classify whatever happens into an outcome."""
         assert self._client is not None
         target = f"{request.path}?{request.query}" if request.query else request.path
-        headers = candidate_headers(request.headers, self.forward_credentials)
+        headers = self.shape.headers(candidate_headers(request.headers, self.forward_credentials))
+        body = self.shape.body(request.body, headers)
         start = time.perf_counter()
         try:
             answer = await self._client.request(
-                request.method, target, headers, request.body, self._timeout_s
+                request.method, target, headers, body, self._timeout_s
             )
         except TimeoutError:
             return _failed(OUTCOME_TIMEOUT, f"no answer within {self.timeout_ms} ms", start)
@@ -154,6 +145,7 @@ def build_runner(cand: CandidateSettings, max_body: int, pool_size: int) -> Cand
             max_body=max_body,
             pool_size=pool_size,
             forward_credentials=cand.forward_credentials,
+            shape=request_shape(cand),
         )
     if cand.run == "worker":
         _check_loadable(cand)

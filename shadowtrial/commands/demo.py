@@ -36,6 +36,13 @@ def register(subparsers: Any) -> None:
         help="which v2 is on trial: the one with a silent training/serving skew "
         "(default), or one trained right",
     )
+    parser.add_argument(
+        "--scenario",
+        choices=["classifier", "llm"],
+        default="classifier",
+        help="classifier: the survey models (default); llm: two small local text models, "
+        "the candidate rewording answers and wrong on one topic, judged by meaning",
+    )
     when = parser.add_mutually_exclusive_group()
     when.add_argument(
         "--duration",
@@ -74,4 +81,8 @@ def run(args: argparse.Namespace) -> int:
         keep=args.keep,
         requests=args.requests,
     )
+    if args.scenario == "llm":
+        from shadowtrial.demo.llm import LlmDemo
+
+        return run_demo(options, demo_class=LlmDemo)
     return run_demo(options)

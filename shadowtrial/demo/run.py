@@ -107,6 +107,9 @@ def distinct_ports() -> config.Ports:
 class Demo:
     """One run of the demo: its folder, processes, and what it prints."""
 
+    # The candidates whose pair streams the workers must drain before the report.
+    evidence_names: tuple[str, ...] = (config.CANDIDATE, config.ONNX_CANDIDATE, config.REPLICA)
+
     def __init__(self, options: Options, console: Console, folder: Path) -> None:
         self.options = options
         self.console = console
@@ -268,7 +271,7 @@ class Demo:
     def wait_for_evidence(self, answered: int) -> None:
         """Until the proxy has recorded every pair and the workers have compared them."""
         started = time.monotonic()
-        names = (config.CANDIDATE, config.ONNX_CANDIDATE, config.REPLICA)
+        names = self.evidence_names
         expected = answered * len(names)
         client = self._redis()
         try:
@@ -288,7 +291,7 @@ class Demo:
                     time.sleep(0.1)
         finally:
             client.close()
-        self.console.print(summary.compared_line(recorded, time.monotonic() - started))
+        self.console.print(summary.compared_line(recorded, time.monotonic() - started, len(names)))
 
     def _proxy_idle(self) -> bool:
         """The proxy has no mirror in flight and nothing waiting to be written."""
@@ -374,11 +377,13 @@ def _folder(keep: Path | None) -> tuple[Path, bool]:
     return Path(tempfile.mkdtemp(prefix="shadowtrial-demo-")), True
 
 
-def run_demo(options: Options, console: Console | None = None) -> int:
+def run_demo(
+    options: Options, console: Console | None = None, demo_class: type[Demo] | None = None
+) -> int:
     """Run the demo; 0 when it ran to the end (whatever the verdict), 130 if interrupted early."""
     console = console or Console(highlight=False)
     folder, remove = _folder(options.keep)
-    demo = Demo(options, console, folder)
+    demo = (demo_class or Demo)(options, console, folder)
     code = 0
     try:
         with signals_interrupt():

@@ -59,9 +59,9 @@ def traffic_line(result: Any) -> str:
     return line
 
 
-def compared_line(recorded: int, seconds: float) -> str:
+def compared_line(recorded: int, seconds: float, per_request: int = 3) -> str:
     return (
-        f"the workers had compared all {recorded:,} pairs (3 per request)"
+        f"the workers had compared all {recorded:,} pairs ({per_request} per request)"
         f" {seconds:.1f} s after the last request"
     )
 
