@@ -14,7 +14,7 @@ from analysis import drilldown
 from analysis.apply import BatchExtras
 from analysis.decode import Item
 from analysis.feedback import join_value
-from analysis.summaries import BatchDelta, bucket_start, slice_items
+from analysis.summaries import BatchDelta, PairEvidence, bucket_start, slice_items
 from common.keys import SAMPLES_KEPT
 
 RECENT_PER_BATCH = 20  # pairs of each batch pushed to the `recent` drill-down list
@@ -51,8 +51,17 @@ def _joins(items: Sequence[Item], bucket_seconds: int) -> list[tuple[str, str, i
         primary, candidate = ev.labels()
         if primary is not None:
             bucket = bucket_start(ev.ts_ms, bucket_seconds)
-            joins.append((ev.request_id, join_value(bucket, primary, candidate), bucket))
+            value = join_value(bucket, primary, candidate, _confidences(ev))
+            joins.append((ev.request_id, value, bucket))
     return joins
+
+
+def _confidences(ev: PairEvidence) -> tuple[float | None, float | None]:
+    """The first row's confidence on each side (None when unknown or the candidate failed)."""
+    primary = ev.primary_rows[0].confidence if ev.primary_rows else None
+    if ev.candidate_error or not ev.rows:
+        return primary, None
+    return primary, ev.rows[0].candidate.confidence
 
 
 def _diagnostics(extras: BatchExtras, items: Sequence[Item]) -> None:

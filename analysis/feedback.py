@@ -6,7 +6,9 @@ labels behind. When a label comes (POST /v1/feedback -> `record_feedback`) it lo
 those predictions; if there are none it leaves the label behind. Both sides run as Lua
 scripts on the same keys, so exactly one of them sees the other and counts the pair in
 its bucket's a/b/c/d counters (la: both right, lb: only the primary, lc: only the
-candidate, ld: both wrong; a candidate error is wrong). Whatever waits lives in two
+candidate, ld: both wrong; a candidate error is wrong) and each side's calibration
+counters per confidence decile (kpn/kps/kpr, kcn/kcs/kcr: labelled rows, their confidence
+sum in micro-units, the right ones; read by analysis.estimate). Whatever waits lives in two
 generations of at most `worker.label_join_max` entries, each rotated after
 `worker.label_join_hours`, so memory stays bounded however many labels never match.
 
@@ -15,13 +17,14 @@ Only single-row requests are joined (a label names one answer).
 
 from __future__ import annotations
 
+import math
 import time
 
 import redis
 
 from analysis.adapters.base import label_text
 from analysis.apply import ROLLUP_SECONDS
-from analysis.summaries import SEP
+from analysis.summaries import MICRO, SEP
 from common.keys import Keys
 from common.redis_client import store_errors
 from common.scripts import SCRIPTS
@@ -34,11 +37,26 @@ def clean_label(value: object) -> str | None:
     return None if text is None else text.replace(SEP, " ")
 
 
-def join_value(bucket: int, primary: str, candidate: str | None) -> str:
-    """What waits for a label: the pair's bucket and both labels (candidate None: error)."""
+def join_value(
+    bucket: int,
+    primary: str,
+    candidate: str | None,
+    confidences: tuple[float | None, float | None] = (None, None),
+) -> str:
+    """What waits for a label: the pair's bucket, both labels (candidate None: error) and
+    both confidences in micro-units ('' when unknown), so a joined label also counts the
+    calibration of each side (join.lua: k<side>n/s/r per confidence decile)."""
     p = primary.replace(SEP, " ")
     c = "" if candidate is None else candidate.replace(SEP, " ")
-    return f"{bucket}{SEP}{p}{SEP}{c}{SEP}{1 if candidate is None else 0}"
+    micro = [_micro(x) for x in confidences]
+    return SEP.join([str(bucket), p, c, "1" if candidate is None else "0", *micro])
+
+
+def _micro(confidence: float | None) -> str:
+    """A confidence in micro-units, clamped to [0, 1]; '' when unknown or not finite."""
+    if confidence is None or not math.isfinite(confidence):
+        return ""
+    return str(round(min(max(confidence, 0.0), 1.0) * MICRO))
 
 
 def known_candidates(client: redis.Redis, keys: Keys) -> list[str]:

@@ -21,7 +21,7 @@ import numpy as np
 import redis
 from scipy import stats as scipy_stats
 
-from analysis import anytime_slices, latency, sequential, stats
+from analysis import anytime_slices, estimate, latency, sequential, stats
 from analysis.apply import ROLLUP_SECONDS
 from analysis.drilldown import read_samples, recent_pairs
 from analysis.gate import evaluate_gate
@@ -177,6 +177,7 @@ def analyse(
         "discovered": _discovered(summary),
         "noise_floor": _noise_floor(summary, noise),
         "labels": _labels(summary),
+        "estimated": estimate.estimated(summary),
     }
 
 

@@ -27,6 +27,9 @@ read back with the wrong number of parts is skipped and counted in `Summary.malf
     ct SEP kind                     contract differences per kind
     la lb lc ld                     labelled pairs: both right, primary only, candidate
                                     only, both wrong
+    lagree                          labelled pairs on which the two models agreed
+    kpn:d kps:d kpr:d / kc..        labelled rows per side and confidence decile d: count,
+                                    confidence sum (micro-units), right (analysis.estimate)
     trimmed bad deferred            entries trimmed before reading, undecodable records,
                                     records whose candidate the worker ran itself
     mirror:sampled mirror:shed ...  added by the proxies, not the worker (common.keys
