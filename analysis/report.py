@@ -18,10 +18,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import orjson
 import redis
 from scipy import stats as scipy_stats
 
-from analysis import anytime_slices, estimate, latency, sequential, stats
+from analysis import anytime_slices, estimate, latency, sequential, stats, strata
 from analysis.apply import ROLLUP_SECONDS
 from analysis.drilldown import read_samples, recent_pairs
 from analysis.gate import evaluate_gate
@@ -143,8 +144,43 @@ def build_report(
         "unparseable": _unparseable(client, keys, candidate, summary),
         "timeline": timeline,
     }
+    _stratify(client, keys, settings, candidate, summary, report)
     report["gate"] = evaluate_gate(report, settings.gate)
     return json_safe(report)
+
+
+def _stratify(
+    client: redis.Redis,
+    keys: Keys,
+    settings: Settings,
+    candidate: str,
+    summary: Summary,
+    report: dict[str, Any],
+) -> None:
+    """`stratified` and the slice rows' `effective_pairs` (analysis.strata)."""
+    rate = _sample_rate(client, keys, settings, candidate) if settings.strata else 1.0
+    report["stratified"] = strata.stratified(summary, settings, rate)
+    strata.slice_effective_pairs(summary, settings, rate, report["slices"])
+
+
+def _sample_rate(client: redis.Redis, keys: Keys, settings: Settings, candidate: str) -> float:
+    """The candidate's sample rate: its config entry's, else its registry entry's, else 1."""
+    configured = settings.candidate(candidate)
+    if configured is not None:
+        return configured.sample
+    with store_errors(f"cannot read the registry entry of {candidate}"):
+        raw = client.hget(keys.registry(), candidate)
+    sample = _json_object(raw).get("sample", 1.0)
+    return float(sample) if isinstance(sample, int | float) and 0 < sample <= 1 else 1.0
+
+
+def _json_object(raw: Any) -> dict[str, Any]:
+    """A registry entry as a dict ({} when absent or not a JSON object)."""
+    try:
+        value = orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def analyse(

@@ -441,6 +441,17 @@ class SliceSettings:
 
 
 @dataclass(frozen=True)
+class StratumSettings:
+    """A stratum: requests whose header `source` equals `value` are mirrored at `sample`
+    times each candidate's rate (capped at 1), e.g. 20 to oversample a rare tenant; the
+    report weights them back by inverse inclusion probability (analysis.strata)."""
+
+    source: str = _setting("", _cast_str)
+    value: str = _setting("", _cast_str)
+    sample: float = _setting(1.0, _at_least(_cast_float, 0.0))
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything shadowtrial reads from its config file and environment."""
 
@@ -452,6 +463,7 @@ class Settings:
     gate: GateSettings = field(default_factory=GateSettings)
     candidates: tuple[CandidateSettings, ...] = ()
     slices: tuple[SliceSettings, ...] = ()
+    strata: tuple[StratumSettings, ...] = ()
 
     def candidate(self, name: str) -> CandidateSettings | None:
         """The configured candidate with this name, if any."""
@@ -467,6 +479,7 @@ _SECTIONS: dict[str, type] = {
     "gate": GateSettings,
 }
 _LISTS: dict[str, type] = {"candidates": CandidateSettings, "slices": SliceSettings}
+_LISTS["strata"] = StratumSettings
 # TOML spells a slice's source `from`, a Python keyword.
 _RENAMES: dict[str, str] = {"from": "source"}
 
@@ -568,6 +581,21 @@ def _check_slices(slices: tuple[SliceSettings, ...]) -> None:
             )
 
 
+def _check_strata(strata: tuple[StratumSettings, ...], slices: tuple[SliceSettings, ...]) -> None:
+    """A stratum reads a header a slice also reads: the slice counts what the report
+    weights back (analysis.strata)."""
+    sliced = {sl.source.lower() for sl in slices}
+    for i, st in enumerate(strata):
+        if st.source.lower() != strata[0].source.lower():
+            raise ConfigError(f"strata[{i}].from", st.source, "every stratum reads one header")
+        if not st.source.lower().startswith("header:") or not st.source[7:].strip():
+            raise ConfigError(f"strata[{i}].from", st.source, "expected header:Name")
+        if st.source.lower() not in sliced:
+            raise ConfigError(
+                f"strata[{i}].from", st.source, "add a [[slices]] entry with the same from"
+            )
+
+
 def _token_env(raw: Mapping[str, Any], environ: Mapping[str, str]) -> str:
     """The variable holding the admin tokens: the override's, else the file's, else default."""
     admin = raw.get("admin", {})
@@ -624,6 +652,7 @@ def _validated_settings(
     _check_destination("proxy.primary", sections["proxy"].primary, allow)
     _check_candidates(lists["candidates"], allow)
     _check_slices(lists["slices"])
+    _check_strata(lists["strata"], lists["slices"])
     return Settings(**sections, **lists)
 
 
