@@ -104,3 +104,22 @@ def test_skewed_labels_are_reported_as_unrepresentative(
     rep = _report(redis_client, prefix)["estimated"]["representative"]
     assert rep["labelled_agreement"] == 0.0 and rep["agreement"] == pytest.approx(0.75)
     assert rep["representative"] is False
+
+
+def test_the_terminal_shows_the_estimate_and_why_it_is_not_trusted(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    from rich.console import Console
+
+    from shadowtrial.render import render_report
+
+    records, truth = _trial(np.random.default_rng(4), 60)
+    pf.write(redis_client, Keys(prefix).pairs("v2"), records)
+    pf.drain(Worker(redis_client, pf.settings(prefix)))
+    for rid, label in truth.items():
+        record_feedback(redis_client, Keys(prefix), rid, label)
+    console = Console(record=True, width=160)
+    render_report(_report(redis_client, prefix), console)
+    text = console.export_text()
+    assert "Estimated accuracy, before labels (not trusted: miscalibrated" in text
+    assert "expected accuracy, candidate" in text and "95.0%" in text

@@ -121,3 +121,21 @@ def test_strata_need_a_slice_on_their_header() -> None:
         settings_from_mapping({"strata": SMALL}, environ={})
     with pytest.raises(ConfigError, match="header:Name"):
         settings_from_mapping({"strata": [{"from": "$.x", "value": "a"}]}, environ={})
+
+
+def test_the_terminal_shows_the_weighted_agreement() -> None:
+    from rich.console import Console
+
+    from shadowtrial.render import render_report
+
+    report = {"candidate": "v2", "gate": {"verdict": "insufficient", "reasons": []},
+              "stratified": {"slice": "tenant\x1b[2J", "agreement": 0.9, "ci_low": 0.85,
+                             "ci_high": 0.95, "unweighted_agreement": 0.8,
+                             "effective_pairs": 41.9,
+                             "strata": [{"value": "small", "inclusion": 1.0, "pairs": 20,
+                                         "agreement": 0.5}]}}  # fmt: skip
+    console = Console(record=True, width=120)
+    render_report(report, console)
+    text = console.export_text()
+    assert "agreement, weighted" in text and "90.0% [85.0%, 95.0%]" in text
+    assert "small: 20 pairs at 100.0%" in text and "\x1b" not in text
