@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from analysis import stats
-from analysis.summaries import CONF_BINS, CONF_EDGES, MICRO, Summary
+from analysis.summaries import CONF_BINS, CONF_EDGES, MICRO, SEP, Summary
 
 MIN_LABELLED = 30  # labelled rows per side before calibration is judged
 Z = 1.959963984540054  # two-sided 95%
@@ -135,3 +135,18 @@ def estimated(s: Summary) -> dict[str, Any]:
         "trusted": trusted,
         "reason": reason,
     }
+
+
+MIN_SLICE_ROWS = 30  # rows with both confidences before a slice gets estimated_delta
+
+
+def slice_deltas(s: Summary, slice_rows: list[dict[str, Any]]) -> None:
+    """Add `estimated_delta` to each slice row: the mean of conf_c - conf_p over its rows
+    (the candidate's expected accuracy change there, under calibration); None below
+    MIN_SLICE_ROWS rows."""
+    n, total = s.group("cen"), s.group("ce")
+    for row in slice_rows:
+        key = f"{row['slice']}{SEP}{row['value']}"
+        rows = int(n.get(key, 0))
+        enough = rows >= MIN_SLICE_ROWS
+        row["estimated_delta"] = total.get(key, 0) / rows / MICRO if enough else None

@@ -157,10 +157,12 @@ def _stratify(
     summary: Summary,
     report: dict[str, Any],
 ) -> None:
-    """`stratified` and the slice rows' `effective_pairs` (analysis.strata)."""
+    """`stratified` and the slice rows' `effective_pairs` (analysis.strata) and
+    `estimated_delta` (analysis.estimate)."""
     rate = _sample_rate(client, keys, settings, candidate) if settings.strata else 1.0
     report["stratified"] = strata.stratified(summary, settings, rate)
     strata.slice_effective_pairs(summary, settings, rate, report["slices"])
+    estimate.slice_deltas(summary, report["slices"])
 
 
 def _sample_rate(client: redis.Redis, keys: Keys, settings: Settings, candidate: str) -> float:

@@ -23,6 +23,8 @@ read back with the wrong number of parts is skipped and counted in `Summary.malf
     rn rbeyond rh:i / rs rss ras    regression rows, beyond tolerance, |d| histogram /
                                     float sums of d, d^2, |d| (HINCRBYFLOAT)
     s SEP f SEP v / sd ...          per-slice rows / disagreeing rows
+    cen SEP f SEP v / ce ...        per-slice rows with both confidences / sum of
+                                    conf_c - conf_p (micro-units): estimated_delta
     q SEP f SEP v SEP g SEP w / qd  per pair of slice conditions (SliceLine level 2)
     ct SEP kind                     contract differences per kind
     la lb lc ld                     labelled pairs: both right, primary only, candidate
@@ -36,7 +38,7 @@ read back with the wrong number of parts is skipped and counted in `Summary.malf
     capture:dropped                 FIELD_*): mirrors sampled, and those left without a pair
 
 Bound: a bucket holds at most about 460 fixed fields + 2 x 1,475 latency bins + the
-populated regression bins + (C + 2)^2 flip cells + 2 x sum_f (V_f + 1) slice fields
+populated regression bins + (C + 2)^2 flip cells + 4 x sum_f (V_f + 1) slice fields
 + 2 x sum_{f<g} (V_f + 1)(V_g + 1) pair fields, where C and V_f are capped at
 analysis.slices.MAX_VALUES (50) by the admitted-value sets; and never more fields than a constant
 times the pairs it counted. Buckets expire after `worker.retention_hours`.
@@ -401,9 +403,24 @@ def _count_rows(delta: BucketDelta, ev: PairEvidence, fold: Fold) -> int:
             ints[f"nb:{near_p}{near_c}"] += 1
         _count_delta(ints, p, c)
         _count_regression(delta, row)
-        _count_slices(ints, slice_items(ev, i, p, fold), not agree)
+        items = slice_items(ev, i, p, fold)
+        _count_slices(ints, items, not agree)
+        _count_slice_confidence(ints, items, p, c)
         disagree += not agree
     return disagree
+
+
+def _count_slice_confidence(
+    ints: defaultdict[str, int], items: list[tuple[str, str]], p: Prediction, c: Prediction
+) -> None:
+    """Per slice, the rows with both confidences and the sum of conf_c - conf_p (micro):
+    the slice's estimated accuracy change before labels (analysis.estimate)."""
+    if p.confidence is None or c.confidence is None or not items:
+        return
+    d = round((c.confidence - p.confidence) * MICRO)
+    for f, v in items:
+        ints[f"cen{SEP}{f}{SEP}{v}"] += 1
+        ints[f"ce{SEP}{f}{SEP}{v}"] += d
 
 
 def _count_error_rows(ints: defaultdict[str, int], ev: PairEvidence, fold: Fold) -> None:
@@ -536,7 +553,7 @@ class Summary:
 
 
 # Parts after the kind, for the kinds whose fields join values with SEP.
-_PARTS = {"fm": 2, "s": 2, "sd": 2, "q": 4, "qd": 4, "ct": 1}
+_PARTS = {"fm": 2, "s": 2, "sd": 2, "q": 4, "qd": 4, "ct": 1, "ce": 2, "cen": 2}
 
 
 def _split_field(name: str) -> tuple[str, str | None]:

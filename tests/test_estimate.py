@@ -78,6 +78,8 @@ def test_report_estimates_before_labels_and_names_a_miscalibrated_candidate(
     assert before["candidate"]["accuracy"] == pytest.approx(0.95)
     assert before["delta"] == pytest.approx(0.15)
     assert before["trusted"] is False and "unchecked" in before["reason"]
+    rows = {(r["slice"], r["value"]): r for r in _report(redis_client, prefix)["slices"]}
+    assert rows[("country", "FR")]["estimated_delta"] == pytest.approx(0.15)
     for rid, label in truth.items():
         record_feedback(redis_client, Keys(prefix), rid, label)
     after = _report(redis_client, prefix)["estimated"]
@@ -123,3 +125,12 @@ def test_the_terminal_shows_the_estimate_and_why_it_is_not_trusted(
     text = console.export_text()
     assert "Estimated accuracy, before labels (not trusted: miscalibrated" in text
     assert "expected accuracy, candidate" in text and "95.0%" in text
+
+
+def test_a_small_slice_gets_no_estimated_delta(redis_client: redis.Redis, prefix: str) -> None:
+    records = [pf.record(f"r{i}", [_probs(0, 0.8)], [_probs(0, 0.9)], country="DE")
+               for i in range(estimate.MIN_SLICE_ROWS - 1)]  # fmt: skip
+    pf.write(redis_client, Keys(prefix).pairs("v2"), records)
+    pf.drain(Worker(redis_client, pf.settings(prefix)))
+    rows = {(r["slice"], r["value"]): r for r in _report(redis_client, prefix)["slices"]}
+    assert rows[("country", "DE")]["estimated_delta"] is None
