@@ -2,18 +2,19 @@
 
 One pass over the items: each adds to the batch's BatchDelta (a pair's evidence, a bad
 record, a trimmed id); then the extras are gathered from what was understood: label-join
-items (single-row pairs with a primary label) and drill-down samples (unparseable
+items (each answered row with a primary label) and drill-down samples (unparseable
 answers, one contract example per kind, recent and divergent pairs). Pure: no Redis.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from analysis import drilldown
 from analysis.apply import BatchExtras
 from analysis.decode import Item
-from analysis.feedback import join_value
+from analysis.feedback import MAX_JOIN_ROWS, join_key, join_value
 from analysis.summaries import BatchDelta, PairEvidence, bucket_start, slice_items
 from common.keys import SAMPLES_KEPT
 
@@ -42,26 +43,35 @@ def aggregate(
 
 
 def _joins(items: Sequence[Item], bucket_seconds: int) -> list[tuple[str, str, int]]:
-    """(request id, what waits for its label, bucket start) of each single-row pair."""
+    """(join key, what waits for its label, bucket start) of each answered row (the first
+    MAX_JOIN_ROWS of a batch; analysis.feedback.join_key)."""
     joins = []
     for item in items:
         ev = item.evidence
-        if ev is None or ev.n_rows != 1:
+        if ev is None or ev.primary_failure is not None:
             continue
-        primary, candidate = ev.labels()
-        if primary is not None:
-            bucket = bucket_start(ev.ts_ms, bucket_seconds)
-            value = join_value(bucket, primary, candidate, _confidences(ev))
-            joins.append((ev.request_id, value, bucket))
+        bucket = bucket_start(ev.ts_ms, bucket_seconds)
+        for k, (primary, candidate, confidences) in enumerate(_row_labels(ev)):
+            value = join_value(bucket, primary, candidate, confidences)
+            joins.append((join_key(ev.request_id, k), value, bucket))
     return joins
 
 
-def _confidences(ev: PairEvidence) -> tuple[float | None, float | None]:
-    """The first row's confidence on each side (None when unknown or the candidate failed)."""
-    primary = ev.primary_rows[0].confidence if ev.primary_rows else None
-    if ev.candidate_error or not ev.rows:
-        return primary, None
-    return primary, ev.rows[0].candidate.confidence
+def _row_labels(ev: PairEvidence) -> list[tuple[str, str | None, tuple[Any, Any]]]:
+    """(primary label, candidate label or None for an error, both confidences) per row,
+    up to the first unlabelled primary row."""
+    out: list[tuple[str, str | None, tuple[Any, Any]]] = []
+    failed = bool(ev.candidate_error) or not ev.rows
+    for k, p in enumerate(ev.primary_rows[:MAX_JOIN_ROWS]):
+        if p.label is None:
+            break
+        c = None if failed or k >= len(ev.rows) else ev.rows[k].candidate
+        out.append((p.label, None if c is None else c.label, (p.confidence, _conf(c))))
+    return out
+
+
+def _conf(c: Any) -> float | None:
+    return None if c is None else c.confidence
 
 
 def _diagnostics(extras: BatchExtras, items: Sequence[Item]) -> None:

@@ -12,7 +12,9 @@ sum in micro-units, the right ones; read by analysis.estimate). Whatever waits l
 generations of at most `worker.label_join_max` entries, each rotated after
 `worker.label_join_hours`, so memory stays bounded however many labels never match.
 
-Only single-row requests are joined (a label names one answer).
+A label names one answer: a request's row 0 by its request id, any other row of a batched
+request as {"request_id", "row", "label"} (`join_key`; the first MAX_JOIN_ROWS rows of a
+batch wait for labels).
 """
 
 from __future__ import annotations
@@ -59,6 +61,15 @@ def _micro(confidence: float | None) -> str:
     return str(round(min(max(confidence, 0.0), 1.0) * MICRO))
 
 
+MAX_JOIN_ROWS = 64  # rows of one batched request that wait for labels (memory bound)
+
+
+def join_key(request_id: str, row: int = 0) -> str:
+    """Where a row's predictions wait for its label: row 0 under the request id itself (a
+    single-row request and a batch's first row alike), row k under id SEP k."""
+    return request_id if row == 0 else f"{request_id}{SEP}{row}"
+
+
 def known_candidates(client: redis.Redis, keys: Keys) -> list[str]:
     """Candidates a worker has summarised or the registry lists."""
     pipe = client.pipeline(transaction=False)
@@ -75,6 +86,7 @@ def record_feedback(
     label: object,
     worker: WorkerSettings | None = None,
     now_s: float | None = None,
+    row: int = 0,
 ) -> dict[str, str]:
     """Join a ground-truth label to the request's pairs: {candidate: joined | pending}.
 
@@ -100,7 +112,7 @@ def record_feedback(
                 preds_base=preds,
                 labels_base=labels,
                 bucket_base=keys.bucket_base(name),
-                request_id=request_id,
+                request_id=join_key(request_id, row),
                 label=text,
                 cap=worker.label_join_max,
                 ttl=ttl,

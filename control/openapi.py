@@ -346,6 +346,7 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "request_id": {"type": "string", "minLength": 1, "maxLength": 256},
             "label": {"type": ["string", "integer", "boolean"]},
+            "row": {"type": "integer", "minimum": 0, "maximum": 1000000},
         },
     },
     "FeedbackResult": {
