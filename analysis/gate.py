@@ -24,6 +24,9 @@ read, so the automation may act at any look. Rules:
 - labels: with ground truth, fail when the sequential McNemar finds the candidate more
   often wrong where the primary was right than the reverse, or when the accuracy change's
   confidence sequence lies beyond -`max_accuracy_loss`; pass when its lower bound is within.
+- recall (only with `max_recall_drop` > 0): with labels, per true class, fail when the
+  Bonferroni interval of a class's recall change lies below -`max_recall_drop`
+  (analysis.recall); judged at the end of a trial, not anytime.
 """
 
 from __future__ import annotations
@@ -72,7 +75,8 @@ def _pts(x: float) -> str:
 
 def evaluate_gate(report: dict[str, Any], gate: GateSettings) -> dict[str, Any]:
     """{"verdict": pass | fail | insufficient, "reasons": [...], "rules": [...]}."""
-    results = [rule(report, gate) for rule in RULES]
+    optional = (_recall,) if gate.max_recall_drop > 0 else ()
+    results = [rule(report, gate) for rule in (*RULES, *optional)]
     outcomes = {r.outcome for r in results}
     verdict = FAIL if FAIL in outcomes else INSUFFICIENT if INSUFFICIENT in outcomes else PASS
     end_only = [r.rule for r in results if not r.anytime and r.outcome != SKIP]
@@ -264,6 +268,29 @@ def _labels(report: dict[str, Any], gate: GateSettings) -> RuleResult:
     else:
         text, outcome = f"{text}; more labels are needed to rule out a loss of {loss}", INSUFFICIENT
     return RuleResult("labels", outcome, text, True, evidence)
+
+
+def _recall(report: dict[str, Any], gate: GateSettings) -> RuleResult:
+    """Per true class (analysis.recall): fail when a class's recall change is surely below
+    -max_recall_drop (Bonferroni over the classes; judged at the end, not anytime)."""
+    classes = [r for r in (report.get("labels") or {}).get("by_class") or []
+               if r.get("ci_low") is not None]  # fmt: skip
+    drop = gate.max_recall_drop
+    if not classes:
+        return RuleResult("recall", SKIP, "no class has enough labelled rows for recall yet")
+    evidence = {"allowed_drop": drop, "classes": {r["class"]: r["delta"] for r in classes}}
+    lost = [r for r in classes if r["ci_high"] < -drop]
+    unsure = [r for r in classes if r["ci_low"] < -drop]
+    if lost:
+        names = ", ".join(f"{r['class']} {_pts(r['delta'])}" for r in lost[:5])
+        return RuleResult("recall", FAIL, f"recall drops beyond {_pts(drop)}: {names}",
+                          False, evidence)  # fmt: skip
+    if unsure:
+        names = ", ".join(str(r["class"]) for r in unsure[:5])
+        text = f"more labels are needed to rule out a recall drop of {_pts(drop)} for {names}"
+        return RuleResult("recall", INSUFFICIENT, text, False, evidence)
+    text = f"every class's recall change is within {_pts(drop)} ({len(classes)} classes)"
+    return RuleResult("recall", PASS, text, False, evidence)
 
 
 def _pts_or(x: float | None) -> str:

@@ -22,7 +22,7 @@ import orjson
 import redis
 from scipy import stats as scipy_stats
 
-from analysis import anytime_slices, estimate, latency, sequential, stats, strata
+from analysis import anytime_slices, estimate, latency, recall, sequential, stats, strata
 from analysis.apply import ROLLUP_SECONDS
 from analysis.drilldown import read_samples, recent_pairs
 from analysis.gate import evaluate_gate
@@ -590,6 +590,7 @@ def _labels(s: Summary) -> dict[str, Any]:
         "positive_flips": c,
         "duplicate_ids": dup,
         **sequential.paired_flips_cs(b, c, result["n"]),
+        "by_class": recall.by_class(s),
     }
 
 

@@ -30,6 +30,8 @@ read back with the wrong number of parts is skipped and counted in `Summary.malf
     la lb lc ld                     labelled pairs: both right, primary only, candidate
                                     only, both wrong
     lagree                          labelled pairs on which the two models agreed
+    kyn SEP y / kya kyb kyc         labelled rows of true class y: all, both right, only
+                                    the primary, only the candidate (analysis.recall)
     kpn:d kps:d kpr:d / kc..        labelled rows per side and confidence decile d: count,
                                     confidence sum (micro-units), right (analysis.estimate)
     trimmed bad deferred            entries trimmed before reading, undecodable records,
@@ -554,6 +556,7 @@ class Summary:
 
 # Parts after the kind, for the kinds whose fields join values with SEP.
 _PARTS = {"fm": 2, "s": 2, "sd": 2, "q": 4, "qd": 4, "ct": 1, "ce": 2, "cen": 2}
+_PARTS.update({"kyn": 1, "kya": 1, "kyb": 1, "kyc": 1})  # recall per true class (join.lua)
 
 
 def _split_field(name: str) -> tuple[str, str | None]:

@@ -42,6 +42,26 @@ local function join_calibrate(key, side, micro, right)
   if right then redis.call('HINCRBY', key, 'k' .. side .. 'r:' .. d, 1) end
 end
 
+-- Per true class (at most 50 per bucket, the rest under 'other'): labelled rows, both
+-- right, only the primary right, only the candidate right (ky n/a/b/c): recall per class.
+local function join_class(key, label, p_right, c_right)
+  local sep = string.char(31)
+  local class = label
+  if redis.call('HEXISTS', key, 'kyn' .. sep .. class) == 0 then
+    if tonumber(redis.call('HGET', key, 'kyclasses') or '0') >= 50 then
+      class = 'other'
+    else
+      redis.call('HINCRBY', key, 'kyclasses', 1)
+    end
+  end
+  redis.call('HINCRBY', key, 'kyn' .. sep .. class, 1)
+  local cell = nil
+  if p_right and c_right then cell = 'kya'
+  elseif p_right then cell = 'kyb'
+  elseif c_right then cell = 'kyc' end
+  if cell then redis.call('HINCRBY', key, cell .. sep .. class, 1) end
+end
+
 -- Count one joined label in `key`: the 2x2 cell, whether the two models agreed (lagree:
 -- are labelled requests like the rest?) and both sides' calibration counters.
 local function join_count(key, enc, label)
@@ -56,6 +76,7 @@ local function join_count(key, enc, label)
   else field = 'ld' end
   redis.call('HINCRBY', key, field, 1)
   if c_ok and parts[2] == parts[3] then redis.call('HINCRBY', key, 'lagree', 1) end
+  join_class(key, label, p_right, c_right)
   join_calibrate(key, 'p', parts[5], p_right)
   if c_ok then join_calibrate(key, 'c', parts[6], c_right) end
 end

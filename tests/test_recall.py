@@ -1,0 +1,78 @@
+"""Recall per true class from late labels, and the gate rule that reads it: overall
+accuracy barely moves while one class loses its recall."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import redis
+
+from analysis.feedback import record_feedback
+from analysis.gate import evaluate_gate
+from analysis.report import build_report
+from analysis.worker import Worker
+from common.keys import Keys
+from tests import pairs_factory as pf
+
+SETOSA = [0.9, 0.06, 0.04]
+VERSICOLOR = [0.1, 0.8, 0.1]
+VIRGINICA = [0.1, 0.1, 0.8]
+
+
+def _trial(client: redis.Redis, prefix: str) -> dict:
+    """200 setosa rows both get right; 40 virginica rows the candidate calls versicolor."""
+    records = [pf.record(f"s{i}", [SETOSA], [SETOSA]) for i in range(200)]
+    records += [pf.record(f"v{i}", [VIRGINICA], [VERSICOLOR]) for i in range(40)]
+    pf.write(client, Keys(prefix).pairs("v2"), records)
+    pf.drain(Worker(client, pf.settings(prefix)))
+    for i in range(200):
+        record_feedback(client, Keys(prefix), f"s{i}", "setosa")
+    for i in range(40):
+        record_feedback(client, Keys(prefix), f"v{i}", "virginica")
+    return build_report(client, Keys(prefix), pf.settings(prefix), "v2", 3600,
+                        now=pf.TS0 / 1000 + 30)  # fmt: skip
+
+
+def test_a_class_losing_its_recall_is_shown_and_fails_the_rule(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    report = _trial(redis_client, prefix)
+    by_class = {r["class"]: r for r in report["labels"]["by_class"]}
+    assert by_class["virginica"]["n"] == 40
+    assert by_class["virginica"]["primary_recall"] == 1.0
+    assert by_class["virginica"]["candidate_recall"] == 0.0
+    assert by_class["virginica"]["ci_high"] < -0.5
+    assert by_class["setosa"]["delta"] == 0.0
+    assert by_class["setosa"]["ci_low"] > -0.05
+
+    settings = pf.settings(prefix)
+    off = evaluate_gate(report, settings.gate)
+    assert all(r["rule"] != "recall" for r in off["rules"])  # off by default
+    on = evaluate_gate(report, dataclasses.replace(settings.gate, max_recall_drop=0.05))
+    rule = next(r for r in on["rules"] if r["rule"] == "recall")
+    assert rule["outcome"] == "fail" and "virginica" in rule["detail"]
+    assert on["verdict"] == "fail" and "recall" in on["end_only_rules"]
+
+
+def test_recall_rule_skips_without_labels() -> None:
+    from common.settings import GateSettings
+
+    gate = GateSettings(max_recall_drop=0.05)
+    result = evaluate_gate({"pairs": 0, "labels": {"n": 0, "by_class": []}}, gate)
+    rule = next(r for r in result["rules"] if r["rule"] == "recall")
+    assert rule["outcome"] == "skip"
+
+
+@pytest.mark.parametrize("n_classes", [60])
+def test_class_fields_stay_bounded(redis_client: redis.Redis, prefix: str, n_classes: int) -> None:
+    """Labels naming many classes: at most 50 per bucket, the rest under `other`."""
+    records = [pf.record(f"r{i}", [SETOSA], [SETOSA]) for i in range(n_classes)]
+    pf.write(redis_client, Keys(prefix).pairs("v2"), records)
+    pf.drain(Worker(redis_client, pf.settings(prefix)))
+    for i in range(n_classes):
+        record_feedback(redis_client, Keys(prefix), f"r{i}", f"class-{i}")
+    report = build_report(redis_client, Keys(prefix), pf.settings(prefix), "v2", 3600,
+                          now=pf.TS0 / 1000 + 30)  # fmt: skip
+    classes = {r["class"]: r["n"] for r in report["labels"]["by_class"]}
+    assert len(classes) == 51 and classes["other"] == n_classes - 50
