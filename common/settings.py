@@ -397,6 +397,8 @@ class GateSettings:
     max_error_rate_increase: float = _setting(0.01, _fraction)
     max_accuracy_loss: float = _setting(0.01, _fraction)
     max_recall_drop: float = _setting(0.0, _fraction)  # per true class; 0: the rule is off
+    max_confidence_drop: float = _setting(0.0, _fraction)  # mean paired change; 0: off
+    max_near_boundary_increase: float = _setting(0.0, _fraction)  # share, margin < 0.1; 0: off
     auto_reject: bool = _setting(False, _cast_bool)
     auto_promote_after_s: int = _setting(0, _at_least(_cast_int, 0))
     # The evidence a promotion is judged on: the last `window` ("6h"), or, unset, the

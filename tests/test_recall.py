@@ -76,3 +76,26 @@ def test_class_fields_stay_bounded(redis_client: redis.Redis, prefix: str, n_cla
                           now=pf.TS0 / 1000 + 30)  # fmt: skip
     classes = {r["class"]: r["n"] for r in report["labels"]["by_class"]}
     assert len(classes) == 51 and classes["other"] == n_classes - 50
+
+
+def _confidence_report(mean: float, low: float, high: float, nb_c: float, p: float) -> dict:
+    return {"pairs": 5000, "confidence_deltas": {"n": 5000, "mean": mean, "ci_low": low,
+                                                 "ci_high": high},
+            "confidence": {"near_boundary": {"n": 5000, "primary": 0.05, "candidate": nb_c,
+                                             "p": p}}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("report", "outcome"),
+    [(_confidence_report(-0.10, -0.12, -0.08, 0.05, 1.0), "fail"),   # surely less confident
+     (_confidence_report(-0.01, -0.02, 0.00, 0.05, 1.0), "pass"),
+     (_confidence_report(-0.04, -0.09, 0.01, 0.05, 1.0), "insufficient"),
+     (_confidence_report(0.0, -0.01, 0.01, 0.15, 0.001), "fail")],   # near the boundary
+)  # fmt: skip
+def test_the_optional_confidence_rule(report: dict, outcome: str) -> None:
+    from common.settings import GateSettings
+
+    gate = GateSettings(max_confidence_drop=0.05, max_near_boundary_increase=0.05)
+    rule = next(r for r in evaluate_gate(report, gate)["rules"] if r["rule"] == "confidence")
+    assert rule["outcome"] == outcome
+    assert all(r["rule"] != "confidence" for r in evaluate_gate(report, GateSettings())["rules"])
