@@ -14,7 +14,7 @@ from typing import Any
 from analysis import drilldown
 from analysis.apply import BatchExtras
 from analysis.decode import Item
-from analysis.feedback import MAX_JOIN_ROWS, join_key, join_value
+from analysis.feedback import MAX_JOIN_ROWS, join_key, join_value, join_value_scores
 from analysis.summaries import BatchDelta, PairEvidence, bucket_start, slice_items
 from common.keys import SAMPLES_KEPT
 
@@ -51,27 +51,32 @@ def _joins(items: Sequence[Item], bucket_seconds: int) -> list[tuple[str, str, i
         if ev is None or ev.primary_failure is not None:
             continue
         bucket = bucket_start(ev.ts_ms, bucket_seconds)
-        for k, (primary, candidate, confidences) in enumerate(_row_labels(ev)):
-            value = join_value(bucket, primary, candidate, confidences)
+        for k, (primary, candidate, confidences, scores) in enumerate(_row_labels(ev)):
+            value = join_value_scores(join_value(bucket, primary, candidate, confidences), scores)
             joins.append((join_key(ev.request_id, k), value, bucket))
     return joins
 
 
-def _row_labels(ev: PairEvidence) -> list[tuple[str, str | None, tuple[Any, Any]]]:
-    """(primary label, candidate label or None for an error, both confidences) per row,
-    up to the first unlabelled primary row."""
-    out: list[tuple[str, str | None, tuple[Any, Any]]] = []
+Row = tuple[str, str | None, tuple[Any, Any], tuple[Any, Any]]
+
+
+def _row_labels(ev: PairEvidence) -> list[Row]:
+    """(primary label, candidate label or None for an error, both confidences, both
+    scores) per row, up to the first row with neither a label nor a score."""
+    out: list[Row] = []
     failed = bool(ev.candidate_error) or not ev.rows
     for k, p in enumerate(ev.primary_rows[:MAX_JOIN_ROWS]):
-        if p.label is None:
+        if p.label is None and p.score is None:
             break
         c = None if failed or k >= len(ev.rows) else ev.rows[k].candidate
-        out.append((p.label, None if c is None else c.label, (p.confidence, _conf(c))))
+        c_label = None if c is None else (c.label if c.label is not None else "")
+        out.append((p.label or "", c_label, (p.confidence, _get(c, "confidence")),
+                    (p.score, _get(c, "score"))))  # fmt: skip
     return out
 
 
-def _conf(c: Any) -> float | None:
-    return None if c is None else c.confidence
+def _get(c: Any, name: str) -> Any:
+    return None if c is None else getattr(c, name)
 
 
 def _diagnostics(extras: BatchExtras, items: Sequence[Item]) -> None:

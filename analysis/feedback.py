@@ -36,7 +36,7 @@ from common.settings import WorkerSettings
 def clean_label(value: object) -> str | None:
     """A label as the text predicted labels use ('1' for 1 and 1.0), no separator inside."""
     text = label_text(value)
-    return None if text is None else text.replace(SEP, " ")
+    return None if text is None else text.replace(SEP, " ").replace(NUMERIC, " ")
 
 
 def join_value(
@@ -52,6 +52,30 @@ def join_value(
     c = "" if candidate is None else candidate.replace(SEP, " ")
     micro = [_micro(x) for x in confidences]
     return SEP.join([str(bucket), p, c, "1" if candidate is None else "0", *micro])
+
+
+def join_value_scores(value: str, scores: tuple[float | None, float | None]) -> str:
+    """`value` with both numeric scores appended ('' when unknown): a numeric ground truth
+    joined later counts each side's error (join.lua, join_regress)."""
+    return SEP.join([value, *(_score(x) for x in scores)])
+
+
+def _score(x: float | None) -> str:
+    return "" if x is None or not math.isfinite(x) else repr(float(x))
+
+
+NUMERIC = "\x1e"  # what starts a numeric ground truth waiting as a label (join.lua)
+
+
+def truth_text(value: object) -> str:
+    """A numeric ground truth as the text a label waits as; ValueError if not a finite number."""
+    try:
+        number = float(value) if not isinstance(value, bool | str) else math.nan
+    except (TypeError, OverflowError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise ValueError(f"a numeric ground truth must be a finite number, got {value!r}"[:200])
+    return NUMERIC + repr(number)
 
 
 def _micro(confidence: float | None) -> str:
@@ -87,13 +111,15 @@ def record_feedback(
     worker: WorkerSettings | None = None,
     now_s: float | None = None,
     row: int = 0,
+    value: float | None = None,
 ) -> dict[str, str]:
     """Join a ground-truth label to the request's pairs: {candidate: joined | pending}.
 
     Cheap (one script per candidate, pipelined) and order-free: a label for a pair not
     processed yet waits for it. Raises ValueError for a label that is not a class name.
+    `value` is a numeric ground truth instead (regression: each side's error is counted).
     """
-    text = clean_label(label)
+    text = truth_text(value) if value is not None else clean_label(label)
     if text is None:
         raise ValueError(f"a label must be a string, integer or boolean, got {label!r}")
     worker = worker or WorkerSettings()

@@ -1,4 +1,4 @@
-"""Recall per true class from labelled rows: where a candidate gets one class wrong.
+"""Label evidence per class and per value: recall per true class, error against numeric truth.
 
 Overall accuracy can improve while one rare class loses recall. Every joined label also
 counts its true class (at most 50 per bucket, the rest under `other`): labelled rows, both
@@ -6,6 +6,10 @@ models right, only the primary right, only the candidate right (`kyn/kya/kyb/kyc
 join.lua). The recall change of class y is (c_y - b_y) / n_y, a paired difference; its
 interval is the normal one of paired proportions, Bonferroni-adjusted over the classes
 shown, so the gate rule (`gate.max_recall_drop`) can read every class at once.
+
+Numeric ground truth (`{"request_id", "value"}`, regression) joins each side's score:
+`numeric_truth` gives both mean absolute errors and RMSEs and the paired change of |error|
+with its normal 95% interval (a candidate that failed the row is counted apart).
 """
 
 from __future__ import annotations
@@ -50,3 +54,26 @@ def _half_width(n: int, b: int, c: int, z: float) -> float:
     b1, c1 = b + 0.5, c + 0.5
     variance = ((b1 + c1) - (c1 - b1) ** 2 / n) / (n * n)
     return z * math.sqrt(max(variance, 0.0))
+
+
+def numeric_truth(s: Summary) -> dict[str, Any]:
+    """Regression against numeric ground truth: each side's mean absolute error and RMSE,
+    and the change of |error| (candidate - primary, paired) with its 95% interval."""
+    rows, failed = s.get("gn"), s.get("gerr")
+    n = rows - failed
+    if n <= 0:
+        return {"n": 0, "candidate_failed": failed}
+    mean = s.getf("gd") / n
+    variance = max(s.getf("gdd") / n - mean * mean, 0.0) * n / max(n - 1, 1)
+    half = NormalDist().inv_cdf(1 - ALPHA / 2) * math.sqrt(variance / n)
+    return {
+        "n": n,
+        "candidate_failed": failed,
+        "primary_mae": s.getf("gap") / n,
+        "candidate_mae": s.getf("gac") / n,
+        "primary_rmse": math.sqrt(s.getf("gsp") / n),
+        "candidate_rmse": math.sqrt(s.getf("gsc") / n),
+        "mae_change": mean,
+        "ci_low": mean - half,
+        "ci_high": mean + half,
+    }

@@ -591,6 +591,7 @@ def _labels(s: Summary) -> dict[str, Any]:
         "duplicate_ids": dup,
         **sequential.paired_flips_cs(b, c, result["n"]),
         "by_class": recall.by_class(s),
+        "numeric": recall.numeric_truth(s),
     }
 
 

@@ -30,6 +30,8 @@ read back with the wrong number of parts is skipped and counted in `Summary.malf
     la lb lc ld                     labelled pairs: both right, primary only, candidate
                                     only, both wrong
     lagree                          labelled pairs on which the two models agreed
+    gn gerr / gap gac gd gdd gsp gsc  numeric ground truth: rows, candidate failed / float
+                                    sums of |e_p|, |e_c|, |e_c|-|e_p|, its square, e_p^2, e_c^2
     kyn SEP y / kya kyb kyc         labelled rows of true class y: all, both right, only
                                     the primary, only the candidate (analysis.recall)
     kpn:d kps:d kpr:d / kc..        labelled rows per side and confidence decile d: count,
@@ -88,6 +90,9 @@ _DIFF_EDGES = DIFF_EDGES.tolist()
 CONF_EDGES = np.linspace(0.0, 1.0, CONF_BINS + 1)
 
 FLOAT_FIELDS = frozenset({"rs", "rss", "ras"})
+# Numeric ground truth (join.lua): sums of |error| per side, of the change |e_c| - |e_p|
+# and its square, and of squared errors per side.
+FLOAT_FIELDS |= {"gap", "gac", "gd", "gdd", "gsp", "gsc"}
 
 # Precomputed field names for the hot loop (avoid formatting a string per row).
 _CP = [f"cp:{i}" for i in range(CONF_BINS)]

@@ -99,3 +99,42 @@ def test_the_optional_confidence_rule(report: dict, outcome: str) -> None:
     rule = next(r for r in evaluate_gate(report, gate)["rules"] if r["rule"] == "confidence")
     assert rule["outcome"] == outcome
     assert all(r["rule"] != "confidence" for r in evaluate_gate(report, GateSettings())["rules"])
+
+
+def _score_answer(value: float) -> bytes:
+    import orjson
+
+    return orjson.dumps({"model_name": "m", "outputs": [
+        {"name": "predict", "shape": [1, 1], "datatype": "FP64", "data": [value]}]})  # fmt: skip
+
+
+def test_numeric_ground_truth_gives_each_sides_error_and_its_change(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    """Regression rows: the primary is off by 1, the candidate by 3; one row's truth arrives
+    before its pair (it waits as a label)."""
+    records = []
+    for i in range(40):
+        rec = pf.record(f"g{i}", [SETOSA], [SETOSA])
+        records.append(dataclasses.replace(rec, primary_body=_score_answer(10.0 + i + 1),
+                                           candidate_body=_score_answer(10.0 + i - 3)))  # fmt: skip
+    keys = Keys(prefix)
+    worker = Worker(redis_client, pf.settings(prefix))
+    worker.discover()
+    assert record_feedback(redis_client, keys, "g0", None, value=10.0) == {"v2": "pending"}
+    pf.write(redis_client, keys.pairs("v2"), records)
+    pf.drain(worker)
+    for i in range(1, 40):
+        joined = record_feedback(redis_client, keys, f"g{i}", None, value=10.0 + i)
+        assert joined == {"v2": "joined"}
+    with pytest.raises(ValueError, match="finite"):
+        record_feedback(redis_client, keys, "g1", None, value=float("nan"))
+    report = build_report(redis_client, keys, pf.settings(prefix), "v2", 3600,
+                          now=pf.TS0 / 1000 + 30)  # fmt: skip
+    numeric = report["labels"]["numeric"]
+    assert numeric["n"] == 40 and numeric["candidate_failed"] == 0
+    assert numeric["primary_mae"] == pytest.approx(1.0)
+    assert numeric["candidate_mae"] == pytest.approx(3.0)
+    assert numeric["mae_change"] == pytest.approx(2.0)
+    assert numeric["ci_low"] == pytest.approx(2.0) == numeric["ci_high"]
+    assert report["labels"]["n"] == 0  # no class labels were counted

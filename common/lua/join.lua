@@ -62,10 +62,36 @@ local function join_class(key, label, p_right, c_right)
   if cell then redis.call('HINCRBY', key, cell .. sep .. class, 1) end
 end
 
+-- A numeric ground truth (label text: char 30, then the number): each side's error from
+-- the scores waiting in parts 7 and 8 (gn, gerr, and float sums gap gac gd gdd gsp gsc).
+local function join_regress(key, parts, truth)
+  local y = tonumber(string.sub(truth, 2))
+  local p = tonumber(parts[7] or '')
+  if not y or not p then return end
+  local c = tonumber(parts[8] or '')
+  redis.call('HINCRBY', key, 'gn', 1)
+  if parts[4] ~= '0' or not c then
+    redis.call('HINCRBY', key, 'gerr', 1)
+    return
+  end
+  local ep, ec = math.abs(p - y), math.abs(c - y)
+  local d = ec - ep
+  redis.call('HINCRBYFLOAT', key, 'gap', ep)
+  redis.call('HINCRBYFLOAT', key, 'gac', ec)
+  redis.call('HINCRBYFLOAT', key, 'gd', d)
+  redis.call('HINCRBYFLOAT', key, 'gdd', d * d)
+  redis.call('HINCRBYFLOAT', key, 'gsp', ep * ep)
+  redis.call('HINCRBYFLOAT', key, 'gsc', ec * ec)
+end
+
 -- Count one joined label in `key`: the 2x2 cell, whether the two models agreed (lagree:
 -- are labelled requests like the rest?) and both sides' calibration counters.
 local function join_count(key, enc, label)
   local parts = join_parts(enc)
+  if string.byte(label, 1) == 30 then
+    join_regress(key, parts, label)
+    return
+  end
   local p_right = parts[2] == label
   local c_ok = parts[4] == '0'
   local c_right = c_ok and parts[3] == label
