@@ -24,7 +24,11 @@ Fold = Callable[[str, str], str]
 
 
 def aggregate(
-    items: Sequence[Item], fold: Fold, bucket_seconds: int, now: float
+    items: Sequence[Item],
+    fold: Fold,
+    bucket_seconds: int,
+    now: float,
+    join_rows: int = MAX_JOIN_ROWS,
 ) -> tuple[BatchDelta, BatchExtras]:
     """The counters and extras of one batch (`fold` folds unadmitted slice values)."""
     delta = BatchDelta(bucket_seconds)
@@ -36,22 +40,24 @@ def aggregate(
         else:
             delta.add(item.evidence, fold)
     understood = [i for i in items if i.evidence is not None and not i.trimmed]
-    extras = BatchExtras(joins=_joins(understood, bucket_seconds))
+    extras = BatchExtras(joins=_joins(understood, bucket_seconds, join_rows))
     _diagnostics(extras, understood)
     _pair_samples(extras, understood, fold)
     return delta, extras
 
 
-def _joins(items: Sequence[Item], bucket_seconds: int) -> list[tuple[str, str, int]]:
+def _joins(
+    items: Sequence[Item], bucket_seconds: int, join_rows: int
+) -> list[tuple[str, str, int]]:
     """(join key, what waits for its label, bucket start) of each answered row (the first
-    MAX_JOIN_ROWS of a batch; analysis.feedback.join_key)."""
+    `worker.label_join_rows` of a batch; analysis.feedback.join_key)."""
     joins = []
     for item in items:
         ev = item.evidence
         if ev is None or ev.primary_failure is not None:
             continue
         bucket = bucket_start(ev.ts_ms, bucket_seconds)
-        for k, (primary, candidate, confidences, scores) in enumerate(_row_labels(ev)):
+        for k, (primary, candidate, confidences, scores) in enumerate(_row_labels(ev, join_rows)):
             value = join_value_scores(join_value(bucket, primary, candidate, confidences), scores)
             joins.append((join_key(ev.request_id, k), value, bucket))
     return joins
@@ -60,12 +66,12 @@ def _joins(items: Sequence[Item], bucket_seconds: int) -> list[tuple[str, str, i
 Row = tuple[str, str | None, tuple[Any, Any], tuple[Any, Any]]
 
 
-def _row_labels(ev: PairEvidence) -> list[Row]:
+def _row_labels(ev: PairEvidence, join_rows: int) -> list[Row]:
     """(primary label, candidate label or None for an error, both confidences, both
     scores) per row, up to the first row with neither a label nor a score."""
     out: list[Row] = []
     failed = bool(ev.candidate_error) or not ev.rows
-    for k, p in enumerate(ev.primary_rows[:MAX_JOIN_ROWS]):
+    for k, p in enumerate(ev.primary_rows[:join_rows]):
         if p.label is None and p.score is None:
             break
         c = None if failed or k >= len(ev.rows) else ev.rows[k].candidate

@@ -13,8 +13,8 @@ generations of at most `worker.label_join_max` entries, each rotated after
 `worker.label_join_hours`, so memory stays bounded however many labels never match.
 
 A label names one answer: a request's row 0 by its request id, any other row of a batched
-request as {"request_id", "row", "label"} (`join_key`; the first MAX_JOIN_ROWS rows of a
-batch wait for labels).
+request as {"request_id", "row", "label"} (`join_key`; the first `worker.label_join_rows`
+rows of a batch wait for labels, MAX_JOIN_ROWS by default).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def _micro(confidence: float | None) -> str:
     return str(round(min(max(confidence, 0.0), 1.0) * MICRO))
 
 
-MAX_JOIN_ROWS = 64  # rows of one batched request that wait for labels (memory bound)
+MAX_JOIN_ROWS = 64  # default rows of one batched request that wait for labels
 
 
 def join_key(request_id: str, row: int = 0) -> str:

@@ -381,6 +381,9 @@ class WorkerSettings:
     # their other half, in at most two generations of label_join_max entries each.
     label_join_hours: int = _setting(24, _at_least(_cast_int, 1))
     label_join_max: int = _setting(250_000, _at_least(_cast_int, 1))
+    # Rows of one batched request that wait for labels ({"request_id", "row", "label"}):
+    # each is an entry of the generations above, so batches fill them this much faster.
+    label_join_rows: int = _setting(64, _at_least(_cast_int, 1))
     # Buckets older than this are merged into hourly ones (0: never), so a week of
     # retention holds ~170 hourly buckets instead of ~10,000 minute ones.
     rollup_after_hours: int = _setting(6, _at_least(_cast_int, 0))

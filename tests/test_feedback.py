@@ -142,3 +142,12 @@ def test_rows_of_a_batched_request_are_labelled_one_by_one(
     labels = _labels(redis_client, prefix)
     assert labels["n"] == 3 and labels["negative_flips"] == 1  # row 1: only the primary
     assert labels["primary_accuracy"] == pytest.approx(1.0)
+
+
+def test_rows_beyond_label_join_rows_do_not_wait(redis_client: redis.Redis, prefix: str) -> None:
+    settings = pf.settings(prefix, label_join_rows=1)
+    pf.write(redis_client, Keys(prefix).pairs("v2"), [pf.record("b1", [SETOSA] * 3, [SETOSA] * 3)])
+    pf.drain(Worker(redis_client, settings))
+    keys = Keys(prefix)
+    assert record_feedback(redis_client, keys, "b1", "setosa") == {"v2": "joined"}
+    assert record_feedback(redis_client, keys, "b1", "setosa", row=1) == {"v2": "pending"}
