@@ -80,9 +80,11 @@ def truth_text(value: object) -> str:
 
 def _micro(confidence: float | None) -> str:
     """A confidence in micro-units, clamped to [0, 1]; '' when unknown or not finite."""
-    if confidence is None or not math.isfinite(confidence):
+    if confidence is None:
         return ""
-    return str(round(min(max(confidence, 0.0), 1.0) * MICRO))
+    if 0.0 <= confidence <= 1.0:  # the usual case, NaN excluded
+        return str(int(confidence * MICRO + 0.5))
+    return "" if math.isnan(confidence) else ("0" if confidence < 0 else str(MICRO))
 
 
 MAX_JOIN_ROWS = 64  # default rows of one batched request that wait for labels

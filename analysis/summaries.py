@@ -425,9 +425,21 @@ def _count_slice_confidence(
     if p.confidence is None or c.confidence is None or not items:
         return
     d = round((c.confidence - p.confidence) * MICRO)
-    for f, v in items:
-        ints[f"cen{SEP}{f}{SEP}{v}"] += 1
-        ints[f"ce{SEP}{f}{SEP}{v}"] += d
+    key = tuple(items)
+    names = _CONF_FIELDS.get(key)
+    if names is None:
+        if len(_CONF_FIELDS) >= _SLICE_FIELDS_MAX:
+            _CONF_FIELDS.clear()
+        names = _CONF_FIELDS[key] = tuple(
+            (f"cen{SEP}{f}{SEP}{v}", f"ce{SEP}{f}{SEP}{v}") for f, v in items
+        )
+    for n_name, d_name in names:
+        ints[n_name] += 1
+        ints[d_name] += d
+
+
+# Per-slice confidence counter names by the row's conditions (bounded like _SLICE_FIELDS).
+_CONF_FIELDS: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
 
 
 def _count_error_rows(ints: defaultdict[str, int], ev: PairEvidence, fold: Fold) -> None:
