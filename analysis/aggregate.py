@@ -2,19 +2,20 @@
 
 One pass over the items: each adds to the batch's BatchDelta (a pair's evidence, a bad
 record, a trimmed id); then the extras are gathered from what was understood: label-join
-items (single-row pairs with a primary label) and drill-down samples (unparseable
+items (each answered row with a primary label) and drill-down samples (unparseable
 answers, one contract example per kind, recent and divergent pairs). Pure: no Redis.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from analysis import drilldown
 from analysis.apply import BatchExtras
 from analysis.decode import Item
-from analysis.feedback import join_value
-from analysis.summaries import BatchDelta, bucket_start, slice_items
+from analysis.feedback import MAX_JOIN_ROWS, join_key, join_value, join_value_scores
+from analysis.summaries import BatchDelta, PairEvidence, bucket_start, slice_items
 from common.keys import SAMPLES_KEPT
 
 RECENT_PER_BATCH = 20  # pairs of each batch pushed to the `recent` drill-down list
@@ -23,7 +24,11 @@ Fold = Callable[[str, str], str]
 
 
 def aggregate(
-    items: Sequence[Item], fold: Fold, bucket_seconds: int, now: float
+    items: Sequence[Item],
+    fold: Fold,
+    bucket_seconds: int,
+    now: float,
+    join_rows: int = MAX_JOIN_ROWS,
 ) -> tuple[BatchDelta, BatchExtras]:
     """The counters and extras of one batch (`fold` folds unadmitted slice values)."""
     delta = BatchDelta(bucket_seconds)
@@ -35,24 +40,49 @@ def aggregate(
         else:
             delta.add(item.evidence, fold)
     understood = [i for i in items if i.evidence is not None and not i.trimmed]
-    extras = BatchExtras(joins=_joins(understood, bucket_seconds))
+    extras = BatchExtras(joins=_joins(understood, bucket_seconds, join_rows))
     _diagnostics(extras, understood)
     _pair_samples(extras, understood, fold)
     return delta, extras
 
 
-def _joins(items: Sequence[Item], bucket_seconds: int) -> list[tuple[str, str, int]]:
-    """(request id, what waits for its label, bucket start) of each single-row pair."""
+def _joins(
+    items: Sequence[Item], bucket_seconds: int, join_rows: int
+) -> list[tuple[str, str, int]]:
+    """(join key, what waits for its label, bucket start) of each answered row (the first
+    `worker.label_join_rows` of a batch; analysis.feedback.join_key)."""
     joins = []
     for item in items:
         ev = item.evidence
-        if ev is None or ev.n_rows != 1:
+        if ev is None or ev.primary_failure is not None:
             continue
-        primary, candidate = ev.labels()
-        if primary is not None:
-            bucket = bucket_start(ev.ts_ms, bucket_seconds)
-            joins.append((ev.request_id, join_value(bucket, primary, candidate), bucket))
+        bucket = bucket_start(ev.ts_ms, bucket_seconds)
+        for k, (primary, candidate, confidences, scores) in enumerate(_row_labels(ev, join_rows)):
+            value = join_value_scores(join_value(bucket, primary, candidate, confidences), scores)
+            joins.append((join_key(ev.request_id, k), value, bucket))
     return joins
+
+
+Row = tuple[str, str | None, tuple[Any, Any], tuple[Any, Any]]
+
+
+def _row_labels(ev: PairEvidence, join_rows: int) -> list[Row]:
+    """(primary label, candidate label or None for an error, both confidences, both
+    scores) per row, up to the first row with neither a label nor a score."""
+    out: list[Row] = []
+    failed = bool(ev.candidate_error) or not ev.rows
+    for k, p in enumerate(ev.primary_rows[:join_rows]):
+        if p.label is None and p.score is None:
+            break
+        c = None if failed or k >= len(ev.rows) else ev.rows[k].candidate
+        c_label = None if c is None else (c.label if c.label is not None else "")
+        out.append((p.label or "", c_label, (p.confidence, _get(c, "confidence")),
+                    (p.score, _get(c, "score"))))  # fmt: skip
+    return out
+
+
+def _get(c: Any, name: str) -> Any:
+    return None if c is None else getattr(c, name)
 
 
 def _diagnostics(extras: BatchExtras, items: Sequence[Item]) -> None:

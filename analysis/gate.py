@@ -24,6 +24,13 @@ read, so the automation may act at any look. Rules:
 - labels: with ground truth, fail when the sequential McNemar finds the candidate more
   often wrong where the primary was right than the reverse, or when the accuracy change's
   confidence sequence lies beyond -`max_accuracy_loss`; pass when its lower bound is within.
+- recall (only with `max_recall_drop` > 0): with labels, per true class, fail when the
+  Bonferroni interval of a class's recall change lies below -`max_recall_drop`
+  (analysis.recall); judged at the end of a trial, not anytime.
+- confidence (only with `max_confidence_drop` or `max_near_boundary_increase` > 0): fail
+  when the paired confidence change's 95% interval lies below -max_confidence_drop, or the
+  near-boundary share rises by more than max_near_boundary_increase (McNemar p < 0.05);
+  judged at the end of a trial, not anytime.
 """
 
 from __future__ import annotations
@@ -72,7 +79,7 @@ def _pts(x: float) -> str:
 
 def evaluate_gate(report: dict[str, Any], gate: GateSettings) -> dict[str, Any]:
     """{"verdict": pass | fail | insufficient, "reasons": [...], "rules": [...]}."""
-    results = [rule(report, gate) for rule in RULES]
+    results = [rule(report, gate) for rule in (*RULES, *_optional_rules(gate))]
     outcomes = {r.outcome for r in results}
     verdict = FAIL if FAIL in outcomes else INSUFFICIENT if INSUFFICIENT in outcomes else PASS
     end_only = [r.rule for r in results if not r.anytime and r.outcome != SKIP]
@@ -83,6 +90,16 @@ def evaluate_gate(report: dict[str, Any], gate: GateSettings) -> dict[str, Any]:
         "anytime_note": ANYTIME_NOTE + (END_ONLY_NOTE if end_only else ""),
         "end_only_rules": end_only,
     }
+
+
+def _optional_rules(gate: GateSettings) -> list[Callable[[dict[str, Any], GateSettings], Any]]:
+    """The rules a policy switches on (off by default, so they add no reason unless asked)."""
+    rules: list[Callable[[dict[str, Any], GateSettings], Any]] = []
+    if gate.max_recall_drop > 0:
+        rules.append(_recall)
+    if gate.max_confidence_drop > 0 or gate.max_near_boundary_increase > 0:
+        rules.append(_confidence)
+    return rules
 
 
 def _pairs(report: dict[str, Any], gate: GateSettings) -> RuleResult:
@@ -264,6 +281,60 @@ def _labels(report: dict[str, Any], gate: GateSettings) -> RuleResult:
     else:
         text, outcome = f"{text}; more labels are needed to rule out a loss of {loss}", INSUFFICIENT
     return RuleResult("labels", outcome, text, True, evidence)
+
+
+def _recall(report: dict[str, Any], gate: GateSettings) -> RuleResult:
+    """Per true class (analysis.recall): fail when a class's recall change is surely below
+    -max_recall_drop (Bonferroni over the classes; judged at the end, not anytime)."""
+    classes = [r for r in (report.get("labels") or {}).get("by_class") or []
+               if r.get("ci_low") is not None]  # fmt: skip
+    drop = gate.max_recall_drop
+    if not classes:
+        return RuleResult("recall", SKIP, "no class has enough labelled rows for recall yet")
+    evidence = {"allowed_drop": drop, "classes": {r["class"]: r["delta"] for r in classes}}
+    lost = [r for r in classes if r["ci_high"] < -drop]
+    unsure = [r for r in classes if r["ci_low"] < -drop]
+    if lost:
+        names = ", ".join(f"{r['class']} {_pts(r['delta'])}" for r in lost[:5])
+        return RuleResult("recall", FAIL, f"recall drops beyond {_pts(drop)}: {names}",
+                          False, evidence)  # fmt: skip
+    if unsure:
+        names = ", ".join(str(r["class"]) for r in unsure[:5])
+        text = f"more labels are needed to rule out a recall drop of {_pts(drop)} for {names}"
+        return RuleResult("recall", INSUFFICIENT, text, False, evidence)
+    text = f"every class's recall change is within {_pts(drop)} ({len(classes)} classes)"
+    return RuleResult("recall", PASS, text, False, evidence)
+
+
+def _confidence(report: dict[str, Any], gate: GateSettings) -> RuleResult:
+    """Optional: the candidate grows less sure (mean paired confidence change, its 95%
+    interval against -max_confidence_drop) or answers near the boundary more often (share
+    with margin < 0.1, McNemar on the paired rows, against max_near_boundary_increase)."""
+    deltas = report.get("confidence_deltas") or {}
+    nb = (report.get("confidence") or {}).get("near_boundary") or {}
+    findings, unsure = [], []
+    drop = gate.max_confidence_drop
+    if drop > 0 and deltas.get("n"):
+        low, high = deltas.get("ci_low"), deltas.get("ci_high")
+        if high is not None and high < -drop:
+            findings.append(f"confidence falls by {_pts(-deltas['mean'])} (allowed {_pts(drop)})")
+        elif low is None or low < -drop:
+            unsure.append(f"a confidence drop of {_pts(drop)}")
+    rise = gate.max_near_boundary_increase
+    if rise > 0 and nb.get("n") and nb.get("candidate") is not None:
+        increase = nb["candidate"] - nb["primary"]
+        if increase > rise and (nb.get("p") or 1.0) < SIGNIFICANCE:
+            findings.append(f"near-boundary answers up {_pts(increase)} (allowed {_pts(rise)})")
+    evidence = {"confidence_deltas": deltas.get("mean"), "near_boundary": nb.get("candidate")}
+    if findings:
+        return RuleResult("confidence", FAIL, "; ".join(findings), False, evidence)
+    if not deltas.get("n") and not nb.get("n"):
+        return RuleResult("confidence", SKIP, "no paired confidences yet")
+    if unsure:
+        text = f"more pairs are needed to rule out {', '.join(unsure)}"
+        return RuleResult("confidence", INSUFFICIENT, text, False, evidence)
+    return RuleResult("confidence", PASS, "confidence and near-boundary share within policy",
+                      False, evidence)  # fmt: skip
 
 
 def _pts_or(x: float | None) -> str:

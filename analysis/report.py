@@ -18,10 +18,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import orjson
 import redis
 from scipy import stats as scipy_stats
 
-from analysis import anytime_slices, latency, sequential, stats
+from analysis import anytime_slices, estimate, latency, recall, sequential, stats, strata
 from analysis.apply import ROLLUP_SECONDS
 from analysis.drilldown import read_samples, recent_pairs
 from analysis.gate import evaluate_gate
@@ -150,8 +151,45 @@ def build_report(
         if noise is not None:
             floor = noise[1]
             report["text"]["noise_floor"] = noise_similarity(noise[0], floor.get, floor.hist)
+    _stratify(client, keys, settings, candidate, summary, report)
     report["gate"] = evaluate_gate(report, settings.gate)
     return json_safe(report)
+
+
+def _stratify(
+    client: redis.Redis,
+    keys: Keys,
+    settings: Settings,
+    candidate: str,
+    summary: Summary,
+    report: dict[str, Any],
+) -> None:
+    """`stratified` and the slice rows' `effective_pairs` (analysis.strata) and
+    `estimated_delta` (analysis.estimate)."""
+    rate = _sample_rate(client, keys, settings, candidate) if settings.strata else 1.0
+    report["stratified"] = strata.stratified(summary, settings, rate)
+    strata.slice_effective_pairs(summary, settings, rate, report["slices"])
+    estimate.slice_deltas(summary, report["slices"])
+
+
+def _sample_rate(client: redis.Redis, keys: Keys, settings: Settings, candidate: str) -> float:
+    """The candidate's sample rate: its config entry's, else its registry entry's, else 1."""
+    configured = settings.candidate(candidate)
+    if configured is not None:
+        return configured.sample
+    with store_errors(f"cannot read the registry entry of {candidate}"):
+        raw = client.hget(keys.registry(), candidate)
+    sample = _json_object(raw).get("sample", 1.0)
+    return float(sample) if isinstance(sample, int | float) and 0 < sample <= 1 else 1.0
+
+
+def _json_object(raw: Any) -> dict[str, Any]:
+    """A registry entry as a dict ({} when absent or not a JSON object)."""
+    try:
+        value = orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def analyse(
@@ -185,6 +223,7 @@ def analyse(
         "noise_floor": _noise_floor(summary, noise),
         "labels": _labels(summary),
         "text": text_section(summary.get, summary.hist),
+        "estimated": estimate.estimated(summary),
     }
 
 
@@ -559,6 +598,8 @@ def _labels(s: Summary) -> dict[str, Any]:
         "positive_flips": c,
         "duplicate_ids": dup,
         **sequential.paired_flips_cs(b, c, result["n"]),
+        "by_class": recall.by_class(s),
+        "numeric": recall.numeric_truth(s),
     }
 
 

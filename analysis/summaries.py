@@ -23,10 +23,19 @@ read back with the wrong number of parts is skipped and counted in `Summary.malf
     rn rbeyond rh:i / rs rss ras    regression rows, beyond tolerance, |d| histogram /
                                     float sums of d, d^2, |d| (HINCRBYFLOAT)
     s SEP f SEP v / sd ...          per-slice rows / disagreeing rows
+    cen SEP f SEP v / ce ...        per-slice rows with both confidences / sum of
+                                    conf_c - conf_p (micro-units): estimated_delta
     q SEP f SEP v SEP g SEP w / qd  per pair of slice conditions (SliceLine level 2)
     ct SEP kind                     contract differences per kind
     la lb lc ld                     labelled pairs: both right, primary only, candidate
                                     only, both wrong
+    lagree                          labelled pairs on which the two models agreed
+    gn gerr / gap gac gd gdd gsp gsc  numeric ground truth: rows, candidate failed / float
+                                    sums of |e_p|, |e_c|, |e_c|-|e_p|, its square, e_p^2, e_c^2
+    kyn SEP y / kya kyb kyc         labelled rows of true class y: all, both right, only
+                                    the primary, only the candidate (analysis.recall)
+    kpn:d kps:d kpr:d / kc..        labelled rows per side and confidence decile d: count,
+                                    confidence sum (micro-units), right (analysis.estimate)
     trimmed bad deferred            entries trimmed before reading, undecodable records,
                                     records whose candidate the worker ran itself
     mirror:sampled mirror:shed ...  added by the proxies, not the worker (common.keys
@@ -34,7 +43,7 @@ read back with the wrong number of parts is skipped and counted in `Summary.malf
     xn xeq xs:i ...                 text rows (analysis.text_summary)
 
 Bound: a bucket holds at most about 460 fixed fields + 2 x 1,475 latency bins + the
-populated regression bins + (C + 2)^2 flip cells + 2 x sum_f (V_f + 1) slice fields
+populated regression bins + (C + 2)^2 flip cells + 4 x sum_f (V_f + 1) slice fields
 + 2 x sum_{f<g} (V_f + 1)(V_g + 1) pair fields, where C and V_f are capped at
 analysis.slices.MAX_VALUES (50) by the admitted-value sets; and never more fields than a constant
 times the pairs it counted. Buckets expire after `worker.retention_hours`.
@@ -83,6 +92,9 @@ _DIFF_EDGES = DIFF_EDGES.tolist()
 CONF_EDGES = np.linspace(0.0, 1.0, CONF_BINS + 1)
 
 FLOAT_FIELDS = frozenset({"rs", "rss", "ras"})
+# Numeric ground truth (join.lua): sums of |error| per side, of the change |e_c| - |e_p|
+# and its square, and of squared errors per side.
+FLOAT_FIELDS |= {"gap", "gac", "gd", "gdd", "gsp", "gsc"}
 
 # Precomputed field names for the hot loop (avoid formatting a string per row).
 _CP = [f"cp:{i}" for i in range(CONF_BINS)]
@@ -402,9 +414,36 @@ def _count_rows(delta: BucketDelta, ev: PairEvidence, fold: Fold) -> int:
         _count_regression(delta, row)
         if p.text is not None and c.text is not None:
             count_text(ints, row)
-        _count_slices(ints, slice_items(ev, i, p, fold), not agree)
+        items = slice_items(ev, i, p, fold)
+        _count_slices(ints, items, not agree)
+        _count_slice_confidence(ints, items, p, c)
         disagree += not agree
     return disagree
+
+
+def _count_slice_confidence(
+    ints: defaultdict[str, int], items: list[tuple[str, str]], p: Prediction, c: Prediction
+) -> None:
+    """Per slice, the rows with both confidences and the sum of conf_c - conf_p (micro):
+    the slice's estimated accuracy change before labels (analysis.estimate)."""
+    if p.confidence is None or c.confidence is None or not items:
+        return
+    d = round((c.confidence - p.confidence) * MICRO)
+    key = tuple(items)
+    names = _CONF_FIELDS.get(key)
+    if names is None:
+        if len(_CONF_FIELDS) >= _SLICE_FIELDS_MAX:
+            _CONF_FIELDS.clear()
+        names = _CONF_FIELDS[key] = tuple(
+            (f"cen{SEP}{f}{SEP}{v}", f"ce{SEP}{f}{SEP}{v}") for f, v in items
+        )
+    for n_name, d_name in names:
+        ints[n_name] += 1
+        ints[d_name] += d
+
+
+# Per-slice confidence counter names by the row's conditions (bounded like _SLICE_FIELDS).
+_CONF_FIELDS: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
 
 
 def _count_error_rows(ints: defaultdict[str, int], ev: PairEvidence, fold: Fold) -> None:
@@ -537,7 +576,8 @@ class Summary:
 
 
 # Parts after the kind, for the kinds whose fields join values with SEP.
-_PARTS = {"fm": 2, "s": 2, "sd": 2, "q": 4, "qd": 4, "ct": 1}
+_PARTS = {"fm": 2, "s": 2, "sd": 2, "q": 4, "qd": 4, "ct": 1, "ce": 2, "cen": 2}
+_PARTS.update({"kyn": 1, "kya": 1, "kyb": 1, "kyc": 1})  # recall per true class (join.lua)
 
 
 def _split_field(name: str) -> tuple[str, str | None]:

@@ -97,7 +97,7 @@ class BatchProcessor:
         now = self.clock()
         w = self.settings.worker
         fold = self.admission.folder(candidate)
-        delta, extras = aggregate(items, fold, w.bucket_seconds, now)
+        delta, extras = aggregate(items, fold, w.bucket_seconds, now, w.label_join_rows)
         return self.applier.apply(
             candidate,
             [i.id for i in items],

@@ -442,6 +442,9 @@ class WorkerSettings:
     # their other half, in at most two generations of label_join_max entries each.
     label_join_hours: int = _setting(24, _at_least(_cast_int, 1))
     label_join_max: int = _setting(250_000, _at_least(_cast_int, 1))
+    # Rows of one batched request that wait for labels ({"request_id", "row", "label"}):
+    # each is an entry of the generations above, so batches fill them this much faster.
+    label_join_rows: int = _setting(64, _at_least(_cast_int, 1))
     # Buckets older than this are merged into hourly ones (0: never), so a week of
     # retention holds ~170 hourly buckets instead of ~10,000 minute ones.
     rollup_after_hours: int = _setting(6, _at_least(_cast_int, 0))
@@ -457,6 +460,9 @@ class GateSettings:
     max_p99_ratio: float = _setting(1.5, _at_least(_cast_float, 0))
     max_error_rate_increase: float = _setting(0.01, _fraction)
     max_accuracy_loss: float = _setting(0.01, _fraction)
+    max_recall_drop: float = _setting(0.0, _fraction)  # per true class; 0: the rule is off
+    max_confidence_drop: float = _setting(0.0, _fraction)  # mean paired change; 0: off
+    max_near_boundary_increase: float = _setting(0.0, _fraction)  # share, margin < 0.1; 0: off
     auto_reject: bool = _setting(False, _cast_bool)
     auto_promote_after_s: int = _setting(0, _at_least(_cast_int, 0))
     # The evidence a promotion is judged on: the last `window` ("6h"), or, unset, the
@@ -508,6 +514,17 @@ class SliceSettings:
 
 
 @dataclass(frozen=True)
+class StratumSettings:
+    """A stratum: requests whose header `source` equals `value` are mirrored at `sample`
+    times each candidate's rate (capped at 1), e.g. 20 to oversample a rare tenant; the
+    report weights them back by inverse inclusion probability (analysis.strata)."""
+
+    source: str = _setting("", _cast_str)
+    value: str = _setting("", _cast_str)
+    sample: float = _setting(1.0, _at_least(_cast_float, 0.0))
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything shadowtrial reads from its config file and environment."""
 
@@ -519,6 +536,7 @@ class Settings:
     gate: GateSettings = field(default_factory=GateSettings)
     candidates: tuple[CandidateSettings, ...] = ()
     slices: tuple[SliceSettings, ...] = ()
+    strata: tuple[StratumSettings, ...] = ()
 
     def candidate(self, name: str) -> CandidateSettings | None:
         """The configured candidate with this name, if any."""
@@ -534,6 +552,7 @@ _SECTIONS: dict[str, type] = {
     "gate": GateSettings,
 }
 _LISTS: dict[str, type] = {"candidates": CandidateSettings, "slices": SliceSettings}
+_LISTS["strata"] = StratumSettings
 # TOML spells a slice's source `from`, a Python keyword.
 _RENAMES: dict[str, str] = {"from": "source"}
 
@@ -635,6 +654,21 @@ def _check_slices(slices: tuple[SliceSettings, ...]) -> None:
             )
 
 
+def _check_strata(strata: tuple[StratumSettings, ...], slices: tuple[SliceSettings, ...]) -> None:
+    """A stratum reads a header a slice also reads: the slice counts what the report
+    weights back (analysis.strata)."""
+    sliced = {sl.source.lower() for sl in slices}
+    for i, st in enumerate(strata):
+        if st.source.lower() != strata[0].source.lower():
+            raise ConfigError(f"strata[{i}].from", st.source, "every stratum reads one header")
+        if not st.source.lower().startswith("header:") or not st.source[7:].strip():
+            raise ConfigError(f"strata[{i}].from", st.source, "expected header:Name")
+        if st.source.lower() not in sliced:
+            raise ConfigError(
+                f"strata[{i}].from", st.source, "add a [[slices]] entry with the same from"
+            )
+
+
 def _token_env(raw: Mapping[str, Any], environ: Mapping[str, str]) -> str:
     """The variable holding the admin tokens: the override's, else the file's, else default."""
     admin = raw.get("admin", {})
@@ -691,6 +725,7 @@ def _validated_settings(
     _check_destination("proxy.primary", sections["proxy"].primary, allow)
     _check_candidates(lists["candidates"], allow)
     _check_slices(lists["slices"])
+    _check_strata(lists["strata"], lists["slices"])
     return Settings(**sections, **lists)
 
 

@@ -432,36 +432,62 @@ class Endpoints:
         return JSONResponse({"decisions": await self.ctx.decisions.history(limit)})
 
 
-def _feedback_items(body: Any) -> list[tuple[str, Any]]:
+MAX_LABEL_ROW = 1_000_000  # a batched request's row index in a label
+
+
+def _feedback_items(body: Any) -> list[tuple[str, Any, int]]:
     items = body if isinstance(body, list) else [body]
     if not items or len(items) > MAX_FEEDBACK_ITEMS:
         raise Invalid("invalid feedback", f"send 1 to {MAX_FEEDBACK_ITEMS} labels")
-    out = []
-    for i, item in enumerate(items):
-        where = f"item {i}: " if isinstance(body, list) else ""
-        if not isinstance(item, dict) or set(item) != {"request_id", "label"}:
-            raise Invalid(
-                "invalid feedback", f'{where}expected {{"request_id": ..., "label": ...}}'
-            )
-        rid, label = item["request_id"], item["label"]
-        if not isinstance(rid, str) or not 0 < len(rid) <= 256:
-            raise Invalid("invalid feedback", f"{where}request_id must be a non-empty string")
-        if isinstance(label, float) or not isinstance(label, str | int | bool):
-            raise Invalid("invalid feedback", f"{where}label must be a string, integer or boolean")
-        out.append((rid, label))
-    return out
+    return [
+        _feedback_item(item, f"item {i}: " if isinstance(body, list) else "")
+        for i, item in enumerate(items)
+    ]
 
 
-def _record_feedback(ctx: AdminContext, items: list[tuple[str, Any]]) -> list[dict[str, Any]]:
+_LABEL_KEYS = ({"request_id", "label"}, {"request_id", "value"})
+
+
+def _feedback_item(item: Any, where: str) -> tuple[str, Any, int]:
+    """(request id, label, row) of one label; `row` (default 0) names a batch's row; a
+    numeric ground truth comes as `value` and is returned as ("value", number)."""
+    keys = set(item) - {"row"} if isinstance(item, dict) else set()
+    if keys not in _LABEL_KEYS:
+        raise Invalid(
+            "invalid feedback",
+            f'{where}expected {{"request_id": ..., "label" or "value": ...[, "row": k]}}',
+        )
+    rid, row = item["request_id"], item.get("row", 0)
+    if not isinstance(rid, str) or not 0 < len(rid) <= 256:
+        raise Invalid("invalid feedback", f"{where}request_id must be a non-empty string")
+    if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row <= MAX_LABEL_ROW:
+        raise Invalid("invalid feedback", f"{where}row must be an integer from 0")
+    if "value" in item:
+        value = item["value"]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise Invalid("invalid feedback", f"{where}value must be a number")
+        return rid, ("value", value), row
+    label = item["label"]
+    if isinstance(label, float) or not isinstance(label, str | int | bool):
+        raise Invalid("invalid feedback", f"{where}label must be a string, integer or boolean")
+    return rid, label, row
+
+
+def _record_feedback(ctx: AdminContext, items: list[tuple[str, Any, int]]) -> list[dict[str, Any]]:
     from analysis.feedback import record_feedback
 
     results = []
-    for rid, label in items:
+    for rid, label, row in items:
         try:
-            joined = record_feedback(ctx.reports.client, ctx.keys, rid, label, ctx.settings.worker)
+            numeric = isinstance(label, tuple)
+            joined = record_feedback(
+                ctx.reports.client, ctx.keys, rid, None if numeric else label,
+                ctx.settings.worker, row=row, value=label[1] if numeric else None,
+            )  # fmt: skip
         except ValueError as exc:
             raise Invalid("invalid feedback", f"{rid}: {exc}") from None
-        results.append({"request_id": rid, "candidates": joined})
+        result = {"request_id": rid, "candidates": joined}
+        results.append(result | {"row": row} if row else result)
     return results
 
 

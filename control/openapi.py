@@ -341,11 +341,14 @@ SCHEMAS: dict[str, Any] = {
     },
     "Label": {
         "type": "object",
-        "required": ["request_id", "label"],
+        "required": ["request_id"],
+        "oneOf": [{"required": ["label"]}, {"required": ["value"]}],
         "additionalProperties": False,
         "properties": {
             "request_id": {"type": "string", "minLength": 1, "maxLength": 256},
             "label": {"type": ["string", "integer", "boolean"]},
+            "value": {"type": "number", "description": "numeric ground truth (regression)"},
+            "row": {"type": "integer", "minimum": 0, "maximum": 1000000},
         },
     },
     "FeedbackResult": {

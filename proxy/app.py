@@ -51,8 +51,9 @@ class ProxyApp:
         self.routing = RoutingTable.from_settings(settings, self.runners)
         self.capture = Capture.from_settings(settings, redis_url, self.metrics)
         self.mirror = Mirror(
-            settings.proxy, self.capture, self.metrics, protocol=settings.outputs.protocol
-        )
+            settings.proxy, self.capture, self.metrics, protocol=settings.outputs.protocol,
+            strata=settings.strata,
+        )  # fmt: skip
         self.forwarder = Forwarder(settings, self.routing, self.mirror, self.metrics)
         self.registry = RegistrySync(settings, redis_url, self.routing, self.runners)
         self.trials = TrialWatch(self.registry, redis_url, self.metrics.automation_error)

@@ -6,7 +6,8 @@
 - Sticky sampling: u = first 8 bytes of blake2b(sample key) / 2**64; a candidate gets
   the request when u < its sample rate. The key is the request id, or a header with
   `proxy.sample_by = "header:X-User-Id"`. No per-candidate salt: a 10% sample is a subset
-  of a 30% one, and every replica decides alike.
+  of a 30% one, and every replica decides alike. `[[strata]]` multiply the rate of the
+  requests with a given header value (StrataPolicy), e.g. 20x for a rare tenant.
 - Bounded: at most `proxy.mirror_concurrency` mirrors in flight (sent and not yet handed
   to capture); beyond it new mirrors are shed and counted.
 - Detached: one task per sampled request runs its candidates; each, once it and the
@@ -31,7 +32,7 @@ from common.keys import (
     FIELD_TOO_LARGE,
 )
 from common.records import OUTCOME_ERROR, PairRecord
-from common.settings import ProxySettings
+from common.settings import ProxySettings, StratumSettings
 from proxy.capture import Capture
 from proxy.metrics import (
     MIRROR_PRIMARY_FAILED,
@@ -99,13 +100,42 @@ class MirrorPolicy:
         return allowed
 
 
+class StrataPolicy:
+    """Per-stratum sample multipliers (`[[strata]]`): a request whose header `from` equals
+    `value` is mirrored at `sample` times each candidate's rate, capped at 1. Sticky like
+    the rate itself (the same point, the same header: the same choice on every replica);
+    the report weights the strata back (analysis.strata). Without strata: factor 1."""
+
+    def __init__(self, strata: Sequence[StratumSettings] = ()) -> None:
+        self.by_header: dict[str, dict[str, float]] = {}
+        for st in strata:
+            name = st.source.partition(":")[2].strip().lower()
+            self.by_header.setdefault(name, {})[st.value] = st.sample
+
+    def factor(self, headers: Sequence[tuple[str, str]]) -> float:
+        """The request's multiplier: the first configured header found decides."""
+        if not self.by_header:
+            return 1.0
+        for name, value in headers:
+            values = self.by_header.get(name.lower())
+            if values is not None:
+                return values.get(value.strip(), 1.0)
+        return 1.0
+
+
 class Mirror:
     """Starts sampled mirrors, bounds them, and turns their ends into pair records."""
 
     def __init__(
-        self, settings: ProxySettings, capture: Capture, metrics: Metrics, protocol: str = "auto"
+        self,
+        settings: ProxySettings,
+        capture: Capture,
+        metrics: Metrics,
+        protocol: str = "auto",
+        strata: Sequence[StratumSettings] = (),
     ) -> None:
         self.policy = MirrorPolicy(settings, protocol)
+        self.strata = StrataPolicy(strata)
         self._limit = settings.mirror_concurrency
         self._record_failed_primary = settings.mirror_on_primary_error
         self._capture = capture
@@ -123,7 +153,8 @@ class Mirror:
         """Sample, bound and launch; the caller resolves the returned future with the
         primary's answer (None: nothing was launched, keep no copy of the answer)."""
         point = sample_point(key)
-        chosen = [t for t in targets if point < t.sample]
+        factor = self.strata.factor(request.headers) if self.strata.by_header else 1.0
+        chosen = [t for t in targets if point < min(1.0, t.sample * factor)]
         if not chosen:
             return None
         arrival_s = time.time()

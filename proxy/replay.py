@@ -11,6 +11,8 @@ and XADDs the pairs to the target's stream in batches.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -74,12 +76,27 @@ def _number(obj: dict[str, Any], key: str, default: float, where: str) -> float:
     return float(value)
 
 
+def _base64(obj: dict[str, Any], key: str, where: str) -> bytes:
+    """`key_base64` (binary bodies in a failure catalog, analysis.catalog) decoded."""
+    try:
+        return base64.b64decode(str(obj[f"{key}_base64"]), validate=True)
+    except (binascii.Error, ValueError):
+        raise ReplayError(f"{where}: {key}_base64 is not base64") from None
+
+
+def _body_of(obj: dict[str, Any], key: str, where: str) -> tuple[bytes, str]:
+    """The body under `key` (JSON value or text) or `key_base64` (bytes, no type)."""
+    if key in obj:
+        return _as_bytes(obj[key])
+    return _base64(obj, key, where), ""
+
+
 def parse_line(obj: Any, line: int) -> Recorded:
     """One JSONL line as a Recorded request (ReplayError naming the line if malformed)."""
     where = f"line {line}"
-    if not isinstance(obj, dict) or "body" not in obj:
+    if not isinstance(obj, dict) or ("body" not in obj and "body_base64" not in obj):
         raise ReplayError(f'{where}: expected an object with at least "body"')
-    body, body_type = _as_bytes(obj["body"])
+    body, body_type = _body_of(obj, "body", where)
     path, _, query = str(obj.get("path") or "/").partition("?")
     headers = _headers(obj.get("headers"), where)
     if body_type:
@@ -92,8 +109,8 @@ def parse_line(obj: Any, line: int) -> Recorded:
         query=query,
         headers=headers,
     )
-    if "primary_body" in obj:
-        rec.primary_body, content_type = _as_bytes(obj["primary_body"])
+    if "primary_body" in obj or "primary_body_base64" in obj:
+        rec.primary_body, content_type = _body_of(obj, "primary_body", where)
         rec.primary_content_type = str(obj.get("primary_content_type") or content_type)
         rec.primary_status = int(_number(obj, "primary_status", 200, where))
         rec.primary_ms = _number(obj, "primary_ms", 0.0, where)
@@ -319,6 +336,7 @@ class Replay:
         on_done: Callable[[str], None] = lambda outcome: None,
         redact: Callable[[Any], None] | None = None,
         maxlen: Callable[[str, dict[bytes, bytes]], int] | None = None,
+        on_pair: Callable[[Any], None] | None = None,
     ) -> None:
         self.target = target
         self.redis = redis
@@ -331,6 +349,7 @@ class Replay:
         self.on_done = on_done
         self.redact = redact  # proxy.redact's BodyRedactor.record: secrets out before Redis
         self.maxlen = maxlen  # proxy.capture's StreamBudget.maxlen: the stream's byte bound
+        self.on_pair = on_pair  # sees each pair before it is written (replay --check)
         self.tally = Tally()
         self._records: asyncio.Queue[Any] = asyncio.Queue(maxsize=WRITE_BATCH * 4)
 
@@ -373,7 +392,10 @@ class Replay:
         else:
             candidate = await self._candidate(item)
         captured = item.captured if item.captured is not None else self.capture(item.headers)
-        await self._records.put(pair_record(item, self.target, candidate, captured))
+        record = pair_record(item, self.target, candidate, captured)
+        if self.on_pair is not None:
+            self.on_pair(record)
+        await self._records.put(record)
         self.tally.count(candidate.outcome)
         return candidate.outcome
 

@@ -243,13 +243,54 @@ def labels(report: Mapping[str, Any]) -> Table | None:
     return table
 
 
+def estimated(report: Mapping[str, Any]) -> Table | None:
+    """Accuracy expected from confidences before labels, and whether to trust it."""
+    est = report.get("estimated") or {}
+    primary, candidate = est.get("primary") or {}, est.get("candidate") or {}
+    if primary.get("accuracy") is None and candidate.get("accuracy") is None:
+        return None
+    trusted = "trusted" if est.get("trusted") else "not trusted"
+    table = _table(f"Estimated accuracy, before labels ({trusted}: {est.get('reason')})", "",
+                   "value")  # fmt: skip
+    for name, side in (("primary", primary), ("candidate", candidate)):
+        fmt = _bracket(pct, side.get("accuracy"), side.get("ci_low"), side.get("ci_high"))
+        _add(table, f"expected accuracy, {name}", fmt)
+    _add(table, "expected change", pts(est.get("delta")))
+    cal = est.get("calibration") or {}
+    _add(table, "calibration error (ECE), primary / candidate",
+         f"{pts(cal.get('primary_ece'))} / {pts(cal.get('candidate_ece'))}")  # fmt: skip
+    rep = est.get("representative") or {}
+    if rep.get("representative") is False:
+        _add(table, "labelled requests unlike the rest (agreement)",
+             f"{pct(rep.get('labelled_agreement'))} vs {pct(rep.get('agreement'))}")  # fmt: skip
+    return table
+
+
+def stratified(report: Mapping[str, Any]) -> Table | None:
+    """The agreement weighted back over the strata, and what it is worth."""
+    st = report.get("stratified")
+    if not st:
+        return None
+    table = _table(f"Stratified by {printable(st.get('slice'))}", "", "value")
+    _add(table, "agreement, weighted",
+         _bracket(pct, st.get("agreement"), st.get("ci_low"), st.get("ci_high")))  # fmt: skip
+    _add(table, "agreement, as sampled", pct(st.get("unweighted_agreement")))
+    _add(table, "effective pairs", num(round(st.get("effective_pairs") or 0)))
+    for row in st.get("strata") or []:
+        value = "rest" if row.get("value") is None else row.get("value")
+        _add(table, _text(f"  {value}: {num(row.get('pairs'))} pairs at"
+                          f" {pct(row.get('inclusion'))}"), pct(row.get("agreement")))  # fmt: skip
+    return table
+
+
 def render_report(report: Mapping[str, Any], console: Console) -> None:
     """Print every section that has something to say."""
     console.print(header(report))
     console.print(gate(report))
     sections = [
         agreement(report), slices(report), discovered(report), confidence(report),
-        latency(report), errors(report), labels(report),
+        latency(report), errors(report), labels(report), estimated(report),
+        stratified(report),
     ]  # fmt: skip
     for section in sections:
         if section is not None:

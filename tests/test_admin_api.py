@@ -106,6 +106,12 @@ def test_feedback_is_joined_to_pairs(
         many = [{"request_id": "rid-2", "label": "new"}, {"request_id": "later", "label": 3}]
         answered = t.http.post(feedback, json=many, headers=ALICE).json()
         assert [r["candidates"]["v2"] for r in answered["results"]] == ["joined", "pending"]
+        row = t.http.post(feedback, json={"request_id": "later", "row": 2, "label": 1},
+                          headers=ALICE).json()["results"]  # fmt: skip
+        assert row == [{"request_id": "later", "candidates": {"v2": "pending"}, "row": 2}]
+        numeric = t.http.post(feedback, json={"request_id": "later", "value": 2.5},
+                              headers=ALICE)  # fmt: skip
+        assert numeric.status_code == 200, numeric.text
         labels = t.http.get(t.admin() + "/v1/candidates/v2/report").json()["labels"]
         assert labels["n"] == 2
         assert labels["primary_accuracy"] == 0.5 and labels["candidate_accuracy"] == 0.5
@@ -115,6 +121,11 @@ def test_feedback_is_joined_to_pairs(
             {"label": "a"},
             [],
             {"request_id": "x", "label": "a", "more": 1},
+            {"request_id": "x", "label": "a", "row": -1},
+            {"request_id": "x", "label": "a", "row": True},
+            {"request_id": "x", "label": "a", "value": 1.0},
+            {"request_id": "x", "value": "1.0"},
+            {"request_id": "x", "value": 10**400},
         ):
             refused = t.http.post(feedback, json=bad, headers=ALICE)
             assert refused.status_code == 400, bad

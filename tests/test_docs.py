@@ -19,6 +19,7 @@ SECTIONS = {
     "gate": S.GateSettings,
     "candidates": S.CandidateSettings,
     "slices": S.SliceSettings,
+    "strata": S.StratumSettings,
 }
 TOML_NAMES = {"source": "from"}
 

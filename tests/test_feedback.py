@@ -123,3 +123,31 @@ def test_a_label_after_rollup_counts_in_the_hour(redis_client: redis.Redis, pref
     for rid, label in TRUTH.items():
         assert record_feedback(redis_client, keys, rid, label) == {"v2": "joined"}
     _check(_labels(redis_client, prefix))
+
+
+def test_rows_of_a_batched_request_are_labelled_one_by_one(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    """{"request_id", "row", "label"}: each row of a 3-row pair joins its own label; row 0
+    is the request id alone, as for a single-row request."""
+    primary = [SETOSA, SETOSA, VERSICOLOR]
+    candidate = [SETOSA, VERSICOLOR, VERSICOLOR]
+    pf.write(redis_client, Keys(prefix).pairs("v2"), [pf.record("b0", primary, candidate)])
+    pf.drain(Worker(redis_client, pf.settings(prefix)))
+    keys = Keys(prefix)
+    assert record_feedback(redis_client, keys, "b0", "setosa") == {"v2": "joined"}
+    assert record_feedback(redis_client, keys, "b0", "setosa", row=1) == {"v2": "joined"}
+    assert record_feedback(redis_client, keys, "b0", "versicolor", row=2) == {"v2": "joined"}
+    assert record_feedback(redis_client, keys, "b0", "setosa", row=3) == {"v2": "pending"}
+    labels = _labels(redis_client, prefix)
+    assert labels["n"] == 3 and labels["negative_flips"] == 1  # row 1: only the primary
+    assert labels["primary_accuracy"] == pytest.approx(1.0)
+
+
+def test_rows_beyond_label_join_rows_do_not_wait(redis_client: redis.Redis, prefix: str) -> None:
+    settings = pf.settings(prefix, label_join_rows=1)
+    pf.write(redis_client, Keys(prefix).pairs("v2"), [pf.record("b1", [SETOSA] * 3, [SETOSA] * 3)])
+    pf.drain(Worker(redis_client, settings))
+    keys = Keys(prefix)
+    assert record_feedback(redis_client, keys, "b1", "setosa") == {"v2": "joined"}
+    assert record_feedback(redis_client, keys, "b1", "setosa", row=1) == {"v2": "pending"}

@@ -102,6 +102,8 @@ def test_candidate_page_shows_the_evidence(site: str) -> None:
     for label in ("95% CI", "anytime CS", "McNemar", "paired sign test"):
         assert label in html
     assert "may check it at any moment" in html  # the gate may be read at any time
+    assert "Estimated accuracy change (before labels)" in html
+    assert re.search(r"(not )?trusted: (calibration|miscalibrated)", html)
 
 
 def test_flagged_slice_comes_first_in_red_with_interval_p_value_and_drilldown(site: str) -> None:

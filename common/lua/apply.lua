@@ -68,8 +68,7 @@ if n_joins > 0 then
     end
     if label then
       redis.call('HDEL', where, rid)
-      local _, field = join_category(enc, label)
-      redis.call('HINCRBY', KEYS[6 + b], field, 1)
+      join_count(KEYS[6 + b], enc, label)
     elseif (older and redis.call('HEXISTS', pprev, rid) == 1)
         or redis.call('HSETNX', pcur, rid, enc) == 0 then
       -- a request id already waiting (a client reusing ids): the first pair keeps the

@@ -14,13 +14,13 @@ local enc = redis.call('HGET', pcur, rid)
 if not enc then where = pprev; enc = redis.call('HGET', pprev, rid) end
 if enc then
   redis.call('HDEL', where, rid)
-  local bucket, field = join_category(enc, label)
+  local bucket = join_bucket(enc)
   local key = bucket_base .. bucket
   if redis.call('EXISTS', key) == 0 then  -- rolled up into its hour, or expired
     local start = tonumber(bucket)
     key = bucket_base .. 'h' .. (start - start % rollup)
   end
-  if redis.call('EXISTS', key) == 1 then redis.call('HINCRBY', key, field, 1) end
+  if redis.call('EXISTS', key) == 1 then join_count(key, enc, label) end
   return 'joined'
 end
 local lcur, _, lmeta = join_gens(labels_base, true, cap, ttl, now)

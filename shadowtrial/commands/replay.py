@@ -36,6 +36,12 @@ written `deferred`, and a worker with the same config runs the model (as `run = 
 Rate: a token bucket of `--rate` requests per second (0: unlimited), `--concurrency` in
 flight. Exit codes: 0 done, 1 nothing could be recorded, 2 usage errors (bad file or
 line, no URL for the candidate, Redis unreachable).
+
+`--check` makes the file a regression suite (a failure catalog from `shadowtrial export`):
+every answer is also judged against the line's primary_body, the expected answer, as the
+report would judge it; the cases NEW still fails are listed and the exit code is 1 if
+any fails. Lines may carry `body_base64` / `primary_body_base64` instead of `body` /
+`primary_body` (binary bodies, as export writes them).
 """
 
 from __future__ import annotations
@@ -104,6 +110,13 @@ def register(subparsers: Any) -> None:
         metavar="MS",
         help="per request (default: the candidate's timeout_ms or 2000)",
     )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="a regression suite: judge every answer against the line's primary_body (the"
+        " expected answer, as `shadowtrial export` writes it), list the cases NEW still"
+        " fails, exit 1 if any",
+    )
     add_config_option(parser)
     parser.set_defaults(run=run)
 
@@ -117,12 +130,43 @@ def run(args: argparse.Namespace) -> int:
         if args.from_stream == args.candidate:
             raise ReplayError("--from-stream and --candidate name the same stream")
         total = check_jsonl(args.file, args.limit) if args.file is not None else None
-        tally = asyncio.run(_replay(args, settings, total))
+        on_pair, checked = _checker(args, settings)
+        tally = asyncio.run(_replay(args, settings, total, on_pair))
     except ReplayError as exc:
         print(f"replay: {exc}", file=sys.stderr)
         return EXIT_USAGE
     _summary(tally, args.candidate)
+    if checked is not None:
+        return _check_summary(checked, args.candidate)
     return EXIT_OK if tally.written else EXIT_NOTHING
+
+
+def _checker(args: argparse.Namespace, settings: Any) -> tuple[Any, Any]:
+    """(callback, tally) judging each pair against its expected answer, with --check."""
+    if not args.check:
+        return None, None
+    from analysis.catalog import checker
+
+    return checker(settings, args.candidate)
+
+
+def _check_summary(checked: Any, name: str) -> int:
+    """Which cases NEW still fails (exit 1 if any; 0 when it passes them all)."""
+    from rich.console import Console
+    from rich.text import Text
+
+    from common.sanitize import printable
+
+    console = Console(highlight=False)
+    failing = checked.failing
+    console.print(Text(f"check: {name} passes {checked.cases - len(failing)} of {checked.cases}"
+                       f" cases; {checked.disagreeing} of {checked.rows} rows differ from the"
+                       " expected answer"))  # fmt: skip
+    for request_id in failing[:20]:
+        console.print(Text(f"  still fails: {printable(request_id)}"))
+    if len(failing) > 20:
+        console.print(Text(f"  ... and {len(failing) - 20} more"))
+    return EXIT_NOTHING if failing or not checked.cases else EXIT_OK
 
 
 def redis_url(settings: Any) -> str:
@@ -159,7 +203,9 @@ async def resolve_target(args: argparse.Namespace, settings: Any, client: Any, k
     )
 
 
-async def _replay(args: argparse.Namespace, settings: Any, total: int | None) -> Tally:
+async def _replay(
+    args: argparse.Namespace, settings: Any, total: int | None, on_pair: Any = None
+) -> Tally:
     import httpx
 
     from common.keys import Keys
@@ -189,6 +235,7 @@ async def _replay(args: argparse.Namespace, settings: Any, total: int | None) ->
                     advance, redactor.record if redactor else None,
                     maxlen=StreamBudget(settings.redis.max_pairs,
                                         settings.redis.max_stream_bytes).maxlen,
+                    on_pair=on_pair,
                 )  # fmt: skip
                 return await replay.run(items, args.concurrency)
     except STORE_FAILURES as exc:
