@@ -50,6 +50,8 @@ ACTOR_TIME_BOX = "time-box"
 ACTOR_AUTOMATION = "automation"
 END_LOCK_MS = 60_000
 DECISIONS_MAX = 1000  # GET /v1/decisions returns at most this many
+# The agreement a verdict was judged on (rate, anytime-valid bounds): for /metrics.
+AGREEMENT_KEYS = ("rate", "cs_low", "cs_high")
 
 
 def _gate_summary(report: dict[str, Any], window_s: float) -> dict[str, Any]:
@@ -61,6 +63,7 @@ def _gate_summary(report: dict[str, Any], window_s: float) -> dict[str, Any]:
         "anytime_note": gate.get("anytime_note"),
         "window_s": window_s,
         "pairs": report.get("pairs", 0),
+        "agreement": {k: (report.get("agreement") or {}).get(k) for k in AGREEMENT_KEYS},
     }
 
 

@@ -6,7 +6,9 @@ transaction that only ends a trial that is still active). With `[gate] auto_reje
 `auto_promote_after_s`, one replica at a time (a Redis lease, common/lua/renew.lua)
 re-judges active candidates every `gate.check_interval_s` and decides as actor
 "automation"; it rejects only on a fail from an anytime-valid rule, so re-judging often
-keeps the error rate.
+keeps the error rate. Without automation the lease holder still judges every interval,
+only to export each verdict on /metrics (proxy.gate_metrics) for alerting and for
+progressive-delivery tools; it decides nothing then.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from control.decisions import ACTOR_AUTOMATION, PASS, Decisions, anytime_fail
 from control.registry import ACTIVE, Entry
 from control.reports import Reports
 from control.sync import STOP_TIMEOUT_S, RegistrySync
+from proxy.gate_metrics import GateGauges
 from proxy.tasks import stop_tasks
 
 log = logging.getLogger("shadowtrial.decisions")
@@ -34,7 +37,11 @@ class TrialWatch:
     """Ends time-boxed trials and, when configured, runs the gate automation."""
 
     def __init__(
-        self, sync: RegistrySync, redis_url: str, on_error: Callable[[str], None] | None = None
+        self,
+        sync: RegistrySync,
+        redis_url: str,
+        on_error: Callable[[str], None] | None = None,
+        gauges: GateGauges | None = None,
     ) -> None:
         self.sync = sync
         self.settings = sync.settings
@@ -44,6 +51,7 @@ class TrialWatch:
         self.ticks = 0
         self.errors = 0  # automation rounds or candidates that raised (also on /metrics)
         self._on_error = on_error
+        self.gauges = gauges
         self._decisions: Decisions | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False  # ends the loop even if a cancellation was swallowed
@@ -59,7 +67,7 @@ class TrialWatch:
         reports = Reports.from_url(self.redis_url, self.sync.keys, self.settings)
         self._decisions = Decisions(self.sync.store, reports, self.settings, self.sync.clock)
         self.sync.on_tick.append(self.check_time_boxes)
-        if self.automated:
+        if self.automated or self.gauges is not None:
             self._task = asyncio.get_running_loop().create_task(self._automate())
 
     async def stop(self) -> None:
@@ -96,6 +104,8 @@ class TrialWatch:
             try:
                 if await self._lease(int(interval * 3000)):
                     await self.automate_once()
+                elif self.gauges is not None:
+                    self.gauges.keep_only(())  # another replica exports the verdicts now
             except Exception as exc:  # the automation must outlive any bug: retried next round
                 self._failed("gate automation skipped a round", exc)
             await asyncio.sleep(interval)
@@ -120,9 +130,10 @@ class TrialWatch:
         assert decisions is not None
         snap = await decisions.store.snapshot()
         now = self.sync.clock()
-        for entry in snap.entries.values():
-            if entry.role != "candidate" or not entry.mirrored(now):
-                continue
+        judged = [e for e in snap.entries.values() if e.role == "candidate" and e.mirrored(now)]
+        if self.gauges is not None:
+            self.gauges.keep_only(e.name for e in judged)
+        for entry in judged:
             try:
                 if await self._judge(decisions, entry, now):
                     return
@@ -134,6 +145,10 @@ class TrialWatch:
     async def _judge(self, decisions: Decisions, entry: Entry, now: float) -> bool:
         """Reject or promote one candidate as the gate says; True when it was promoted."""
         gate = await decisions.gate(entry, now)
+        if self.gauges is not None:
+            self.gauges.judged(entry.name, gate)
+        if not self.automated:
+            return False
         if self.settings.gate.auto_reject and anytime_fail(gate):
             await decisions.reject(entry.name, ACTOR_AUTOMATION, gate=gate)
         elif await self._passed_long_enough(entry, gate, now):
