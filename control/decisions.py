@@ -268,6 +268,15 @@ class Decisions:
 
     # -- the audit log --
 
+    # For decisions kept in modules of their own (control.canary).
+    def gate_or_note(self, entry: Entry) -> Any:
+        """The verdict for the audit log, or a note why there is none."""
+        return self._gate_or_note(entry)
+
+    def audit_entry(self, *args: Any) -> dict[str, str]:
+        """One audit entry (see _audit)."""
+        return self._audit(*args)
+
     def _audit(
         self,
         action: str,

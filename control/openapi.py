@@ -147,6 +147,19 @@ OPERATIONS: tuple[Operation, ...] = (
                {"name": "force", "in": "query", "required": False,
                 "description": "promote whatever the gate says",
                 "schema": {"type": "boolean", "default": False}}), write=True),
+    Operation("POST", "/v1/candidates/{name}/canary", "canary",
+              "Let the candidate answer a share of live requests, sticky by sample_by (gate "
+              "first unless forced); weight 0 ends the canary",
+              {"200": _json(_ref("Decision"), "canary weight set"),
+               "400": _error("invalid weight"), "404": _error("no such candidate"),
+               "409": _json(_ref("Refusal"), "the gate refuses, or it cannot answer clients")},
+              (_NAME_PARAM,
+               {"name": "force", "in": "query", "required": False,
+                "description": "set the weight whatever the gate says",
+                "schema": {"type": "boolean", "default": False}}),
+              body={"type": "object", "required": ["weight"], "additionalProperties": False,
+                    "properties": {"weight": {"type": "number", "minimum": 0, "maximum": 1}}},
+              write=True),
     Operation("POST", "/v1/candidates/{name}/reject", "reject",
               "Stop mirroring the candidate; keep its evidence",
               {"200": _json(_ref("Decision"), "rejected"), "404": _error("no such candidate"),
@@ -180,6 +193,7 @@ _CANDIDATE_PROPS: dict[str, Any] = {
     "source": {"type": "string", "enum": ["config", "api"]},
     "updated_at": {"type": "string"},
     "reason": {"type": "string"},
+    "canary": {"type": "number", "minimum": 0, "maximum": 1},
 }
 _ROUTING = {
     "type": "object",
@@ -287,7 +301,9 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["action", "actor", "version"],
         "properties": {
-            "action": {"type": "string", "enum": ["promote", "reject", "rollback"]},
+            "action": {"type": "string", "enum": ["promote", "reject", "rollback", "canary"]},
+            "weight": {"type": "number"},
+            "previous_weight": {"type": "number"},
             "candidate": {"type": "string"},
             "actor": {"type": "string"},
             "forced": {"type": "boolean"},

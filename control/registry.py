@@ -89,6 +89,7 @@ class Entry:
     source: str = "api"  # "config" when seeded from the config file
     updated_at: str = ""
     reason: str = ""  # why the state last changed, in words
+    canary: float = 0.0  # share of live requests it answers (control.canary); 0: shadow only
 
     @classmethod
     def from_settings(cls, cand: CandidateSettings, now: float, source: str) -> Entry:

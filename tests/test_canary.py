@@ -1,0 +1,113 @@
+"""Canary: a candidate answers a share of live requests, sticky by key, the primary behind it.
+
+Real model servers, two proxy replicas on one Redis, the admin API over HTTP.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import ExitStack
+from typing import Any
+
+import httpx
+import pytest
+from admin_harness import ALICE, INFER, Model, Trial, trial, wait_for
+from servers import serve_app
+
+PROPAGATION_S = 1.0
+USER = {"proxy": {"sample_by": "header:X-User-Id"}}
+
+
+def _canary(t: Trial, weight: Any, force: bool = True, name: str = "v2") -> httpx.Response:
+    query = "?force=true" if force else ""
+    url = t.admin() + f"/v1/candidates/{name}/canary{query}"
+    return t.http.post(url, json={"weight": weight}, headers=ALICE)
+
+
+def _ask(t: Trial, user: str, i: int = 0) -> tuple[str, str]:
+    """(label answered, X-Shadowtrial-Served-By) for one user's request via replica i."""
+    response = t.http.post(
+        t.replicas[i].url + INFER, content=b'{"inputs": []}', headers={"x-user-id": user}
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["outputs"][0]["data"][0], response.headers["x-shadowtrial-served-by"]
+
+
+def _on_every_replica(t: Trial, weight: float) -> float:
+    def applied() -> bool:
+        return all(
+            [x.weight for x in r.app.routing.canary] == ([weight] if weight else [])
+            for r in t.replicas
+        )
+
+    return wait_for(applied, PROPAGATION_S, f"canary weight {weight} on every replica")
+
+
+def test_the_gate_guards_the_canary_and_bad_weights_are_refused(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with trial(redis_url, prefix, monkeypatch) as t:
+        refused = _canary(t, 0.2, force=False)  # no evidence yet: the gate cannot pass
+        assert refused.status_code == 409
+        assert refused.json()["gate"]["verdict"] != "pass"
+        for bad in (1.5, -0.1, True, "0.2", None):
+            assert _canary(t, bad).status_code == 400, bad
+        unauth = t.http.post(t.admin() + "/v1/candidates/v2/canary", json={"weight": 0.2})
+        assert unauth.status_code == 401
+        (decision,) = t.decisions()
+        assert (decision["action"], decision["outcome"]) == ("canary", "refused")
+        assert not t.replicas[0].app.routing.canary
+        assert _ask(t, "someone") == ("old", "primary")
+
+
+def test_weights_are_honoured_sticky_and_the_same_on_every_replica(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with trial(redis_url, prefix, monkeypatch, replicas=2, **USER) as t:
+        forced = _canary(t, 0.3)
+        assert forced.status_code == 200, forced.text
+        assert (forced.json()["weight"], forced.json()["forced"]) == (0.3, True)
+        _on_every_replica(t, 0.3)
+        users = [f"user-{i}" for i in range(400)]
+        first = {u: _ask(t, u, i % 2) for i, u in enumerate(users)}
+        served = [u for u, (_, by) in first.items() if by == "v2"]
+        # 400 users at p = 0.3: within 4 standard deviations of 120.
+        assert abs(len(served) - 120) <= 4 * math.sqrt(400 * 0.3 * 0.7), len(served)
+        assert all(label == ("new" if by == "v2" else "old") for label, by in first.values())
+        again = {u: _ask(t, u, (i + 1) % 2) for i, u in enumerate(users[:100])}
+        assert all(again[u] == first[u] for u in again)  # same user, same model, any replica
+        counted = sum(r.app.forwarder.canary_counts.counter.labels("v2", "served")._value.get()
+                      for r in t.replicas)  # fmt: skip
+        assert counted == len(served) + sum(by == "v2" for _, by in again.values())
+        decision = t.decisions()[0]
+        assert (decision["action"], decision["forced"], decision["weight_after"]) == (
+            "canary",
+            True,
+            "0.3",
+        )
+        assert _canary(t, 0, force=False).status_code == 200  # ending needs no gate
+        _on_every_replica(t, 0)
+        assert {_ask(t, u)[1] for u in served} == {"primary"}
+
+
+def test_a_candidate_killed_mid_canary_costs_the_clients_nothing(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with ExitStack() as candidate_server:
+        url = candidate_server.enter_context(serve_app(Model("new")))
+        candidates = [{"name": "v2", "url": url, "timeout_ms": 500}]
+        with trial(redis_url, prefix, monkeypatch, candidates=candidates, **USER) as t:
+            assert _canary(t, 1.0).status_code == 200
+            _on_every_replica(t, 1.0)
+            assert {_ask(t, f"u{i}") for i in range(10)} == {("new", "v2")}
+            candidate_server.close()  # the candidate dies
+            answers = {_ask(t, f"u{i}") for i in range(30)}
+            assert answers == {("old", "primary")}  # every answer 200, from the primary
+            counts = t.replicas[0].app.forwarder.canary_counts.counter
+            fell_back = sum(
+                counts.labels("v2", outcome)._value.get()
+                for outcome in ("fallback_error", "fallback_timeout", "fallback_http_error")
+            )
+            assert fell_back == 30
+            metrics = t.http.get(t.admin() + "/metrics").text
+            assert 'shadowtrial_canary_total{candidate="v2",outcome="served"} 10.0' in metrics
