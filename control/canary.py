@@ -3,7 +3,10 @@
 `POST /v1/candidates/{name}/canary` with `{"weight": 0.2}` sets the share; weight 0 ends
 the canary (the candidate goes back to shadow only). A weight above 0 needs the gate to
 pass on the shadow's evidence, unless `?force=true` (audited as forced): the same rule
-as promote. The weight lives in the candidate's registry entry, so it reaches every
+as promote. The gate automation (control.trials) ends a canary at once, as actor "automation",
+when the gate fails on an anytime-valid rule: the canary's own requests are not
+mirrored, the users outside it keep the comparison going. The weight lives in the
+candidate's registry entry, so it reaches every
 replica the way routing changes do (pub/sub and the periodic re-read, control.sync).
 Every change, and every refusal, is in the audit log with the gate's evidence.
 """
@@ -45,12 +48,18 @@ def _check_canary(entry: Entry, weight: float) -> None:
 
 
 async def set_canary(
-    decisions: Decisions, name: str, weight: float, actor: str, force: bool = False
+    decisions: Decisions,
+    name: str,
+    weight: float,
+    actor: str,
+    force: bool = False,
+    gate: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Set the candidate's canary weight on every replica (gate first unless forced)."""
     entry = (await decisions.store.snapshot()).entry(name)
     _check_canary(entry, weight)
-    gate = await decisions.gate_or_note(entry) if force or weight == 0 else None
+    if gate is None and (force or weight == 0):
+        gate = await decisions.gate_or_note(entry)
     if gate is None:
         gate = await decisions.gate(entry)
     if weight > 0 and not force and gate["verdict"] != PASS:

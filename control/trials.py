@@ -7,8 +7,9 @@ transaction that only ends a trial that is still active). With `[gate] auto_reje
 re-judges active candidates every `gate.check_interval_s` and decides as actor
 "automation"; it rejects only on a fail from an anytime-valid rule, so re-judging often
 keeps the error rate. Without automation the lease holder still judges every interval,
-only to export each verdict on /metrics (proxy.gate_metrics) for alerting and for
-progressive-delivery tools; it decides nothing then.
+to export each verdict on /metrics (proxy.gate_metrics) for alerting and for
+progressive-delivery tools, and to end a canary (control.canary) whose gate fails on an
+anytime-valid rule (weight 0, audited); it decides nothing else then.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from common.errors import ShadowtrialError
 from common.redis_client import STORE_FAILURES
 from common.scripts import SCRIPTS
 from common.urls import mask_urls_in
+from control.canary import set_canary
 from control.decisions import ACTOR_AUTOMATION, PASS, Decisions, anytime_fail
 from control.registry import ACTIVE, Entry
 from control.reports import Reports
@@ -147,6 +149,9 @@ class TrialWatch:
         gate = await decisions.gate(entry, now)
         if self.gauges is not None:
             self.gauges.judged(entry.name, gate)
+        if entry.canary > 0 and anytime_fail(gate):  # a failing canary ends at once
+            await set_canary(decisions, entry.name, 0, ACTOR_AUTOMATION, force=True, gate=gate)
+            log.warning("canary of %s rolled back: the gate fails", entry.name)
         if not self.automated:
             return False
         if self.settings.gate.auto_reject and anytime_fail(gate):

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from admin_harness import ALICE, INFER, Model, Trial, trial, wait_for
+from admin_harness import ALICE, EASY_GATE, INFER, Model, Trial, run_worker, trial, wait_for
 from servers import serve_app
 
 PROPAGATION_S = 1.0
@@ -34,13 +34,17 @@ def _ask(t: Trial, user: str, i: int = 0) -> tuple[str, str]:
 
 
 def _on_every_replica(t: Trial, weight: float) -> float:
+    return _on_every_replica_within(t, weight, PROPAGATION_S)
+
+
+def _on_every_replica_within(t: Trial, weight: float, timeout_s: float) -> float:
     def applied() -> bool:
         return all(
             [x.weight for x in r.app.routing.canary] == ([weight] if weight else [])
             for r in t.replicas
         )
 
-    return wait_for(applied, PROPAGATION_S, f"canary weight {weight} on every replica")
+    return wait_for(applied, timeout_s, f"canary weight {weight} on every replica")
 
 
 def test_the_gate_guards_the_canary_and_bad_weights_are_refused(
@@ -111,3 +115,30 @@ def test_a_candidate_killed_mid_canary_costs_the_clients_nothing(
             assert fell_back == 30
             metrics = t.http.get(t.admin() + "/metrics").text
             assert 'shadowtrial_canary_total{candidate="v2",outcome="served"} 10.0' in metrics
+
+
+def test_a_planted_regression_rolls_the_canary_back_within_a_check_interval(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = {**EASY_GATE, "min_agreement": 0.95, "check_interval_s": 0.2}  # no auto_reject
+    with trial(redis_url, prefix, monkeypatch, replicas=2, gate=gate, **USER) as t:
+        assert _canary(t, 0.5).status_code == 200  # forced: no evidence yet
+        _on_every_replica(t, 0.5)
+        answers = [_ask(t, f"user-{i}", i % 2) for i in range(120)]  # v2 always disagrees
+        shadowed = sum(by == "primary" for _, by in answers)  # the canary's own: not mirrored
+        wait_for(lambda: t.stream_length("v2") == shadowed, 5, "the shadow's pairs recorded")
+        run_worker(t.conf, redis_url, shadowed)
+        took = _on_every_replica_within(t, 0.0, 3 * 0.2 + PROPAGATION_S)
+        assert took <= 3 * 0.2 + PROPAGATION_S
+        rollback = t.decisions()[0]
+        assert (rollback["action"], rollback["actor"], rollback["verdict"]) == (
+            "canary",
+            "automation",
+            "fail",
+        )
+        assert rollback["weight_after"] == "0"
+        assert any(
+            e["rule"] == "agreement" and e["outcome"] == "fail" for e in rollback["evidence"]
+        )
+        (listed,) = t.http.get(t.admin() + "/v1/candidates").json()["candidates"]
+        assert (listed["canary"], listed["state"]) == (0, "active")  # back to shadow only
