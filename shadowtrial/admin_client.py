@@ -176,6 +176,12 @@ class AdminClient:
         params = {"force": "true"} if force else None
         return self.call("POST", f"/v1/candidates/{name}/promote", params=params)
 
+    def canary(self, name: str, weight: float, force: bool = False) -> Answer:
+        """POST /v1/candidates/NAME/canary[?force=true] with {"weight": WEIGHT}."""
+        params = {"force": "true"} if force else None
+        path = f"/v1/candidates/{name}/canary"
+        return self.call("POST", path, params=params, json={"weight": weight})
+
     def reject(self, name: str) -> Answer:
         """POST /v1/candidates/NAME/reject."""
         return self.call("POST", f"/v1/candidates/{name}/reject")

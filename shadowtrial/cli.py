@@ -21,7 +21,7 @@ from common.sanitize import printable
 
 COMMANDS: list[str] = [
     "serve", "worker", "candidates", "promote", "reject", "rollback", "report", "replay",
-    "demo",
+    "demo", "canary",
 ]  # fmt: skip
 
 EXIT_FAILED = 1

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import math
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from admin_harness import ALICE, EASY_GATE, INFER, Model, Trial, run_worker, trial, wait_for
 from servers import serve_app
+
+from shadowtrial.cli import main
 
 PROPAGATION_S = 1.0
 USER = {"proxy": {"sample_by": "header:X-User-Id"}}
@@ -142,3 +145,26 @@ def test_a_planted_regression_rolls_the_canary_back_within_a_check_interval(
         )
         (listed,) = t.http.get(t.admin() + "/v1/candidates").json()["candidates"]
         assert (listed["canary"], listed["state"]) == (0, "active")  # back to shadow only
+
+
+def test_the_cli_sets_and_ends_a_canary(
+    redis_url: str,
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with trial(redis_url, prefix, monkeypatch, tokens="cli-token") as t:
+        conf = tmp_path / "st.toml"
+        conf.write_text(
+            f'[proxy]\nadmin_listen = "{t.admin().removeprefix("http://")}"\n'
+            f'primary = "{t.primary_url}"\n[redis]\nprefix = "{prefix}"\n'
+            f'[admin]\ntoken_env = "ST_TOKEN_{prefix.upper()}"\n'
+        )
+        assert main(["canary", "v2", "0.25", "-c", str(conf)]) == 1
+        assert "refused: the gate refuses to put v2 on canary" in capsys.readouterr().out
+        assert main(["canary", "v2", "0.25", "--force", "-c", str(conf)]) == 0
+        assert "v2 answers 25% of keys (forced)" in capsys.readouterr().out
+        assert main(["canary", "v2", "2", "-c", str(conf)]) == 2  # not a share: usage error
+        assert main(["canary", "v2", "0", "-c", str(conf)]) == 0
+        assert "canary of v2 ended" in capsys.readouterr().out
