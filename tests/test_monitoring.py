@@ -7,6 +7,7 @@ Prometheus's own) and name only metrics a running proxy exposes.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -67,11 +68,16 @@ def test_the_gate_verdict_and_agreement_reach_metrics_without_automation(
         assert values["shadowtrial_candidate_gate_checked_timestamp_seconds"] > 0
         assert t.decisions() == []  # exporting a verdict decides nothing
         exposed = "".join(t.http.get(t.admin(i) + "/metrics").text for i in range(2))
-        named = {
-            m.removesuffix("_bucket") for r in _rules() for m in METRIC_NAME.findall(r["expr"])
-        }
+        named = {m.removesuffix("_bucket") for e in _expressions() for m in METRIC_NAME.findall(e)}
         missing = {m for m in named if f"# HELP {m} " not in exposed}
         assert not missing, f"alert rules name metrics no proxy exposes: {missing}"
+
+
+def _expressions() -> list[str]:
+    """Every PromQL expression shipped: the alert rules and the dashboard's queries."""
+    board = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    queries = [t["expr"] for panel in board["panels"] for t in panel["targets"]]
+    return [rule["expr"] for rule in _rules()] + queries
 
 
 def test_gauges_of_a_candidate_no_longer_judged_disappear() -> None:
@@ -101,6 +107,15 @@ def test_every_alert_rule_parses_with_a_promql_parser() -> None:
         assert rule["labels"]["severity"] in {"critical", "warning", "info"}
         assert rule["annotations"]["summary"]
         assert "for" not in rule or DURATION.match(rule["for"])
+
+
+def test_every_dashboard_query_parses_and_panels_do_not_overlap() -> None:
+    board = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    for expr in _expressions():
+        promql_parser.parse(expr)
+    cells = [(p["gridPos"]["x"], p["gridPos"]["y"]) for p in board["panels"]]
+    assert len(set(cells)) == len(cells)
+    assert len({p["id"] for p in board["panels"]}) == len(board["panels"])
 
 
 def test_a_broken_expression_is_refused_by_the_parser() -> None:
