@@ -406,6 +406,20 @@ class GateSettings:
 
 
 @dataclass(frozen=True)
+class NotifySettings:
+    """Webhook notifications of the audit log's decisions (control.notify)."""
+
+    # Where to POST each decision (JSON with a Slack-compatible "text"); unset: none.
+    # A secret (Slack puts its token in the path): set it through SHADOWTRIAL_NOTIFY_URL.
+    url: str | None = _setting(None, _cast_optional_url)
+    # Which audit actions notify.
+    events: tuple[str, ...] = _setting(
+        ("promote", "reject", "rollback", "canary", "end"), _cast_str_list
+    )
+    timeout_ms: int = _setting(5000, _at_least(_cast_int, 1))
+
+
+@dataclass(frozen=True)
 class CandidateSettings:
     """One model on trial: an HTTP endpoint or an ONNX file run by onnxruntime."""
 
@@ -450,6 +464,7 @@ class Settings:
     outputs: OutputSettings = field(default_factory=OutputSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     gate: GateSettings = field(default_factory=GateSettings)
+    notify: NotifySettings = field(default_factory=NotifySettings)
     candidates: tuple[CandidateSettings, ...] = ()
     slices: tuple[SliceSettings, ...] = ()
 
@@ -465,6 +480,7 @@ _SECTIONS: dict[str, type] = {
     "outputs": OutputSettings,
     "worker": WorkerSettings,
     "gate": GateSettings,
+    "notify": NotifySettings,
 }
 _LISTS: dict[str, type] = {"candidates": CandidateSettings, "slices": SliceSettings}
 # TOML spells a slice's source `from`, a Python keyword.

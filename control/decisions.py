@@ -327,6 +327,11 @@ def _decision(entry_id: bytes, fields: dict[bytes, bytes]) -> dict[str, Any]:
     return item
 
 
+def decision_from_stream(entry_id: bytes, fields: dict[bytes, bytes]) -> dict[str, Any]:
+    """One audit entry as GET /v1/decisions shows it (for control.notify)."""
+    return _decision(entry_id, fields)
+
+
 def _check_promotable(entry: Entry) -> None:
     if entry.url is None:
         raise Conflict(

@@ -26,6 +26,7 @@ from common.scripts import SCRIPTS
 from common.urls import mask_urls_in
 from control.canary import set_canary
 from control.decisions import ACTOR_AUTOMATION, PASS, Decisions, anytime_fail
+from control.notify import Notifier
 from control.registry import ACTIVE, Entry
 from control.reports import Reports
 from control.sync import STOP_TIMEOUT_S, RegistrySync
@@ -57,6 +58,7 @@ class TrialWatch:
         self._decisions: Decisions | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False  # ends the loop even if a cancellation was swallowed
+        self.notifier: Notifier | None = None
 
     @property
     def automated(self) -> bool:
@@ -69,6 +71,8 @@ class TrialWatch:
         reports = Reports.from_url(self.redis_url, self.sync.keys, self.settings)
         self._decisions = Decisions(self.sync.store, reports, self.settings, self.sync.clock)
         self.sync.on_tick.append(self.check_time_boxes)
+        self.notifier = Notifier(self.sync.store, self.settings.gate.check_interval_s)
+        self.notifier.start()
         if self.automated or self.gauges is not None:
             self._task = asyncio.get_running_loop().create_task(self._automate())
 
@@ -77,6 +81,8 @@ class TrialWatch:
         if self.check_time_boxes in self.sync.on_tick:
             self.sync.on_tick.remove(self.check_time_boxes)
         self._stopping = True
+        if self.notifier is not None:
+            await self.notifier.stop()
         if self._task is not None:
             await stop_tasks([self._task], STOP_TIMEOUT_S, "gate automation")
         if self._decisions is not None:
