@@ -37,7 +37,7 @@ from common.settings import Settings, parse_duration
 from common.urls import mask_url, mask_urls_in
 from control.admin_guard import FailureLimit, HostAllowList
 from control.auth import RequireToken
-from control.canary import canary_weight, set_canary
+from control.canary import canary_plan, set_canary
 from control.decisions import Decisions
 from control.openapi import OPERATIONS, admin_routes, openapi_document
 from control.registry import (
@@ -423,10 +423,10 @@ class Endpoints:
 
     async def canary(self, request: Request) -> Response:
         name = request.path_params["name"]
-        weight = canary_weight(await _body(request))
+        plan = canary_plan(await _body(request))
         force = _flag(request, "force")
         return JSONResponse(
-            await set_canary(self.ctx.decisions, name, weight, _actor(request), force)
+            await set_canary(self.ctx.decisions, name, plan, _actor(request), force)
         )
 
     async def reject(self, request: Request) -> Response:

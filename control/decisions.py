@@ -120,6 +120,12 @@ class Decisions:
         report = await self.reports.build(entry.name, window_s, end)
         return _gate_summary(report, window_s)
 
+    async def gate_over(self, entry: Entry, window_s: float, now: float) -> dict[str, Any]:
+        """The verdict on the last `window_s` only (a canary step's own evidence)."""
+        window_s = max(window_s, float(self.settings.worker.bucket_seconds))
+        report = await self.reports.build(entry.name, window_s, now)
+        return _gate_summary(report, window_s)
+
     async def _gate_or_note(self, entry: Entry) -> dict[str, Any]:
         """The verdict for the audit log; a report that cannot be built is noted, not fatal."""
         try:

@@ -24,7 +24,7 @@ from common.errors import ShadowtrialError
 from common.redis_client import STORE_FAILURES
 from common.scripts import SCRIPTS
 from common.urls import mask_urls_in
-from control.canary import set_canary
+from control.canary import advance, set_canary
 from control.decisions import ACTOR_AUTOMATION, PASS, Decisions, anytime_fail
 from control.notify import Notifier
 from control.registry import ACTIVE, Entry
@@ -158,6 +158,8 @@ class TrialWatch:
         if entry.canary > 0 and anytime_fail(gate):  # a failing canary ends at once
             await set_canary(decisions, entry.name, 0, ACTOR_AUTOMATION, force=True, gate=gate)
             log.warning("canary of %s rolled back: the gate fails", entry.name)
+        elif entry.canary > 0 and entry.canary_steps and await advance(decisions, entry, now):
+            return True  # the last step: promoted
         if not self.automated:
             return False
         if self.settings.gate.auto_reject and anytime_fail(gate):

@@ -168,3 +168,52 @@ def test_the_cli_sets_and_ends_a_canary(
         assert main(["canary", "v2", "2", "-c", str(conf)]) == 2  # not a share: usage error
         assert main(["canary", "v2", "0", "-c", str(conf)]) == 0
         assert "canary of v2 ended" in capsys.readouterr().out
+
+
+def test_a_plan_steps_up_on_passing_evidence_and_its_last_step_promotes(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = {**EASY_GATE, "check_interval_s": 0.1}  # no auto_promote: the plan decides
+    with trial(redis_url, prefix, monkeypatch, replicas=2, gate=gate, **USER) as t:
+        t.candidate.label = "old"  # agrees with the primary: the gate passes
+        plan = {"steps": [0.2, 0.5, 1.0], "step_s": 0.5}
+        url = t.admin() + "/v1/candidates/v2/canary?force=true"
+        started = t.http.post(url, json=plan, headers=ALICE)
+        assert started.status_code == 200 and started.json()["weight"] == 0.2
+        _on_every_replica(t, 0.2)
+        for step, users in ((0.2, range(80)), (0.5, range(80, 200))):
+            before = t.stream_length("v2")
+            answers = [_ask(t, f"user-{i}", i % 2) for i in users]
+            shadowed = sum(by == "primary" for _, by in answers)
+            recorded = before + shadowed
+            wait_for(lambda n=recorded: t.stream_length("v2") == n, 5, f"pairs at {step}")
+            run_worker(t.conf, redis_url, shadowed)
+            if step == 0.2:
+                _on_every_replica_within(t, 0.5, 5)
+        for replica in t.replicas:
+            wait_for(lambda r=replica: r.app.routing.primary == t.candidate_url, 5, "promoted")
+        assert not any(r.app.routing.canary for r in t.replicas)
+        steps = [(d["action"], d["actor"], d.get("weight_after")) for d in t.decisions()[::-1]]
+        assert steps == [
+            ("canary", "alice", "0.2"),
+            ("canary", "automation", "0.5"),
+            ("promote", "automation", None),
+        ]
+
+
+def test_a_plan_must_grow() -> None:
+    from control.canary import canary_plan
+    from control.registry import Invalid
+
+    assert canary_plan({"steps": [0.1, 1.0], "step_s": 60}).weight == 0.1
+    for bad in (
+        {"steps": [0.5, 0.2], "step_s": 60},
+        {"steps": [0, 0.5], "step_s": 60},
+        {"steps": [], "step_s": 60},
+        {"steps": [0.1] * 21, "step_s": 60},
+        {"steps": [0.1, 0.2]},
+        {"weight": 0.1, "steps": [0.2], "step_s": 1},
+        {"steps": [0.1, float("nan")], "step_s": 60},
+    ):
+        with pytest.raises(Invalid):
+            canary_plan(bad)
