@@ -1,5 +1,6 @@
 """`shadowtrial canary NAME WEIGHT [--force]`: let a candidate answer a share of live
 requests (sticky by `proxy.sample_by`), through the admin API; WEIGHT 0 ends the canary.
+`shadowtrial canary NAME --steps 0.05,0.25,1 --step-s 600`: a plan (docs/operating.md).
 
 Exit codes: 0 set, 1 refused (the gate says no, or it cannot answer clients), 2 usage or
 connection errors (unknown candidate, bad weight, bad token, admin API unreachable).
@@ -24,7 +25,9 @@ def register(subparsers: Any) -> None:
         " The gate automation sets the weight back to 0 when the gate fails.",
     )
     parser.add_argument("name", metavar="NAME", help="the candidate")
-    parser.add_argument("weight", metavar="WEIGHT", type=float, help="share from 0 to 1")
+    parser.add_argument("weight", metavar="WEIGHT", type=float, nargs="?", help="share from 0 to 1")
+    parser.add_argument("--steps", help="a plan instead: weights, comma-separated")
+    parser.add_argument("--step-s", type=float, default=600.0, help="least seconds per step")
     parser.add_argument("--force", action="store_true", help="whatever the gate says")
     add_admin_options(parser)
     parser.set_defaults(run=run)
@@ -36,8 +39,23 @@ def run(args: argparse.Namespace) -> int:
     from shadowtrial.commands.promote import finish
 
     with client_from_args(args) as client:
-        answer = client.canary(args.name, args.weight, force=args.force)
+        answer = client.canary(args.name, _body(args), force=args.force)
     return finish(answer.status, answer.body, args.json, _set)
+
+
+def _body(args: argparse.Namespace) -> dict[str, Any]:
+    """{"weight": w}, or a plan from --steps (the server validates either)."""
+    from common.errors import AdminError
+
+    if (args.steps is None) == (args.weight is None):
+        raise AdminError("give WEIGHT or --steps, not both (see shadowtrial canary --help)")
+    if args.steps is None:
+        return {"weight": args.weight}
+    try:
+        steps = [float(part) for part in args.steps.split(",")]
+    except ValueError:
+        raise AdminError(f"--steps: numbers separated by commas, got {args.steps!r}") from None
+    return {"steps": steps, "step_s": args.step_s}
 
 
 def _set(body: dict[str, Any]) -> str:
@@ -45,4 +63,5 @@ def _set(body: dict[str, Any]) -> str:
     weight = float(body.get("weight") or 0)
     if weight == 0:
         return f"canary of {body.get('candidate')} ended{forced}: the primary answers everyone"
-    return f"{body.get('candidate')} answers {weight:.0%} of keys{forced}"
+    plan = f", then {body['steps'][1:]} every {body.get('step_s'):g} s" if body.get("steps") else ""
+    return f"{body.get('candidate')} answers {weight:.0%} of keys{forced}{plan}"
