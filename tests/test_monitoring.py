@@ -132,3 +132,36 @@ def test_the_operator_rule_resource_holds_the_same_groups() -> None:
     monitor = yaml.safe_load((MONITORING / "servicemonitor.yaml").read_text())
     assert monitor["kind"] == "ServiceMonitor"
     assert monitor["spec"]["endpoints"][0]["port"] == "admin"
+
+
+def test_the_worker_health_key_says_throughput_errors_and_lag(redis_url: str, prefix: str) -> None:
+    import orjson
+    import redis
+
+    from analysis.worker import Worker
+    from common.keys import Keys
+    from tests import pairs_factory as pf
+
+    keys = Keys(prefix)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        pf.write(
+            client,
+            keys.pairs("v2"),
+            [pf.record(f"r{i}", [[0.1, 0.9]], [[0.2, 0.8]]) for i in range(30)],
+        )
+        worker = Worker(client, pf.settings(prefix, batch=10), consumer="w1")
+        worker.discover()
+        worker.read_new(block=False)  # 10 of 30 applied: a heartbeat at once ("applying")
+        worker.read_new(block=False)  # 20 of 30
+        worker.heartbeat()
+        health = orjson.loads(client.get(keys.worker_health("w1")))
+        version = client.info("server")["redis_version"]
+    finally:
+        client.close()
+    assert health["applied"] == 20 and health["errors"] == 0
+    assert health["pairs_per_s"] > 0
+    if int(version.split(".")[0]) >= 7:  # XINFO GROUPS reports lag from Redis 7 on
+        assert health["lag"] == {"v2": 10}
+    else:
+        assert health["lag"] == {"v2": None}
