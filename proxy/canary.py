@@ -21,9 +21,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import aiohttp
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from yarl import URL
 
+from proxy.metrics import LATENCY_BUCKETS
 from proxy.mirror import sample_point
 from proxy.routing import CanaryTarget
 
@@ -66,7 +67,9 @@ def pick(targets: Sequence[CanaryTarget], key: str) -> CanaryTarget | None:
 
 
 class CanaryCounts:
-    """shadowtrial_canary_total{candidate, outcome}: served, or why it fell back."""
+    """shadowtrial_canary_total{candidate, outcome}: served, or why it fell back; and
+    shadowtrial_canary_latency_seconds{candidate}: the answers it served (kept out of the
+    primary's latency)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.counter = Counter(
@@ -76,10 +79,22 @@ class CanaryCounts:
             ["candidate", "outcome"],
             registry=registry,
         )
+        self.latency = Histogram(
+            "shadowtrial_canary_latency_seconds",
+            "Time from sending a canary request to the candidate's whole answer",
+            ["candidate"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
 
     def count(self, candidate: str, outcome: str) -> None:
         """Count one canary request."""
         self.counter.labels(candidate, outcome).inc()
+
+    def served(self, candidate: str, seconds: float) -> None:
+        """Count one answer the candidate served, and its time."""
+        self.count(candidate, SERVED)
+        self.latency.labels(candidate).observe(seconds)
 
 
 async def ask(

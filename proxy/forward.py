@@ -26,7 +26,7 @@ import orjson
 from yarl import URL
 
 from common.settings import Settings
-from proxy.canary import SERVED, SERVED_BY, CanaryAnswer, CanaryCounts, ask, pick
+from proxy.canary import SERVED_BY, CanaryAnswer, CanaryCounts, ask, pick
 from proxy.metrics import Metrics
 from proxy.mirror import Mirror, PrimaryAnswer
 from proxy.routing import CanaryTarget, RoutingTable
@@ -206,12 +206,12 @@ class Forwarder:
         if not isinstance(answer, CanaryAnswer):
             self.canary_counts.count(target.name, answer)
             return False
-        self.canary_counts.count(target.name, SERVED)
+        self.canary_counts.served(target.name, time.perf_counter() - started)
         headers, _, sized = _response_headers(answer.raw_headers, incoming.request_id)
         if not sized and method != "HEAD":  # read whole, so now it has a length
             headers.append((b"content-length", str(len(answer.body)).encode()))
         headers.append((SERVED_BY, target.name.encode()))
-        self._metrics.request_done(method, answer.status, time.perf_counter() - started)
+        self._metrics.request_done(method, answer.status, None)  # not the primary's latency
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})
         await send({"type": "http.response.body", "body": answer.body, "more_body": False})
         return True

@@ -118,6 +118,8 @@ def test_a_candidate_killed_mid_canary_costs_the_clients_nothing(
             assert fell_back == 30
             metrics = t.http.get(t.admin() + "/metrics").text
             assert 'shadowtrial_canary_total{candidate="v2",outcome="served"} 10.0' in metrics
+            assert 'shadowtrial_canary_latency_seconds_count{candidate="v2"} 10.0' in metrics
+            assert "shadowtrial_primary_latency_seconds_count 30.0" in metrics  # not the canary's
 
 
 def test_a_planted_regression_rolls_the_canary_back_within_a_check_interval(
