@@ -403,6 +403,8 @@ class GateSettings:
     window: float | None = _setting(None, _cast_optional_duration)
     # How often the automation (auto_reject / auto_promote_after_s) re-evaluates the gate.
     check_interval_s: float = _setting(10.0, _at_least(_cast_float, 0.05))
+    # A canary whose gate fails (anytime-valid rule): "rollback" to weight 0, or "reject".
+    canary_on_fail: str = _setting("rollback", _choice("rollback", "reject"))
 
 
 @dataclass(frozen=True)

@@ -156,8 +156,7 @@ class TrialWatch:
         if self.gauges is not None:
             self.gauges.judged(entry.name, gate)
         if entry.canary > 0 and anytime_fail(gate):  # a failing canary ends at once
-            await set_canary(decisions, entry.name, 0, ACTOR_AUTOMATION, force=True, gate=gate)
-            log.warning("canary of %s rolled back: the gate fails", entry.name)
+            await self._end_canary(decisions, entry, gate)
         elif entry.canary > 0 and entry.canary_steps and await advance(decisions, entry, now):
             return True  # the last step: promoted
         if not self.automated:
@@ -169,6 +168,15 @@ class TrialWatch:
             await decisions.store.client.delete(decisions.store.keys.gate_passing())
             return True
         return False
+
+    async def _end_canary(self, decisions: Decisions, entry: Entry, gate: dict[str, Any]) -> None:
+        """Weight 0, or reject, as `gate.canary_on_fail` says."""
+        if self.settings.gate.canary_on_fail == "reject":
+            await decisions.reject(entry.name, ACTOR_AUTOMATION, gate=gate)
+        else:
+            await set_canary(decisions, entry.name, 0, ACTOR_AUTOMATION, force=True, gate=gate)
+        log.warning("canary of %s ended (%s): the gate fails", entry.name,
+                    self.settings.gate.canary_on_fail)  # fmt: skip
 
     async def _passed_long_enough(self, entry: Entry, gate: dict[str, Any], now: float) -> bool:
         """Track since when the gate has passed; True once it held auto_promote_after_s."""

@@ -126,6 +126,24 @@ def test_a_planted_regression_rolls_the_canary_back_within_a_check_interval(
     redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gate = {**EASY_GATE, "min_agreement": 0.95, "check_interval_s": 0.2}  # no auto_reject
+    _regression(redis_url, prefix, monkeypatch, gate, "canary", "0")
+
+
+def test_a_planted_regression_rejects_the_canary_by_policy(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = {**EASY_GATE, "min_agreement": 0.95, "check_interval_s": 0.2, "canary_on_fail": "reject"}
+    _regression(redis_url, prefix, monkeypatch, gate, "reject", None)
+
+
+def _regression(
+    redis_url: str,
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    gate: dict[str, Any],
+    action: str,
+    weight_after: str | None,
+) -> None:
     with trial(redis_url, prefix, monkeypatch, replicas=2, gate=gate, **USER) as t:
         assert _canary(t, 0.5).status_code == 200  # forced: no evidence yet
         _on_every_replica(t, 0.5)
@@ -137,16 +155,19 @@ def test_a_planted_regression_rolls_the_canary_back_within_a_check_interval(
         assert took <= 3 * 0.2 + PROPAGATION_S
         rollback = t.decisions()[0]
         assert (rollback["action"], rollback["actor"], rollback["verdict"]) == (
-            "canary",
+            action,
             "automation",
             "fail",
         )
-        assert rollback["weight_after"] == "0"
+        assert rollback.get("weight_after") == weight_after
         assert any(
             e["rule"] == "agreement" and e["outcome"] == "fail" for e in rollback["evidence"]
         )
         (listed,) = t.http.get(t.admin() + "/v1/candidates").json()["candidates"]
-        assert (listed["canary"], listed["state"]) == (0, "active")  # back to shadow only
+        if action == "canary":
+            assert (listed["canary"], listed["state"]) == (0, "active")  # back to shadow only
+        else:
+            assert listed["state"] == "rejected"
 
 
 def test_the_cli_sets_and_ends_a_canary(
