@@ -138,6 +138,8 @@ class Worker:
         self.processor = BatchProcessor(client, settings, self.consumer, clock)
         self.streams: dict[str, str] = {}  # stream key -> candidate name
         self.applied = 0
+        self.errors = 0  # rounds lost to Redis errors (in the health key)
+        self._rate_from = (clock(), 0)  # (when, applied) at the last heartbeat
         self._stopping = threading.Event()
         self._next: dict[str, float] = {}
 
@@ -160,6 +162,7 @@ class Worker:
                 try:
                     self.step()
                 except (*STORE_FAILURES, StoreError) as exc:
+                    self.errors += 1
                     log.warning("Redis error, retrying in 1 s: %s", exc)
                     self._stopping.wait(1.0)
         finally:
@@ -239,15 +242,32 @@ class Worker:
 
     def heartbeat(self) -> None:
         """Refresh this worker's health key (`shadowtrial worker --check` reads it)."""
+        now = self.clock()
+        since, applied_then = self._rate_from
+        self._rate_from = (now, self.applied)
         record = {
             "consumer": self.consumer,
             "pid": os.getpid(),
-            "ts": self.clock(),
+            "ts": now,
             "applied": self.applied,
+            # What others act on (docs/operating.md): throughput, errors, and how far
+            # behind each candidate's stream is (Redis 7 `lag`: entries not yet read).
+            "pairs_per_s": round((self.applied - applied_then) / max(now - since, 1e-3), 3),
+            "errors": self.errors,
+            "lag": self._lags(),
         }
         self.client.set(
             self.keys.worker_health(self.consumer), orjson.dumps(record), ex=WORKER_HEALTH_TTL_S
         )
+
+    def _lags(self) -> dict[str, int | None]:
+        """Candidate -> entries of its stream the group has not read (None: unknown)."""
+        lags: dict[str, int | None] = {}
+        for stream, name in self.streams.items():
+            groups = self.client.xinfo_groups(stream)
+            ours = [g for g in groups if g.get("name") in (WORKER_GROUP, WORKER_GROUP.encode())]
+            lags[name] = ours[0].get("lag") if ours else None
+        return lags
 
     def _clear_health(self) -> None:
         with contextlib.suppress(*STORE_FAILURES):  # it expires by itself anyway

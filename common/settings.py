@@ -470,6 +470,22 @@ class GateSettings:
     window: float | None = _setting(None, _cast_optional_duration)
     # How often the automation (auto_reject / auto_promote_after_s) re-evaluates the gate.
     check_interval_s: float = _setting(10.0, _at_least(_cast_float, 0.05))
+    # A canary whose gate fails (anytime-valid rule): "rollback" to weight 0, or "reject".
+    canary_on_fail: str = _setting("rollback", _choice("rollback", "reject"))
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    """Webhook notifications of the audit log's decisions (control.notify)."""
+
+    # Where to POST each decision (JSON with a Slack-compatible "text"); unset: none.
+    # A secret (Slack puts its token in the path): set it through SHADOWTRIAL_NOTIFY_URL.
+    url: str | None = _setting(None, _cast_optional_url)
+    # Which audit actions notify.
+    events: tuple[str, ...] = _setting(
+        ("promote", "reject", "rollback", "canary", "end"), _cast_str_list
+    )
+    timeout_ms: int = _setting(5000, _at_least(_cast_int, 1))
 
 
 @dataclass(frozen=True)
@@ -534,6 +550,7 @@ class Settings:
     outputs: OutputSettings = field(default_factory=OutputSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     gate: GateSettings = field(default_factory=GateSettings)
+    notify: NotifySettings = field(default_factory=NotifySettings)
     candidates: tuple[CandidateSettings, ...] = ()
     slices: tuple[SliceSettings, ...] = ()
     strata: tuple[StratumSettings, ...] = ()
@@ -550,6 +567,7 @@ _SECTIONS: dict[str, type] = {
     "outputs": OutputSettings,
     "worker": WorkerSettings,
     "gate": GateSettings,
+    "notify": NotifySettings,
 }
 _LISTS: dict[str, type] = {"candidates": CandidateSettings, "slices": SliceSettings}
 _LISTS["strata"] = StratumSettings

@@ -37,6 +37,7 @@ from common.settings import Settings, parse_duration
 from common.urls import mask_url, mask_urls_in
 from control.admin_guard import FailureLimit, HostAllowList
 from control.auth import RequireToken
+from control.canary import canary_plan, set_canary
 from control.decisions import Decisions
 from control.openapi import OPERATIONS, admin_routes, openapi_document
 from control.registry import (
@@ -419,6 +420,14 @@ class Endpoints:
         force = _flag(request, "force")
         result = await self.ctx.decisions.promote(name, _actor(request), force=force)
         return JSONResponse(result)
+
+    async def canary(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        plan = canary_plan(await _body(request))
+        force = _flag(request, "force")
+        return JSONResponse(
+            await set_canary(self.ctx.decisions, name, plan, _actor(request), force)
+        )
 
     async def reject(self, request: Request) -> Response:
         name = request.path_params["name"]

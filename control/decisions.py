@@ -50,6 +50,8 @@ ACTOR_TIME_BOX = "time-box"
 ACTOR_AUTOMATION = "automation"
 END_LOCK_MS = 60_000
 DECISIONS_MAX = 1000  # GET /v1/decisions returns at most this many
+# The agreement a verdict was judged on (rate, anytime-valid bounds): for /metrics.
+AGREEMENT_KEYS = ("rate", "cs_low", "cs_high")
 
 
 def _gate_summary(report: dict[str, Any], window_s: float) -> dict[str, Any]:
@@ -61,6 +63,7 @@ def _gate_summary(report: dict[str, Any], window_s: float) -> dict[str, Any]:
         "anytime_note": gate.get("anytime_note"),
         "window_s": window_s,
         "pairs": report.get("pairs", 0),
+        "agreement": {k: (report.get("agreement") or {}).get(k) for k in AGREEMENT_KEYS},
     }
 
 
@@ -115,6 +118,12 @@ class Decisions:
         window_s = self.trial_window(entry, now)
         end = min(now, entry.ends_s or now)
         report = await self.reports.build(entry.name, window_s, end)
+        return _gate_summary(report, window_s)
+
+    async def gate_over(self, entry: Entry, window_s: float, now: float) -> dict[str, Any]:
+        """The verdict on the last `window_s` only (a canary step's own evidence)."""
+        window_s = max(window_s, float(self.settings.worker.bucket_seconds))
+        report = await self.reports.build(entry.name, window_s, now)
         return _gate_summary(report, window_s)
 
     async def _gate_or_note(self, entry: Entry) -> dict[str, Any]:
@@ -265,6 +274,15 @@ class Decisions:
 
     # -- the audit log --
 
+    # For decisions kept in modules of their own (control.canary).
+    def gate_or_note(self, entry: Entry) -> Any:
+        """The verdict for the audit log, or a note why there is none."""
+        return self._gate_or_note(entry)
+
+    def audit_entry(self, *args: Any) -> dict[str, str]:
+        """One audit entry (see _audit)."""
+        return self._audit(*args)
+
     def _audit(
         self,
         action: str,
@@ -313,6 +331,11 @@ def _decision(entry_id: bytes, fields: dict[bytes, bytes]) -> dict[str, Any]:
         item["evidence"] = []
     item["forced"] = item.get("forced") == "true"
     return item
+
+
+def decision_from_stream(entry_id: bytes, fields: dict[bytes, bytes]) -> dict[str, Any]:
+    """One audit entry as GET /v1/decisions shows it (for control.notify)."""
+    return _decision(entry_id, fields)
 
 
 def _check_promotable(entry: Entry) -> None:

@@ -89,6 +89,10 @@ class Entry:
     source: str = "api"  # "config" when seeded from the config file
     updated_at: str = ""
     reason: str = ""  # why the state last changed, in words
+    canary: float = 0.0  # share of live requests it answers (control.canary); 0: shadow only
+    canary_steps: tuple[float, ...] | list[float] = ()  # a plan: the weights, in order
+    canary_step_s: float = 0.0  # a plan: the least time on a step before the next
+    canary_since: str = ""  # when the weight last changed
 
     @classmethod
     def from_settings(cls, cand: CandidateSettings, now: float, source: str) -> Entry:

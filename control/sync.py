@@ -27,7 +27,7 @@ from control.pool import RunnerPool
 from control.registry import RegistryError, Snapshot
 from control.registry_store import RegistryStore, redis_client
 from control.seeding import seed
-from proxy.routing import MirrorTarget, RoutingTable
+from proxy.routing import CanaryTarget, MirrorTarget, RoutingTable
 from proxy.runner import CandidateRunner
 from proxy.tasks import bounded, stop_tasks
 
@@ -123,11 +123,14 @@ class RegistrySync:
         self.snapshot = snap
         now = self.clock()
         primary = snap.primary(self.settings.proxy.primary)
-        targets = []
+        targets, canary = [], []
         for entry in sorted(snap.entries.values(), key=lambda e: (e.started_at, e.name)):
             runner = self.pool.runner_for(entry) if entry.mirrored(now) else None
             if runner is not None:
                 targets.append(MirrorTarget(runner, entry.sample))
+            if runner is not None and entry.canary > 0 and entry.url is not None:
+                canary.append(CanaryTarget(entry.name, entry.url, entry.canary,
+                                           entry.timeout_ms / 1000))  # fmt: skip
         self.pool.forget(snap.entries)
         routing = self.routing
         if primary.rstrip("/") != routing.primary:
@@ -136,6 +139,10 @@ class RegistrySync:
         current = [(id(t.runner), t.sample) for t in routing.mirrors]
         if current != [(id(t.runner), t.sample) for t in targets]:
             routing.set_mirrors(targets)
+        if canary != list(routing.canary):
+            log.info("canary is now %s", {t.name: t.weight for t in canary} or "off")
+            routing.set_canary(canary)
+        routing.primary_name = (snap.routing.get("primary_name") or "primary").encode()
         routing.version = snap.version
 
     async def _listen(self) -> None:

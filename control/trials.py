@@ -6,7 +6,10 @@ transaction that only ends a trial that is still active). With `[gate] auto_reje
 `auto_promote_after_s`, one replica at a time (a Redis lease, common/lua/renew.lua)
 re-judges active candidates every `gate.check_interval_s` and decides as actor
 "automation"; it rejects only on a fail from an anytime-valid rule, so re-judging often
-keeps the error rate.
+keeps the error rate. Without automation the lease holder still judges every interval,
+to export each verdict on /metrics (proxy.gate_metrics) for alerting and for
+progressive-delivery tools, and to end a canary (control.canary) whose gate fails on an
+anytime-valid rule (weight 0, audited); it decides nothing else then.
 """
 
 from __future__ import annotations
@@ -21,10 +24,13 @@ from common.errors import ShadowtrialError
 from common.redis_client import STORE_FAILURES
 from common.scripts import SCRIPTS
 from common.urls import mask_urls_in
+from control.canary import advance, set_canary
 from control.decisions import ACTOR_AUTOMATION, PASS, Decisions, anytime_fail
+from control.notify import Notifier
 from control.registry import ACTIVE, Entry
 from control.reports import Reports
 from control.sync import STOP_TIMEOUT_S, RegistrySync
+from proxy.gate_metrics import GateGauges
 from proxy.tasks import stop_tasks
 
 log = logging.getLogger("shadowtrial.decisions")
@@ -34,7 +40,11 @@ class TrialWatch:
     """Ends time-boxed trials and, when configured, runs the gate automation."""
 
     def __init__(
-        self, sync: RegistrySync, redis_url: str, on_error: Callable[[str], None] | None = None
+        self,
+        sync: RegistrySync,
+        redis_url: str,
+        on_error: Callable[[str], None] | None = None,
+        gauges: GateGauges | None = None,
     ) -> None:
         self.sync = sync
         self.settings = sync.settings
@@ -44,9 +54,11 @@ class TrialWatch:
         self.ticks = 0
         self.errors = 0  # automation rounds or candidates that raised (also on /metrics)
         self._on_error = on_error
+        self.gauges = gauges
         self._decisions: Decisions | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False  # ends the loop even if a cancellation was swallowed
+        self.notifier: Notifier | None = None
 
     @property
     def automated(self) -> bool:
@@ -59,7 +71,9 @@ class TrialWatch:
         reports = Reports.from_url(self.redis_url, self.sync.keys, self.settings)
         self._decisions = Decisions(self.sync.store, reports, self.settings, self.sync.clock)
         self.sync.on_tick.append(self.check_time_boxes)
-        if self.automated:
+        self.notifier = Notifier(self.sync.store, self.settings.gate.check_interval_s)
+        self.notifier.start()
+        if self.automated or self.gauges is not None:
             self._task = asyncio.get_running_loop().create_task(self._automate())
 
     async def stop(self) -> None:
@@ -67,6 +81,8 @@ class TrialWatch:
         if self.check_time_boxes in self.sync.on_tick:
             self.sync.on_tick.remove(self.check_time_boxes)
         self._stopping = True
+        if self.notifier is not None:
+            await self.notifier.stop()
         if self._task is not None:
             await stop_tasks([self._task], STOP_TIMEOUT_S, "gate automation")
         if self._decisions is not None:
@@ -96,6 +112,8 @@ class TrialWatch:
             try:
                 if await self._lease(int(interval * 3000)):
                     await self.automate_once()
+                elif self.gauges is not None:
+                    self.gauges.keep_only(())  # another replica exports the verdicts now
             except Exception as exc:  # the automation must outlive any bug: retried next round
                 self._failed("gate automation skipped a round", exc)
             await asyncio.sleep(interval)
@@ -120,9 +138,10 @@ class TrialWatch:
         assert decisions is not None
         snap = await decisions.store.snapshot()
         now = self.sync.clock()
-        for entry in snap.entries.values():
-            if entry.role != "candidate" or not entry.mirrored(now):
-                continue
+        judged = [e for e in snap.entries.values() if e.role == "candidate" and e.mirrored(now)]
+        if self.gauges is not None:
+            self.gauges.keep_only(e.name for e in judged)
+        for entry in judged:
             try:
                 if await self._judge(decisions, entry, now):
                     return
@@ -134,6 +153,14 @@ class TrialWatch:
     async def _judge(self, decisions: Decisions, entry: Entry, now: float) -> bool:
         """Reject or promote one candidate as the gate says; True when it was promoted."""
         gate = await decisions.gate(entry, now)
+        if self.gauges is not None:
+            self.gauges.judged(entry.name, gate)
+        if entry.canary > 0 and anytime_fail(gate):  # a failing canary ends at once
+            await self._end_canary(decisions, entry, gate)
+        elif entry.canary > 0 and entry.canary_steps and await advance(decisions, entry, now):
+            return True  # the last step: promoted
+        if not self.automated:
+            return False
         if self.settings.gate.auto_reject and anytime_fail(gate):
             await decisions.reject(entry.name, ACTOR_AUTOMATION, gate=gate)
         elif await self._passed_long_enough(entry, gate, now):
@@ -141,6 +168,15 @@ class TrialWatch:
             await decisions.store.client.delete(decisions.store.keys.gate_passing())
             return True
         return False
+
+    async def _end_canary(self, decisions: Decisions, entry: Entry, gate: dict[str, Any]) -> None:
+        """Weight 0, or reject, as `gate.canary_on_fail` says."""
+        if self.settings.gate.canary_on_fail == "reject":
+            await decisions.reject(entry.name, ACTOR_AUTOMATION, gate=gate)
+        else:
+            await set_canary(decisions, entry.name, 0, ACTOR_AUTOMATION, force=True, gate=gate)
+        log.warning("canary of %s ended (%s): the gate fails", entry.name,
+                    self.settings.gate.canary_on_fail)  # fmt: skip
 
     async def _passed_long_enough(self, entry: Entry, gate: dict[str, Any], now: float) -> bool:
         """Track since when the gate has passed; True once it held auto_promote_after_s."""

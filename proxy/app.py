@@ -21,6 +21,7 @@ from control.trials import TrialWatch
 from proxy.candidates import build_runners
 from proxy.capture import Capture
 from proxy.forward import Forwarder, Receive, Scope, Send
+from proxy.gate_metrics import GateGauges
 from proxy.looplag import LoopLag
 from proxy.metrics import Metrics
 from proxy.mirror import Mirror
@@ -56,7 +57,10 @@ class ProxyApp:
         )  # fmt: skip
         self.forwarder = Forwarder(settings, self.routing, self.mirror, self.metrics)
         self.registry = RegistrySync(settings, redis_url, self.routing, self.runners)
-        self.trials = TrialWatch(self.registry, redis_url, self.metrics.automation_error)
+        self.gate_gauges = GateGauges(self.metrics.registry)
+        self.trials = TrialWatch(
+            self.registry, redis_url, self.metrics.automation_error, self.gate_gauges
+        )
         self.loop_lag = LoopLag(self.metrics)
         self.started = False
         self.admin = create_admin_app(self)

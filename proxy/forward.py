@@ -26,9 +26,10 @@ import orjson
 from yarl import URL
 
 from common.settings import Settings
+from proxy.canary import SERVED_BY, CanaryAnswer, CanaryCounts, ask, pick
 from proxy.metrics import Metrics
 from proxy.mirror import Mirror, PrimaryAnswer
-from proxy.routing import RoutingTable
+from proxy.routing import CanaryTarget, RoutingTable
 from proxy.runner import MirrorRequest
 
 log = logging.getLogger("shadowtrial.forward")
@@ -68,6 +69,7 @@ _RESPONSE_DROP = frozenset(
         b"trailer",
         b"transfer-encoding",
         b"upgrade",
+        b"x-shadowtrial-served-by",  # the proxy says who answered, not the upstream
     }
 )
 # A body chunk from uvicorn is at most its flow-control high-water mark (64 KiB) plus one
@@ -125,6 +127,7 @@ class Forwarder:
         header = mirror.policy.sample_header
         self._sample_header = None if header is None else header.encode("latin-1")
         self._session: aiohttp.ClientSession | None = None
+        self.canary_counts = CanaryCounts(metrics.registry)
 
     async def start(self) -> None:
         """Open the shared upstream session (inside the serving loop)."""
@@ -164,8 +167,15 @@ class Forwarder:
         primary: asyncio.Future[PrimaryAnswer] | None = None
         mirrors = self._routing.mirrors
         policy = self._mirror.policy
-        if mirrors and method in policy.methods and policy.path_allowed(path_text):
-            key = incoming.sample_value or incoming.request_id
+        key = incoming.sample_value or incoming.request_id
+        eligible = method in policy.methods and policy.path_allowed(path_text)
+        target = pick(self._routing.canary, key) if eligible and stream is None else None
+        if target is not None:
+            path_query = f"{path_text}?{query}" if query else path_text
+            if await self._serve_canary(send, method, target, path_query, incoming, body or b""):
+                return
+            mirrors = ()  # its candidate already saw this request (and failed it)
+        if mirrors and eligible:
             request = MirrorRequest(
                 incoming.request_id, method, path_text, query, incoming.headers, body or b""
             )
@@ -177,6 +187,34 @@ class Forwarder:
             incoming.headers.append(("content-length", str(incoming.content_length)))
         data = body if stream is None else stream
         await self._exchange(receive, send, method, URL(url, encoded=True), incoming, data, primary)
+
+    async def _serve_canary(
+        self,
+        send: Send,
+        method: str,
+        target: CanaryTarget,
+        path_query: str,
+        incoming: _Incoming,
+        body: bytes,
+    ) -> bool:
+        """Answer from the candidate on canary; False (counted) when the primary must."""
+        assert self._session is not None, "Forwarder.start() was not called"
+        started = time.perf_counter()
+        answer = await ask(
+            self._session, target, method, path_query, incoming.headers, body, self._limit
+        )
+        if not isinstance(answer, CanaryAnswer):
+            self.canary_counts.count(target.name, answer)
+            return False
+        self.canary_counts.served(target.name, time.perf_counter() - started)
+        headers, _, sized = _response_headers(answer.raw_headers, incoming.request_id)
+        if not sized and method != "HEAD":  # read whole, so now it has a length
+            headers.append((b"content-length", str(len(answer.body)).encode()))
+        headers.append((SERVED_BY, target.name.encode()))
+        self._metrics.request_done(method, answer.status, None)  # not the primary's latency
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        await send({"type": "http.response.body", "body": answer.body, "more_body": False})
+        return True
 
     def _read_headers(self, scope: Scope) -> _Incoming:
         """One pass over the request headers: what to forward and what to remember.
@@ -312,6 +350,7 @@ class Forwarder:
         started: float,
     ) -> None:
         headers, content_type, sized = _response_headers(resp.raw_headers, incoming.request_id)
+        headers.append((SERVED_BY, self._routing.primary_name))
         copy: list[bytes] | None = [] if primary is not None else None
         answered: float | None = None
         # An unsized answer (chunked, server-sent events) may never end: stop reading it

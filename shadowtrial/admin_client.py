@@ -176,6 +176,11 @@ class AdminClient:
         params = {"force": "true"} if force else None
         return self.call("POST", f"/v1/candidates/{name}/promote", params=params)
 
+    def canary(self, name: str, body: dict[str, Any], force: bool = False) -> Answer:
+        """POST /v1/candidates/NAME/canary[?force=true] with {"weight": w} or a plan."""
+        params = {"force": "true"} if force else None
+        return self.call("POST", f"/v1/candidates/{name}/canary", params=params, json=body)
+
     def reject(self, name: str) -> Answer:
         """POST /v1/candidates/NAME/reject."""
         return self.call("POST", f"/v1/candidates/{name}/reject")

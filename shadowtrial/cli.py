@@ -21,7 +21,7 @@ from common.sanitize import printable
 
 COMMANDS: list[str] = [
     "serve", "worker", "candidates", "promote", "reject", "rollback", "report", "replay",
-    "export", "demo",
+    "export", "demo", "canary",
     "profile", "watch",
 ]  # fmt: skip
 

@@ -17,6 +17,7 @@ SECTIONS = {
     "outputs": S.OutputSettings,
     "worker": S.WorkerSettings,
     "gate": S.GateSettings,
+    "notify": S.NotifySettings,
     "candidates": S.CandidateSettings,
     "slices": S.SliceSettings,
     "strata": S.StratumSettings,

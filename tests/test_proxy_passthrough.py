@@ -53,7 +53,10 @@ def raw_get(client: httpx.Client, url: str, **kw: object) -> tuple[httpx.Respons
 
 
 def comparable(headers: httpx.Headers) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in headers.multi_items() if k not in {"date", "x-request-id"}]
+    """The headers the proxy must pass unchanged: all but the date, the request id, and
+    the X-Shadowtrial-Served-By it adds (which model answered: issue 18, the canary)."""
+    added = {"date", "x-request-id", "x-shadowtrial-served-by"}
+    return [(k, v) for k, v in headers.multi_items() if k not in added]
 
 
 @pytest.mark.parametrize(
@@ -69,6 +72,7 @@ def test_bodies_and_headers_pass_through_byte_exact(
     assert proxied_body == direct_body == expected
     assert proxied.status_code == direct.status_code == 200
     assert comparable(proxied.headers) == comparable(direct.headers)
+    assert proxied.headers["x-shadowtrial-served-by"] == "primary"
 
 
 def test_gzip_is_not_decompressed(proxy: RunningProxy, client: httpx.Client) -> None:
