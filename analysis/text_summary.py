@@ -12,6 +12,9 @@ bucket hash, so any number of workers add up exactly):
     xpe xce             empty answers per side
     xpr xcr             refusals per side ("I can't ...", "I'm sorry, but ...")
     xjp xjc             the primary's answers that are JSON, and of those the candidate's
+    xtn xteq            rows where either answer called a tool / function (OpenAI
+                        `tool_calls`, legacy `function_call`), and of those the rows
+                        whose called names match (as multisets: parallel calls in any order)
     xln xls             rows with both mean token log-probabilities; the sum of their
                         shift (candidate - primary, micro-units)
 """
@@ -69,10 +72,17 @@ def count_text(ints: defaultdict[str, int], row: Any) -> None:
     if _json(p):
         ints["xjp"] += 1
         ints["xjc"] += _json(c)
+    _count_tools(ints, row.primary.tools, row.candidate.tools)
     lp, lc = row.primary.mean_logprob, row.candidate.mean_logprob
     if lp is not None and lc is not None:
         ints["xln"] += 1
         ints["xls"] += round((lc - lp) * MICRO)
+
+
+def _count_tools(ints: defaultdict[str, int], p: Any, c: Any) -> None:
+    if p or c:
+        ints["xtn"] += 1
+        ints["xteq"] += sorted(p or ()) == sorted(c or ())
 
 
 def _rate(num: int, den: int) -> float | None:
@@ -106,6 +116,7 @@ def text_section(get: Any, hist: Any) -> dict[str, Any] | None:
         "empty_rate": {"primary": _rate(get("xpe"), n), "candidate": _rate(get("xce"), n)},
         "refusal_rate": {"primary": _rate(get("xpr"), n), "candidate": _rate(get("xcr"), n)},
         "json_valid_rate": _rate(get("xjc"), get("xjp")),
+        "tool_calls": {"rows": get("xtn"), "name_agreement": _rate(get("xteq"), get("xtn"))},
         "mean_logprob_shift": round(get("xls") / MICRO / n_lp, 4) if n_lp else None,
     }
 

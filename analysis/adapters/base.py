@@ -39,6 +39,7 @@ class Prediction:
     margin: float | None = None  # top1 - top2 probability (binary: |2p - 1|)
     mean_logprob: float | None = None  # generative: mean token log-probability
     finish_reason: str | None = None  # generative: why the model stopped
+    tools: tuple[str, ...] | None = None  # generative: names of the tools / functions called
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,11 @@
 """OpenAI-compatible chat / completions answers (vLLM, TGI, llama.cpp, Ollama, OpenAI).
 
 Each choice is one row (a request with `n = 3` yields three). The text is the message
-content (or the completion's `text`; tool calls are rendered as compact JSON so two
-answers calling the same tool agree). With token logprobs, the confidence is the first
-token's probability (exp of its logprob) and `mean_logprob` the mean over the tokens.
+content (or the completion's `text`; tool calls, and the legacy `function_call`, are
+rendered as compact JSON so two answers calling the same tool agree, and their names are
+kept in `tools` for the report's tool-name agreement). With token logprobs, the
+confidence is the first token's probability (exp of its logprob) and `mean_logprob` the
+mean over the tokens.
 Streamed answers (`text/event-stream`, `data: {...}` lines) are reassembled first.
 """
 
@@ -26,6 +28,8 @@ from analysis.adapters.rows import RequestRows
 from common.settings import OutputSettings
 
 _LOGPROB_FLOOR = -1000.0
+MAX_CALLS = 64  # tool calls kept per choice (hostile answers may list thousands)
+MAX_NAME = 200  # characters of a tool name kept
 
 
 class OpenAIAdapter(RequestRows):
@@ -68,21 +72,40 @@ def _lift_choice(choice: dict[str, object]) -> Prediction:
         confidence=math.exp(logprobs[0]) if logprobs else None,
         mean_logprob=sum(logprobs) / len(logprobs) if logprobs else None,
         finish_reason=finish if isinstance(finish, str) else None,
+        tools=tuple(_name(c) for c in _calls(_holder(choice))),
     )
+
+
+def _holder(choice: dict[str, object]) -> dict[str, object]:
+    """Where a choice keeps its calls: its `message`, or itself (a reassembled stream)."""
+    message = choice.get("message")
+    return message if isinstance(message, dict) else choice
+
+
+def _calls(holder: dict[str, object]) -> list[object]:
+    """`tool_calls` plus the legacy `function_call` (as a call), at most MAX_CALLS."""
+    calls = holder.get("tool_calls")
+    out = list(calls[:MAX_CALLS]) if isinstance(calls, list) else []
+    legacy = holder.get("function_call")
+    if isinstance(legacy, dict):
+        out.append({"function": legacy})
+    return out
+
+
+def _name(call: object) -> str:
+    fn = call.get("function") if isinstance(call, dict) else None
+    name = fn.get("name") if isinstance(fn, dict) else None
+    return str(name)[:MAX_NAME] if name is not None else ""
 
 
 def _choice_text(choice: dict[str, object]) -> str:
     message = choice.get("message")
     if isinstance(message, dict):
         content = message.get("content")
-        text = _content_text(content)
-        calls = message.get("tool_calls")
-        if isinstance(calls, list) and calls:
-            text += orjson.dumps([_call(c) for c in calls]).decode()
-        return text
+        return _content_text(content) + _calls_json(message)
     text = choice.get("text")
     if isinstance(text, str):
-        return text
+        return text + _calls_json(choice)
     raise UnparseableOutput("openai: a choice has neither `message` nor `text`")
 
 
@@ -94,6 +117,11 @@ def _content_text(content: object) -> str:
         parts = [p for p in content if isinstance(p, dict) and p.get("type") == "text"]
         return "".join(str(p.get("text", "")) for p in parts)
     return ""
+
+
+def _calls_json(holder: dict[str, object]) -> str:
+    calls = _calls(holder)
+    return orjson.dumps([_call(c) for c in calls]).decode() if calls else ""
 
 
 def _call(call: object) -> object:
@@ -158,3 +186,31 @@ def _merge_chunk(target: dict[str, object], choice: dict[str, object]) -> None:
         tokens.append({"logprob": value})
     if isinstance(choice.get("finish_reason"), str):
         target["finish_reason"] = choice["finish_reason"]
+    if isinstance(delta, dict):
+        _merge_calls(target, delta)
+
+
+def _merge_calls(target: dict[str, object], delta: dict[str, object]) -> None:
+    """Streamed `tool_calls` (pieces per call `index`) and legacy `function_call` pieces:
+    the name arrives once, the arguments in pieces."""
+    calls = delta.get("tool_calls")
+    for piece in calls[:MAX_CALLS] if isinstance(calls, list) else []:
+        if isinstance(piece, dict) and isinstance(piece.get("function"), dict):
+            merged = target.setdefault("tool_calls", [])
+            index = min(max(_index(piece), 0), len(merged))  # type: ignore[arg-type]
+            if index == len(merged) == MAX_CALLS:
+                continue
+            if index == len(merged):
+                merged.append({"function": {"name": None, "arguments": ""}})  # type: ignore[union-attr]
+            _merge_function(merged[index]["function"], piece["function"])  # type: ignore[index]
+    legacy = delta.get("function_call")
+    if isinstance(legacy, dict):
+        fn = target.setdefault("function_call", {"name": None, "arguments": ""})
+        _merge_function(fn, legacy)  # type: ignore[arg-type]
+
+
+def _merge_function(fn: dict[str, object], piece: dict[str, object]) -> None:
+    if piece.get("name") is not None:
+        fn["name"] = piece["name"]
+    if isinstance(piece.get("arguments"), str):
+        fn["arguments"] = str(fn["arguments"]) + piece["arguments"]
