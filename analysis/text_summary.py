@@ -15,6 +15,8 @@ bucket hash, so any number of workers add up exactly):
     xtn xteq            rows where either answer called a tool / function (OpenAI
                         `tool_calls`, legacy `function_call`), and of those the rows
                         whose called names match (as multisets: parallel calls in any order)
+    xh:<kind>           hostile answers (either side), by kind: non_utf8 (unparseable),
+                        empty_choices, interrupted_stream (analysis.adapters.openai)
     xln xls             rows with both mean token log-probabilities; the sum of their
                         shift (candidate - primary, micro-units)
 """
@@ -31,6 +33,7 @@ import orjson
 BINS = 100
 MICRO = 1_000_000
 _XS = [f"xs:{i}" for i in range(BINS)]
+HOSTILE = ("non_utf8", "empty_choices", "interrupted_stream")  # the xh:<kind> counters
 _REFUSAL = re.compile(
     r"^\W*(?:i(?:'m| am) sorry|sorry,|i can(?:'|no)t|i cannot|i(?:'m| am) (?:not able|unable)"
     r"|as an ai)",
@@ -101,10 +104,17 @@ def _similarity(hist: np.ndarray) -> dict[str, Any] | None:
     return {"rows": n, **pct, "histogram": [int(x) for x in hist]}
 
 
+def _hostile(get: Any) -> dict[str, int]:
+    """Answers counted as hostile, per kind; `giant` = rows cut before embedding."""
+    return {**{kind: get(f"xh:{kind}") for kind in HOSTILE}, "giant": get("xcut")}
+
+
 def text_section(get: Any, hist: Any) -> dict[str, Any] | None:
-    """The `text` section from a summary's counters (None when no text was compared)."""
+    """The `text` section from a summary's counters (None when no text was compared and
+    no answer was hostile)."""
     n = get("xn")
-    if not n:
+    hostile = _hostile(get)
+    if not n and not any(hostile.values()):
         return None
     n_lp = get("xln")
     return {
@@ -113,6 +123,7 @@ def text_section(get: Any, hist: Any) -> dict[str, Any] | None:
         "similarity": _similarity(hist("xs", BINS)),
         "length_ratio": _rate(get("xcc"), get("xpc")),
         "cut_rate": _rate(get("xcut"), n),
+        "hostile": hostile,
         "empty_rate": {"primary": _rate(get("xpe"), n), "candidate": _rate(get("xce"), n)},
         "refusal_rate": {"primary": _rate(get("xpr"), n), "candidate": _rate(get("xcr"), n)},
         "json_valid_rate": _rate(get("xjc"), get("xjp")),

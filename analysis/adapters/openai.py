@@ -12,6 +12,7 @@ Streamed answers (`text/event-stream`, `data: {...}` lines) are reassembled firs
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import orjson
 
@@ -28,6 +29,8 @@ from analysis.adapters.rows import RequestRows
 from common.settings import OutputSettings
 
 _LOGPROB_FLOOR = -1000.0
+EMPTY_CHOICES = "empty_choices"
+INTERRUPTED = "interrupted_stream"
 MAX_CALLS = 64  # tool calls kept per choice (hostile answers may list thousands)
 MAX_NAME = 200  # characters of a tool name kept
 
@@ -42,9 +45,16 @@ class OpenAIAdapter(RequestRows):
 
     def parse(self, request_body: bytes, response_body: bytes) -> ParsedOutput:
         """Lift an OpenAI-style answer, streamed or not."""
-        if response_body.lstrip()[:5] == b"data:":
-            return self.parse_json(_reassemble_stream(response_body))
-        return self.parse_json(load_json(response_body, "response"))
+        try:
+            if response_body.lstrip()[:5] == b"data:":
+                doc, finished = _reassemble_stream(response_body)
+                out = self.parse_json(doc)
+                return out if finished else replace(out, flags=(*out.flags, INTERRUPTED))
+            return self.parse_json(load_json(response_body, "response"))
+        except UnparseableOutput as exc:
+            if not exc.kind and not _utf8(response_body):
+                raise UnparseableOutput(str(exc), kind="non_utf8") from None
+            raise
 
     def parse_json(self, doc: object) -> ParsedOutput:
         """Lift an already decoded answer."""
@@ -56,7 +66,16 @@ class OpenAIAdapter(RequestRows):
         obj = doc.get("object") if isinstance(doc, dict) else None
         # Missing logprobs show up as a missing `confidence` (analysis.compare).
         contract = (ContractField("choices", str(obj or ""), (len(rows),)),)
-        return ParsedOutput(self.name, KIND_TEXT, rows, contract)
+        flags = () if rows else (EMPTY_CHOICES,)
+        return ParsedOutput(self.name, KIND_TEXT, rows, contract, flags=flags)
+
+
+def _utf8(body: bytes) -> bool:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _index(choice: dict[str, object]) -> int:
@@ -151,13 +170,19 @@ def _token_logprobs(logprobs: object) -> list[float]:
 # -- streamed answers -----------------------------------------------------------------------
 
 
-def _reassemble_stream(body: bytes) -> dict[str, object]:
-    """Merge `data:` chunks into one non-streamed answer (content, logprobs, finish reason)."""
+def _reassemble_stream(body: bytes) -> tuple[dict[str, object], bool]:
+    """Merge `data:` chunks into one non-streamed answer (content, logprobs, finish
+    reason), and whether the stream finished (`[DONE]` or a finish reason on every choice);
+    one cut mid-way (a dropped connection) still lifts what arrived."""
     merged: dict[int, dict[str, object]] = {}
     obj = ""
+    done = False
     for line in body.splitlines():
         line = line.strip()
-        if not line.startswith(b"data:") or line[5:].strip() == b"[DONE]":
+        if not line.startswith(b"data:"):
+            continue
+        if line[5:].strip() == b"[DONE]":
+            done = True
             continue
         chunk = load_json(line[5:].strip(), "stream chunk")
         if not isinstance(chunk, dict) or not isinstance(chunk.get("choices"), list):
@@ -168,7 +193,8 @@ def _reassemble_stream(body: bytes) -> dict[str, object]:
                 _merge_chunk(merged.setdefault(_index(choice), _empty(_index(choice))), choice)
     if not merged:
         raise UnparseableOutput("openai: an empty stream")
-    return {"object": obj, "choices": list(merged.values())}
+    finished = done or all(c["finish_reason"] for c in merged.values())
+    return {"object": obj, "choices": list(merged.values())}, finished
 
 
 def _empty(index: int) -> dict[str, object]:
