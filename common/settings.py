@@ -414,6 +414,7 @@ class OutputSettings:
     label: str | None = _setting(None, _cast_optional_str)
     proba: str | None = _setting(None, _cast_optional_str)
     score: str | None = _setting(None, _cast_optional_str)
+    text: str | None = _setting(None, _cast_optional_str)  # jsonpath: a free-text answer
     classes: tuple[str, ...] = _setting((), _cast_str_list)
     atol: float = _setting(0.0, _at_least(_cast_float, 0))
     rtol: float = _setting(0.01, _at_least(_cast_float, 0))
