@@ -17,6 +17,9 @@ bucket hash, so any number of workers add up exactly):
                         whose called names match (as multisets: parallel calls in any order)
     xh:<kind>           hostile answers (either side), by kind: non_utf8 (unparseable),
                         empty_choices, interrupted_stream (analysis.adapters.openai)
+    xthn xths xthc      rows judged by meaning, the sum of the thresholds that judged them
+                        (micro-units), and those whose threshold was the noise floor's
+                        (outputs.text_calibrate)
     xln xls             rows with both mean token log-probabilities; the sum of their
                         shift (candidate - primary, micro-units)
 """
@@ -76,6 +79,11 @@ def count_text(ints: defaultdict[str, int], row: Any) -> None:
         ints["xjp"] += 1
         ints["xjc"] += _json(c)
     _count_tools(ints, row.primary.tools, row.candidate.tools)
+    threshold = getattr(row, "threshold", None)
+    if threshold is not None:
+        ints["xthn"] += 1
+        ints["xths"] += round(threshold * MICRO)
+        ints["xthc"] += bool(getattr(row, "calibrated", False))
     lp, lc = row.primary.mean_logprob, row.candidate.mean_logprob
     if lp is not None and lc is not None:
         ints["xln"] += 1
@@ -86,6 +94,17 @@ def _count_tools(ints: defaultdict[str, int], p: Any, c: Any) -> None:
     if p or c:
         ints["xtn"] += 1
         ints["xteq"] += sorted(p or ()) == sorted(c or ())
+
+
+def _threshold(get: Any) -> dict[str, Any] | None:
+    """Which threshold judged the rows by meaning: `noise_floor` (all calibrated),
+    `configured` (none) or `mixed`, and the mean value used."""
+    n, calibrated = get("xthn"), get("xthc")
+    if not n:
+        return None
+    source = "noise_floor" if calibrated == n else "configured" if not calibrated else "mixed"
+    return {"used": round(get("xths") / MICRO / n, 4), "source": source,
+            "calibrated_rate": round(calibrated / n, 4)}  # fmt: skip
 
 
 def _rate(num: int, den: int) -> float | None:
@@ -121,6 +140,7 @@ def text_section(get: Any, hist: Any) -> dict[str, Any] | None:
         "rows": n,
         "exact_rate": _rate(get("xeq"), n),
         "similarity": _similarity(hist("xs", BINS)),
+        "threshold": _threshold(get),
         "length_ratio": _rate(get("xcc"), get("xpc")),
         "cut_rate": _rate(get("xcut"), n),
         "hostile": hostile,

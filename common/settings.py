@@ -426,6 +426,7 @@ class OutputSettings:
     # the `text` extra) and they agree when their cosine similarity is >= text_threshold.
     text_agreement: str = _setting("exact", _choice("exact", "meaning"))
     text_threshold: float = _setting(0.85, _fraction)
+    text_calibrate: bool = _setting(False, _cast_bool)  # the noise floor's threshold
     text_model: str = _setting("", _cast_str)  # an all-MiniLM-L6-v2 ONNX file; "" = the extra's
     text_max_chars: int = _setting(4000, _at_least(_cast_int, 1))  # cut before embedding
 
