@@ -70,3 +70,35 @@ def test_the_section_exists_when_every_answer_was_hostile(
     pf.drain(Worker(redis_client, settings))
     report = build_report(redis_client, Keys(prefix), settings, "llm", 3600, now=1_700_000_030)
     assert report["text"]["rows"] == 0 and report["text"]["hostile"]["non_utf8"] == 1
+
+
+def test_the_page_shows_hostile_counts_tool_names_and_threshold(
+    redis_client: redis.Redis, prefix: str, redis_url: str
+) -> None:
+    import time
+
+    import httpx
+    from servers import serve_app
+
+    from tests.test_text_tools import _tool_answer
+    from tests.ui_trial import entry, page_context, ui_app
+
+    raw = {
+        "redis": {"prefix": prefix, "url": redis_url},
+        "worker": {"block_ms": 10},
+        "outputs": {"protocol": "openai", "text_agreement": "meaning"},
+        "candidates": [{"name": "llm", "url": "http://127.0.0.1:9"}],
+    }
+    settings = settings_from_mapping(raw, environ={})
+    tools = chat_record("t", "t", "x", _tool_answer("refund"))
+    tools.primary_body = _tool_answer("refund")
+    records = [chat_record("i", "t", "Paris.", CUT), tools, chat_record("e", "t", "x", b"\xff")]
+    for rec in records:
+        rec.ts_ms = int(time.time() * 1000)
+    pf.write(redis_client, Keys(prefix).pairs("llm"), records)
+    pf.drain(Worker(redis_client, settings))
+    with serve_app(ui_app(page_context(settings, redis_url, [entry("llm")]))) as base:
+        page = httpx.get(f"{base}/ui/candidates/llm?window=1h", timeout=30).text
+    assert "tool-call names match (1 rows with a call)" in page
+    assert "threshold of meaning (configured)" in page
+    assert "hostile answers" in page and "1 / 0 / 1 / 0" in page
