@@ -158,7 +158,8 @@ def noise_similarity(name: str, get: Any, hist: Any) -> dict[str, Any] | None:
     A replica that samples (temperature > 0) words the same meaning differently; its 5th
     percentile is then a calibrated threshold (`suggested_threshold`). A replica whose
     answers are nearly all identical (deterministic decoding) calibrates nothing: None,
-    and the configured `outputs.text_threshold` stands. Never applied automatically.
+    and the configured `outputs.text_threshold` stands. Applied by the worker only with
+    `outputs.text_calibrate` (analysis.text_calibration).
     """
     n = get("xn")
     sim = _similarity(hist("xs", BINS))
