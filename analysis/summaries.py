@@ -130,6 +130,7 @@ class PairEvidence:
     contract_kinds: Sequence[str] = ()
     slice_rows: Sequence[dict[str, str]] = ()
     deferred: bool = False
+    answer_flags: list[str] = field(default_factory=list)  # hostile answers, by kind
 
     @property
     def n_rows(self) -> int:
@@ -260,6 +261,8 @@ def _count_record(ints: defaultdict[str, int], ev: PairEvidence) -> None:
         ints[f"err:{ev.primary_failure}"] += 1
     elif ev.candidate_error:
         ints[f"err:{ev.candidate_error}"] += 1
+    for flag in ev.answer_flags:  # a fixed vocabulary (analysis.text_summary.HOSTILE)
+        ints[f"xh:{flag}"] += 1
     if ev.primary_ms > 0:
         ints[_LP[latency_bin(ev.primary_ms)]] += 1
     if ev.candidate_ms is not None and ev.candidate_ms > 0:

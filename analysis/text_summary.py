@@ -12,6 +12,14 @@ bucket hash, so any number of workers add up exactly):
     xpe xce             empty answers per side
     xpr xcr             refusals per side ("I can't ...", "I'm sorry, but ...")
     xjp xjc             the primary's answers that are JSON, and of those the candidate's
+    xtn xteq            rows where either answer called a tool / function (OpenAI
+                        `tool_calls`, legacy `function_call`), and of those the rows
+                        whose called names match (as multisets: parallel calls in any order)
+    xh:<kind>           hostile answers (either side), by kind: non_utf8 (unparseable),
+                        empty_choices, interrupted_stream (analysis.adapters.openai)
+    xthn xths xthc      rows judged by meaning, the sum of the thresholds that judged them
+                        (micro-units), and those whose threshold was the noise floor's
+                        (outputs.text_calibrate)
     xln xls             rows with both mean token log-probabilities; the sum of their
                         shift (candidate - primary, micro-units)
 """
@@ -28,6 +36,7 @@ import orjson
 BINS = 100
 MICRO = 1_000_000
 _XS = [f"xs:{i}" for i in range(BINS)]
+HOSTILE = ("non_utf8", "empty_choices", "interrupted_stream")  # the xh:<kind> counters
 _REFUSAL = re.compile(
     r"^\W*(?:i(?:'m| am) sorry|sorry,|i can(?:'|no)t|i cannot|i(?:'m| am) (?:not able|unable)"
     r"|as an ai)",
@@ -69,10 +78,33 @@ def count_text(ints: defaultdict[str, int], row: Any) -> None:
     if _json(p):
         ints["xjp"] += 1
         ints["xjc"] += _json(c)
+    _count_tools(ints, row.primary.tools, row.candidate.tools)
+    threshold = getattr(row, "threshold", None)
+    if threshold is not None:
+        ints["xthn"] += 1
+        ints["xths"] += round(threshold * MICRO)
+        ints["xthc"] += bool(getattr(row, "calibrated", False))
     lp, lc = row.primary.mean_logprob, row.candidate.mean_logprob
     if lp is not None and lc is not None:
         ints["xln"] += 1
         ints["xls"] += round((lc - lp) * MICRO)
+
+
+def _count_tools(ints: defaultdict[str, int], p: Any, c: Any) -> None:
+    if p or c:
+        ints["xtn"] += 1
+        ints["xteq"] += sorted(p or ()) == sorted(c or ())
+
+
+def _threshold(get: Any) -> dict[str, Any] | None:
+    """Which threshold judged the rows by meaning: `noise_floor` (all calibrated),
+    `configured` (none) or `mixed`, and the mean value used."""
+    n, calibrated = get("xthn"), get("xthc")
+    if not n:
+        return None
+    source = "noise_floor" if calibrated == n else "configured" if not calibrated else "mixed"
+    return {"used": round(get("xths") / MICRO / n, 4), "source": source,
+            "calibrated_rate": round(calibrated / n, 4)}  # fmt: skip
 
 
 def _rate(num: int, den: int) -> float | None:
@@ -91,21 +123,31 @@ def _similarity(hist: np.ndarray) -> dict[str, Any] | None:
     return {"rows": n, **pct, "histogram": [int(x) for x in hist]}
 
 
+def _hostile(get: Any) -> dict[str, int]:
+    """Answers counted as hostile, per kind; `giant` = rows cut before embedding."""
+    return {**{kind: get(f"xh:{kind}") for kind in HOSTILE}, "giant": get("xcut")}
+
+
 def text_section(get: Any, hist: Any) -> dict[str, Any] | None:
-    """The `text` section from a summary's counters (None when no text was compared)."""
+    """The `text` section from a summary's counters (None when no text was compared and
+    no answer was hostile)."""
     n = get("xn")
-    if not n:
+    hostile = _hostile(get)
+    if not n and not any(hostile.values()):
         return None
     n_lp = get("xln")
     return {
         "rows": n,
         "exact_rate": _rate(get("xeq"), n),
         "similarity": _similarity(hist("xs", BINS)),
+        "threshold": _threshold(get),
         "length_ratio": _rate(get("xcc"), get("xpc")),
         "cut_rate": _rate(get("xcut"), n),
+        "hostile": hostile,
         "empty_rate": {"primary": _rate(get("xpe"), n), "candidate": _rate(get("xce"), n)},
         "refusal_rate": {"primary": _rate(get("xpr"), n), "candidate": _rate(get("xcr"), n)},
         "json_valid_rate": _rate(get("xjc"), get("xjp")),
+        "tool_calls": {"rows": get("xtn"), "name_agreement": _rate(get("xteq"), get("xtn"))},
         "mean_logprob_shift": round(get("xls") / MICRO / n_lp, 4) if n_lp else None,
     }
 
@@ -116,7 +158,8 @@ def noise_similarity(name: str, get: Any, hist: Any) -> dict[str, Any] | None:
     A replica that samples (temperature > 0) words the same meaning differently; its 5th
     percentile is then a calibrated threshold (`suggested_threshold`). A replica whose
     answers are nearly all identical (deterministic decoding) calibrates nothing: None,
-    and the configured `outputs.text_threshold` stands. Never applied automatically.
+    and the configured `outputs.text_threshold` stands. Applied by the worker only with
+    `outputs.text_calibrate` (analysis.text_calibration).
     """
     n = get("xn")
     sim = _similarity(hist("xs", BINS))

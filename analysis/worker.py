@@ -64,6 +64,10 @@ class BatchProcessor:
         self.clock = clock
         self.roles: dict[str, str] = {}
         self.evaluation = Evaluation(settings)
+        if settings.outputs.text_calibrate and self.evaluation.meaning is not None:
+            from analysis.text_calibration import NoiseCalibration  # reads the report's window
+
+            self.evaluation.meaning.calibration = NoiseCalibration(client, settings, clock)
         ttl = settings.worker.retention_hours * 3600
         self.applier = Applier(client, self.keys, WORKER_GROUP, consumer)
         self.admission = Admission(client, self.keys, ttl_s=ttl)

@@ -414,6 +414,7 @@ class OutputSettings:
     label: str | None = _setting(None, _cast_optional_str)
     proba: str | None = _setting(None, _cast_optional_str)
     score: str | None = _setting(None, _cast_optional_str)
+    text: str | None = _setting(None, _cast_optional_str)  # jsonpath: a free-text answer
     classes: tuple[str, ...] = _setting((), _cast_str_list)
     atol: float = _setting(0.0, _at_least(_cast_float, 0))
     rtol: float = _setting(0.01, _at_least(_cast_float, 0))
@@ -425,6 +426,7 @@ class OutputSettings:
     # the `text` extra) and they agree when their cosine similarity is >= text_threshold.
     text_agreement: str = _setting("exact", _choice("exact", "meaning"))
     text_threshold: float = _setting(0.85, _fraction)
+    text_calibrate: bool = _setting(False, _cast_bool)  # the noise floor's threshold
     text_model: str = _setting("", _cast_str)  # an all-MiniLM-L6-v2 ONNX file; "" = the extra's
     text_max_chars: int = _setting(4000, _at_least(_cast_int, 1))  # cut before embedding
 

@@ -1,5 +1,6 @@
 """Print the constraints file the image is built with: the exact versions this virtualenv
-holds of shadowtrial's runtime dependencies (pyproject's [project] dependencies and all
+holds of shadowtrial's runtime dependencies (pyproject's [project] dependencies and the
+`text` extra the image installs, and all
 they pull in, markers evaluated for this interpreter: Linux, the image's Python 3.11), so
 `docker build` installs what the tests ran against and two builds install the same.
 
@@ -19,9 +20,10 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
+IMAGE_EXTRA = "text"  # the extra the image installs too: pip install ".[text]"
 HEADER = """\
 # Exact versions of shadowtrial's runtime dependencies, used by the Dockerfile
-# (pip install -c constraints.txt .) so images are reproducible. Generated from the
+# (pip install -c constraints.txt ".[text]") so images are reproducible. Generated from the
 # development virtualenv (the versions the tests ran against); regenerate with
 #   .venv/bin/python deploy/constraints.py > constraints.txt
 """
@@ -36,7 +38,8 @@ def _wanted(requirement: Requirement, extras: set[str]) -> bool:
 def runtime_pins() -> dict[str, str]:
     """{canonical name: installed version} of every runtime dependency, transitively."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    todo = [(Requirement(text), {""}) for text in project["dependencies"]]
+    wanted = project["dependencies"] + project["optional-dependencies"][IMAGE_EXTRA]
+    todo = [(Requirement(text), {""}) for text in wanted]
     pins: dict[str, str] = {}
     seen: set[tuple[str, frozenset[str]]] = set()
     while todo:

@@ -132,7 +132,7 @@ def test_dockerfile_builds_runtime_dependencies_in_a_builder_from_one_base() -> 
     # the official image, pinned by digest (a moved tag never changes a rebuild)
     assert re.fullmatch(r"python:3\.1[1-9]-slim(-\w+)?@sha256:[0-9a-f]{64}", base), base
     runs = " ".join(rest for ins, rest in _dockerfile() if ins == "RUN")
-    assert "pip install -c constraints.txt ." in runs
+    assert 'pip install -c constraints.txt ".[text]"' in runs  # meaning works in the image
     assert "[demo]" not in runs and "[test]" not in runs
     assert "--from=builder /opt/venv /opt/venv" in " ".join(r for i, r in _dockerfile())
     packages = {s.rstrip("/") for sources, _ in _copies() for s in sources if "/" not in s}
@@ -155,7 +155,8 @@ def test_the_image_installs_the_versions_the_tests_ran_against() -> None:
     pinned = [line for line in (ROOT / "constraints.txt").read_text().splitlines()
               if line and not line.startswith("#")]  # fmt: skip
     assert all(re.fullmatch(r"[a-z0-9-]+==\S+", line) for line in pinned)
-    for dependency in PYPROJECT["project"]["dependencies"]:
+    text_extra = PYPROJECT["project"]["optional-dependencies"]["text"]
+    for dependency in PYPROJECT["project"]["dependencies"] + text_extra:
         name = re.match(r"[A-Za-z0-9_.-]+", dependency).group().lower()
         assert any(line.startswith(f"{name}==") for line in pinned), name
 

@@ -32,7 +32,7 @@ class AutoAdapter(RequestRows):
         self.openai = OpenAIAdapter(outputs)
         self.mlflow = MlflowAdapter(outputs)
         self.tfserving = TfServingAdapter(outputs)
-        has_paths = outputs.label or outputs.proba or outputs.score
+        has_paths = outputs.label or outputs.proba or outputs.score or outputs.text
         self.jsonpath = JsonPathAdapter(outputs) if has_paths else None
 
     def parse(self, request_body: bytes, response_body: bytes) -> ParsedOutput:

@@ -22,7 +22,13 @@ KIND_TEXT = "text"
 
 
 class UnparseableOutput(DecodeError):
-    """A body is not something the adapter understands (counted as `unparseable`)."""
+    """A body is not something the adapter understands (counted as `unparseable`).
+
+    `kind` names a hostile answer the report counts on its own (`non_utf8`), else ""."""
+
+    def __init__(self, message: str, kind: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +45,7 @@ class Prediction:
     margin: float | None = None  # top1 - top2 probability (binary: |2p - 1|)
     mean_logprob: float | None = None  # generative: mean token log-probability
     finish_reason: str | None = None  # generative: why the model stopped
+    tools: tuple[str, ...] | None = None  # generative: names of the tools / functions called
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +69,9 @@ class ParsedOutput:
     # True when shadowtrial produced this answer itself (an ONNX candidate): its protocol,
     # output names and datatypes are ours, not the model's, so they are no contract.
     synthetic: bool = False
+    # Hostile but parsed (the report's text section counts each): empty_choices,
+    # interrupted_stream (no `[DONE]` and no finish_reason).
+    flags: tuple[str, ...] = ()
 
 
 class OutputAdapter(Protocol):

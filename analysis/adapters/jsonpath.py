@@ -1,4 +1,5 @@
-"""Any other JSON answer: `[outputs] label`, `proba` and `score` paths say where things are.
+"""Any other JSON answer: `[outputs] label`, `proba`, `score` and `text` paths say where
+things are (a `text` path alone makes a text answer, compared by meaning like OpenAI's).
 
 How a path maps to rows:
 - a path with `[*]` (or `.*`) yields one match per row: `$.results[*].label`;
@@ -15,9 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 
+import orjson
+
 from analysis.adapters.base import (
     KIND_CLASSIFICATION,
     KIND_REGRESSION,
+    KIND_TEXT,
     ContractField,
     ParsedOutput,
     Prediction,
@@ -55,8 +59,11 @@ class JsonPathAdapter(RequestRows):
         self.label = _compile("label", outputs.label)
         self.proba = _compile("proba", outputs.proba)
         self.score = _compile("score", outputs.score)
-        if self.label is None and self.proba is None and self.score is None:
-            raise ConfigError("outputs.label", None, "jsonpath needs label, proba or score paths")
+        self.text = _compile("text", outputs.text)
+        if all(p is None for p in (self.label, self.proba, self.score, self.text)):
+            raise ConfigError(
+                "outputs.label", None, "jsonpath needs label, proba, score or text paths"
+            )
         self.classes = outputs.classes or None
 
     def parse(self, request_body: bytes, response_body: bytes) -> ParsedOutput:
@@ -69,6 +76,7 @@ class JsonPathAdapter(RequestRows):
             "label": _row_values(self.label, doc, nested=False),
             "proba": _row_values(self.proba, doc, nested=True),
             "score": _row_values(self.score, doc, nested=False),
+            "text": _row_values(self.text, doc, nested=False),
         }
         found = {k: v for k, v in columns.items() if v is not None}
         if not found:
@@ -78,14 +86,18 @@ class JsonPathAdapter(RequestRows):
             raise UnparseableOutput(f"jsonpath: paths disagree on the row count {sorted(counts)}")
         n = counts.pop()
         rows = tuple(self._row(*(_at(found.get(k), i) for k in columns)) for i in range(n))
-        kind = KIND_REGRESSION if set(found) == {"score"} else KIND_CLASSIFICATION
+        kind = _KINDS.get(frozenset(found), KIND_CLASSIFICATION)
         contract = tuple(
             ContractField(k, json_type(v[0]) if v else "", _width(v)) for k, v in found.items()
         )
         declared = self.classes or next((r.classes for r in rows if r.classes), None)
         return ParsedOutput(self.name, kind, rows, contract, declared or ())
 
-    def _row(self, label: object, proba: object, score: object) -> Prediction:
+    def _row(self, label: object, proba: object, score: object, text: object) -> Prediction:
+        row = self._scored(label, proba, score)
+        return row if text is None else dataclasses.replace(row, text=_text(text))
+
+    def _scored(self, label: object, proba: object, score: object) -> Prediction:
         classes = self.classes
         if isinstance(proba, dict) and proba:  # {class: probability}
             classes = tuple(str(k) for k in proba)
@@ -106,6 +118,17 @@ class JsonPathAdapter(RequestRows):
 
 
 _ABSENT = object()
+_KINDS = {frozenset({"score"}): KIND_REGRESSION, frozenset({"text"}): KIND_TEXT}
+
+
+def _text(value: object) -> str:
+    """A text field as text: a string as is, anything else as compact JSON."""
+    if isinstance(value, str):
+        return value
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:  # e.g. an integer beyond 64 bits
+        return str(value)
 
 
 def _at(values: list[object] | None, i: int) -> object:
