@@ -167,7 +167,9 @@ def test_failing_candidates_change_neither_answer_nor_latency(
         "slow": {"ok"},
     }
     slow_record = pairs(redis_client, prefix, "slow")[0]
-    assert slow_record.candidate_ms >= 200 > slow_record.primary_ms
+    # The server's 200 ms timer runs on its loop's cached clock and may fire a few µs early;
+    # the candidate's time now excludes connection setup, so nothing pads it.
+    assert slow_record.candidate_ms >= 195 > slow_record.primary_ms
 
 
 def test_mirrors_beyond_the_bound_are_shed_and_counted(
