@@ -1,6 +1,7 @@
 """`shadowtrial export`: the failure catalog, a replay file the next candidate must pass.
 
-    shadowtrial export NAME [--divergent] [--slice F=V] [--limit N] -o cases.jsonl [-c CONFIG]
+    shadowtrial export NAME [--divergent] [--slice F=V] [--flips] [--limit N]
+        -o cases.jsonl [-c CONFIG]
 
 Reads the pair records kept in candidate NAME's stream (the newest `redis.max_pairs`),
 judges each as the worker does, and writes those matching every filter as JSONL lines
@@ -8,7 +9,9 @@ that `shadowtrial replay cases.jsonl --candidate NEXT --check` reads: the reques
 primary's answer as the expected answer, and `catalog` {candidate, why, rows,
 disagreeing, candidate_outcome}. `--divergent`: pairs where any row disagrees or the
 candidate did not answer; `--slice F=V`: pairs with a row in that slice (a configured
-slice, or `primary:class`). No filter: every pair. Format and selection:
+slice, or `primary:class`); `--flips`: labelled negative flips (the primary right, the
+candidate wrong; the newest `worker.label_join_max` joined labels' flips, with their
+labels in `catalog.labels`). No filter: every pair. Format and selection:
 analysis.catalog. Exit codes: 0 written (even when no pair matched, then the file is
 empty), 2 usage errors (bad --slice, Redis unreachable, file not writable).
 """
@@ -39,6 +42,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("name", metavar="NAME", help="the candidate whose pairs to export")
     parser.add_argument("--divergent", action="store_true", help="only disagreeing pairs")
     parser.add_argument("--slice", metavar="F=V", help="only pairs with a row in this slice")
+    parser.add_argument(
+        "--flips",
+        action="store_true",
+        help="only labelled negative flips (primary right, candidate wrong)",
+    )
     parser.add_argument("--limit", type=positive_int, default=None, metavar="N",
                         help="write at most N cases")  # fmt: skip
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="FILE.jsonl")
@@ -51,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     import orjson
     import redis
 
-    from analysis.catalog import ExportTally, Filters, parse_slice, select
+    from analysis.catalog import ExportTally, Filters, flip_labels, parse_slice, select
     from common.errors import StoreError
     from common.keys import Keys
     from common.redis_client import STORE_FAILURES
@@ -61,9 +69,11 @@ def run(args: argparse.Namespace) -> int:
 
     settings = load_config(args)
     try:
-        filters = Filters(args.divergent, parse_slice(args.slice) if args.slice else None)
         client = redis.Redis.from_url(redis_url(settings), socket_connect_timeout=2.0)
-        stream = Keys(settings.redis.prefix).pairs(args.name)
+        keys = Keys(settings.redis.prefix)
+        flips = flip_labels(client.lrange(keys.flips(args.name), 0, -1)) if args.flips else None
+        filters = Filters(args.divergent, parse_slice(args.slice) if args.slice else None, flips)
+        stream = keys.pairs(args.name)
         tally = ExportTally()
         lines = select(settings, args.name, _entries(client, stream), filters, tally)
         with args.output.open("wb") as out:
