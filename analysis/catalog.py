@@ -181,6 +181,37 @@ def _judge(
             yield line(item.record, item.evidence, why, labels)
 
 
+def filters_for(
+    client: Any, keys: Any, candidate: str, divergent: bool, where: str | None, flips: bool
+) -> Filters:
+    """The filters of one export (`--slice F=V` parsed, `--flips` read from Redis);
+    ValueError names a bad slice. Shared by `shadowtrial export` and the admin route."""
+    flip_map = flip_labels(client.lrange(keys.flips(candidate), 0, -1)) if flips else None
+    return Filters(divergent, parse_slice(where) if where else None, flip_map)
+
+
+def stream_entries(client: Any, stream: str, chunk: int = 500) -> Iterator[tuple[Any, Any]]:
+    """A pair stream's entries, oldest first, read `chunk` at a time."""
+    start = "-"
+    while entries := client.xrange(stream, min=start, max="+", count=chunk):
+        yield from entries
+        start = "(" + entries[-1][0].decode()
+
+
+def export_lines(
+    client: Any, keys: Any, settings: Settings, candidate: str, filters: Filters,
+    tally: ExportTally, limit: int | None = None,
+) -> Iterator[dict[str, Any]]:  # fmt: skip
+    """At most `limit` catalog lines of the candidate's kept pairs matching `filters`."""
+    lines = select(
+        settings, candidate, stream_entries(client, keys.pairs(candidate)), filters, tally
+    )
+    for count, case in enumerate(lines):
+        if limit is not None and count >= limit:
+            return
+        yield case
+
+
 @dataclass
 class CheckTally:
     """A replayed catalog judged: the cases, and the ids of those still failing."""
@@ -218,8 +249,11 @@ __all__ = [
     "ExportTally",
     "Filters",
     "checker",
+    "export_lines",
+    "filters_for",
     "flip_labels",
     "line",
     "parse_slice",
     "select",
+    "stream_entries",
 ]

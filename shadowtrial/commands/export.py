@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from shadowtrial.commands import add_config_option, load_config, positive_int
 
 EXIT_OK, EXIT_USAGE = 0, 2
-CHUNK = 500
 
 
 def register(subparsers: Any) -> None:
@@ -59,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     import orjson
     import redis
 
-    from analysis.catalog import ExportTally, Filters, flip_labels, parse_slice, select
+    from analysis.catalog import ExportTally, export_lines, filters_for
     from common.errors import StoreError
     from common.keys import Keys
     from common.redis_client import STORE_FAILURES
@@ -68,18 +66,14 @@ def run(args: argparse.Namespace) -> int:
     from shadowtrial.commands.replay import redis_url
 
     settings = load_config(args)
+    tally = ExportTally()
     try:
         client = redis.Redis.from_url(redis_url(settings), socket_connect_timeout=2.0)
         keys = Keys(settings.redis.prefix)
-        flips = flip_labels(client.lrange(keys.flips(args.name), 0, -1)) if args.flips else None
-        filters = Filters(args.divergent, parse_slice(args.slice) if args.slice else None, flips)
-        stream = keys.pairs(args.name)
-        tally = ExportTally()
-        lines = select(settings, args.name, _entries(client, stream), filters, tally)
+        filters = filters_for(client, keys, args.name, args.divergent, args.slice, args.flips)
+        lines = export_lines(client, keys, settings, args.name, filters, tally, args.limit)
         with args.output.open("wb") as out:
-            for count, case in enumerate(lines):
-                if args.limit is not None and count >= args.limit:
-                    break
+            for case in lines:
                 out.write(orjson.dumps(case) + b"\n")
     except (ValueError, OSError, StoreError, ReplayError, *STORE_FAILURES) as exc:
         print(f"export: {printable(exc)}", file=sys.stderr)
@@ -89,11 +83,3 @@ def run(args: argparse.Namespace) -> int:
                     f" {min(tally.kept, args.limit or tally.kept)} cases to {args.output}:"
                     f" {why}"))  # fmt: skip
     return EXIT_OK
-
-
-def _entries(client: Any, stream: str) -> Iterator[tuple[Any, Any]]:
-    """The stream's entries, oldest first, in chunks."""
-    start = "-"
-    while entries := client.xrange(stream, min=start, max="+", count=CHUNK):
-        yield from entries
-        start = "(" + entries[-1][0].decode()
