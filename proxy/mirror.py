@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import orjson
 
-from analysis.slices import value_text
 from common.keys import (
     FIELD_CANCELLED,
     FIELD_PRIMARY_FAILED,
@@ -36,6 +35,7 @@ from common.keys import (
 )
 from common.records import OUTCOME_ERROR, PairRecord
 from common.settings import ProxySettings, StratumSettings
+from common.slice_text import value_text
 from proxy.capture import Capture
 from proxy.metrics import (
     MIRROR_PRIMARY_FAILED,
@@ -146,7 +146,7 @@ class StrataPolicy:
 
 
 def _body_field(body: bytes, name: str) -> str | None:
-    """A top-level field of a JSON object body as slice text (analysis.slices.value_text,
+    """A top-level field of a JSON object body as slice text (common.slice_text.value_text,
     so the stratum and the slice the report weights back agree); None when absent."""
     if not body.lstrip().startswith(b"{"):
         return None
