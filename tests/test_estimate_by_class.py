@@ -51,6 +51,16 @@ def test_per_class_estimates_and_slice_delta_intervals(
         assert e["ci_high"] - e["accuracy"] == pytest.approx(1.96 * 21**0.5 / 100, abs=1e-3)
         assert e["ci_low"] < e["accuracy"] < e["ci_high"]
 
+    from rich.console import Console
+
+    from shadowtrial.render import render_report
+
+    console = Console(record=True, width=200)
+    render_report(_report(redis_client, prefix), console)
+    text = console.export_text()
+    assert "predicted setosa: expected accuracy, primary / candidate" in text
+    assert "predicted virginica" in text
+
     rows = {(r["slice"], r["value"]): r for r in _report(redis_client, prefix)["slices"]}
     de, fr = rows[("country", "DE")], rows[("country", "FR")]
     assert de["estimated_delta"] == pytest.approx(-0.3, abs=0.01)
