@@ -5,7 +5,9 @@ pair records, judges each exactly as the worker does (analysis.evaluate), keeps 
 that match every filter, and writes one JSONL line per pair in the format
 `shadowtrial replay` reads (shadowtrial.commands.replay): the request as it was sent and
 the primary's answer as `primary_body`, the answer the next candidate is expected to
-give. `catalog` in each line says why it was kept. Replaying the file with `--check`
+give. `catalog` in each line says why it was kept. `--flips` keeps labelled negative
+flips (primary right, candidate wrong), remembered by the label join (join.lua
+join_flip) with their labels in `catalog.labels`. Replaying the file with `--check`
 then judges the next candidate on exactly these cases (`check_pair`).
 
 Bodies are written as text when they are UTF-8, else as `body_base64` /
@@ -16,13 +18,13 @@ headers are left out (the replay would send the placeholder).
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from analysis.decode import Item
 from analysis.evaluate import Evaluation
-from analysis.summaries import PairEvidence, slice_items
+from analysis.summaries import SEP, PairEvidence, slice_items
 from common.records import PairRecord
 from common.settings import Settings
 
@@ -32,10 +34,14 @@ HOP_BY_HOP = frozenset({"host", "content-length", "connection", "transfer-encodi
 
 @dataclass(frozen=True)
 class Filters:
-    """What to keep: divergent pairs, and/or pairs with a row in slice F=V."""
+    """What to keep: divergent pairs, pairs with a row in slice F=V, labelled negative flips.
+
+    `flips` maps request id -> the labels of its rows the primary got right and the
+    candidate wrong (`flip_labels`); None: not filtering on flips."""
 
     divergent: bool = False
     slice: tuple[str, str] | None = None
+    flips: Mapping[str, list[str]] | None = None
 
     def keep(self, ev: PairEvidence) -> list[str]:
         """Why this pair is kept (empty: it is not). A failed primary is never a case."""
@@ -50,7 +56,23 @@ class Filters:
             if not in_slice(ev, *self.slice):
                 return []
             why.append(f"slice {self.slice[0]}={self.slice[1]}")
+        if self.flips is not None:
+            if ev.request_id not in self.flips:
+                return []
+            why.append("negative flip")
         return why or ["all"]
+
+
+def flip_labels(entries: Iterable[bytes | str]) -> dict[str, list[str]]:
+    """Request id -> labels of its negative flips, from the `Keys.flips` list (join key
+    SEP label; a batch row's join key is id SEP row, analysis.feedback.join_key)."""
+    flips: dict[str, list[str]] = {}
+    for entry in entries:
+        text = entry.decode("utf-8", "replace") if isinstance(entry, bytes) else entry
+        *key, label = text.split(SEP)
+        if key:
+            flips.setdefault(key[0], []).append(label)
+    return flips
 
 
 def parse_slice(text: str) -> tuple[str, str]:
@@ -80,8 +102,11 @@ def _body(key: str, raw: bytes) -> dict[str, str]:
         return {f"{key}_base64": base64.b64encode(raw).decode("ascii")}
 
 
-def line(rec: PairRecord, ev: PairEvidence, why: list[str]) -> dict[str, Any]:
-    """One replay line: the request, the expected (primary) answer, why it is a case."""
+def line(
+    rec: PairRecord, ev: PairEvidence, why: list[str], labels: list[str] | None = None
+) -> dict[str, Any]:
+    """One replay line: the request, the expected (primary) answer, why it is a case, and
+    the ground truth of its negative flips when it is one (`catalog.labels`)."""
     headers = {
         k: v for k, v in rec.headers.items() if v != REDACTED and k.lower() not in HOP_BY_HOP
     }
@@ -102,6 +127,7 @@ def line(rec: PairRecord, ev: PairEvidence, why: list[str]) -> dict[str, Any]:
             "rows": len(agreement),
             "disagreeing": agreement.count(False),
             "candidate_outcome": ev.candidate_error or "ok",
+            **({"labels": labels} if labels else {}),
         },
     }
 
@@ -148,10 +174,42 @@ def _judge(
             continue
         why = filters.keep(item.evidence)
         if why:
+            labels = (filters.flips or {}).get(item.evidence.request_id)
             tally.kept += 1
             for reason in why:
                 tally.reasons[reason] = tally.reasons.get(reason, 0) + 1
-            yield line(item.record, item.evidence, why)
+            yield line(item.record, item.evidence, why, labels)
+
+
+def filters_for(
+    client: Any, keys: Any, candidate: str, divergent: bool, where: str | None, flips: bool
+) -> Filters:
+    """The filters of one export (`--slice F=V` parsed, `--flips` read from Redis);
+    ValueError names a bad slice. Shared by `shadowtrial export` and the admin route."""
+    flip_map = flip_labels(client.lrange(keys.flips(candidate), 0, -1)) if flips else None
+    return Filters(divergent, parse_slice(where) if where else None, flip_map)
+
+
+def stream_entries(client: Any, stream: str, chunk: int = 500) -> Iterator[tuple[Any, Any]]:
+    """A pair stream's entries, oldest first, read `chunk` at a time."""
+    start = "-"
+    while entries := client.xrange(stream, min=start, max="+", count=chunk):
+        yield from entries
+        start = "(" + entries[-1][0].decode()
+
+
+def export_lines(
+    client: Any, keys: Any, settings: Settings, candidate: str, filters: Filters,
+    tally: ExportTally, limit: int | None = None,
+) -> Iterator[dict[str, Any]]:  # fmt: skip
+    """At most `limit` catalog lines of the candidate's kept pairs matching `filters`."""
+    lines = select(
+        settings, candidate, stream_entries(client, keys.pairs(candidate)), filters, tally
+    )
+    for count, case in enumerate(lines):
+        if limit is not None and count >= limit:
+            return
+        yield case
 
 
 @dataclass
@@ -186,4 +244,16 @@ def checker(settings: Settings, candidate: str) -> tuple[Callable[[PairRecord], 
     return check_pair, tally
 
 
-__all__ = ["CheckTally", "ExportTally", "Filters", "checker", "line", "parse_slice", "select"]
+__all__ = [
+    "CheckTally",
+    "ExportTally",
+    "Filters",
+    "checker",
+    "export_lines",
+    "filters_for",
+    "flip_labels",
+    "line",
+    "parse_slice",
+    "select",
+    "stream_entries",
+]

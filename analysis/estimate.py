@@ -53,6 +53,42 @@ def expected_accuracy(n: int, conf_sum: float, hist: np.ndarray) -> dict[str, An
     }
 
 
+def moment_accuracy(n: int, first: float, second: float) -> dict[str, Any]:
+    """Expected accuracy of n rows from the sums of their confidences and squares, with
+    the 95% interval of the realised accuracy under calibration (sum c(1-c) / n^2)."""
+    if n <= 0:
+        return {"accuracy": None, "ci_low": None, "ci_high": None, "rows": 0}
+    mean = first / n
+    half = Z * math.sqrt(max(first - second, 0.0)) / n
+    return {
+        "accuracy": mean,
+        "ci_low": max(0.0, mean - half),
+        "ci_high": min(1.0, mean + half),
+        "rows": n,
+    }
+
+
+def by_class(s: Summary) -> list[dict[str, Any]]:
+    """Each side's estimated accuracy on the rows it predicted as each class (its
+    precision there, under calibration), classes by rows, most first."""
+    n, first, second = s.group("ekn"), s.group("eks"), s.group("ekq")
+    classes = sorted({k.split(SEP, 1)[1] for k in n}, key=lambda c: (-_rows(n, c), c))
+    out = []
+    for cls in classes:
+        row: dict[str, Any] = {"class": cls}
+        for side, name in (("p", "primary"), ("c", "candidate")):
+            key = f"{side}{SEP}{cls}"
+            row[name] = moment_accuracy(
+                int(n.get(key, 0)), first.get(key, 0) / MICRO, second.get(key, 0) / MICRO
+            )
+        out.append(row)
+    return out
+
+
+def _rows(n: dict[str, float | int], cls: str) -> int:
+    return int(n.get(f"p{SEP}{cls}", 0)) + int(n.get(f"c{SEP}{cls}", 0))
+
+
 def _side_estimate(s: Summary, side: str) -> dict[str, Any]:
     n, total = ("cpn", "cps") if side == "p" else ("ccn", "ccs")
     hist = s.hist("cp" if side == "p" else "cc", CONF_BINS)
@@ -124,6 +160,7 @@ def estimated(s: Summary) -> dict[str, Any]:
         "primary": primary,
         "candidate": candidate,
         "delta": delta,
+        "by_class": by_class(s),
         "calibration": {
             "primary_ece": sides["primary"]["ece"],
             "candidate_ece": sides["candidate"]["ece"],
@@ -141,12 +178,31 @@ MIN_SLICE_ROWS = 30  # rows with both confidences before a slice gets estimated_
 
 
 def slice_deltas(s: Summary, slice_rows: list[dict[str, Any]]) -> None:
-    """Add `estimated_delta` to each slice row: the mean of conf_c - conf_p over its rows
-    (the candidate's expected accuracy change there, under calibration); None below
-    MIN_SLICE_ROWS rows."""
-    n, total = s.group("cen"), s.group("ce")
+    """Add `estimated_delta` to each slice row: the mean of d = conf_c - conf_p over its
+    rows (the candidate's expected accuracy change there, under calibration), with the
+    95% interval of that mean over the slice's requests (mean +- z sd(d) / sqrt(n),
+    `estimated_delta_ci_low/high`); all None below MIN_SLICE_ROWS rows, the interval None
+    for counters kept before the squares were (no `ces`: a zero increment is not stored,
+    so a missing sum is 0, which only a slice with no spread at all is consistent with)."""
+    n, total, squares = s.group("cen"), s.group("ce"), s.group("ces")
     for row in slice_rows:
         key = f"{row['slice']}{SEP}{row['value']}"
         rows = int(n.get(key, 0))
-        enough = rows >= MIN_SLICE_ROWS
-        row["estimated_delta"] = total.get(key, 0) / rows / MICRO if enough else None
+        mean = total.get(key, 0) / rows / MICRO if rows >= MIN_SLICE_ROWS else None
+        row["estimated_delta"] = mean
+        row["estimated_delta_ci_low"], row["estimated_delta_ci_high"] = _mean_interval(
+            rows, mean, squares.get(key, 0.0)
+        )
+
+
+def _mean_interval(
+    n: int, mean: float | None, squares: float | None
+) -> tuple[float | None, float | None]:
+    """95% interval of a mean from n and the sum of squares (micro-units)."""
+    if mean is None or squares is None:
+        return None, None
+    variance = (squares / MICRO / n - mean * mean) * n / (n - 1)
+    if variance < -1e-9:  # squares from an older, partial count
+        return None, None
+    half = Z * math.sqrt(max(variance, 0.0) / n)
+    return max(-1.0, mean - half), min(1.0, mean + half)

@@ -26,18 +26,15 @@ import math
 from collections.abc import Set
 from dataclasses import dataclass
 
-import orjson
-
 from analysis.jsonpath import JsonPath, JsonPathError, compile_path
 from common.errors import ConfigError
 from common.settings import SliceSettings
+from common.slice_text import MISSING, number_text, value_text
 
-MISSING = "(missing)"
 INVALID = "(invalid)"  # a binned slice's value is not a number
 OTHER = "other"
 RESERVED = frozenset({MISSING, INVALID, OTHER})
 MAX_VALUES = 50
-_MAX_CHARS = 100
 _ABSENT = object()
 
 
@@ -64,24 +61,8 @@ def fold_local(value: str, admitted: set[str], cap: int = MAX_VALUES) -> str:
     return folded
 
 
-def value_text(value: object) -> str:
-    """A raw slice value as text (see the module docstring)."""
-    if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
-        return MISSING
-    if isinstance(value, str):
-        return value[:_MAX_CHARS]
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return _num(float(value)) if isinstance(value, float) else str(value)
-    try:
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()[:_MAX_CHARS]
-    except (TypeError, orjson.JSONEncodeError):
-        return str(value)[:_MAX_CHARS]
-
-
 def _num(x: float) -> str:
-    return str(int(x)) if x.is_integer() and abs(x) < 1e15 else repr(x)
+    return number_text(x)
 
 
 def bin_labels(bins: tuple[float, ...]) -> tuple[str, ...]:

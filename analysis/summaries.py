@@ -25,6 +25,10 @@ read back with the wrong number of parts is skipped and counted in `Summary.malf
     s SEP f SEP v / sd ...          per-slice rows / disagreeing rows
     cen SEP f SEP v / ce ...        per-slice rows with both confidences / sum of
                                     conf_c - conf_p (micro-units): estimated_delta
+    ces SEP f SEP v                 per-slice sum of (conf_c - conf_p)^2 (micro-units):
+                                    estimated_delta's interval
+    ekn/eks/ekq SEP side SEP class  rows predicted `class` by side p/c with a confidence:
+                                    count, sum, sum of squares (micro): estimated.by_class
     q SEP f SEP v SEP g SEP w / qd  per pair of slice conditions (SliceLine level 2)
     ct SEP kind                     contract differences per kind
     la lb lc ld                     labelled pairs: both right, primary only, candidate
@@ -411,6 +415,8 @@ def _count_rows(delta: BucketDelta, ev: PairEvidence, fold: Fold) -> int:
             ints[f"fm{SEP}{fold(LABEL_FEATURE, field_text(p.label))}{SEP}{clabel}"] += 1
         near_p = _count_primary_side(ints, p, not agree)
         near_c = _count_candidate_side(ints, c)
+        _count_class_confidence(ints, "p", p, fold)
+        _count_class_confidence(ints, "c", c, fold)
         if near_p is not None and near_c is not None:
             ints[f"nb:{near_p}{near_c}"] += 1
         _count_delta(ints, p, c)
@@ -422,6 +428,20 @@ def _count_rows(delta: BucketDelta, ev: PairEvidence, fold: Fold) -> int:
         _count_slice_confidence(ints, items, p, c)
         disagree += not agree
     return disagree
+
+
+def _count_class_confidence(
+    ints: defaultdict[str, int], side: str, pred: Prediction, fold: Fold
+) -> None:
+    """Per predicted class (folded like the flip matrix's), the side's confidence count,
+    sum and sum of squares (micro): its estimated accuracy per class (analysis.estimate)."""
+    conf = pred.confidence
+    if conf is None or pred.label is None:
+        return
+    tail = f"{SEP}{side}{SEP}{fold(LABEL_FEATURE, field_text(pred.label))}"
+    ints["ekn" + tail] += 1
+    ints["eks" + tail] += round(conf * MICRO)
+    ints["ekq" + tail] += round(conf * conf * MICRO)
 
 
 def _count_slice_confidence(
@@ -438,15 +458,18 @@ def _count_slice_confidence(
         if len(_CONF_FIELDS) >= _SLICE_FIELDS_MAX:
             _CONF_FIELDS.clear()
         names = _CONF_FIELDS[key] = tuple(
-            (f"cen{SEP}{f}{SEP}{v}", f"ce{SEP}{f}{SEP}{v}") for f, v in items
+            (f"cen{SEP}{f}{SEP}{v}", f"ce{SEP}{f}{SEP}{v}", f"ces{SEP}{f}{SEP}{v}")
+            for f, v in items
         )
-    for n_name, d_name in names:
+    d2 = round((c.confidence - p.confidence) ** 2 * MICRO)
+    for n_name, d_name, d2_name in names:
         ints[n_name] += 1
         ints[d_name] += d
+        ints[d2_name] += d2
 
 
 # Per-slice confidence counter names by the row's conditions (bounded like _SLICE_FIELDS).
-_CONF_FIELDS: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
+_CONF_FIELDS: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str, str], ...]] = {}
 
 
 def _count_error_rows(ints: defaultdict[str, int], ev: PairEvidence, fold: Fold) -> None:
@@ -579,7 +602,8 @@ class Summary:
 
 
 # Parts after the kind, for the kinds whose fields join values with SEP.
-_PARTS = {"fm": 2, "s": 2, "sd": 2, "q": 4, "qd": 4, "ct": 1, "ce": 2, "cen": 2}
+_PARTS = {"fm": 2, "s": 2, "sd": 2, "q": 4, "qd": 4, "ct": 1, "ce": 2, "cen": 2, "ces": 2}
+_PARTS.update({"ekn": 2, "eks": 2, "ekq": 2})  # estimated accuracy per predicted class
 _PARTS.update({"kyn": 1, "kya": 1, "kyb": 1, "kyc": 1})  # recall per true class (join.lua)
 
 

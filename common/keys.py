@@ -85,6 +85,11 @@ class Keys:
         """
         return f"{self._tag(candidate)}:join:{kind}"
 
+    def flips(self, candidate: str) -> str:
+        """List of labelled negative flips, newest first: join key SEP label (join.lua
+        join_flip, capped at `worker.label_join_max`), read by `shadowtrial export --flips`."""
+        return f"{self.label_join(candidate, 'preds')}:flips"
+
     # -- global (the registry's keys share one slot) --
     def registry(self) -> str:
         """Hash candidate name -> JSON of its live settings (sample, timeout, state)."""

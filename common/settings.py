@@ -533,7 +533,8 @@ class SliceSettings:
 
 @dataclass(frozen=True)
 class StratumSettings:
-    """A stratum: requests whose header `source` equals `value` are mirrored at `sample`
+    """A stratum: requests whose header `source` (or top-level JSON body field, `$.field`)
+    equals `value` are mirrored at `sample`
     times each candidate's rate (capped at 1), e.g. 20 to oversample a rare tenant; the
     report weights them back by inverse inclusion probability (analysis.strata)."""
 
@@ -674,15 +675,21 @@ def _check_slices(slices: tuple[SliceSettings, ...]) -> None:
             )
 
 
+_TOP_FIELD = re.compile(r"\$\.[A-Za-z_][A-Za-z0-9_-]*")  # a stratum's body field
+
+
 def _check_strata(strata: tuple[StratumSettings, ...], slices: tuple[SliceSettings, ...]) -> None:
     """A stratum reads a header a slice also reads: the slice counts what the report
     weights back (analysis.strata)."""
     sliced = {sl.source.lower() for sl in slices}
     for i, st in enumerate(strata):
         if st.source.lower() != strata[0].source.lower():
-            raise ConfigError(f"strata[{i}].from", st.source, "every stratum reads one header")
-        if not st.source.lower().startswith("header:") or not st.source[7:].strip():
-            raise ConfigError(f"strata[{i}].from", st.source, "expected header:Name")
+            raise ConfigError(f"strata[{i}].from", st.source, "every stratum reads one source")
+        header = st.source.lower().startswith("header:") and st.source[7:].strip()
+        if not header and not _TOP_FIELD.fullmatch(st.source):
+            raise ConfigError(
+                f"strata[{i}].from", st.source, "expected header:Name or $.field (top level)"
+            )
         if st.source.lower() not in sliced:
             raise ConfigError(
                 f"strata[{i}].from", st.source, "add a [[slices]] entry with the same from"

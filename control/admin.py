@@ -83,6 +83,7 @@ DEFAULT_WINDOW = "1h"
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_FEEDBACK_ITEMS = 10_000
 MAX_PAIRS = 200
+MAX_CASES = 10_000  # catalog lines one download holds (built in memory)
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"", "0", "false", "no", "off"}
 
 
@@ -408,6 +409,19 @@ class Endpoints:
         found = _with_curl(found, primary, entry.url if entry else None, redactor)
         return JSONResponse({"candidate": name, "pairs": found})
 
+    async def catalog(self, request: Request) -> Response:
+        """The failure catalog as a JSONL download: what `shadowtrial export` writes."""
+        name = request.path_params["name"]
+        await _known(self.ctx, name)
+        divergent, flips = _flag(request, "divergent"), _flag(request, "flips")
+        where = request.query_params.get("slice") or None
+        limit = _int_param(request, "limit", MAX_CASES, 1, MAX_CASES)
+        body = await asyncio.to_thread(_catalog, self.ctx, name, divergent, where, flips, limit)
+        filename = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "candidate"
+        disposition = f'attachment; filename="{filename}-cases.jsonl"'
+        return Response(body, media_type="application/x-ndjson",
+                        headers={"Content-Disposition": disposition})  # fmt: skip
+
     async def feedback(self, request: Request) -> Response:
         items = _feedback_items(await _body(request))
         results = await asyncio.to_thread(_record_feedback, self.ctx, items)
@@ -506,6 +520,21 @@ def _recent_pairs(
     from analysis.drilldown import recent_pairs
 
     return recent_pairs(ctx.reports.client, ctx.keys, name, divergent, where, limit)
+
+
+def _catalog(
+    ctx: AdminContext, name: str, divergent: bool, where: str | None, flips: bool, limit: int
+) -> bytes:
+    from analysis.catalog import ExportTally, export_lines, filters_for
+
+    client = ctx.reports.client
+    with store_errors(f"cannot export the catalog of {name}"):
+        try:
+            filters = filters_for(client, ctx.keys, name, divergent, where, flips)
+        except ValueError as exc:
+            raise Invalid("invalid slice", str(exc)) from None
+        lines = export_lines(client, ctx.keys, ctx.settings, name, filters, ExportTally(), limit)
+        return b"".join(orjson.dumps(case) + b"\n" for case in lines)
 
 
 def _ui_routes(ctx: AdminContext) -> list[BaseRoute]:

@@ -24,6 +24,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import orjson
+
 from common.keys import (
     FIELD_CANCELLED,
     FIELD_PRIMARY_FAILED,
@@ -33,6 +35,7 @@ from common.keys import (
 )
 from common.records import OUTCOME_ERROR, PairRecord
 from common.settings import ProxySettings, StratumSettings
+from common.slice_text import value_text
 from proxy.capture import Capture
 from proxy.metrics import (
     MIRROR_PRIMARY_FAILED,
@@ -101,26 +104,59 @@ class MirrorPolicy:
 
 
 class StrataPolicy:
-    """Per-stratum sample multipliers (`[[strata]]`): a request whose header `from` equals
-    `value` is mirrored at `sample` times each candidate's rate, capped at 1. Sticky like
-    the rate itself (the same point, the same header: the same choice on every replica);
-    the report weights the strata back (analysis.strata). Without strata: factor 1."""
+    """Per-stratum sample multipliers (`[[strata]]`): a request whose header `from` (or, for
+    `from = "$.field"`, whose JSON body's top-level field) equals `value` is mirrored at
+    `sample` times each candidate's rate, capped at 1. Sticky like the rate itself (the same
+    point, the same request: the same choice on every replica); the report weights the
+    strata back (analysis.strata). Without strata: factor 1.
+
+    A body field is read only from a body the proxy already buffers for mirroring, and only
+    when the request's sample point could be chosen at the largest factor (`worth`), so
+    most bodies are never parsed; a body that is no JSON object counts as the rest."""
 
     def __init__(self, strata: Sequence[StratumSettings] = ()) -> None:
         self.by_header: dict[str, dict[str, float]] = {}
+        self.by_field: dict[str, dict[str, float]] = {}
         for st in strata:
-            name = st.source.partition(":")[2].strip().lower()
-            self.by_header.setdefault(name, {})[st.value] = st.sample
+            if st.source.startswith("$."):
+                self.by_field.setdefault(st.source[2:], {})[st.value] = st.sample
+            else:
+                name = st.source.partition(":")[2].strip().lower()
+                self.by_header.setdefault(name, {})[st.value] = st.sample
+        self.max_factor = max([1.0, *(st.sample for st in strata)])
 
-    def factor(self, headers: Sequence[tuple[str, str]]) -> float:
-        """The request's multiplier: the first configured header found decides."""
-        if not self.by_header:
-            return 1.0
+    @property
+    def active(self) -> bool:
+        return bool(self.by_header or self.by_field)
+
+    def worth(self, point: float, targets: Sequence[MirrorTarget]) -> bool:
+        """Whether any factor could make this point chosen (else skip reading the request)."""
+        return any(point < min(1.0, t.sample * self.max_factor) for t in targets)
+
+    def factor(self, headers: Sequence[tuple[str, str]], body: bytes = b"") -> float:
+        """The request's multiplier: the first configured header found decides, else the
+        configured body field."""
         for name, value in headers:
             values = self.by_header.get(name.lower())
             if values is not None:
                 return values.get(value.strip(), 1.0)
+        for field_name, values in self.by_field.items():
+            return values.get(_body_field(body, field_name), 1.0)
         return 1.0
+
+
+def _body_field(body: bytes, name: str) -> str | None:
+    """A top-level field of a JSON object body as slice text (common.slice_text.value_text,
+    so the stratum and the slice the report weights back agree); None when absent."""
+    if not body.lstrip().startswith(b"{"):
+        return None
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(doc, dict) or name not in doc:
+        return None
+    return value_text(doc[name])
 
 
 class Mirror:
@@ -153,7 +189,9 @@ class Mirror:
         """Sample, bound and launch; the caller resolves the returned future with the
         primary's answer (None: nothing was launched, keep no copy of the answer)."""
         point = sample_point(key)
-        factor = self.strata.factor(request.headers) if self.strata.by_header else 1.0
+        factor = 1.0
+        if self.strata.active and self.strata.worth(point, targets):
+            factor = self.strata.factor(request.headers, b"" if too_large else request.body)
         chosen = [t for t in targets if point < min(1.0, t.sample * factor)]
         if not chosen:
             return None

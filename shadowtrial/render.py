@@ -243,6 +243,9 @@ def labels(report: Mapping[str, Any]) -> Table | None:
     return table
 
 
+MAX_CLASS_ROWS = 10  # predicted classes shown per model in the estimate (most rows first)
+
+
 def estimated(report: Mapping[str, Any]) -> Table | None:
     """Accuracy expected from confidences before labels, and whether to trust it."""
     est = report.get("estimated") or {}
@@ -256,6 +259,11 @@ def estimated(report: Mapping[str, Any]) -> Table | None:
         fmt = _bracket(pct, side.get("accuracy"), side.get("ci_low"), side.get("ci_high"))
         _add(table, f"expected accuracy, {name}", fmt)
     _add(table, "expected change", pts(est.get("delta")))
+    for row in (est.get("by_class") or [])[:MAX_CLASS_ROWS]:
+        p, c = row.get("primary") or {}, row.get("candidate") or {}
+        _add(table, f"predicted {row.get('class')}: expected accuracy, primary / candidate",
+             f"{_bracket(pct, p.get('accuracy'), p.get('ci_low'), p.get('ci_high'))} / "
+             f"{_bracket(pct, c.get('accuracy'), c.get('ci_low'), c.get('ci_high'))}")  # fmt: skip
     cal = est.get("calibration") or {}
     _add(table, "calibration error (ECE), primary / candidate",
          f"{pts(cal.get('primary_ece'))} / {pts(cal.get('candidate_ece'))}")  # fmt: skip

@@ -120,7 +120,7 @@ def test_strata_need_a_slice_on_their_header() -> None:
     with pytest.raises(ConfigError, match="slices"):
         settings_from_mapping({"strata": SMALL}, environ={})
     with pytest.raises(ConfigError, match="header:Name"):
-        settings_from_mapping({"strata": [{"from": "$.x", "value": "a"}]}, environ={})
+        settings_from_mapping({"strata": [{"from": "$.x.y", "value": "a"}]}, environ={})
 
 
 def test_the_terminal_shows_the_weighted_agreement() -> None:

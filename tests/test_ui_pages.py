@@ -114,6 +114,8 @@ def test_flagged_slice_comes_first_in_red_with_interval_p_value_and_drilldown(si
     assert re.search(r"\[\d+\.\d%, \d+\.\d%\]", first)  # its 95% interval
     assert re.search(r">0\.0\d+<", first)  # its anytime-valid adjusted p-value (e-BH)
     assert "/v1/candidates/v2/pairs?divergent=true&amp;slice=country%3DBR" in first
+    assert "/v1/candidates/v2/catalog?divergent=true&amp;slice=country%3DBR" in first  # export
+    assert "/v1/candidates/v2/catalog?flips=true" in html
     assert not any('class="flagged"' in r for r in slice_rows[1:])
 
 

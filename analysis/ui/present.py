@@ -135,6 +135,18 @@ def drilldown_url(
     return f"{root}/v1/candidates/{quote(name, safe='')}/pairs?{urlencode(query)}"
 
 
+def catalog_url(
+    root: str, name: str, feature: str | None = None, value: str | None = None,
+    flips: bool = False,
+) -> str:  # fmt: skip
+    """The admin API's failure catalog download (the JSONL `shadowtrial export` writes):
+    divergent pairs, optionally in one slice, or the labelled negative flips."""
+    query = {"flips": "true"} if flips else {"divergent": "true"}
+    if feature is not None:
+        query["slice"] = f"{feature}={value}"
+    return f"{root}/v1/candidates/{quote(name, safe='')}/catalog?{urlencode(query)}"
+
+
 # -- overview ---------------------------------------------------------------------------------
 
 
@@ -192,6 +204,7 @@ def slice_rows(report: Mapping[str, Any], name: str, root: str = "") -> list[dic
             "interval": interval(row.get("ci_low"), row.get("ci_high")),
             "testable": row.get("p_adj") is not None,
             "link": drilldown_url(root, name, row["slice"], row["value"]),
+            "export_link": catalog_url(root, name, row["slice"], row["value"]),
             "mark": Markup(
                 charts.interval_mark(
                     row.get("agreement"),
@@ -260,6 +273,8 @@ def candidate_view(
         "discovered": discovered_rows(report, name, root),
         "latency_rows": latency_rows(report),
         "divergent_link": drilldown_url(root, name),
+        "export_link": catalog_url(root, name),
+        "flips_link": catalog_url(root, name, flips=True),
         "promote_url": f"{root}/v1/candidates/{quote(name, safe='')}/promote",
         "reject_url": f"{root}/v1/candidates/{quote(name, safe='')}/reject",
         "by_class": [

@@ -68,7 +68,9 @@ if n_joins > 0 then
     end
     if label then
       redis.call('HDEL', where, rid)
-      join_count(KEYS[6 + b], enc, label)
+      if join_count(KEYS[6 + b], enc, label) == 'lb' then
+        join_flip(preds_base, rid, label, join_cap, join_ttl)
+      end
     elseif (older and redis.call('HEXISTS', pprev, rid) == 1)
         or redis.call('HSETNX', pcur, rid, enc) == 0 then
       -- a request id already waiting (a client reusing ids): the first pair keeps the

@@ -20,7 +20,9 @@ if enc then
     local start = tonumber(bucket)
     key = bucket_base .. 'h' .. (start - start % rollup)
   end
-  if redis.call('EXISTS', key) == 1 then join_count(key, enc, label) end
+  if redis.call('EXISTS', key) == 1 and join_count(key, enc, label) == 'lb' then
+    join_flip(preds_base, rid, label, cap, ttl)
+  end
   return 'joined'
 end
 local lcur, _, lmeta = join_gens(labels_base, true, cap, ttl, now)

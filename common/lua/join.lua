@@ -84,7 +84,7 @@ local function join_regress(key, parts, truth)
   redis.call('HINCRBYFLOAT', key, 'gsc', ec * ec)
 end
 
--- Count one joined label in `key`: the 2x2 cell, whether the two models agreed (lagree:
+-- Count one joined label in `key` and return its cell (nil for a numeric truth): the 2x2 cell, whether the two models agreed (lagree:
 -- are labelled requests like the rest?) and both sides' calibration counters.
 local function join_count(key, enc, label)
   local parts = join_parts(enc)
@@ -105,6 +105,17 @@ local function join_count(key, enc, label)
   join_class(key, label, p_right, c_right)
   join_calibrate(key, 'p', parts[5], p_right)
   if c_ok then join_calibrate(key, 'c', parts[6], c_right) end
+  return field
+end
+
+-- A labelled negative flip (primary right, candidate wrong) remembered for the failure
+-- catalog (`shadowtrial export NAME --flips`): newest first, at most `cap`, in the
+-- candidate's slot (preds_base .. ':flips', common.keys.Keys.flips).
+local function join_flip(preds_base, rid, label, cap, ttl)
+  local key = preds_base .. ':flips'
+  redis.call('LPUSH', key, rid .. string.char(31) .. label)
+  redis.call('LTRIM', key, 0, cap - 1)
+  redis.call('EXPIRE', key, 4 * ttl)
 end
 
 local function join_bucket(enc)
