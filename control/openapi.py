@@ -31,6 +31,12 @@ def _error(description: str) -> dict[str, Any]:
     return _json(_ref("Error"), description)
 
 
+_DIVERGENT_PARAM = {"name": "divergent", "in": "query", "required": False,
+                    "description": "only pairs whose answers differ",
+                    "schema": {"type": "boolean", "default": False}}  # fmt: skip
+_SLICE_PARAM = {"name": "slice", "in": "query", "required": False,
+                "description": "only pairs with a row in this slice: feature=value (country=FR)",
+                "schema": {"type": "string", "pattern": "^[^=]+=.*$"}}  # fmt: skip
 _NAME_PARAM = {
     "name": "name",
     "in": "path",
@@ -130,12 +136,8 @@ OPERATIONS: tuple[Operation, ...] = (
               {"200": _json(_ref("Pairs"), "recent pairs, newest first"),
                "400": _error("invalid parameter"), "404": _error("no such candidate")},
               (_NAME_PARAM,
-               {"name": "divergent", "in": "query", "required": False,
-                "description": "only pairs whose answers differ",
-                "schema": {"type": "boolean", "default": False}},
-               {"name": "slice", "in": "query", "required": False,
-                "description": "feature=value, e.g. country=FR",
-                "schema": {"type": "string", "pattern": "^[^=]+=.*$"}},
+               _DIVERGENT_PARAM,
+               _SLICE_PARAM,
                {"name": "limit", "in": "query", "required": False,
                 "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}})),
     Operation("GET", "/v1/candidates/{name}/catalog", "catalog",
@@ -145,12 +147,8 @@ OPERATIONS: tuple[Operation, ...] = (
                        "content": {"application/x-ndjson": {"schema": {"type": "string"}}}},
                "400": _error("invalid parameter"), "404": _error("no such candidate")},
               (_NAME_PARAM,
-               {"name": "divergent", "in": "query", "required": False,
-                "description": "only pairs whose answers differ",
-                "schema": {"type": "boolean", "default": False}},
-               {"name": "slice", "in": "query", "required": False,
-                "description": "only pairs with a row in this slice, feature=value",
-                "schema": {"type": "string", "pattern": "^[^=]+=.*$"}},
+               _DIVERGENT_PARAM,
+               _SLICE_PARAM,
                {"name": "flips", "in": "query", "required": False,
                 "description": "only labelled negative flips (primary right, candidate wrong)",
                 "schema": {"type": "boolean", "default": False}},

@@ -14,7 +14,6 @@ import json
 import random
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from shadowtrial.demo import config
 from shadowtrial.demo.processes import Supervisor, child_env, http_ok
 from shadowtrial.demo.run import START_TIMEOUT_S, Demo
 from shadowtrial.demo.text_server import BANK, CANDIDATE_KEY, CANDIDATE_MODEL
+from shadowtrial.demo.traffic import TrafficResult
 
 CANDIDATE = "llm-v2"
 REPLICA = "llm-replica"
@@ -78,22 +78,6 @@ def render(ports: config.Ports, redis_url: str, requests: int) -> str:
     return "\n".join(lines)
 
 
-@dataclass
-class ChatTraffic:
-    """How the scenario's traffic went (the fields summary.traffic_line reads)."""
-
-    sent: int = 0
-    ok: int = 0
-    failed: int = 0
-    labels: int = 0
-    seconds: float = 0.0
-    first_error: str = ""
-
-    @property
-    def rate(self) -> float:
-        return self.sent / self.seconds if self.seconds else 0.0
-
-
 class LlmDemo(Demo):
     """The default demo's life cycle with text models, chat traffic and a text report."""
 
@@ -139,7 +123,7 @@ class LlmDemo(Demo):
             f" name), proxy :{self.ports.proxy} (admin :{self.ports.admin}), 2 workers"
         )
 
-    def send_traffic(self) -> ChatTraffic:
+    def send_traffic(self) -> TrafficResult:
         result = asyncio.run(send_chats(self.proxy_url + CHAT, self.options))
         self.console.print(
             f"sent {result.sent:,} chat requests in {result.seconds:.1f} s, {result.ok:,}"
@@ -181,7 +165,7 @@ def report_lines(report: dict[str, Any]) -> list[str]:
     ]
 
 
-async def send_chats(url: str, options: Any) -> ChatTraffic:
+async def send_chats(url: str, options: Any) -> TrafficResult:
     """Chat requests on random topics, at most 8 at a time (seeded: the same every run)."""
     rng = random.Random(options.seed)
     topics = sorted(BANK)
@@ -190,7 +174,7 @@ async def send_chats(url: str, options: Any) -> ChatTraffic:
         topic = rng.choice(topics)
         question = rng.choice(BANK[topic])[0]
         plan.append((topic, question))
-    result = ChatTraffic()
+    result = TrafficResult()
     gate = asyncio.Semaphore(8)
     started = time.monotonic()
     async with httpx.AsyncClient(timeout=10) as client:
