@@ -168,8 +168,11 @@ class Forwarder:
         mirrors = self._routing.mirrors
         policy = self._mirror.policy
         key = incoming.sample_value or incoming.request_id
-        eligible = method in policy.methods and policy.path_allowed(path_text)
-        target = pick(self._routing.canary, key) if eligible and stream is None else None
+        canary = self._routing.canary
+        # Path normalisation only when something could take the request (most have nothing).
+        eligible = bool(mirrors or canary) and method in policy.methods
+        eligible = eligible and policy.path_allowed(path_text)
+        target = pick(canary, key) if eligible and stream is None else None
         if target is not None:
             path_query = f"{path_text}?{query}" if query else path_text
             if await self._serve_canary(send, method, target, path_query, incoming, body or b""):
