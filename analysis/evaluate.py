@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from analysis.adapters import select_adapter
-from analysis.adapters.base import UnparseableOutput
+from analysis.adapters.base import ParsedOutput, UnparseableOutput
 from analysis.compare import compare_outputs
 from analysis.decode import Item
 from analysis.jsonpath import compile_path
@@ -69,12 +69,9 @@ class Evaluator:
         if not 200 <= rec.primary_status < 300:
             ev.primary_failure = "primary"
             return
-        try:
-            primary = self.adapter.parse(rec.request_body, rec.primary_body)
-        except UnparseableOutput as exc:
+        primary = self._parse(item, "primary", rec.primary_body)
+        if primary is None:
             ev.primary_failure = "primary_unparseable"
-            item.unparseable = ("primary", str(exc))
-            ev.answer_flags += [exc.kind] if exc.kind else []
             return
         ev.primary_rows = primary.rows
         ev.answer_flags += primary.flags
@@ -86,13 +83,11 @@ class Evaluator:
         if rec.candidate_body == rec.primary_body:
             candidate = primary  # the same bytes lift alike (a replica, an identical answer)
         else:
-            try:
-                candidate = self.adapter.parse(rec.request_body, rec.candidate_body)
-            except UnparseableOutput as exc:
+            parsed = self._parse(item, "candidate", rec.candidate_body)
+            if parsed is None:
                 ev.candidate_error = "unparseable"
-                item.unparseable = ("candidate", str(exc))
-                ev.answer_flags += [exc.kind] if exc.kind else []
                 return
+            candidate = parsed
         ev.answer_flags += candidate.flags  # per answer: an identical one counts twice
         comparison = compare_outputs(primary, candidate, self.outputs)
         item.contract = comparison.contract_diffs
@@ -102,6 +97,16 @@ class Evaluator:
             item.contract = [*item.contract, _RowCount(comparison.error)]
         else:
             ev.rows = comparison.rows
+
+    def _parse(self, item: Item, side: str, body: bytes) -> ParsedOutput | None:
+        """One side's answer lifted, or None: the reason kept for the drill-down, counted."""
+        assert item.record is not None and item.evidence is not None
+        try:
+            return self.adapter.parse(item.record.request_body, body)
+        except UnparseableOutput as exc:
+            item.unparseable = (side, str(exc))
+            item.evidence.answer_flags += [exc.kind] if exc.kind else []
+            return None
 
     def _slices(self, rec: PairRecord, n_rows: int) -> list[dict[str, str]]:
         request = None
