@@ -25,6 +25,9 @@ OUTCOME_HTTP_ERROR = "http_error"  # the candidate answered with a non-2xx statu
 OUTCOME_TIMEOUT = "timeout"
 OUTCOME_ERROR = "error"  # connection refused or reset, bad response, model error
 OUTCOME_DEFERRED = "deferred"  # run = "worker": the worker runs the model later
+# served_by of a pair: the primary answered the client (the shadow), else the candidate's
+# name (a canary request; the primary was asked in the background, the roles reversed).
+PRIMARY_SERVED = "primary"
 OUTCOMES = (OUTCOME_OK, OUTCOME_HTTP_ERROR, OUTCOME_TIMEOUT, OUTCOME_ERROR, OUTCOME_DEFERRED)
 
 
@@ -55,6 +58,7 @@ class PairRecord:
     candidate_content_type: str = ""
     candidate_error: str = ""
     role: str = "candidate"  # or "secondary": a replica of the primary (noise floor)
+    served_by: str = PRIMARY_SERVED  # who answered the client; both sides keep their meaning
 
     _BODIES = ("request_body", "primary_body", "candidate_body")
 

@@ -7,8 +7,8 @@ as promote. With a plan (`{"steps": [0.05, 0.25, 0.5, 1.0], "step_s": 600}`) the
 moves to the next step once a step has lasted `step_s` and the gate passes on the
 evidence gathered during that step; a next step of 1 promotes the candidate.
 The gate automation (control.trials) ends a canary at once, as actor "automation",
-when the gate fails on an anytime-valid rule: the canary's own requests are not
-mirrored, the users outside it keep the comparison going. The weight lives in the
+when the gate fails on an anytime-valid rule: the shadow's pairs and the canary's own
+(the primary asked in the background, proxy.canary) keep the comparison going. The weight lives in the
 candidate's registry entry, so it reaches every
 replica the way routing changes do (pub/sub and the periodic re-read, control.sync).
 Every change, and every refusal, is in the audit log with the gate's evidence.

@@ -26,7 +26,7 @@ import orjson
 from yarl import URL
 
 from common.settings import Settings
-from proxy.canary import SERVED_BY, CanaryAnswer, CanaryCounts, ask, pick
+from proxy.canary import SERVED_BY, CanaryAnswer, CanaryCounts, ask, shadow_primary
 from proxy.metrics import Metrics
 from proxy.mirror import Mirror, PrimaryAnswer
 from proxy.routing import CanaryTarget, RoutingTable
@@ -172,7 +172,7 @@ class Forwarder:
         # Path normalisation only when something could take the request (most have nothing).
         eligible = bool(mirrors or canary) and method in policy.methods
         eligible = eligible and policy.path_allowed(path_text)
-        target = pick(canary, key) if eligible and stream is None else None
+        target = self.canary_counts.pick(canary, key) if eligible and stream is None else None
         if target is not None:
             path_query = f"{path_text}?{query}" if query else path_text
             if await self._serve_canary(send, method, target, path_query, incoming, body or b""):
@@ -209,7 +209,8 @@ class Forwarder:
         if not isinstance(answer, CanaryAnswer):
             self.canary_counts.count(target.name, answer)
             return False
-        self.canary_counts.served(target.name, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self.canary_counts.served(target.name, elapsed)
         headers, _, sized = _response_headers(answer.raw_headers, incoming.request_id)
         if not sized and method != "HEAD":  # read whole, so now it has a length
             headers.append((b"content-length", str(len(answer.body)).encode()))
@@ -217,6 +218,11 @@ class Forwarder:
         self._metrics.request_done(method, answer.status, None)  # not the primary's latency
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})
         await send({"type": "http.response.body", "body": answer.body, "more_body": False})
+        path, _, query = path_query.partition("?")
+        request = MirrorRequest(incoming.request_id, method, path, query, incoming.headers, body)
+        key = incoming.sample_value or incoming.request_id
+        shadow_primary(self._mirror, self._session, self._routing, target, request, key, answer,
+                       elapsed, self._timeout_s, self._limit)  # fmt: skip
         return True
 
     def _read_headers(self, scope: Scope) -> _Incoming:

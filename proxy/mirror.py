@@ -21,7 +21,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -33,7 +33,7 @@ from common.keys import (
     FIELD_SHED,
     FIELD_TOO_LARGE,
 )
-from common.records import OUTCOME_ERROR, PairRecord
+from common.records import OUTCOME_ERROR, PRIMARY_SERVED, PairRecord
 from common.settings import ProxySettings, StratumSettings
 from common.slice_text import value_text
 from proxy.capture import Capture
@@ -215,6 +215,56 @@ class Mirror:
         task.add_done_callback(self._tasks.discard)
         return primary
 
+    def start_reversed(
+        self,
+        target: MirrorTarget,
+        key: str,
+        request: MirrorRequest,
+        served: CandidateResult,
+        ask_primary: Callable[[], Awaitable[PrimaryAnswer]],
+    ) -> bool:
+        """The shadow with the roles reversed: the candidate on canary has answered the
+        client (`served`); the primary is asked in the background (`ask_primary`) and the
+        pair goes to the candidate's stream with `served_by` set, sides keeping their
+        meaning. Sampled, counted and bounded exactly like a mirror (the same sticky point,
+        rate and strata), so the accounting identity holds. True when launched."""
+        point = sample_point(key)
+        factor = 1.0
+        if self.strata.active and self.strata.worth(point, (target,)):
+            factor = self.strata.factor(request.headers, request.body)
+        if point >= min(1.0, target.sample * factor):
+            return False
+        arrival_s = time.time()
+        ts_ms = int(arrival_s * 1000)
+        self._metrics.sampled(target.name)
+        self._capture.count(target.name, FIELD_SAMPLED, ts_ms)
+        if not self._take_slots([target], ts_ms):
+            return False
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._run_reversed(target, request, served, ask_primary, arrival_s))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def _run_reversed(
+        self,
+        target: MirrorTarget,
+        request: MirrorRequest,
+        served: CandidateResult,
+        ask_primary: Callable[[], Awaitable[PrimaryAnswer]],
+        arrival_s: float,
+    ) -> None:
+        try:
+            answer = await _ask_primary(ask_primary)
+        except asyncio.CancelledError:
+            self._metrics.mirror_outcome(target.name, OUTCOME_ERROR)
+            self._capture.count(target.name, FIELD_CANCELLED, int(arrival_s * 1000))
+            raise
+        finally:
+            self.in_flight -= 1
+            self._metrics.in_flight(target.name, -1)
+        self._finish(target, request, answer, served, arrival_s, served_by=target.name)
+
     def _unrecorded(self, candidate: str, outcome: str, ts_ms: int) -> None:
         """A sampled mirror that ends without a pair: in /metrics and in the buckets."""
         self._metrics.mirror_outcome(candidate, outcome)
@@ -271,6 +321,7 @@ class Mirror:
         answer: PrimaryAnswer,
         result: CandidateResult,
         arrival_s: float,
+        served_by: str = PRIMARY_SERVED,
     ) -> None:
         if answer.failed and not self._record_failed_primary:
             self._unrecorded(target.name, MIRROR_PRIMARY_FAILED, int(arrival_s * 1000))
@@ -301,6 +352,7 @@ class Mirror:
             candidate_content_type=result.content_type,
             candidate_error=result.error,
             role=target.runner.role,
+            served_by=served_by,
         )
         self._capture.submit(target.name, record)
 
@@ -314,6 +366,18 @@ class Mirror:
         if pending:
             log.warning("cancelled %d mirrors still running at shutdown", len(pending))
             await asyncio.wait(pending, timeout=1.0)
+
+
+async def _ask_primary(ask: Callable[[], Awaitable[PrimaryAnswer]]) -> PrimaryAnswer:
+    """The primary's answer for a reversed shadow; a call that raises is a failed primary."""
+    try:
+        return await ask()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.debug("reversed shadow: asking the primary raised", exc_info=True)
+        body = f"{type(exc).__name__}: {exc}"[:300].encode()
+        return PrimaryAnswer(0, body, "", 0.0, failed=True)
 
 
 async def _run_one(target: MirrorTarget, request: MirrorRequest) -> CandidateResult:

@@ -15,6 +15,7 @@ import pytest
 from admin_harness import ALICE, EASY_GATE, INFER, Model, Trial, run_worker, trial, wait_for
 from servers import serve_app
 
+from common.records import PairRecord
 from shadowtrial.cli import main
 
 PROPAGATION_S = 1.0
@@ -147,10 +148,10 @@ def _regression(
     with trial(redis_url, prefix, monkeypatch, replicas=2, gate=gate, **USER) as t:
         assert _canary(t, 0.5).status_code == 200  # forced: no evidence yet
         _on_every_replica(t, 0.5)
-        answers = [_ask(t, f"user-{i}", i % 2) for i in range(120)]  # v2 always disagrees
-        shadowed = sum(by == "primary" for _, by in answers)  # the canary's own: not mirrored
-        wait_for(lambda: t.stream_length("v2") == shadowed, 5, "the shadow's pairs recorded")
-        run_worker(t.conf, redis_url, shadowed)
+        for i in range(120):  # v2 always disagrees; every request makes a pair, either way
+            _ask(t, f"user-{i}", i % 2)
+        wait_for(lambda: t.stream_length("v2") == 120, 5, "the pairs recorded")
+        run_worker(t.conf, redis_url, 120)
         took = _on_every_replica_within(t, 0.0, 3 * 0.2 + PROPAGATION_S)
         assert took <= 3 * 0.2 + PROPAGATION_S
         rollback = t.decisions()[0]
@@ -168,6 +169,45 @@ def _regression(
             assert (listed["canary"], listed["state"]) == (0, "active")  # back to shadow only
         else:
             assert listed["state"] == "rejected"
+
+
+def test_the_primary_shadows_the_canary_with_the_roles_reversed(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with trial(redis_url, prefix, monkeypatch, **USER) as t:
+        assert _canary(t, 0.5).status_code == 200
+        _on_every_replica(t, 0.5)
+        answers = [_ask(t, f"user-{i}") for i in range(60)]
+        served = sum(by == "v2" for _, by in answers)
+        assert 0 < served < 60
+        wait_for(lambda: t.stream_length("v2") == 60, 5, "a pair for every request")
+        records = [
+            PairRecord.from_fields(fields) for _, fields in t.redis.xrange(t.keys.pairs("v2"))
+        ]
+        assert sum(r.served_by == "v2" for r in records) == served
+        assert {r.served_by for r in records} == {"v2", "primary"}
+        # Each side keeps its meaning, whoever answered the client.
+        assert all(b'"old"' in r.primary_body and b'"new"' in r.candidate_body for r in records)
+        assert all(r.primary_status == r.candidate_status == 200 for r in records)
+        px = t.replicas[0]
+        wait_for(lambda: px.settled("v2"), 5, "mirrors settled")
+        px.check_accounting("v2")
+        metrics = t.http.get(t.admin() + "/metrics").text
+        assert "shadowtrial_canary_eligible_total 60.0" in metrics
+        assert f"shadowtrial_canary_primary_total {60 - served}.0" in metrics
+        run_worker(t.conf, redis_url, 60)
+        report = t.http.get(t.admin() + "/v1/candidates/v2/report").json()
+        assert report["pairs"] == 60 and report["agreement"]["rate"] == 0.0
+
+        # The client's answer never waits for the primary's shadow of it.
+        assert _canary(t, 1.0).status_code == 200
+        _on_every_replica(t, 1.0)
+        t.candidate.hold.open()
+        response = t.http.post(px.url + "/hold", content=b"{}", headers={"x-user-id": "u"})
+        assert response.headers["x-shadowtrial-served-by"] == "v2"
+        assert t.stream_length("v2") == 60  # the primary still holds its shadow answer
+        t.primary.hold.open()
+        wait_for(lambda: t.stream_length("v2") == 61, 5, "the held shadow recorded")
 
 
 def test_the_cli_sets_and_ends_a_canary(
@@ -212,11 +252,11 @@ def test_a_plan_steps_up_on_passing_evidence_and_its_last_step_promotes(
         _on_every_replica(t, 0.2)
         for step, users in ((0.2, range(80)), (0.5, range(80, 200))):
             before = t.stream_length("v2")
-            answers = [_ask(t, f"user-{i}", i % 2) for i in users]
-            shadowed = sum(by == "primary" for _, by in answers)
-            recorded = before + shadowed
+            for i in users:
+                _ask(t, f"user-{i}", i % 2)
+            recorded = before + len(users)  # served by either model: a pair each
             wait_for(lambda n=recorded: t.stream_length("v2") == n, 5, f"pairs at {step}")
-            run_worker(t.conf, redis_url, shadowed)
+            run_worker(t.conf, redis_url, len(users))
             if step == 0.2:
                 _on_every_replica_within(t, 0.5, 5)
         for replica in t.replicas:
