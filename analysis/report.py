@@ -40,6 +40,8 @@ from analysis.summaries import (
 )
 from analysis.text_summary import noise_similarity, text_examples, text_section
 from common.keys import (
+    FIELD_CANARY_ELIGIBLE,
+    FIELD_CANARY_PREFIX,
     FIELD_CANCELLED,
     FIELD_CAPTURE_DROPPED,
     FIELD_PRIMARY_FAILED,
@@ -209,6 +211,7 @@ def analyse(
         "pairs": summary.get("records"),
         "rows": summary.get("rows"),
         **_accounting(summary),
+        "canary": _canary(summary),
         "records": _records(summary),
         "errors": _errors(summary),
         "agreement": _agreement(summary, matrix),
@@ -270,6 +273,26 @@ def _accounting(s: Summary) -> dict[str, Any]:
     }
     ended = pairs + shed + sum(dropped.values()) + s.get("trimmed") + s.get("bad")
     return {"sampled": sampled, "shed": shed, "dropped": dropped, "pending": sampled - ended}
+
+
+def _canary(s: Summary) -> dict[str, Any] | None:
+    """Who answered the requests the candidate's canary could take, summed over replicas
+    (proxy.canary): served by it, fallbacks by reason, and the rest (outside its share,
+    served by the primary) = eligible - served - fallbacks. None: never on canary here."""
+    if FIELD_CANARY_ELIGIBLE not in s.counts:
+        return None
+    fallbacks = {
+        name.removeprefix(FIELD_CANARY_PREFIX + "fallback_"): int(value)
+        for name, value in sorted(s.counts.items())
+        if name.startswith(FIELD_CANARY_PREFIX + "fallback_")
+    }
+    eligible, served = s.get(FIELD_CANARY_ELIGIBLE), s.get(FIELD_CANARY_PREFIX + "served")
+    return {
+        "eligible": eligible,
+        "served": served,
+        "fallbacks": fallbacks,
+        "primary": eligible - served - sum(fallbacks.values()),
+    }
 
 
 def _records(s: Summary) -> dict[str, int]:

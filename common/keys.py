@@ -29,6 +29,11 @@ FIELD_TOO_LARGE = "mirror:too_large"  # request body over max_capture_bytes
 FIELD_PRIMARY_FAILED = "mirror:primary_failed"  # no complete primary answer to pair with
 FIELD_CANCELLED = "mirror:cancelled"  # still running when the proxy stopped
 FIELD_CAPTURE_DROPPED = "capture:dropped"  # spool full, refused by Redis, or at shutdown
+# Canary served-by counts (proxy.canary), per candidate on canary: requests it could take,
+# answered by it, or by the primary after it failed (canary:fallback_*); the report's
+# `canary` section (eligible = served + fallbacks + outside the share).
+FIELD_CANARY_ELIGIBLE = "canary:eligible"
+FIELD_CANARY_PREFIX = "canary:"  # + served / fallback_timeout / fallback_error / ...
 
 
 @dataclass(frozen=True)

@@ -3,14 +3,17 @@
 `POST /v1/candidates/{name}/canary` with `{"weight": 0.2}` sets the share; weight 0 ends
 the canary (the candidate goes back to shadow only). A weight above 0 needs the gate to
 pass on the shadow's evidence, unless `?force=true` (audited as forced): the same rule
-as promote. With a plan (`{"steps": [0.05, 0.25, 0.5, 1.0], "step_s": 600}`) the gate's lease holder
-moves to the next step once a step has lasted `step_s` and the gate passes on the
-evidence gathered during that step; a next step of 1 promotes the candidate.
+as promote. With a plan (`{"steps": [0.05, 0.25, 0.5, 1.0], "step_s": 600, "min_pairs": 500}`)
+the gate's lease holder moves to the next step once a step has lasted `step_s`, holds at
+least `min_pairs` pairs of its own (optional, 0 by default) and the gate passes on them;
+a next step of 1 promotes the candidate. A step's evidence is the whole time buckets that
+began after it did (`worker.bucket_seconds`): what was gathered at the earlier weight
+never counts for the next.
 The gate automation (control.trials) ends a canary at once, as actor "automation",
 when the gate fails on an anytime-valid rule: the shadow's pairs and the canary's own
-(the primary asked in the background, proxy.canary) keep the comparison going. The weight lives in the
-candidate's registry entry, so it reaches every
-replica the way routing changes do (pub/sub and the periodic re-read, control.sync).
+(the primary asked in the background, proxy.canary) keep the comparison going. The weight
+lives in the candidate's registry entry, so it reaches every replica the way routing
+changes do (pub/sub and the periodic re-read, control.sync).
 Every change, and every refusal, is in the audit log with the gate's evidence.
 """
 
@@ -27,7 +30,12 @@ from control.registry import ACTIVE, Change, Conflict, Entry, Invalid, Snapshot
 
 ACTION = "canary"
 MAX_STEPS = 20
-USAGE = 'send {"weight": w} (0 ends it) or {"steps": [0.05, 0.25, 1.0], "step_s": 600}'
+MAX_MIN_PAIRS = 10_000_000
+USAGE = (
+    'send {"weight": w} (0 ends it) or {"steps": [0.05, 0.25, 1.0], "step_s": 600} '
+    '(optionally with "min_pairs": 500)'
+)
+_PLAN_KEYS = (["weight"], ["step_s", "steps"], ["min_pairs", "step_s", "steps"])
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,7 @@ class Plan:
     weight: float
     steps: tuple[float, ...] = ()
     step_s: float = 0.0
+    min_pairs: int = 0
 
 
 def _number(value: Any, what: str, low: float, high: float) -> float:
@@ -49,7 +58,7 @@ def _number(value: Any, what: str, low: float, high: float) -> float:
 
 def canary_plan(body: Any) -> Plan:
     """The plan of a canary request body: {"weight": w} or {"steps": [...], "step_s": s}."""
-    if not isinstance(body, dict) or sorted(body) not in (["weight"], ["step_s", "steps"]):
+    if not isinstance(body, dict) or sorted(body) not in _PLAN_KEYS:
         raise Invalid("invalid canary", USAGE)
     if "weight" in body:
         return Plan(_number(body["weight"], "weight", 0, 1))
@@ -60,7 +69,10 @@ def canary_plan(body: Any) -> Plan:
     if weights[0] <= 0 or any(b <= a for a, b in itertools.pairwise(weights)):
         raise Invalid("invalid canary", "steps must grow, from above 0")
     step_s = _number(body["step_s"], "step_s", 0, 30 * 86400)
-    return Plan(weights[0], weights, step_s)
+    min_pairs = _number(body.get("min_pairs", 0), "min_pairs", 0, MAX_MIN_PAIRS)
+    if min_pairs != int(min_pairs):
+        raise Invalid("invalid canary", f"min_pairs must be a whole number, got {min_pairs:g}")
+    return Plan(weights[0], weights, step_s, int(min_pairs))
 
 
 def _check_canary(entry: Entry, weight: float) -> None:
@@ -112,11 +124,13 @@ async def set_canary(
             canary=weight,
             canary_steps=plan.steps,
             canary_step_s=plan.step_s,
+            canary_min_pairs=plan.min_pairs,
             canary_since=stamp,
             updated_at=stamp,
         )
         change.audit = decisions.audit_entry(ACTION, actor, name, gate, "done", force)
         change.audit |= {"weight_before": f"{current.canary:g}", "weight_after": f"{weight:g}"}
+        change.audit |= _step_evidence(gate)
         return change
 
     _, version = await decisions.store.transaction(decide)
@@ -128,28 +142,51 @@ async def set_canary(
         "weight": weight,
         "steps": list(plan.steps),
         "step_s": plan.step_s,
+        "min_pairs": plan.min_pairs,
         "previous_weight": entry.canary,
         "gate": gate,
         "version": version,
     }
 
 
+def _step_evidence(gate: dict[str, Any]) -> dict[str, str]:
+    """What a step was judged on, for the audit entry (empty for a person's change)."""
+    if "step_since" not in gate:
+        return {}
+    return {
+        "step_since": str(gate["step_since"]),
+        "step_pairs": str(gate.get("pairs") or 0),
+        "step_min_pairs": str(gate.get("step_min_pairs") or 0),
+    }
+
+
+def step_start(since: float, bucket_s: int) -> float:
+    """Where a step's own evidence starts: the first bucket boundary at or after `since`
+    (the bucket holding `since` also holds pairs from the earlier weight)."""
+    return math.ceil(since / bucket_s) * bucket_s
+
+
 async def advance(decisions: Decisions, entry: Entry, now: float) -> bool:
-    """The plan's next step once this one has lasted `step_s` and the gate passes on the
-    evidence gathered during it; a next weight of 1 promotes. True when promoted."""
+    """The plan's next step once this one has lasted `step_s`, gathered `min_pairs` pairs of
+    its own and the gate passes on them; a next weight of 1 promotes. True when promoted."""
     since = parse_instant(entry.canary_since).timestamp() if entry.canary_since else now
     if now - since < entry.canary_step_s:
         return False
-    gate = await decisions.gate_over(entry, now - since, now)
-    if gate["verdict"] != PASS:
+    start = step_start(since, decisions.settings.worker.bucket_seconds)
+    if now <= start:
+        return False  # no whole bucket of this step's own yet
+    gate = await decisions.gate_over(entry, start, now)
+    if gate["verdict"] != PASS or (gate.get("pairs") or 0) < entry.canary_min_pairs:
         return False
+    gate = gate | {"step_since": format_instant(start), "step_min_pairs": entry.canary_min_pairs}
     later = [w for w in entry.canary_steps if w > entry.canary]
     if not later or later[0] >= 1:
         await decisions.promote(entry.name, ACTOR_AUTOMATION, gate=gate)
         return True
-    plan = Plan(later[0], tuple(entry.canary_steps), entry.canary_step_s)
+    steps = tuple(entry.canary_steps)
+    plan = Plan(later[0], steps, entry.canary_step_s, entry.canary_min_pairs)
     await set_canary(decisions, entry.name, plan, ACTOR_AUTOMATION, gate=gate)
     return False
 
 
-__all__ = ["Plan", "advance", "canary_plan", "set_canary"]
+__all__ = ["Plan", "advance", "canary_plan", "set_canary", "step_start"]

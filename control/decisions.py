@@ -120,9 +120,10 @@ class Decisions:
         report = await self.reports.build(entry.name, window_s, end)
         return _gate_summary(report, window_s)
 
-    async def gate_over(self, entry: Entry, window_s: float, now: float) -> dict[str, Any]:
-        """The verdict on the last `window_s` only (a canary step's own evidence)."""
-        window_s = max(window_s, float(self.settings.worker.bucket_seconds))
+    async def gate_over(self, entry: Entry, start: float, now: float) -> dict[str, Any]:
+        """The verdict on the buckets from `start` (a bucket boundary) to `now` only: a
+        canary step's own evidence, none from the bucket before."""
+        window_s = max(now - start - 1e-6, 0.0)  # floors to `start` itself, never below
         report = await self.reports.build(entry.name, window_s, now)
         return _gate_summary(report, window_s)
 

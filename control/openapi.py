@@ -183,7 +183,9 @@ OPERATIONS: tuple[Operation, ...] = (
                                             "items": {"type": "number", "exclusiveMinimum": 0,
                                                       "maximum": 1}},
                                   "step_s": {"type": "number", "minimum": 0,
-                                             "maximum": 2592000}}}]},
+                                             "maximum": 2592000},
+                                  "min_pairs": {"type": "integer", "minimum": 0,
+                                                "maximum": 10000000}}}]},
               write=True),
     Operation("POST", "/v1/candidates/{name}/reject", "reject",
               "Stop mirroring the candidate; keep its evidence",
@@ -221,6 +223,7 @@ _CANDIDATE_PROPS: dict[str, Any] = {
     "canary": {"type": "number", "minimum": 0, "maximum": 1},
     "canary_steps": {"type": "array", "items": {"type": "number"}},
     "canary_step_s": {"type": "number"},
+    "canary_min_pairs": {"type": "integer"},
     "canary_since": {"type": "string"},
 }
 _ROUTING = {
@@ -334,6 +337,7 @@ SCHEMAS: dict[str, Any] = {
             "previous_weight": {"type": "number"},
             "steps": {"type": "array", "items": {"type": "number"}},
             "step_s": {"type": "number"},
+            "min_pairs": {"type": "integer"},
             "candidate": {"type": "string"},
             "actor": {"type": "string"},
             "forced": {"type": "boolean"},

@@ -93,6 +93,7 @@ class Entry:
     canary_steps: tuple[float, ...] | list[float] = ()  # a plan: the weights, in order
     canary_step_s: float = 0.0  # a plan: the least time on a step before the next
     canary_since: str = ""  # when the weight last changed
+    canary_min_pairs: int = 0  # a plan: the least pairs gathered on a step before the next
 
     @classmethod
     def from_settings(cls, cand: CandidateSettings, now: float, source: str) -> Entry:

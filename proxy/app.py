@@ -56,6 +56,7 @@ class ProxyApp:
             strata=settings.strata,
         )  # fmt: skip
         self.forwarder = Forwarder(settings, self.routing, self.mirror, self.metrics)
+        self.forwarder.canary_counts.capture = self.capture  # served-by counts in the buckets
         self.registry = RegistrySync(settings, redis_url, self.routing, self.runners)
         self.gate_gauges = GateGauges(self.metrics.registry)
         self.trials = TrialWatch(

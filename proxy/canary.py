@@ -36,7 +36,9 @@ import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from yarl import URL
 
+from common.keys import FIELD_CANARY_ELIGIBLE, FIELD_CANARY_PREFIX
 from common.records import OUTCOME_HTTP_ERROR, OUTCOME_OK
+from proxy.capture import Capture
 from proxy.metrics import LATENCY_BUCKETS
 from proxy.mirror import Mirror, PrimaryAnswer, sample_point
 from proxy.routing import CanaryTarget, RoutingTable
@@ -83,9 +85,11 @@ def pick(targets: Sequence[CanaryTarget], key: str) -> CanaryTarget | None:
 class CanaryCounts:
     """shadowtrial_canary_total{candidate, outcome}: served, or why it fell back; and
     shadowtrial_canary_latency_seconds{candidate}: the answers it served (kept out of the
-    primary's latency)."""
+    primary's latency). With `capture` set (proxy.app does), the same counts go to each
+    candidate's buckets too, so every replica's add up in the report (`canary` section)."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, capture: Capture | None = None) -> None:
+        self.capture = capture
         self.counter = Counter(
             "shadowtrial_canary",
             "Requests routed to a candidate on canary, by outcome: served (the candidate "
@@ -117,6 +121,10 @@ class CanaryCounts:
         if not targets:
             return None
         self.eligible.inc()
+        if self.capture is not None:
+            ts_ms = int(time.time() * 1000)
+            for each in targets:
+                self.capture.count(each.name, FIELD_CANARY_ELIGIBLE, ts_ms)
         target = pick(targets, key)
         if target is None:
             self.primary.inc()
@@ -125,6 +133,8 @@ class CanaryCounts:
     def count(self, candidate: str, outcome: str) -> None:
         """Count one canary request."""
         self.counter.labels(candidate, outcome).inc()
+        if self.capture is not None:
+            self.capture.count(candidate, FIELD_CANARY_PREFIX + outcome, int(time.time() * 1000))
 
     def served(self, candidate: str, seconds: float) -> None:
         """Count one answer the candidate served, and its time."""

@@ -6,6 +6,7 @@ Real model servers, two proxy replicas on one Redis, the admin API over HTTP.
 from __future__ import annotations
 
 import math
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from shadowtrial.cli import main
 
 PROPAGATION_S = 1.0
 USER = {"proxy": {"sample_by": "header:X-User-Id"}}
+BUCKET_1S = {"bucket_seconds": 1}
 
 
 def _canary(t: Trial, weight: Any, force: bool = True, name: str = "v2") -> httpx.Response:
@@ -121,6 +123,19 @@ def test_a_candidate_killed_mid_canary_costs_the_clients_nothing(
             assert 'shadowtrial_canary_total{candidate="v2",outcome="served"} 10.0' in metrics
             assert 'shadowtrial_canary_latency_seconds_count{candidate="v2"} 10.0' in metrics
             assert "shadowtrial_primary_latency_seconds_count 30.0" in metrics  # not the canary's
+            # The page shows the weight and who answered, every replica's counts summed.
+            page = t.http.get(t.admin() + "/ui/candidates/v2")
+
+            def shown() -> bool:
+                nonlocal page
+                page = t.http.get(t.admin() + "/ui/candidates/v2")
+                return "fell back to the primary: <b class=\"bad\">30</b>" in page.text
+
+            wait_for(shown, 5, "the canary's counts on the page")
+            assert "Canary: 100.0% of keys answered by v2" in page.text
+            assert "served by v2: <b>10</b>" in page.text and "(error 30)" in page.text
+            for control in ('data-body="weight"', 'data-body="plan"', 'data-body="end"'):
+                assert control in page.text
 
 
 def test_a_planted_regression_rolls_the_canary_back_within_a_check_interval(
@@ -243,7 +258,8 @@ def test_a_plan_steps_up_on_passing_evidence_and_its_last_step_promotes(
     redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gate = {**EASY_GATE, "check_interval_s": 0.1}  # no auto_promote: the plan decides
-    with trial(redis_url, prefix, monkeypatch, replicas=2, gate=gate, **USER) as t:
+    with trial(redis_url, prefix, monkeypatch, replicas=2, gate=gate, worker=BUCKET_1S,
+               **USER) as t:  # fmt: skip
         t.candidate.label = "old"  # agrees with the primary: the gate passes
         plan = {"steps": [0.2, 0.5, 1.0], "step_s": 0.5}
         url = t.admin() + "/v1/candidates/v2/canary?force=true"
@@ -251,6 +267,7 @@ def test_a_plan_steps_up_on_passing_evidence_and_its_last_step_promotes(
         assert started.status_code == 200 and started.json()["weight"] == 0.2
         _on_every_replica(t, 0.2)
         for step, users in ((0.2, range(80)), (0.5, range(80, 200))):
+            _next_bucket()  # a step's evidence is the whole buckets after it began
             before = t.stream_length("v2")
             for i in users:
                 _ask(t, f"user-{i}", i % 2)
@@ -270,11 +287,54 @@ def test_a_plan_steps_up_on_passing_evidence_and_its_last_step_promotes(
         ]
 
 
+def test_a_step_advances_only_on_its_own_evidence(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = {**EASY_GATE, "check_interval_s": 0.1}
+    with trial(redis_url, prefix, monkeypatch, gate=gate, worker=BUCKET_1S, **USER) as t:
+        t.candidate.label = "old"  # agrees with the primary: the gate passes
+        for i in range(100):  # plenty of passing shadow evidence before the plan
+            _ask(t, f"early-{i}")
+        wait_for(lambda: t.stream_length("v2") == 100, 5, "the shadow's pairs")
+        run_worker(t.conf, redis_url, 100)
+        plan = {"steps": [0.2, 0.5, 1.0], "step_s": 0, "min_pairs": 40}
+        started = t.http.post(t.admin() + "/v1/candidates/v2/canary", json=plan, headers=ALICE)
+        assert started.status_code == 200 and started.json()["min_pairs"] == 40
+        _on_every_replica(t, 0.2)
+        time.sleep(2.5)  # past a whole bucket and many checks: the old pairs do not count
+        assert [x.weight for x in t.replicas[0].app.routing.canary] == [0.2]
+        _next_bucket()
+        for i in range(30):  # under min_pairs: still no step
+            _ask(t, f"step-{i}")
+        wait_for(lambda: t.stream_length("v2") == 130, 5, "the step's first pairs")
+        run_worker(t.conf, redis_url, 30)
+        time.sleep(1.0)
+        assert [x.weight for x in t.replicas[0].app.routing.canary] == [0.2]
+        for i in range(30, 45):
+            _ask(t, f"step-{i}")
+        wait_for(lambda: t.stream_length("v2") == 145, 5, "the step's last pairs")
+        run_worker(t.conf, redis_url, 15)
+        _on_every_replica_within(t, 0.5, 5)
+        step = t.decisions()[0]
+        assert (step["actor"], step["weight_after"], step["step_min_pairs"]) == (
+            "automation", "0.5", "40",
+        )  # fmt: skip
+        assert int(step["step_pairs"]) >= 40
+        entry = t.http.get(t.admin() + "/v1/candidates").json()["candidates"][0]
+        assert entry["canary_min_pairs"] == 40
+
+
+def _next_bucket() -> None:
+    """Sleep into the next 1 s bucket (BUCKET_1S), just past its start."""
+    time.sleep(1.02 - time.time() % 1.0)
+
+
 def test_a_plan_must_grow() -> None:
     from control.canary import canary_plan
     from control.registry import Invalid
 
     assert canary_plan({"steps": [0.1, 1.0], "step_s": 60}).weight == 0.1
+    assert canary_plan({"steps": [0.1, 1.0], "step_s": 60, "min_pairs": 500}).min_pairs == 500
     for bad in (
         {"steps": [0.5, 0.2], "step_s": 60},
         {"steps": [0, 0.5], "step_s": 60},
@@ -283,6 +343,9 @@ def test_a_plan_must_grow() -> None:
         {"steps": [0.1, 0.2]},
         {"weight": 0.1, "steps": [0.2], "step_s": 1},
         {"steps": [0.1, float("nan")], "step_s": 60},
+        {"steps": [0.1, 0.2], "step_s": 60, "min_pairs": 1.5},
+        {"steps": [0.1, 0.2], "step_s": 60, "min_pairs": -1},
+        {"steps": [0.1, 0.2], "step_s": 60, "min_pairs": "500"},
     ):
         with pytest.raises(Invalid):
             canary_plan(bad)

@@ -39,7 +39,7 @@ TOKEN = "ui-test-token-3f9c"
 SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "screenshot-candidate.png"
 # Chromium logs every fetch answered with an error status; a refusal is one on purpose.
 REFUSAL_LOG = re.compile(
-    r"Failed to load resource: the server responded with a status of (401|409)"
+    r"Failed to load resource: the server responded with a status of (400|401|409)"
 )
 
 pytestmark = [
@@ -265,3 +265,39 @@ def test_screenshot_of_the_candidate_page(site: Site, watched: Watched, tmp_path
     png = target.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000
     assert watched.errors == []
+
+
+def _canary_click(page: Any, body: str) -> str:
+    page.locator(f"button[data-action=canary][data-body={body}]").click()
+    box = page.locator("#decision")
+    box.wait_for(state="visible", timeout=15_000)
+    return box.inner_text()
+
+
+def test_the_canary_controls_set_a_weight_start_a_plan_and_end_it(
+    site: Site, watched: Watched
+) -> None:
+    page = _open(watched, f"{site.admin}/ui/candidates/v2")
+    watched.answer = TOKEN
+    page.fill("#canary-weight", "0.2")
+    text = _canary_click(page, "weight")  # v2's gate fails: refused unless forced
+    assert "refused, HTTP 409" in text and "gate: fail" in text
+    assert site.entry("v2")["canary"] == 0
+    page.check("#force")
+    assert "canary v2: done" in _canary_click(page, "weight")
+    assert site.entry("v2")["canary"] == 0.2
+    page.locator("#canary", has_text="Canary: 20.0% of keys").wait_for(timeout=15_000)
+    page.fill("#canary-steps", "0.1,0.5,1")
+    page.fill("#canary-step-s", "60")
+    page.fill("#canary-min-pairs", "300")
+    assert "canary v2: done" in _canary_click(page, "plan")
+    entry = site.entry("v2")
+    assert (entry["canary"], entry["canary_steps"], entry["canary_min_pairs"]) == (
+        0.1, [0.1, 0.5, 1.0], 300,
+    )  # fmt: skip
+    page.fill("#canary-steps", "0.5,0.2")
+    assert "refused, HTTP 400" in _canary_click(page, "plan")  # the server validates
+    assert "canary v2: done" in _canary_click(page, "end")
+    assert site.entry("v2")["canary"] == 0
+    assert TOKEN not in page.content()
+    assert watched.unexpected_errors() == []

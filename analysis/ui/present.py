@@ -246,6 +246,29 @@ def latency_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def canary_view(entry: Mapping[str, Any], report: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The canary panel: weight, plan step, and who answered (the report's `canary`
+    section, every replica's counts); None when the candidate was never on canary."""
+    weight = _number(entry.get("canary")) or 0.0
+    steps = [w for w in (entry.get("canary_steps") or []) if _number(w) is not None]
+    counts = report.get("canary") or None
+    if not weight and not counts:
+        return None
+    step = next((i + 1 for i, w in enumerate(steps) if w == weight), None)
+    fallbacks = (counts or {}).get("fallbacks") or {}
+    return {
+        "weight": weight,
+        "steps": steps,
+        "step": step,
+        "step_s": _number(entry.get("canary_step_s")) or 0.0,
+        "min_pairs": _number(entry.get("canary_min_pairs")) or 0,
+        "since": entry.get("canary_since") or "",
+        "counts": counts,
+        "fallback_total": sum(v for v in fallbacks.values() if isinstance(v, int)),
+        "fallbacks": sorted(fallbacks.items()),
+    }
+
+
 def candidate_view(
     entry: Mapping[str, Any], report: Mapping[str, Any], settings: Settings, root: str = ""
 ) -> dict[str, Any]:
@@ -276,6 +299,8 @@ def candidate_view(
         "export_link": catalog_url(root, name),
         "flips_link": catalog_url(root, name, flips=True),
         "promote_url": f"{root}/v1/candidates/{quote(name, safe='')}/promote",
+        "canary_url": f"{root}/v1/candidates/{quote(name, safe='')}/canary",
+        "canary": canary_view(entry, report),
         "reject_url": f"{root}/v1/candidates/{quote(name, safe='')}/reject",
         "by_class": [
             r for r in (report.get("flips") or {}).get("by_class") or [] if r.get("primary_count")

@@ -1,6 +1,7 @@
 """`shadowtrial canary NAME WEIGHT [--force]`: let a candidate answer a share of live
 requests (sticky by `proxy.sample_by`), through the admin API; WEIGHT 0 ends the canary.
-`shadowtrial canary NAME --steps 0.05,0.25,1 --step-s 600`: a plan (docs/operating.md).
+`shadowtrial canary NAME --steps 0.05,0.25,1 --step-s 600 [--min-pairs 500]`: a plan
+(docs/operating.md).
 
 Exit codes: 0 set, 1 refused (the gate says no, or it cannot answer clients), 2 usage or
 connection errors (unknown candidate, bad weight, bad token, admin API unreachable).
@@ -28,6 +29,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("weight", metavar="WEIGHT", type=float, nargs="?", help="share from 0 to 1")
     parser.add_argument("--steps", help="a plan instead: weights, comma-separated")
     parser.add_argument("--step-s", type=float, default=600.0, help="least seconds per step")
+    parser.add_argument("--min-pairs", type=int, default=0, help="least pairs per step")
     parser.add_argument("--force", action="store_true", help="whatever the gate says")
     add_admin_options(parser)
     parser.set_defaults(run=run)
@@ -55,7 +57,10 @@ def _body(args: argparse.Namespace) -> dict[str, Any]:
         steps = [float(part) for part in args.steps.split(",")]
     except ValueError:
         raise AdminError(f"--steps: numbers separated by commas, got {args.steps!r}") from None
-    return {"steps": steps, "step_s": args.step_s}
+    plan: dict[str, Any] = {"steps": steps, "step_s": args.step_s}
+    if args.min_pairs:
+        plan["min_pairs"] = args.min_pairs
+    return plan
 
 
 def _set(body: dict[str, Any]) -> str:
@@ -64,4 +69,6 @@ def _set(body: dict[str, Any]) -> str:
     if weight == 0:
         return f"canary of {body.get('candidate')} ended{forced}: the primary answers everyone"
     plan = f", then {body['steps'][1:]} every {body.get('step_s'):g} s" if body.get("steps") else ""
+    if plan and body.get("min_pairs"):
+        plan += f" and {body['min_pairs']} pairs"
     return f"{body.get('candidate')} answers {weight:.0%} of keys{forced}{plan}"

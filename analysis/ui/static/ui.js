@@ -1,4 +1,4 @@
-// shadowtrial web page: live refresh of #live and the promote / reject buttons.
+// shadowtrial web page: live refresh of #live and the promote / reject / canary buttons.
 // No libraries. Server answers are shown with textContent only, never as HTML, and the
 // admin token lives in one local variable for one request: it is never stored.
 "use strict";
@@ -81,6 +81,25 @@
     return "";
   }
 
+  function numberIn(id) {
+    const input = document.getElementById(id);
+    return input ? Number(input.value) : NaN;
+  }
+
+  // The canary request body: the server validates it (a bad value is a 400 shown as such).
+  function canaryBody(kind) {
+    if (kind === "end") return { weight: 0 };
+    if (kind === "weight") return { weight: numberIn("canary-weight") };
+    const steps = (document.getElementById("canary-steps") || { value: "" }).value;
+    const body = {
+      steps: steps.split(",").map((w) => Number(w.trim())),
+      step_s: numberIn("canary-step-s"),
+    };
+    const minPairs = numberIn("canary-min-pairs");
+    if (minPairs > 0) body.min_pairs = minPairs;
+    return body;
+  }
+
   async function decide(button) {
     const action = button.dataset.action;
     const name = button.dataset.name;
@@ -91,12 +110,17 @@
     }
     let url = button.dataset.url;
     const force = document.getElementById("force");
-    if (action === "promote" && force && force.checked) url += "?force=true";
+    if (action !== "reject" && force && force.checked) url += "?force=true";
     const headers = { Accept: "application/json" };
     if (token.trim()) headers.Authorization = "Bearer " + token.trim();
+    const init = { method: "POST", headers, cache: "no-store", credentials: "omit" };
+    if (button.dataset.body) {
+      headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(canaryBody(button.dataset.body));
+    }
     button.disabled = true;
     try {
-      const res = await fetch(url, { method: "POST", headers, cache: "no-store", credentials: "omit" });
+      const res = await fetch(url, init);
       let body = null;
       try {
         body = await res.json();
