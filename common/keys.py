@@ -117,6 +117,14 @@ class Keys:
         """Hash candidate name -> epoch seconds since when its gate has passed (automation)."""
         return f"{self.prefix}:gate:passing"
 
+    def gate_verdicts(self) -> str:
+        """Hash candidate name -> the verdict the automation last saw (control.notify)."""
+        return f"{self.prefix}:gate:verdicts"
+
+    def gate_changes(self) -> str:
+        """Stream of verdict changes no decision need follow (control.notify), capped."""
+        return f"{self.prefix}:gate:changes"
+
     def events(self) -> str:
         """Pub/sub channel announcing registry or routing changes to every replica."""
         return f"{self.prefix}:events"

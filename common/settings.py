@@ -483,9 +483,10 @@ class NotifySettings:
     # Where to POST each decision (JSON with a Slack-compatible "text"); unset: none.
     # A secret (Slack puts its token in the path): set it through SHADOWTRIAL_NOTIFY_URL.
     url: str | None = _setting(None, _cast_optional_url)
-    # Which audit actions notify.
+    # Which audit actions notify, and which gate changes (`gate`: all; `gate:fail`, ...).
     events: tuple[str, ...] = _setting(
-        ("promote", "reject", "rollback", "canary", "end"), _cast_str_list
+        ("promote", "reject", "rollback", "canary", "end", "gate:fail", "gate:pass"),
+        _cast_str_list,
     )
     timeout_ms: int = _setting(5000, _at_least(_cast_int, 1))
 

@@ -26,7 +26,7 @@ from common.scripts import SCRIPTS
 from common.urls import mask_urls_in
 from control.canary import advance, set_canary
 from control.decisions import ACTOR_AUTOMATION, PASS, Decisions, anytime_fail
-from control.notify import Notifier
+from control.notify import Notifier, gate_judged
 from control.registry import ACTIVE, Entry
 from control.reports import Reports
 from control.sync import STOP_TIMEOUT_S, RegistrySync
@@ -155,6 +155,7 @@ class TrialWatch:
         gate = await decisions.gate(entry, now)
         if self.gauges is not None:
             self.gauges.judged(entry.name, gate)
+        await gate_judged(decisions.store, entry.name, gate, now)  # notified if it changed
         if entry.canary > 0 and anytime_fail(gate):  # a failing canary ends at once
             await self._end_canary(decisions, entry, gate)
         elif entry.canary > 0 and entry.canary_steps and await advance(decisions, entry, now):

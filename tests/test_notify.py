@@ -6,10 +6,10 @@ from typing import Any
 
 import orjson
 import pytest
-from admin_harness import ALICE, trial, wait_for
+from admin_harness import ALICE, EASY_GATE, INFER, run_worker, trial, wait_for
 from servers import serve_app
 
-from control.notify import payload
+from control.notify import gate_payload, payload
 
 SECRET = "T000-SECRET-PATH-0001"
 
@@ -66,6 +66,36 @@ def test_listed_decisions_are_posted_and_a_failing_receiver_is_retried(
                     )
 
 
+def test_a_gate_change_without_a_decision_is_posted_as_filtered(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    receiver = Receiver(fail=0)
+    with serve_app(receiver) as base:
+        notify = {"url": f"{base}/hooks/{SECRET}", "events": ["gate:fail"]}
+        gate = {**EASY_GATE, "min_agreement": 0.5, "check_interval_s": 0.1}  # no auto_reject
+        with trial(redis_url, prefix, monkeypatch, notify=notify, gate=gate) as t:
+            t.candidate.label = "old"  # agrees: insufficient -> pass, not listed
+            t.send(n=40)
+            wait_for(lambda: t.stream_length("v2") == 40, 5, "agreeing pairs")
+            run_worker(t.conf, redis_url, 40)
+            verdicts = t.keys.gate_verdicts()
+            wait_for(lambda: t.redis.hget(verdicts, "v2") == b"pass", 5, "a passing gate")
+            t.candidate.label = "new"  # a regression: pass -> fail, no decision follows
+            t.send(n=200)
+            wait_for(lambda: t.stream_length("v2") == 240, 5, "disagreeing pairs")
+            run_worker(t.conf, redis_url, 200)
+            wait_for(lambda: receiver.got, 5, "the gate change posted")
+            (sent,) = receiver.got  # the pass was not listed
+            assert sent["event"] == "gate:fail"
+            assert (sent["change"]["from"], sent["change"]["to"]) == ("pass", "fail")
+            assert sent["text"].startswith("shadowtrial: the gate on v2 went from pass to fail")
+            assert t.decisions() == []  # no decision: the automation only watched
+            assert t.http.post(t.replicas[0].url + INFER, content=b"{}").status_code == 200
+
+
 def test_a_hostile_candidate_name_cannot_break_the_text() -> None:
     sent = payload({"action": "canary", "actor": "a\x1b[31m", "candidate": "v\n2"})
     assert "\x1b" not in sent["text"] and "\n" not in sent["text"]
+    change = {"candidate": "v\n2", "from": "pass", "to": "fail", "reasons": ["\x1b[2Jx" * 500]}
+    text = gate_payload(change)["text"]
+    assert "\x1b" not in text and "\n" not in text and len(text) <= 1000
