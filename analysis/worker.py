@@ -263,6 +263,7 @@ class Worker:
         self.client.set(
             self.keys.worker_health(self.consumer), orjson.dumps(record), ex=WORKER_HEALTH_TTL_S
         )
+        self.client.zadd(self.keys.workers(), {self.consumer: now})  # /metrics reads these
 
     def _lags(self) -> dict[str, int | None]:
         """Candidate -> entries of its stream the group has not read (None: unknown)."""

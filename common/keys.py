@@ -141,6 +141,10 @@ class Keys:
         """Hash candidate name -> role for every candidate a worker has summarised."""
         return f"{self.prefix}:seen"
 
+    def workers(self) -> str:
+        """Sorted set worker id -> its last heartbeat (epoch s): whose health key to read."""
+        return f"{self.prefix}:workers"
+
     def worker_health(self, worker_id: str) -> str:
         """Heartbeat of one worker, expiring after WORKER_HEALTH_TTL_S."""
         return f"{self.prefix}:worker:{worker_id}"

@@ -55,6 +55,7 @@ from control.registry import (
 from control.registry_store import RegistryStore, redis_client
 from control.reports import Reports
 from control.sync import RegistrySync
+from control.worker_metrics import worker_exposition
 from proxy.capture import Capture
 from proxy.metrics import METRICS_CONTENT_TYPE, Metrics
 from proxy.mirror import Mirror
@@ -328,7 +329,8 @@ class Endpoints:
         return JSONResponse(body, status_code=200 if not problem else 503)
 
     async def metrics(self, request: Request) -> Response:
-        return Response(self.proxy.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
+        workers = await worker_exposition(self.ctx.redis, self.ctx.keys)  # never fails
+        return Response(self.proxy.metrics.exposition() + workers, media_type=METRICS_CONTENT_TYPE)
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_document())

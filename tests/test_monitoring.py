@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -165,3 +167,42 @@ def test_the_worker_health_key_says_throughput_errors_and_lag(redis_url: str, pr
         assert health["lag"] == {"v2": 10}
     else:
         assert health["lag"] == {"v2": None}
+
+
+def test_workers_reach_metrics_through_their_health_keys(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from analysis.worker import Worker
+
+    with trial(redis_url, prefix, monkeypatch) as t:
+        before = _samples(t)
+        assert not [k for k in before if k[0].startswith("shadowtrial_worker_")]  # none yet
+        t.send(n=30)
+        wait_for(lambda: t.stream_length("v2") == 30, 5, "30 pairs recorded")
+        worker = Worker(t.redis, t.conf, consumer='w"1\n')  # a hostile id stays one label
+        worker.discover()
+        while worker.read_new(block=False):
+            pass
+        t.send(n=10)  # applied after the last heartbeat: a rate above 0 at the next one
+        wait_for(lambda: t.stream_length("v2") == 40, 5, "10 more pairs recorded")
+        while worker.read_new(block=False):
+            pass
+        worker.heartbeat()
+        samples = _samples(t)  # parsed by prometheus_client's own parser
+    who = (("worker", 'w"1\n'),)
+    assert samples[("shadowtrial_worker_applied_total", who)] == 40
+    assert samples[("shadowtrial_worker_batch_errors_total", who)] == 0
+    assert samples[("shadowtrial_worker_pairs_per_second", who)] > 0
+    assert samples[("shadowtrial_worker_heartbeat_timestamp_seconds", who)] > 0
+    if int(t.redis.info("server")["redis_version"].split(".")[0]) >= 7:
+        lag = (("candidate", "v2"), ("worker", 'w"1\n'))
+        assert samples[("shadowtrial_worker_lag", lag)] == 0
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+def test_promtool_checks_the_rule_file() -> None:
+    """Prometheus's own checker, where it is installed (Debian: the prometheus package)."""
+    done = subprocess.run(
+        ["promtool", "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
