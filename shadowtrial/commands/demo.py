@@ -38,10 +38,11 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--scenario",
-        choices=["classifier", "llm"],
+        choices=["classifier", "llm", "canary"],
         default="classifier",
         help="classifier: the survey models (default); llm: two small local text models, "
-        "the candidate rewording answers and wrong on one topic, judged by meaning",
+        "the candidate rewording answers and wrong on one topic, judged by meaning; canary: "
+        "shadow, then a canary plan, a regression planted at a step, automatic rollback",
     )
     when = parser.add_mutually_exclusive_group()
     when.add_argument(
@@ -85,4 +86,8 @@ def run(args: argparse.Namespace) -> int:
         from shadowtrial.demo.llm import LlmDemo
 
         return run_demo(options, demo_class=LlmDemo)
+    if args.scenario == "canary":
+        from shadowtrial.demo.canary import CanaryDemo
+
+        return run_demo(options, demo_class=CanaryDemo)
     return run_demo(options)
