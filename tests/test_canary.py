@@ -129,7 +129,7 @@ def test_a_candidate_killed_mid_canary_costs_the_clients_nothing(
             def shown() -> bool:
                 nonlocal page
                 page = t.http.get(t.admin() + "/ui/candidates/v2")
-                return "fell back to the primary: <b class=\"bad\">30</b>" in page.text
+                return 'fell back to the primary: <b class="bad">30</b>' in page.text
 
             wait_for(shown, 5, "the canary's counts on the page")
             assert "Canary: 100.0% of keys answered by v2" in page.text
