@@ -17,6 +17,7 @@ from admin_harness import ALICE, EASY_GATE, INFER, Model, Trial, run_worker, tri
 from servers import serve_app
 
 from common.records import PairRecord
+from common.settings import parse_instant
 from shadowtrial.cli import main
 
 PROPAGATION_S = 1.0
@@ -170,6 +171,11 @@ def _regression(
         took = _on_every_replica_within(t, 0.0, 3 * 0.2 + PROPAGATION_S)
         assert took <= 3 * 0.2 + PROPAGATION_S
         rollback = t.decisions()[0]
+        # At the very check that first saw the gate fail (its change is recorded then).
+        (change,) = [fields for _, fields in t.redis.xrange(t.keys.gate_changes())]
+        assert (change[b"from"], change[b"to"]) == (b"insufficient", b"fail")
+        failed_at = parse_instant(change[b"time"].decode()).timestamp()
+        assert 0 <= parse_instant(rollback["time"]).timestamp() - failed_at <= 0.2
         assert (rollback["action"], rollback["actor"], rollback["verdict"]) == (
             action,
             "automation",
