@@ -78,6 +78,14 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=reg,
         )
+        self.candidate_latency = Histogram(
+            "shadowtrial_candidate_latency_seconds",
+            "A mirrored candidate's time to its whole answer (2xx or not; timeouts and "
+            "errors are outcomes, not latencies), new connections' setup left out",
+            ["candidate"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
         self.mirror_sampled = Counter(
             "shadowtrial_mirror_sampled",
             "Requests sampled for a candidate (eligible method/path and under its rate)",
@@ -186,6 +194,10 @@ class Metrics:
     def mirror_outcome(self, candidate: str, outcome: str) -> None:
         """Count the final outcome of one sampled mirror."""
         self._child(self.mirror_outcomes, candidate, outcome).inc()
+
+    def candidate_answered(self, candidate: str, seconds: float) -> None:
+        """Record one mirrored candidate's answer time."""
+        self._child(self.candidate_latency, candidate).observe(seconds)
 
     def loop_lag(self, seconds: float) -> None:
         """Record one event-loop lag sample (negative jitter counts as none)."""

@@ -33,7 +33,13 @@ from common.keys import (
     FIELD_SHED,
     FIELD_TOO_LARGE,
 )
-from common.records import OUTCOME_ERROR, PRIMARY_SERVED, PairRecord
+from common.records import (
+    OUTCOME_ERROR,
+    OUTCOME_HTTP_ERROR,
+    OUTCOME_OK,
+    PRIMARY_SERVED,
+    PairRecord,
+)
 from common.settings import ProxySettings, StratumSettings
 from common.slice_text import value_text
 from proxy.capture import Capture
@@ -50,6 +56,7 @@ from proxy.runner import CandidateResult, MirrorRequest, empty_result
 log = logging.getLogger("shadowtrial.mirror")
 
 _TWO_64 = float(2**64)
+_ANSWERED = frozenset({OUTCOME_OK, OUTCOME_HTTP_ERROR})  # outcomes with a latency
 _PATH_CACHE_MAX = 4096
 # Mirror outcomes that leave no pair record, and the bucket field that accounts for them.
 _UNRECORDED = {
@@ -330,6 +337,8 @@ class Mirror:
             self._unrecorded(target.name, MIRROR_SHED, int(arrival_s * 1000))
             return
         self._metrics.mirror_outcome(target.name, result.outcome)
+        if result.outcome in _ANSWERED and served_by == PRIMARY_SERVED:  # else: canary's own
+            self._metrics.candidate_answered(target.name, result.elapsed_ms / 1000)
         if result.connect_ms > 0:
             self._metrics.mirror_connected(target.name)
         record = PairRecord(

@@ -216,6 +216,10 @@ def test_the_primary_shadows_the_canary_with_the_roles_reversed(
         metrics = t.http.get(t.admin() + "/metrics").text
         assert "shadowtrial_canary_eligible_total 60.0" in metrics
         assert f"shadowtrial_canary_primary_total {60 - served}.0" in metrics
+        # The shadow's candidate latency; the canary's own answers are in its histogram.
+        shadow = f'shadowtrial_candidate_latency_seconds_count{{candidate="v2"}} {60 - served}.0'
+        assert shadow in metrics
+        assert f'shadowtrial_canary_latency_seconds_count{{candidate="v2"}} {served}.0' in metrics
         run_worker(t.conf, redis_url, 60)
         report = t.http.get(t.admin() + "/v1/candidates/v2/report").json()
         assert report["pairs"] == 60 and report["agreement"]["rate"] == 0.0
