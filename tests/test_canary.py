@@ -254,9 +254,9 @@ def test_the_cli_sets_and_ends_a_canary(
         assert main(["canary", "v2", "0.25", "--force", "-c", str(conf)]) == 0
         assert "v2 answers 25% of keys (forced)" in capsys.readouterr().out
         assert main(["canary", "v2", "2", "-c", str(conf)]) == 2  # not a share: usage error
-        plan = ["--steps", "0.1,0.5,1", "--step-s", "60", "--force"]
+        plan = ["--steps", "0.1,0.5,1", "--step-s", "60", "--min-pairs", "200", "--force"]
         assert main(["canary", "v2", *plan, "-c", str(conf)]) == 0
-        assert "v2 answers 10% of keys (forced), then [0.5, 1.0] every 60 s" in (
+        assert "v2 answers 10% of keys (forced), then [0.5, 1.0] every 60 s and 200 pairs" in (
             capsys.readouterr().out
         )
         assert main(["canary", "v2", "0.1", "--steps", "0.2", "-c", str(conf)]) == 2
