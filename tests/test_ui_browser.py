@@ -202,11 +202,26 @@ def test_the_page_refreshes_itself_when_new_pairs_arrive(site: Site, watched: Wa
     assert watched.errors == []
 
 
-def _click(page: Any, action: str) -> str:
-    page.locator(f"button[data-action={action}]").click()
+def _answer(page: Any) -> str:
+    """The decision box once the request it shows has been answered (not "sending…")."""
     box = page.locator("#decision")
     box.wait_for(state="visible", timeout=15_000)
+    page.wait_for_function(
+        "() => !document.getElementById('decision').classList.contains('pending')",
+        timeout=15_000,
+    )
     return box.inner_text()
+
+
+def _forget_answer(page: Any) -> None:
+    """Hide the last answer so that the next one read is the new request's."""
+    page.evaluate("document.getElementById('decision').hidden = true")
+
+
+def _click(page: Any, action: str) -> str:
+    _forget_answer(page)
+    page.locator(f"button[data-action={action}]").click()
+    return _answer(page)
 
 
 def test_promote_without_a_token_is_refused(site: Site, watched: Watched) -> None:
@@ -268,10 +283,9 @@ def test_screenshot_of_the_candidate_page(site: Site, watched: Watched, tmp_path
 
 
 def _canary_click(page: Any, body: str) -> str:
+    _forget_answer(page)
     page.locator(f"button[data-action=canary][data-body={body}]").click()
-    box = page.locator("#decision")
-    box.wait_for(state="visible", timeout=15_000)
-    return box.inner_text()
+    return _answer(page)
 
 
 def test_the_canary_controls_set_a_weight_start_a_plan_and_end_it(

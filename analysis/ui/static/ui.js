@@ -119,6 +119,8 @@
       init.body = JSON.stringify(canaryBody(button.dataset.body));
     }
     button.disabled = true;
+    // The previous answer must not read as this one's while the request is in flight.
+    show("pending", action + " " + name + ": sending\u2026", []);
     try {
       const res = await fetch(url, init);
       let body = null;
