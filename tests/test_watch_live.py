@@ -266,3 +266,24 @@ def test_settings_and_parameters_are_validated_with_clear_errors(
     doc = watch_document(redis_client, settings, "1h", "pinned", now_s=NOW)
     assert doc["reference"]["available"] is False and "pin" in doc["reference"]["problem"]
     assert doc["requests"] == 0 and doc["features"] == [] and doc["timeline"] == []
+
+
+def test_a_rollup_refuses_when_a_bucket_changed_after_it_was_read(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    from analysis.watch_rollup import swap_hour
+
+    settings = watch_settings(prefix)
+    keys = Keys(prefix)
+    hour0 = int(NOW - 10 * HOUR) - int(NOW - 10 * HOUR) % HOUR
+    send(redis_client, keys, traffic(hour0 + 60, 50, shift=False, seed=11))
+    worker = Worker(redis_client, settings, clock=lambda: NOW)
+    fold_all(worker)
+    starts = sorted(int(m) for m in redis_client.zrange(keys.watch_index(), 0, -1))
+    stale = [redis_client.hgetall(keys.watch_bucket(s)) for s in starts]
+    send(redis_client, keys, traffic(hour0 + 60, 5, shift=False, seed=12))  # a fold meanwhile
+    fold_all(worker)
+    assert swap_hour(redis_client, settings, hour0, starts, stale) == 0
+    assert watch_document(redis_client, settings, "11h", "day", now_s=NOW)["requests"] == 55
+    assert roll_up_watch(redis_client, settings, now_s=NOW) == 1  # the next round: all of it
+    assert watch_document(redis_client, settings, "11h", "day", now_s=NOW)["requests"] == 55
