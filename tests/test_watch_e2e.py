@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from analysis.worker import Worker
 from common.keys import WATCH, Keys
+from common.records import PairRecord
 from common.settings import Settings, settings_from_mapping
 from shadowtrial.cli import main
 
@@ -196,3 +197,46 @@ def test_hostile_traffic_and_the_cli_never_break(
         assert main(["watch", "-c", str(config), "--admin", px.admin]) == 0
         out = capsys.readouterr().out
         assert "\x1b" not in out and "\x07" not in out and "watched requests" in out
+
+
+def test_watched_and_mirrored_alike_and_every_sampled_request_accounted(
+    model: str, redis_url: str, prefix: str, redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from proxy_upstreams import Candidate
+
+    token_env = f"ST_WATCH_{prefix.upper()}"
+    keys = Keys(prefix)
+    with serve_app(Candidate()) as cand_url:
+        raw = {
+            "proxy": {"primary": model, "mirror_paths": ["**"], "max_capture_bytes": 4096},
+            "redis": {"prefix": prefix}, "admin": {"token_env": token_env},
+            "watch": {"sample": 0.5, "gauges_every_s": 0},
+            "candidates": [{"name": "v2", "url": cand_url, "sample": 0.3}],
+        }  # fmt: skip
+        settings = settings_from_mapping(raw, environ={})
+        with running_proxy(settings, redis_url) as px, httpx.Client(timeout=10) as http:
+            for i in range(200):
+                body = {"instances": [[float(i), "x" * (5000 if i % 20 == 0 else 1)]]}
+                http.post(px.url + PATH, json=body, headers={"x-request-id": f"q{i}"})
+
+            def value(outcome: str) -> float:
+                return px.value("shadowtrial_watch_records_total", outcome=outcome)
+
+            def settled() -> bool:
+                done = sum(value(o) for o in ("recorded", "dropped", "too_large", "shed"))
+                return value("sampled") == done and px.app.mirror.in_flight == 0
+
+            wait_until(settled, what="every watched request accounted")
+            watched = redis_client.xrange(keys.pairs(WATCH))
+            mirrored = redis_client.xrange(keys.pairs("v2"))
+            px.check_accounting("v2")
+    ids = {PairRecord.from_fields(f).request_id for _, f in watched}
+    mirrored_ids = {PairRecord.from_fields(f).request_id for _, f in mirrored}
+    assert 60 < value("sampled") < 140 and value("too_large") >= 1
+    assert (
+        len(ids) == value("recorded")
+        and mirrored_ids
+        and mirrored_ids <= ids | {f"q{i}" for i in range(0, 200, 20)}
+    )  # sticky and nested: a request mirrored at 0.3 is watched at 0.5 (unless too large)
+    assert all(PairRecord.from_fields(f).candidate_body == b"" for _, f in watched)
