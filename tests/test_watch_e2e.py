@@ -95,14 +95,23 @@ def test_watch_flags_a_shift_without_a_candidate(
         send(http, px.url, 300, shift=False, seed=1)
         t_ref = time.time()
         time.sleep(2.2)  # whole one-second buckets apart
-        t1 = time.time()
-        shifted = send(http, px.url, 300, shift=True, seed=2)
+        t_calm = time.time()
+        send(http, px.url, 300, shift=False, seed=3)  # the same world: nothing to flag
         wait_until(lambda: redis_client.xlen(keys.pairs(WATCH)) == 600, what="600 records")
-        fold(Worker(redis_client, settings))
+        worker = Worker(redis_client, settings)
+        fold(worker)
         pin = {"from": _iso(t0 - 1), "to": _iso(t_ref + 0.5)}
         refused = http.put(px.admin + "/v1/watch/reference", json=pin)
         assert refused.status_code == 401
         assert http.put(px.admin + "/v1/watch/reference", json=pin, headers=auth).status_code == 200
+        calm = http.get(px.admin + "/v1/watch", params={"window": f"{time.time() - t_calm:.3f}s"})
+        assert calm.json()["requests"] == 300 and calm.json()["flagged"] == []
+        assert not calm.json()["outputs"]["confidence_flagged"]
+        time.sleep(2.2)
+        t1 = time.time()
+        shifted = send(http, px.url, 300, shift=True, seed=2)
+        wait_until(lambda: redis_client.xlen(keys.pairs(WATCH)) == 900, what="900 records")
+        fold(worker)
         window = f"{time.time() - t1:.3f}s"
         doc = http.get(px.admin + "/v1/watch", params={"window": window}).json()
         assert doc["reference"]["kind"] == "pinned" and doc["reference"]["requests"] == 300
@@ -120,8 +129,8 @@ def test_watch_flags_a_shift_without_a_candidate(
         def accounting() -> dict[str, int]:  # the proxies write their counts once a second
             return http.get(px.admin + "/v1/watch", params={"window": "1h"}).json()["accounting"]
 
-        wait_until(lambda: accounting()["captured"] == 600, what="the capture counts")
-        assert accounting() == {"captured": 600, "folded": 600, "unreadable": 0, "dropped": 0}
+        wait_until(lambda: accounting()["captured"] == 900, what="the capture counts")
+        assert accounting() == {"captured": 900, "folded": 900, "unreadable": 0, "dropped": 0}
         # labels come late: accuracy with an interval
         labels = [{"request_id": rid, "label": "old"} for rid in shifted[:100]]
         fed = http.post(px.admin + "/v1/feedback", json=labels, headers=auth).json()
@@ -131,8 +140,8 @@ def test_watch_flags_a_shift_without_a_candidate(
         assert lab["labelled"] == 100 and lab["low"] <= lab["accuracy"] <= lab["high"]
         assert lab["per_class_recall"].keys() == {"old"} and lab["over_time"]
         # the proxy's accounting: every sampled request recorded
-        assert px.value("shadowtrial_watch_records_total", outcome="sampled") == 600
-        assert px.value("shadowtrial_watch_records_total", outcome="recorded") == 600
+        assert px.value("shadowtrial_watch_records_total", outcome="sampled") == 900
+        assert px.value("shadowtrial_watch_records_total", outcome="recorded") == 900
         # the gauges, for existing alerting
         wait_until(lambda: px.app.watch_task.rounds >= 1, what="a gauge round")
         metrics = http.get(px.admin + "/metrics").text
