@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -158,16 +159,19 @@ class WatchFolder:
             args += [rid, value, position[start]]
         ttl = self.worker.retention_hours * 3600
         k = self.keys
+        join_s = self.worker.label_join_hours * 3600
+        gen = int(now_s // join_s)
         with store_errors("watch fold script failed"):
             missing = self._script(
                 stream=k.pairs(WATCH), index=k.watch_index(), counts_index=k.bucket_index(WATCH),
-                preds=k.watch_preds(),
+                preds=k.watch_preds(gen), labels=k.watch_labels(gen),
+                labels_prev=k.watch_labels(gen - 1),
                 buckets=[k.watch_bucket(s) for s in starts], group=WATCH_GROUP,
                 consumer=self.consumer, n_ids=len(ids), ttl=ttl,
                 index_min=(starts[-1] if starts else int(now_s)) - ttl,
                 max_features=self.watch.max_features, max_categories=self.watch.max_categories,
-                preds_cap=self.worker.label_join_max,
-                preds_ttl=self.worker.label_join_hours * 3600,
+                preds_cap=self.worker.label_join_max, preds_ttl=2 * join_s,
+                max_classes=self.watch.max_categories,
                 id_min=ordered[0], id_max=ordered[-1], batch=args,
             )  # fmt: skip
         return [m.decode() if isinstance(m, bytes) else str(m) for m in missing]
@@ -230,19 +234,30 @@ def _id_key(entry_id: str) -> tuple[int, int]:
 
 
 def record_watch_label(
-    client: redis.Redis, keys: Keys, request_id: str, label: object, max_classes: int
+    client: redis.Redis,
+    keys: Keys,
+    request_id: str,
+    label: object,
+    settings: Settings,
+    now_s: float | None = None,
 ) -> str:
-    """Join a ground-truth class to the watched answer of `request_id` (row 0), once:
-    joined, none (no watched answer waits: not watched, already labelled, or its label
-    came before the worker folded it) or expired (its bucket is gone)."""
+    """Join a ground-truth class to the watched answer of `request_id` (row 0), once and
+    whichever comes first: joined, pending (it waits for the answer to be folded), full
+    (nothing more can wait in this generation) or expired (the answer's bucket is gone);
+    "none" for a label that is not a class name."""
     text = clean_label(label)
     if text is None:
         return "none"
     from analysis.apply import ROLLUP_SECONDS
 
+    join_s = settings.worker.label_join_hours * 3600
+    gen = int((time.time() if now_s is None else now_s) // join_s)
     with store_errors(f"cannot record the watch label of {request_id}"):
         answer = SCRIPTS["watch_label"].register(client)(
-            preds=keys.watch_preds(), base=keys.watch_base(), request_id=request_id[:256],
-            label=text, max_classes=max_classes, rollup=ROLLUP_SECONDS,
+            preds=keys.watch_preds(gen), preds_prev=keys.watch_preds(gen - 1),
+            labels=keys.watch_labels(gen), base=keys.watch_base(),
+            request_id=request_id[:256], label=text,
+            max_classes=settings.watch.max_categories, rollup=ROLLUP_SECONDS,
+            cap=settings.worker.label_join_max, ttl=2 * join_s,
         )  # fmt: skip
     return answer.decode() if isinstance(answer, bytes) else str(answer)

@@ -122,10 +122,17 @@ class Keys:
         """String: the uploaded training profile (JSON of analysis.watch_state.WatchState)."""
         return f"{self._tag(WATCH)}:watch-profile"
 
-    def watch_preds(self) -> str:
+    def watch_preds(self, generation: int) -> str:
         """Hash request id -> `<bucket start> SEP <predicted class>`: watched answers
-        waiting for their label (POST /v1/feedback), capped and expiring."""
-        return f"{self._tag(WATCH)}:watch-preds"
+        waiting for their label (POST /v1/feedback), in generations of
+        `worker.label_join_hours` (the current and the previous one are looked in; each
+        capped at `label_join_max` and expiring after two generations)."""
+        return f"{self._tag(WATCH)}:watch-preds:{generation}"
+
+    def watch_labels(self, generation: int) -> str:
+        """Hash request id -> a label that came before its watched answer was folded
+        (generations as `watch_preds`)."""
+        return f"{self._tag(WATCH)}:watch-labels:{generation}"
 
     # -- global (the registry's keys share one slot) --
     def registry(self) -> str:

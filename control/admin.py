@@ -537,7 +537,7 @@ def _record_feedback(ctx: AdminContext, items: list[tuple[str, Any, int]]) -> li
         result = {"request_id": rid, "candidates": joined}
         if watching and not numeric and row == 0:
             result["watch"] = record_watch_label(
-                ctx.reports.client, ctx.keys, rid, label, ctx.settings.watch.max_categories
+                ctx.reports.client, ctx.keys, rid, label, ctx.settings
             )
         results.append(result | {"row": row} if row else result)
     return results

@@ -332,3 +332,31 @@ def test_gauge_labels_are_printable_bounded_and_dropped_when_gone() -> None:
     gauges.update({**doc, "features": [], "flagged": []})
     text = generate_latest(registry).decode()
     assert "shadowtrial_watch_feature_flagged{" not in text
+
+
+def test_labels_join_watched_answers_whichever_comes_first_and_once(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    from analysis.watch_fold import record_watch_label
+
+    settings = watch_settings(prefix)
+    keys = Keys(prefix)
+    body = {"instances": [[30.0, "a"]]}
+    records = [record(NOW - 300, body, i, answer_body=answer("yes" if i % 4 else "no", 0.9))
+               for i in range(40)]  # fmt: skip
+    early = [record_watch_label(redis_client, keys, r.request_id, "yes", settings, NOW)
+             for r in records[:20]]  # fmt: skip
+    assert set(early) == {"pending"}  # labels first: they wait for the fold
+    send(redis_client, keys, records)
+    worker = Worker(redis_client, settings, clock=lambda: NOW)
+    fold_all(worker)
+    late = [record_watch_label(redis_client, keys, r.request_id, "yes", settings, NOW)
+            for r in records[20:]]  # fmt: skip
+    assert set(late) == {"joined"}
+    again = record_watch_label(redis_client, keys, records[25].request_id, "no", settings, NOW)
+    assert again == "pending"  # its answer was labelled already: counted once, not twice
+    assert record_watch_label(redis_client, keys, "r", None, settings, NOW) == "none"
+    labels = watch_document(redis_client, settings, "1h", "day", now_s=NOW)["labels"]
+    assert labels["labelled"] == 40 and labels["accuracy"] == 30 / 40
+    assert labels["per_class_recall"] == {"yes": 0.75}
+    assert labels["low"] < 0.75 < labels["high"] and len(labels["over_time"]) == 1

@@ -1,23 +1,25 @@
 -- Fold one batch of the watch stream into its buckets and acknowledge it, exactly once
 -- (as apply.lua): (a) every id must still be pending for this consumer, else the missing
 -- ids are returned and nothing is written; (b) each bucket's payload merged (watchmerge,
--- caps applied here), expired and indexed; (c) watched answers left to wait for labels
--- (HSETNX: the first record of a request id keeps it; capped: beyond, counted in
--- l#join_full); (d) XACK.
+-- caps applied here), expired and indexed; (c) each classified answer joined to a label
+-- that came first (counted at once), or left to wait for its label (the first record of
+-- a request id keeps it; a full generation is counted in l#join_full); (d) XACK.
 -- USES: watchmerge
--- KEYS: stream index counts_index preds *buckets
--- ARGV: group consumer n_ids ttl index_min max_features max_categories preds_cap preds_ttl id_min id_max *batch
+-- KEYS: stream index counts_index preds labels labels_prev *buckets
+-- ARGV: group consumer n_ids ttl index_min max_features max_categories preds_cap preds_ttl max_classes id_min id_max *batch
 -- batch: the ids; n_buckets, then per bucket start and its payload; n_preds, then
 -- (request id, value, bucket position)*.
 
 local stream, index, counts_index, preds = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local labels, labels_prev = KEYS[5], KEYS[6]
 local group, consumer = ARGV[1], ARGV[2]
 local n_ids, ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
 local index_min = ARGV[5]
 local max_features, max_categories = tonumber(ARGV[6]), tonumber(ARGV[7])
 local preds_cap, preds_ttl = tonumber(ARGV[8]), tonumber(ARGV[9])
-local id_min, id_max = ARGV[10], ARGV[11]
-local pos = 12
+local max_classes = tonumber(ARGV[10])
+local id_min, id_max = ARGV[11], ARGV[12]
+local pos = 13
 local ids = {}
 for i = 1, n_ids do ids[i] = ARGV[pos]; pos = pos + 1 end
 
@@ -32,7 +34,7 @@ if #missing > 0 then return missing end
 
 local n_buckets = tonumber(ARGV[pos]); pos = pos + 1
 for b = 1, n_buckets do
-  local key = KEYS[4 + b]
+  local key = KEYS[6 + b]
   local start = ARGV[pos]; pos = pos + 1
   pos = watch_merge(key, pos, max_features, max_categories)
   redis.call('EXPIRE', key, ttl)
@@ -43,17 +45,16 @@ redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. index_min)
 redis.call('ZREMRANGEBYSCORE', counts_index, '-inf', '(' .. index_min)
 
 local n_preds = tonumber(ARGV[pos]); pos = pos + 1
-if n_preds > 0 then
-  local size = redis.call('HLEN', preds)
-  for _ = 1, n_preds do
-    local rid, value, b = ARGV[pos], ARGV[pos + 1], tonumber(ARGV[pos + 2]); pos = pos + 3
-    if size >= preds_cap then
-      redis.call('HINCRBY', KEYS[4 + b], 'l#join_full', 1)
-    elseif redis.call('HSETNX', preds, rid, value) == 1 then
-      size = size + 1
-    end
+local early = n_preds > 0 and redis.call('EXISTS', labels, labels_prev) > 0
+for _ = 1, n_preds do
+  local rid, value, b = ARGV[pos], ARGV[pos + 1], tonumber(ARGV[pos + 2]); pos = pos + 3
+  local label = early and watch_take(labels, labels_prev, rid)
+  if label then
+    local sep = string.find(value, '\31', 1, true)
+    watch_count_label(KEYS[6 + b], string.sub(value, sep + 1), label, max_classes)
+  elseif not watch_wait(preds, rid, value, preds_cap, preds_ttl) then
+    redis.call('HINCRBY', KEYS[6 + b], 'l#join_full', 1)
   end
-  redis.call('EXPIRE', preds, preds_ttl)
 end
 
 for i = 1, #ids, 1000 do

@@ -39,6 +39,46 @@ local function watch_category(key, name, value, n, max_categories)
   redis.call('HINCRBY', key, field, n)
 end
 
+-- One labelled watched answer into the bucket `key`: l#n, l#right, and per true class
+-- l#t:<class> / l#r:<class> (at most max_classes classes, the rest under <other>).
+local function watch_count_label(key, predicted, label, max_classes)
+  local class = label
+  if redis.call('HEXISTS', key, 'l#t:' .. class) == 0 then
+    if tonumber(redis.call('HGET', key, 'l#nc') or '0') < max_classes then
+      redis.call('HINCRBY', key, 'l#nc', 1)
+    else
+      class = WATCH_OTHER
+    end
+  end
+  redis.call('HINCRBY', key, 'l#n', 1)
+  redis.call('HINCRBY', key, 'l#t:' .. class, 1)
+  if predicted == label then
+    redis.call('HINCRBY', key, 'l#right', 1)
+    redis.call('HINCRBY', key, 'l#r:' .. class, 1)
+  end
+end
+
+-- The value waiting under `rid` in the current generation `cur` or the previous `prev`,
+-- removed (so it is used once); false when there is none.
+local function watch_take(cur, prev, rid)
+  for _, key in ipairs({cur, prev}) do
+    local value = redis.call('HGET', key, rid)
+    if value then
+      redis.call('HDEL', key, rid)
+      return value
+    end
+  end
+  return false
+end
+
+-- Leave `value` waiting under `rid` (the first one wins), unless the generation is full.
+local function watch_wait(key, rid, value, cap, ttl)
+  if redis.call('HLEN', key) >= cap then return false end
+  redis.call('HSETNX', key, rid, value)
+  redis.call('EXPIRE', key, ttl)
+  return true
+end
+
 local function watch_merge(key, pos, max_features, max_categories)
   local n_scalars = tonumber(ARGV[pos]); pos = pos + 1
   for _ = 1, n_scalars do
