@@ -41,6 +41,8 @@ from common.settings import Settings
 log = logging.getLogger("shadowtrial.worker")
 
 MAX_LABEL_TEXT = 200  # a predicted class longer than this does not wait for a label
+MAX_NAME = 128  # a feature name is cut to this many characters (then `…`)
+MAX_VALUE = 200  # a category value likewise
 
 
 @dataclass(frozen=True)
@@ -192,7 +194,7 @@ def count_record(
     if not rows:
         inputs.unreadable += 1
     for row in rows:
-        inputs.add_row(row)
+        inputs.add_row(bounded_row(row))
     latency.requests += 1
     if math.isfinite(record.primary_ms) and record.primary_ms >= 0:
         latency.add_row({LATENCY: record.primary_ms})
@@ -200,6 +202,19 @@ def count_record(
         record.request_body, record.primary_body, record.primary_status, outputs, adapter
     )
     return _single_class(predictions)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def bounded_row(row: Mapping[str, object]) -> dict[str, object]:
+    """Names and text values cut (MAX_NAME, MAX_VALUE characters): a bucket keeps up to
+    max_features * max_categories of them, so each must be small whatever a client sends."""
+    return {
+        _cut(str(name), MAX_NAME): _cut(v, MAX_VALUE) if isinstance(v, str) else v
+        for name, v in row.items()
+    }
 
 
 def _single_class(predictions: Sequence[Prediction]) -> str | None:

@@ -28,9 +28,15 @@ def _adapter() -> OutputAdapter:
     return _ADAPTER[0]
 
 
+MAX_CLASS_TEXT = 200  # a predicted class is cut to this many characters (then `…`)
+
+
 def _row(prediction: Prediction) -> dict[str, object]:
+    label = prediction.label
+    if isinstance(label, str) and len(label) > MAX_CLASS_TEXT:
+        label = label[: MAX_CLASS_TEXT - 1] + "…"
     row = {
-        "class": prediction.label, "confidence": prediction.confidence,
+        "class": label, "confidence": prediction.confidence,
         "margin": prediction.margin, "score": prediction.score,
     }  # fmt: skip
     return {k: v for k, v in row.items() if v is not None}

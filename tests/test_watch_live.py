@@ -360,3 +360,20 @@ def test_labels_join_watched_answers_whichever_comes_first_and_once(
     assert labels["labelled"] == 40 and labels["accuracy"] == 30 / 40
     assert labels["per_class_recall"] == {"yes": 0.75}
     assert labels["low"] < 0.75 < labels["high"] and len(labels["over_time"]) == 1
+
+
+def test_huge_names_and_values_are_cut_before_they_reach_redis(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    settings = watch_settings(prefix)
+    keys = Keys(prefix)
+    body = {"instances": [{"k" * 50_000: "v" * 200_000, "city": "w" * 100_000}]}
+    long_class = json.dumps({"predictions": [{"label": "c" * 100_000}]}).encode()
+    send(redis_client, keys, [record(NOW - 60, body, 0, answer_body=long_class)])
+    fold_all(Worker(redis_client, settings, clock=lambda: NOW))
+    start = int(NOW - 60) - int(NOW - 60) % 60
+    assert redis_client.memory_usage(keys.watch_bucket(start)) < 20_000
+    doc = watch_document(redis_client, settings, "1h", "day", now_s=NOW)
+    names = {f["feature"] for f in doc["features"]}
+    assert ("k" * 127 + "…") in names and "city" in names
+    assert all(len(k) <= 200 for k in doc["outputs"]["class_mix"])
