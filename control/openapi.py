@@ -208,7 +208,7 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("GET", "/v1/watch", "watch",
               "The watch on the primary: a window's features, outputs and labels against a"
               " reference (docs/operating.md, Watch)",
-              {"200": _json({"type": "object"}, "the watch document"),
+              {"200": _json(_ref("WatchDocument"), "the watch document"),
                "400": _error("invalid window or reference")},
               ({"name": "window", "in": "query", "required": False,
                 "description": "30s, 15m, 1h, 2d ... (default [watch] window)",
@@ -439,6 +439,11 @@ SCHEMAS: dict[str, Any] = {
                             "type": "object",
                             "additionalProperties": {"type": "string"},
                         },
+                        "watch": {
+                            "description": "with [watch] on: the label's join to the "
+                            "watched answer",
+                            "enum": ["joined", "pending", "full", "expired", "none"],
+                        },
                     },
                 },
             },
@@ -448,6 +453,86 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["ready", "primary"],
         "properties": {"ready": {"type": "boolean"}, "primary": {"type": "object"}},
+    },
+    "WatchDocument": {
+        "type": "object",
+        "description": "docs/operating.md, Watch; every string may come from traffic",
+        "required": [
+            "window",
+            "reference",
+            "requests",
+            "rows",
+            "unreadable",
+            "features_over_cap",
+            "flagged",
+            "features",
+            "outputs",
+            "labels",
+            "timeline",
+            "accounting",
+        ],
+        "properties": {
+            "window": {"type": "object", "required": ["from", "to", "seconds"]},
+            "reference": {
+                "type": "object",
+                "required": ["kind", "from", "to", "requests", "available", "problem"],
+                "properties": {
+                    "kind": {"enum": ["pinned", "profile", "day", "week", "range"]},
+                    "available": {"type": "boolean"},
+                },
+            },
+            "requests": {"type": "integer"},
+            "rows": {"type": "integer"},
+            "unreadable": {"type": "integer"},
+            "features_over_cap": {"type": "integer"},
+            "flagged": {"type": "array", "items": {"type": "string"}},
+            "features": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": [
+                        "feature",
+                        "kind",
+                        "drift",
+                        "p_adj",
+                        "flagged",
+                        "unseen_rate",
+                        "out_of_range_rate",
+                        "missing_rate",
+                        "missing_rate_reference",
+                        "count",
+                        "first_seen",
+                        "chart",
+                    ],
+                    "properties": {
+                        "kind": {"enum": ["numeric", "categorical"]},
+                        "drift": {"type": ["number", "null"]},
+                        "p_adj": {"type": ["number", "null"]},
+                        "flagged": {"type": "boolean"},
+                    },
+                },
+            },
+            "outputs": {
+                "type": "object",
+                "properties": {"kind": {"enum": ["classification", "regression", "unknown"]}},
+            },
+            "labels": {
+                "type": "object",
+                "required": [
+                    "labelled",
+                    "accuracy",
+                    "low",
+                    "high",
+                    "per_class_recall",
+                    "over_time",
+                ],
+            },
+            "timeline": {"type": "array", "items": {"type": "object"}},
+            "accounting": {
+                "type": "object",
+                "required": ["captured", "folded", "unreadable", "dropped"],
+            },
+        },
     },
 }
 

@@ -61,6 +61,40 @@ def traffic(start_s: float, n: int, *, shift: bool, seed: int) -> list[PairRecor
     return out
 
 
+OUTPUT_KEYS = {
+    "kind", "class_mix", "class_mix_reference", "mean_confidence", "mean_confidence_reference",
+    "confidence_drift", "confidence_p_adj", "confidence_flagged", "errors", "error_rate",
+    "latency_p50_ms", "latency_p99_ms",
+}  # fmt: skip
+
+
+def assert_contract(doc: dict) -> None:
+    """The document has exactly the keys of the contract (control.openapi WatchDocument,
+    docs/operating.md) at every level the page reads."""
+    from control.openapi import openapi_document
+
+    schema = openapi_document()["components"]["schemas"]["WatchDocument"]
+    props = schema["properties"]
+    assert set(doc) == set(schema["required"])
+    assert set(doc["reference"]) == set(props["reference"]["required"])
+    assert set(doc["window"]) == {"from", "to", "seconds"}
+    for feature in doc["features"]:
+        assert set(feature) == set(props["features"]["items"]["required"])
+        chart = feature["chart"]
+        want = (
+            {"kind", "edges", "now", "reference"}
+            if chart["kind"] == "numeric"
+            else {"kind", "values"}
+        )
+        assert set(chart) == want
+    assert set(doc["outputs"]) == OUTPUT_KEYS
+    assert set(doc["labels"]) == set(props["labels"]["required"])
+    for step in doc["timeline"]:
+        assert set(step) == {"start", "requests", "max_drift", "flagged", "mean_confidence"}
+    assert set(doc["accounting"]) == set(props["accounting"]["required"])
+    json.dumps(doc, allow_nan=False)
+
+
 def send(client: redis.Redis, keys: Keys, records: list[PairRecord]) -> None:
     pipe = client.pipeline(transaction=False)
     for rec in records:
@@ -87,6 +121,7 @@ def test_a_seeded_shift_is_flagged_and_the_same_traffic_is_not(
     worker = Worker(redis_client, settings, clock=lambda: NOW)
     assert fold_all(worker) == 1200
     doc = watch_document(redis_client, settings, "15m", "day", now_s=NOW)
+    assert_contract(doc)
     assert doc["reference"]["kind"] == "day" and doc["reference"]["available"]
     assert doc["requests"] == 600 and doc["reference"]["requests"] == 600
     assert set(doc["flagged"]) == {"age", "instances[1]"}
@@ -149,7 +184,7 @@ def test_hostile_values_are_counted_and_buckets_stay_bounded(
     assert age.nan == 1 and age.null == 1 and age.categories.get("text in a number") == 1
     assert redis_client.hlen(keys.watch_bucket(int(at - at % 60))) < 2000
     doc = watch_document(redis_client, settings, "1h", "day", now_s=NOW)
-    json.dumps(doc, allow_nan=False)  # strict JSON whatever came in
+    assert_contract(doc)  # and strict JSON, whatever came in
     assert doc["reference"]["available"] is False and doc["flagged"] == []
     names = {f["feature"] for f in doc["features"]}
     assert {"k\x1b[31m\x00", "\u202e", "a:b"} <= names  # raw here: the readers sanitise
