@@ -28,6 +28,7 @@ import numpy as np
 import orjson
 import redis
 
+from analysis.apply import ROLLUP_SECONDS
 from analysis.drift import compare_states
 from analysis.stats import hist_quantile, wilson_interval
 from analysis.watch_rollup import merged, read_buckets
@@ -434,9 +435,11 @@ def _accounting(
     captured = folded + dropped + still in the stream."""
     keys = Keys(settings.redis.prefix)
     with store_errors("cannot read the watch accounting"):
-        members = client.zrangebyscore(
-            keys.bucket_index(WATCH), int(span[0]), f"({math.ceil(span[1])}"
-        )
+        raw = client.zrangebyscore(
+            keys.bucket_index(WATCH), int(span[0]) - ROLLUP_SECONDS + 1,
+            f"({math.ceil(span[1])}", withscores=True,
+        )  # fmt: skip
+        members = [m for m, s in raw if m.startswith(b"h") or s >= int(span[0])]  # as buckets
         pipe = client.pipeline(transaction=False)
         for member in members:
             pipe.hgetall(keys.bucket_base(WATCH) + member.decode())

@@ -246,8 +246,10 @@ class Worker:
         w = self.settings.worker
         if not w.rollup_after_hours:
             return 0
+        names = set(self.streams.values())
         if self.watch_stream is not None:
             roll_up_watch(self.client, self.settings, now_s=self.clock())
+            names.add(WATCH)  # the proxies' accounting buckets of the watch
         return sum(
             roll_up(
                 self.client,
@@ -258,7 +260,7 @@ class Worker:
                 after_s=w.rollup_after_hours * 3600,
                 ttl_s=w.retention_hours * 3600,
             )
-            for name in set(self.streams.values())
+            for name in names
         )
 
     def heartbeat(self) -> None:

@@ -14,6 +14,7 @@ from analysis.watch_rollup import read_buckets, roll_up_watch
 from analysis.worker import Worker
 from common.keys import WATCH, WATCH_GROUP, Keys
 from common.records import PairRecord
+from common.scripts import SCRIPTS
 from common.settings import Settings, settings_from_mapping
 
 NOW = 1_800_000_000.0  # a fixed clock: buckets fall where the test says
@@ -227,12 +228,19 @@ def test_rollup_keeps_every_count_and_a_late_record_is_not_lost(
     send(redis_client, keys, traffic(hour0 + 60, 200, shift=False, seed=6))
     worker = Worker(redis_client, settings, clock=lambda: NOW)
     fold_all(worker)
+    count = SCRIPTS["count"].register(redis_client)
+    for start in (hour0 + 60, hour0 + 120):  # the proxies' accounting of the same requests
+        count(bucket=keys.bucket(WATCH, start), index=keys.bucket_index(WATCH), start=start,
+              ttl=3600 * 24, increments=["mirror:sampled", 100])  # fmt: skip
     before = watch_document(redis_client, settings, "11h", "day", now_s=NOW)
-    assert roll_up_watch(redis_client, settings, now_s=NOW) == 1
+    assert before["accounting"]["captured"] == 200
+    worker.roll_up()  # the watch's buckets and its accounting buckets
+    assert redis_client.zrange(keys.bucket_index(WATCH), 0, -1) == [f"h{hour0}".encode()]
     members = redis_client.zrange(keys.watch_index(), 0, -1)
     assert members == [f"h{hour0}".encode()]
     after = watch_document(redis_client, settings, "11h", "day", now_s=NOW)
     assert after["requests"] == before["requests"] == 200
+    assert after["accounting"] == before["accounting"]
     assert after["features"] == before["features"]
     assert after["outputs"]["mean_confidence"] == before["outputs"]["mean_confidence"]
     send(redis_client, keys, traffic(hour0 + 120, 10, shift=False, seed=7))  # late
