@@ -45,6 +45,9 @@ MAX_NAME = 128  # a feature name is cut to this many characters (then `…`)
 MAX_VALUE = 200  # a category value likewise
 
 
+DEEP = object()  # a configured path that matched a list or object: counted invalid
+
+
 @dataclass(frozen=True)
 class Extractors:
     """`[[features]]`: derived names renamed, JSON paths and headers added as features."""
@@ -73,12 +76,8 @@ class Extractors:
             return rows
         extra: dict[str, object] = {name: path.first(doc) for name, path in self.paths}
         extra |= {name: headers.get(header) for name, header in self.headers}
-        extra = {k: (v if not isinstance(v, list | dict) else _Deep) for k, v in extra.items()}
+        extra = {k: (v if not isinstance(v, list | dict) else DEEP) for k, v in extra.items()}
         return [{**row, **extra} for row in rows] or [extra]
-
-
-class _Deep:
-    """A configured path that matched a list or object: invalid, not a feature value."""
 
 
 @dataclass

@@ -420,3 +420,32 @@ def test_huge_names_and_values_are_cut_before_they_reach_redis(
     names = {f["feature"] for f in doc["features"]}
     assert ("k" * 127 + "…") in names and "city" in names
     assert all(len(k) <= 200 for k in doc["outputs"]["class_mix"])
+
+
+def test_configured_features_read_paths_and_headers(redis_client: redis.Redis, prefix: str) -> None:
+    raw = {
+        "redis": {"prefix": prefix}, "watch": {"sample": 1.0},
+        "features": [{"name": "country", "from": "$.meta.country"},
+                     {"name": "tenant", "from": "header:X-Tenant"},
+                     {"name": "score", "from": "x[1]"}],
+    }  # fmt: skip
+    settings = settings_from_mapping(raw, environ={})
+    keys = Keys(prefix)
+    oip = {"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32",
+                       "data": [1, 2, 3, 4]}]}  # fmt: skip
+    bodies = [
+        {**oip, "meta": {"country": "FR"}},
+        {**oip, "meta": {"country": ["a", "list"]}},
+        oip,
+    ]
+    recs = [record(NOW - 60, b, i) for i, b in enumerate(bodies)]
+    recs[0].headers = {"x-tenant": "acme"}
+    send(redis_client, keys, recs)
+    fold_all(Worker(redis_client, settings, clock=lambda: NOW))
+    (bucket,) = read_buckets(redis_client, settings, NOW - 120, NOW)
+    features = bucket.states["i"].features
+    assert set(features) == {"x[0]", "score", "country", "tenant"}  # x[1] renamed
+    country, tenant = features["country"], features["tenant"]
+    assert country.categories == {"FR": 2} and country.invalid == 2 and country.null == 2
+    assert tenant.categories == {"acme": 2} and tenant.null == 4  # per row of 2-row requests
+    assert features["score"].n_numeric == 6
