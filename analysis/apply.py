@@ -118,11 +118,18 @@ def _batch_json(
 
 
 def _bucket_json(delta: BatchDelta, start: int) -> list[Any]:
-    """[start, [field, value, ...] of the integers, [field, value, ...] of the floats]."""
+    """[start, integer fields, their values, float fields, their values]: parallel lists,
+    built by C loops (a batch has hundreds of fields per bucket). Zero increments are
+    left out: HINCRBY 0 would still create the field."""
     bucket = delta.buckets[start]
-    ints = [x for f, v in bucket.ints.items() if v for x in (f, str(v))]
-    floats = [x for f, v in bucket.floats.items() if v for x in (f, repr(v))]
-    return [str(start), ints, floats]
+    ints: dict[str, int] = bucket.ints
+    if 0 in ints.values():
+        ints = {f: v for f, v in ints.items() if v}
+    floats: dict[str, float] = bucket.floats
+    if 0.0 in floats.values():
+        floats = {f: v for f, v in floats.items() if v}
+    return [str(start), list(ints), list(map(str, ints.values())),
+            list(floats), list(map(repr, floats.values()))]  # fmt: skip
 
 
 def _sample_args(extras: BatchExtras) -> list[Any]:

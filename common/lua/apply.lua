@@ -7,8 +7,8 @@
 -- ARGV: group consumer ttl index_min samples_cap id_min id_max preds_base labels_base join_cap join_ttl now batch *samples
 -- batch: one JSON object (one argument, decoded in C, instead of thousands that each cost
 -- the worker a conversion): "ids", the entry ids; "buckets", per bucket (in KEYS order)
--- [start, [field, value, ...], [field, value, ...]]: the integer then the float increments,
--- every number as text (Lua numbers are doubles: text keeps 64-bit counters exact);
+-- [start, int fields, their increments, float fields, their increments], every number as
+-- text (Lua numbers are doubles: text keeps 64-bit counters exact);
 -- "joins", (request id, encoded predictions, bucket position)* flat.
 -- samples: per sample kind n, then the n samples (raw bytes, pushed as they are).
 
@@ -38,9 +38,9 @@ if #missing > 0 then return missing end
 -- (b) counter increments per bucket
 for b, bucket in ipairs(batch.buckets) do
   local key = KEYS[6 + b]
-  local start, ints, floats = bucket[1], bucket[2], bucket[3]
-  for i = 1, #ints, 2 do redis.call('HINCRBY', key, ints[i], ints[i + 1]) end
-  for i = 1, #floats, 2 do redis.call('HINCRBYFLOAT', key, floats[i], floats[i + 1]) end
+  local start, ints, int_by, floats, float_by = bucket[1], bucket[2], bucket[3], bucket[4], bucket[5]
+  for i = 1, #ints do redis.call('HINCRBY', key, ints[i], int_by[i]) end
+  for i = 1, #floats do redis.call('HINCRBYFLOAT', key, floats[i], float_by[i]) end
   redis.call('EXPIRE', key, ttl)
   redis.call('ZADD', index, start, start)
 end
