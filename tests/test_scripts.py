@@ -15,9 +15,10 @@ ROOT = Path(__file__).resolve().parent.parent
 LUA = ROOT / "common" / "lua"
 
 
-def test_the_seven_scripts_come_from_their_files() -> None:
+def test_the_nine_scripts_come_from_their_files() -> None:
     assert sorted(SCRIPTS) == [
-        "admit", "apply", "commit", "count", "feedback", "renew", "rollup",
+        "admit", "apply", "commit", "count", "dispatch", "enqueue", "feedback", "renew",
+        "rollup",
     ]  # fmt: skip
     assert "join" not in SCRIPTS  # a library: put before apply.lua and feedback.lua
     join = (LUA / "join.lua").read_text()
@@ -31,7 +32,7 @@ def test_the_lua_files_are_package_data() -> None:
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     globs = data["package-data"]["common"]
     files = [str(p.relative_to(ROOT / "common")) for p in LUA.glob("*.lua")]
-    assert len(files) == 8
+    assert len(files) == 10
     assert [f for f in files if not any(fnmatch.fnmatch(f, g) for g in globs)] == []
 
 
