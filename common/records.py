@@ -109,9 +109,7 @@ _META_FIELDS = tuple(
 )
 _ANNOTATED = {"str": (str,), "int": (int,), "float": (int, float), "dict[str, str]": (dict,)}
 _META_TYPES = {
-    f.name: _ANNOTATED[str(f.type)]
-    for f in fields(PairRecord)
-    if f.name in (*_META_FIELDS, "mode")
+    f.name: _ANNOTATED[str(f.type)] for f in fields(PairRecord) if f.name in (*_META_FIELDS, "mode")
 }
 
 

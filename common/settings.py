@@ -703,19 +703,6 @@ def _check_dispatched(where: str, cand: CandidateSettings) -> None:
         )  # fmt: skip
 
 
-def _check_redacted_dispatch(
-    proxy: ProxySettings, candidates: tuple[CandidateSettings, ...]
-) -> None:
-    """redact_fields changes the stored body, so a dispatcher could only send that one."""
-    dispatched = [c.name for c in candidates if c.run == "dispatcher"]
-    if dispatched and proxy.redact_fields:
-        raise ConfigError(
-            "proxy.redact_fields", list(proxy.redact_fields),
-            f"candidates {dispatched} run in a dispatcher, which would send redacted bodies;"
-            ' use run = "proxy" for them',
-        )  # fmt: skip
-
-
 def _check_slices(slices: tuple[SliceSettings, ...]) -> None:
     for i, sl in enumerate(slices):
         if not sl.name:
@@ -802,7 +789,6 @@ def _validated_settings(
     allow = sections["proxy"].allow_link_local_urls
     _check_destination("proxy.primary", sections["proxy"].primary, allow)
     _check_candidates(lists["candidates"], allow)
-    _check_redacted_dispatch(sections["proxy"], lists["candidates"])
     _check_slices(lists["slices"])
     _check_strata(lists["strata"], lists["slices"])
     return Settings(**sections, **lists)
