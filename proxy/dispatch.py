@@ -25,8 +25,10 @@ the dispatcher (the primary's is the proxy's measure, as in proxy mode).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
@@ -50,7 +52,14 @@ from common.keys import (
     FIELD_DISPATCHED,
     Keys,
 )
-from common.records import MODE_DISPATCHER, PairRecord, RecordError
+from common.records import (
+    MODE_DISPATCHER,
+    OUTCOME_HTTP_ERROR,
+    OUTCOME_OK,
+    OUTCOME_TIMEOUT,
+    PairRecord,
+    RecordError,
+)
 from common.redis_client import STORE_FAILURES, async_client, store_errors
 from common.scripts import SCRIPTS
 from common.settings import CandidateSettings, Settings
@@ -71,6 +80,11 @@ IDLE_SLEEP_S = 0.01  # several candidates, nothing read: the pause before the ne
 BACKOFF_MAX_S = 1.0
 MAX_HEADERS = 512  # a request record's header list beyond this is not a request record
 TAKEN_OVER = "taken_over"
+# The worker's latency bins (analysis.stats.log_latency_edges(), 0.05 ms to 120 s, 1%
+# apart), computed here without numpy: a dispatched pair's candidate latency is also
+# counted as `dl:<bin>`, which the report's `dispatch` section reads.
+_EDGES = [0.05 * 1.01**i for i in range(math.ceil(math.log(120_000 / 0.05) / math.log1p(0.01)) + 1)]
+_TIMED = frozenset({OUTCOME_OK, OUTCOME_HTTP_ERROR, OUTCOME_TIMEOUT})  # as the worker times
 
 
 @dataclass
@@ -336,16 +350,19 @@ class Dispatcher:
         """dispatch.lua: acknowledge, delete, write the pair, count; all or nothing."""
         start, ttl = self._bucket(ts_ms)
         flat: list[Any] = []
+        timed = ""
         if pair is not None:
             for name, value in pair.to_fields().items():
                 flat += [name, value]
+            if pair.candidate_outcome in _TIMED and pair.candidate_ms > 0:
+                timed = f"dl:{latency_bin(pair.candidate_ms)}"
         with store_errors("Redis unavailable"):
             done = await self._script(
                 requests=route.stream, pairs=self.keys.pairs(route.name),
                 bucket=self.keys.bucket(route.name, start),
                 index=self.keys.bucket_index(route.name), group=DISPATCH_GROUP, id=entry_id,
                 maxlen=self.settings.redis.max_pairs, start=start, ttl=ttl, counted=field,
-                fields=flat,
+                timed=timed, fields=flat,
             )  # fmt: skip
         self.metrics.finished(route.name, field.partition(":")[2] if done else TAKEN_OVER)
 
@@ -381,6 +398,11 @@ class Dispatcher:
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
+
+
+def latency_bin(ms: float) -> int:
+    """The worker's latency bin of `ms` (analysis.summaries.latency_bin)."""
+    return min(max(bisect.bisect_right(_EDGES, ms) - 1, 0), len(_EDGES) - 2)
 
 
 def _dispatched(cand: CandidateSettings) -> bool:
