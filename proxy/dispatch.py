@@ -151,25 +151,24 @@ class Dispatcher:
         return runner
 
     async def _registered(self) -> dict[str, CandidateSettings]:
-        """Candidates registered at runtime with `run = "dispatcher"` (control.registry)."""
-        from control.registry import entries_from, text_map
-
+        """Candidates registered at runtime with `run = "dispatcher"`: the registry's JSON
+        entries (control.registry.Entry) read here, as the data plane does not import the
+        control plane; an entry that is not one is skipped."""
         try:
             raw = await self.client.hgetall(self.keys.registry())
-            entries = entries_from(text_map(raw))
-        except (*STORE_FAILURES, ValueError) as exc:
+        except STORE_FAILURES as exc:
             log.debug("registry not read: %s", type(exc).__name__)
             return {}
         configured = {c.name: c for c in self.settings.candidates}
         found = {}
-        for name, entry in entries.items():
-            if entry.url is None or entry.run != "dispatcher":
+        for value in raw.values():
+            entry = _registry_entry(value)
+            if entry is None:
                 continue
-            base = configured.get(name)
-            cand = entry.settings()
-            if base is not None:  # the config file's shape (headers, body_set) still applies
-                cand = replace(base, url=entry.url, timeout_ms=entry.timeout_ms, run="dispatcher")
-            found[name] = cand
+            name, url, timeout_ms = entry
+            base = configured.get(name) or CandidateSettings(name=name, url=url)
+            # The config file's shape (headers, body_set) still applies to its candidates.
+            found[name] = replace(base, url=url, timeout_ms=timeout_ms, run="dispatcher")
         return found
 
     async def _ensure_group(self, stream: str) -> None:
@@ -398,6 +397,20 @@ class Dispatcher:
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
+
+
+def _registry_entry(raw: Any) -> tuple[str, str, int] | None:
+    """(name, url, timeout_ms) of a registry entry that is dispatched, else None."""
+    try:
+        entry = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(entry, dict) or entry.get("run") != "dispatcher":
+        return None
+    name, url, timeout_ms = entry.get("name"), entry.get("url"), entry.get("timeout_ms")
+    if not (isinstance(name, str) and isinstance(url, str) and isinstance(timeout_ms, int)):
+        return None
+    return name, url, max(timeout_ms, 1)
 
 
 def latency_bin(ms: float) -> int:

@@ -218,6 +218,10 @@ def test_overflow_and_expiry_are_counted_and_the_identity_holds(
             wait_until(lambda: px.settled("d"), what="records queued")
             assert redis_client.xlen(Keys(prefix).requests("d")) == 3  # two refused
             time.sleep(0.3)  # every queued record is now older than max_age_s
+            metrics = http.get(px.admin + "/metrics").text  # the proxy reads the queue
+            assert 'shadowtrial_dispatch_queue_depth{candidate="d"} 3' in metrics
+            lag = _sample(metrics, 'shadowtrial_dispatch_lag_seconds{candidate="d"}')
+            assert 0.3 <= lag < 30
             calls_before = len(cand.seen)  # "p" was called by the proxy
             with running_dispatcher(settings, redis_url, "late"):
                 report = _reports(redis_client, settings, ("d",))["d"]
@@ -227,6 +231,11 @@ def test_overflow_and_expiry_are_counted_and_the_identity_holds(
     assert report["dropped"]["dispatch_expired"] == 3
     assert _identity_holds(report)
     assert report["dispatch"]["expired"] == 3 and report["dispatch"]["overflow"] == 2
+
+
+def _sample(text: str, series: str) -> float:
+    line = next(line for line in text.splitlines() if line.startswith(series + " "))
+    return float(line.rsplit(" ", 1)[1])
 
 
 def test_unreadable_records_are_counted_bad_and_never_sent(
