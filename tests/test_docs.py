@@ -18,6 +18,7 @@ SECTIONS = {
     "worker": S.WorkerSettings,
     "gate": S.GateSettings,
     "notify": S.NotifySettings,
+    "dispatch": S.DispatchSettings,
     "candidates": S.CandidateSettings,
     "slices": S.SliceSettings,
     "strata": S.StratumSettings,
