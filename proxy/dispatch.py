@@ -40,7 +40,7 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from common import dispatch_queue
 from common.errors import StoreError
@@ -80,6 +80,7 @@ IDLE_SLEEP_S = 0.01  # several candidates, nothing read: the pause before the ne
 BACKOFF_MAX_S = 1.0
 MAX_HEADERS = 512  # a request record's header list beyond this is not a request record
 TAKEN_OVER = "taken_over"
+FINISH_BATCH = 256  # dispatch.lua calls per pipelined round trip
 # The worker's latency bins (analysis.stats.log_latency_edges(), 0.05 ms to 120 s, 1%
 # apart), computed here without numpy: a dispatched pair's candidate latency is also
 # counted as `dl:<bin>`, which the report's `dispatch` section reads.
@@ -118,6 +119,8 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._script = DISPATCH.register(client)
         self._count = SCRIPTS["count"].register(client)
+        self._finishing: list[tuple[list[Any], list[Any], asyncio.Future[Any]]] = []
+        self._flushing = False
         self._stopping = asyncio.Event()
         self._discovered_at = 0.0
         self._queue_at = 0.0
@@ -346,7 +349,13 @@ class Dispatcher:
         ts_ms: int,
         pair: PairRecord | None = None,
     ) -> None:
-        """dispatch.lua: acknowledge, delete, write the pair, count; all or nothing."""
+        """dispatch.lua: acknowledge, delete, write the pair, count; all or nothing.
+
+        Records finished while a round trip is on the wire wait and go together in the
+        next one (one pipeline, like the proxy's capture): a dispatcher's Redis cost is
+        per batch, not per record. StoreError when Redis failed: the record stays pending
+        and is taken over later.
+        """
         start, ttl = self._bucket(ts_ms)
         flat: list[Any] = []
         timed = ""
@@ -355,15 +364,53 @@ class Dispatcher:
                 flat += [name, value]
             if pair.candidate_outcome in _TIMED and pair.candidate_ms > 0:
                 timed = f"dl:{latency_bin(pair.candidate_ms)}"
+        keys, args = DISPATCH.bind(
+            requests=route.stream, pairs=self.keys.pairs(route.name),
+            bucket=self.keys.bucket(route.name, start),
+            index=self.keys.bucket_index(route.name), group=DISPATCH_GROUP, id=entry_id,
+            maxlen=self.settings.redis.max_pairs, start=start, ttl=ttl, counted=field,
+            timed=timed, fields=flat,
+        )  # fmt: skip
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._finishing.append((keys, args, done))
+        if not self._flushing:
+            await self._flush_all()
+        result = await done
+        self.metrics.finished(route.name, field.partition(":")[2] if result else TAKEN_OVER)
+
+    async def _flush_all(self) -> None:
+        """Send what is waiting, batch after batch, until nothing is (the group commit)."""
+        self._flushing = True
+        try:
+            while self._finishing:
+                batch = self._finishing[:FINISH_BATCH]
+                del self._finishing[:FINISH_BATCH]
+                try:
+                    await self._flush(batch)
+                except (StoreError, *STORE_FAILURES) as exc:
+                    for _, _, done in batch:
+                        if not done.done():
+                            done.set_exception(StoreError(f"Redis unavailable: {exc}"))
+        finally:
+            self._flushing = False
+            for _, _, done in self._finishing:  # only when cancelled mid-way
+                if not done.done():
+                    done.set_exception(StoreError("dispatcher stopping"))
+            self._finishing.clear()
+
+    async def _flush(self, batch: list[tuple[list[Any], list[Any], asyncio.Future[Any]]]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for keys, args, _ in batch:
+            pipe.execute_command("EVALSHA", self._script.script.sha, len(keys), *keys, *args)
         with store_errors("Redis unavailable"):
-            done = await self._script(
-                requests=route.stream, pairs=self.keys.pairs(route.name),
-                bucket=self.keys.bucket(route.name, start),
-                index=self.keys.bucket_index(route.name), group=DISPATCH_GROUP, id=entry_id,
-                maxlen=self.settings.redis.max_pairs, start=start, ttl=ttl, counted=field,
-                timed=timed, fields=flat,
-            )  # fmt: skip
-        self.metrics.finished(route.name, field.partition(":")[2] if done else TAKEN_OVER)
+            results = await pipe.execute(raise_on_error=False)
+            for (keys, args, done), result in zip(batch, results, strict=True):
+                if isinstance(result, NoScriptError):  # Redis restarted: load it, once
+                    result = await self._script.script(keys=keys, args=args)
+                if isinstance(result, Exception):
+                    done.set_exception(StoreError(f"Redis refused a record: {result}"))
+                else:
+                    done.set_result(result)
 
     async def refresh_queue_gauges(self) -> dict[str, dispatch_queue.QueueState]:
         """Read every candidate's queue depth and lag into the gauges."""
