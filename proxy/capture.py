@@ -43,12 +43,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from common.errors import StoreError
-from common.keys import (
-    FIELD_CAPTURE_DROPPED,
-    FIELD_DISPATCH_OVERFLOW,
-    FIELD_DISPATCH_QUEUED,
-    Keys,
-)
+from common.keys import FIELD_CAPTURE_DROPPED, Keys
 from common.records import PairRecord
 from common.redis_client import async_client, store_errors
 from common.scripts import SCRIPTS
@@ -127,6 +122,16 @@ class BucketCounts:
         self._bucket_s = bucket_seconds
         self._ttl_s = ttl_s
         self.waiting: Counts = {}
+
+    @property
+    def ttl_s(self) -> int:
+        """How long a bucket hash is kept (the worker's retention)."""
+        return self._ttl_s
+
+    def bucket(self, ts_ms: int) -> int:
+        """The start (epoch seconds) of the bucket holding `ts_ms`."""
+        seconds = ts_ms // 1000
+        return seconds - seconds % self._bucket_s
 
     def add(self, candidate: str, field: str, ts_ms: int, n: int = 1) -> None:
         """Count `n` in the bucket holding `ts_ms` (epoch milliseconds)."""
@@ -363,7 +368,7 @@ class Capture:
                 await self._idle()
                 continue
             batch = [self._pending.popleft() for _ in range(min(BATCH, len(self._pending)))]
-            counts = self._take_counts()
+            counts = self._take_counts(any(item.queue for item in batch))
             self._sending = batch
             try:
                 if any(item.unsure for item in batch):
@@ -383,9 +388,11 @@ class Capture:
             self._written(batch, results[: len(batch)])
             self._counted(counts, results[len(batch) :])
 
-    def _take_counts(self) -> Counts:
-        """The waiting counts when they are due (at most once per COUNTS_EVERY_S)."""
-        if not self._counts_due():
+    def _take_counts(self, now: bool = False) -> Counts:
+        """The waiting counts when they are due (at most once per COUNTS_EVERY_S), or `now`:
+        with request records for dispatchers, whose pairs can be written within
+        milliseconds, so their `sampled` counts must not wait a second behind them."""
+        if not (self._counts_due() or (now and self.counts.waiting)):
             return {}
         self._counts_at = time.monotonic() + COUNTS_EVERY_S
         return self.counts.take()
@@ -394,8 +401,7 @@ class Capture:
         pipe = self._client.pipeline(transaction=False)
         for item in batch:
             if item.queue:
-                flat = chain.from_iterable(item.fields.items())
-                pipe.execute_command("EVAL", ENQUEUE.source, 1, item.stream, item.queue, *flat)
+                pipe.execute_command("EVAL", ENQUEUE.source, *self._enqueue_args(item))
             else:
                 pipe.xadd(item.stream, item.fields, maxlen=item.maxlen, approximate=True)
         self.counts.queue(pipe, counts)
@@ -439,13 +445,25 @@ class Capture:
             self._metrics.captured(candidate, CAPTURE_RECORDED, count)
         self._metrics.spool_depth.set(self.depth)
 
+    def _enqueue_args(self, item: _Pending) -> list[Any]:
+        """enqueue.lua's key count, KEYS and ARGV for one request record."""
+        start, ttl = self.counts.bucket(item.ts_ms), self.counts.ttl_s
+        bucket, index = (
+            self._keys.bucket(item.candidate, start),
+            self._keys.bucket_index(item.candidate),
+        )
+        names, args = ENQUEUE.bind(
+            requests=item.stream, bucket=bucket, index=index, max_queue=item.queue,
+            start=start, ttl=ttl, fields=chain.from_iterable(item.fields.items()),
+        )  # fmt: skip
+        return [len(names), *names, *args]
+
     def _queued(self, item: _Pending, result: object) -> bool:
-        """Count a request record queued for a dispatcher, or refused for a full queue."""
+        """A request record queued for a dispatcher, or refused for a full queue (counted
+        dispatch_overflow by enqueue.lua; here only in /metrics, as dropped)."""
         if result == 0:
             self._metrics.captured(item.candidate, CAPTURE_DROPPED)
-            self.count(item.candidate, FIELD_DISPATCH_OVERFLOW, item.ts_ms)
             return False
-        self.count(item.candidate, FIELD_DISPATCH_QUEUED, item.ts_ms)
         return True
 
     async def _skip_written(self, batch: list[_Pending]) -> list[_Pending]:
