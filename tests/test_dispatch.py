@@ -393,3 +393,35 @@ def test_dispatcher_settings_refuse_what_cannot_wait_in_redis() -> None:
         settings_from_mapping({"candidates": [onnx]}, {})
     settings = settings_from_mapping({"candidates": [base], "dispatch": {"max_queue": 5}}, {})
     assert settings.candidates[0].run == "dispatcher" and settings.dispatch.max_queue == 5
+
+
+def test_a_candidate_registered_with_run_dispatcher_is_dispatched(
+    redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The admin API takes `run: proxy|dispatcher`; the proxy queues for the registered
+    candidate and a dispatcher finds it in the registry."""
+    from admin_harness import ALICE, Model, trial
+
+    from proxy.candidates import DispatchedCandidate
+
+    with trial(redis_url, prefix, monkeypatch) as t:
+        app = t.replicas[0].app
+        extra = Model("extra")
+        with serve_app(extra) as extra_url:
+            url = t.admin() + "/v1/candidates"
+            for bad in ("worker", "elsewhere", 1):
+                body = {"name": "v3", "url": extra_url, "run": bad}
+                refused = t.http.post(url, json=body, headers=ALICE)
+                assert refused.status_code == 400, refused.text
+            body = {"name": "v3", "url": extra_url, "run": "dispatcher"}
+            created = t.http.post(url, json=body, headers=ALICE)
+            assert created.status_code == 201 and created.json()["run"] == "dispatcher"
+            wait_until(lambda: any(m.name == "v3" for m in app.routing.mirrors), what="v3")
+            runner = next(m.runner for m in app.routing.mirrors if m.name == "v3")
+            assert isinstance(runner, DispatchedCandidate)
+            t.send(0, n=3)
+            wait_until(lambda: t.redis.xlen(t.keys.requests("v3")) == 3, what="3 queued")
+            assert extra.hits == []  # the proxy did not call it
+            with running_dispatcher(t.conf, redis_url, "registry"):
+                wait_until(lambda: t.stream_length("v3") == 3, what="3 dispatched pairs")
+            assert len(extra.hits) == 3
