@@ -25,6 +25,11 @@ OUTCOME_HTTP_ERROR = "http_error"  # the candidate answered with a non-2xx statu
 OUTCOME_TIMEOUT = "timeout"
 OUTCOME_ERROR = "error"  # connection refused or reset, bad response, model error
 OUTCOME_DEFERRED = "deferred"  # run = "worker": the worker runs the model later
+# A request record waiting for a dispatcher (requests stream only, never in a pair stream).
+OUTCOME_DISPATCHED = "dispatched"
+# Who called the candidate: the serving process, or a dispatcher (proxy.dispatch).
+MODE_PROXY = "proxy"
+MODE_DISPATCHER = "dispatcher"
 # served_by of a pair: the primary answered the client (the shadow), else the candidate's
 # name (a canary request; the primary was asked in the background, the roles reversed).
 PRIMARY_SERVED = "primary"
@@ -59,6 +64,7 @@ class PairRecord:
     candidate_error: str = ""
     role: str = "candidate"  # or "secondary": a replica of the primary (noise floor)
     served_by: str = PRIMARY_SERVED  # who answered the client; both sides keep their meaning
+    mode: str = MODE_PROXY  # who called the candidate (run = "dispatcher": a dispatcher)
 
     _BODIES = ("request_body", "primary_body", "candidate_body")
 
@@ -66,6 +72,8 @@ class PairRecord:
         """Encode as stream entry fields (the form XADD takes)."""
         # Built by hand: dataclasses.asdict deep-copies and cost ~6% of the proxy's CPU.
         meta = {name: getattr(self, name) for name in _META_FIELDS}
+        if self.mode != MODE_PROXY:  # proxy-mode records stay exactly as they were
+            meta["mode"] = self.mode
         meta["v"] = SCHEMA_VERSION
         return {
             b"m": orjson.dumps(meta),
@@ -99,10 +107,12 @@ class PairRecord:
             raise RecordError(f"pair record fields do not match the schema: {exc}") from None
 
 
-_META_FIELDS = tuple(f.name for f in fields(PairRecord) if f.name not in PairRecord._BODIES)
+_META_FIELDS = tuple(
+    f.name for f in fields(PairRecord) if f.name not in (*PairRecord._BODIES, "mode")
+)
 _ANNOTATED = {"str": (str,), "int": (int,), "float": (int, float), "dict[str, str]": (dict,)}
 _META_TYPES = {
-    f.name: _ANNOTATED[str(f.type)] for f in fields(PairRecord) if f.name in _META_FIELDS
+    f.name: _ANNOTATED[str(f.type)] for f in fields(PairRecord) if f.name in (*_META_FIELDS, "mode")
 }
 
 

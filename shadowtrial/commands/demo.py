@@ -68,6 +68,12 @@ def register(subparsers: Any) -> None:
         metavar="N",
         help="requests to send through the proxy (default: 3000)",
     )
+    parser.add_argument(
+        "--dispatch",
+        action="store_true",
+        help='call the HTTP candidate from a `shadowtrial dispatch` process (run = "dispatcher") '
+        "instead of the proxy",
+    )
     parser.set_defaults(run=run)
 
 
@@ -81,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         no_wait=args.no_wait,
         keep=args.keep,
         requests=args.requests,
+        dispatch=args.dispatch,
     )
     if args.scenario == "llm":
         from shadowtrial.demo.llm import LlmDemo
