@@ -169,6 +169,7 @@ def parser() -> argparse.ArgumentParser:
         "--watch", action="store_true",
         help="also measure shadowtrial-watch-wN: no candidate, every request watched",
     )  # fmt: skip
+    ap.add_argument(
         "--dispatcher",
         action="store_true",
         help='also measure run = "dispatcher" (a shadowtrial dispatch process per instance)',
