@@ -2,7 +2,8 @@
 
 Deferred ONNX candidates (`run = "worker"`) are run first on the batch's request bodies;
 then both answers are parsed by the protocol adapter, compared row by row, and the
-request's slice values read; with `outputs.text_agreement = "meaning"` the batch's text
+request's slice values read (and, with a training profile, the built-in skew slice of
+analysis.skew); with `outputs.text_agreement = "meaning"` the batch's text
 rows are then judged by embedding similarity (analysis.meaning). An adapter bug counts
 the entry as bad, never stops the batch.
 """
@@ -21,6 +22,7 @@ from analysis.compare import compare_outputs
 from analysis.decode import Item
 from analysis.jsonpath import compile_path
 from analysis.meaning import MeaningJudge
+from analysis.skew import SKEW_SLICE, classifier
 from analysis.slices import SliceExtractor
 from analysis.summaries import PairEvidence
 from common.errors import CandidateError
@@ -47,12 +49,13 @@ class Evaluator:
         self.adapter = select_adapter(settings.outputs)
         self.outputs = settings.outputs
         self.extractor = SliceExtractor(settings.slices)
-        self.has_slices = bool(settings.slices)
+        self.skew = classifier(settings)
+        self.has_slices = bool(settings.slices) or self.skew is not None
         # Decode the request, and split it into rows, only when some slice reads them.
         paths = [
             compile_path(s.source) for s in settings.slices if not s.source.startswith("header:")
         ]
-        self.needs_json = bool(paths)
+        self.needs_json = bool(paths) or self.skew is not None
         self.needs_rows = any(not p.has_wildcard for p in paths)
 
     def evaluate(self, item: Item, deferred: bool = False) -> None:
@@ -118,7 +121,11 @@ class Evaluator:
         rows = (
             self.adapter.rows_from_json(request) if self.needs_rows and request is not None else []
         )
-        return self.extractor.row_values(rows, request, rec.headers, n_rows)
+        values = self.extractor.row_values(rows, request, rec.headers, n_rows)
+        if self.skew is not None:
+            for row, label in zip(values, self.skew.labels(request, n_rows), strict=True):
+                row[SKEW_SLICE] = label
+        return values
 
 
 @dataclass(frozen=True, slots=True)
