@@ -66,7 +66,7 @@ def _histogram(edges: object, now: object, reference: object, label: str) -> str
         return empty_chart("no numeric values", FEATURE_W, 40)
     cur, ref = _shares(now, bins), _shares(reference, bins)
     top = max([*cur, *ref, 0.01])
-    frame = _Frame(FEATURE_W, FEATURE_H, left=34, bottom=30, top=18)
+    frame = _Frame(FEATURE_W, FEATURE_H, left=44, bottom=30, top=18)
     slot = frame.inner_w / bins
     parts = [_axis_line(frame)]
     for i in range(bins):
@@ -87,7 +87,7 @@ def _histogram(edges: object, now: object, reference: object, label: str) -> str
         )
     parts += _top_label(frame, top)
     parts += _legend(
-        _Frame(FEATURE_W, FEATURE_H, left=34, top=0), [("reference", REFERENCE), ("now", PRIMARY)]
+        _Frame(FEATURE_W, FEATURE_H, left=44, top=0), [("reference", REFERENCE), ("now", PRIMARY)]
     )
     return _svg(FEATURE_W, FEATURE_H, f"{label}: reference against now", parts)
 
@@ -141,7 +141,7 @@ def _categories(values: object, label: str) -> str:
     legend_y = height - 6
     parts.append(
         f'<text x="{left}" y="{legend_y}" fill="{MUTED}">grey: reference · blue: now · '
-        f'<tspan fill="{FAIL}">red: not in the reference</tspan></text>'
+        f'<tspan fill="{FAIL}">red: new</tspan></text>'
     )
     return _svg(FEATURE_W, height, f"{label}: reference against now", parts)
 
