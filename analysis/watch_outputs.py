@@ -36,19 +36,21 @@ def _row(prediction: Prediction) -> dict[str, object]:
     return {k: v for k, v in row.items() if v is not None}
 
 
-def watch_answer(request: bytes, answer: bytes, status: int, state: WatchState) -> None:
-    """Count one primary answer into `state` (requests, errors, unreadable, rows)."""
+def watch_answer(request: bytes, answer: bytes, status: int, state: WatchState) -> list[Prediction]:
+    """Count one primary answer into `state` (requests, errors, unreadable, rows); return
+    its predictions (the live watch joins labels to a single row's class)."""
     state.requests += 1
-    if status >= 400:
+    if status >= 400 or status <= 0:
         state.errors += 1
-        return
+        return []
     try:
         parsed = _adapter().parse(request, answer)
     except (DecodeError, ValueError, RecursionError):
         state.unreadable += 1
-        return
+        return []
     for prediction in parsed.rows:
         state.add_row(_row(prediction))
+    return list(parsed.rows)
 
 
 def _mean(state: WatchState, name: str) -> float | None:

@@ -36,8 +36,10 @@ from analysis.aggregate import aggregate
 from analysis.apply import Applier, roll_up
 from analysis.decode import Item, decode
 from analysis.evaluate import Evaluation
+from analysis.watch_fold import WatchFolder
+from analysis.watch_rollup import roll_up_watch
 from common.errors import StoreError
-from common.keys import WORKER_GROUP, WORKER_HEALTH_TTL_S, Keys
+from common.keys import WATCH, WATCH_GROUP, WORKER_GROUP, WORKER_HEALTH_TTL_S, Keys
 from common.redis_client import STORE_FAILURES, slot_groups, sync_client
 from common.settings import Settings
 from common.store import resolve_redis_url
@@ -141,6 +143,9 @@ class Worker:
         self.clock = clock
         self.processor = BatchProcessor(client, settings, self.consumer, clock)
         self.streams: dict[str, str] = {}  # stream key -> candidate name
+        self.watch = WatchFolder(client, settings, self.consumer)
+        self.watch_stream: str | None = None  # the watch stream, once its group is joined
+        self.watched = 0
         self.applied = 0
         self.errors = 0  # rounds lost to Redis errors (in the health key)
         self._rate_from = (clock(), 0)  # (when, applied) at the last heartbeat
@@ -185,6 +190,10 @@ class Worker:
             self.roll_up()
         if self._due("claim", now, self.settings.worker.claim_idle_ms / 2000.0):
             done += self.claim_idle()
+        if self.watch_stream is not None:
+            done += self.read_watch(block=not self.streams and done == 0)
+            if not self.streams:
+                return done
         done += self.read_new(block=done == 0)
         return done
 
@@ -211,17 +220,23 @@ class Worker:
             for key in self.client.scan_iter(match=pattern, count=1000, _type="stream"):
                 text = key.decode()
                 names.setdefault(text[len(head) : len(text) - len(tail)], "")
+        watching = names.pop(WATCH, None) is not None or self.settings.watch.sample > 0
+        if watching and self.watch_stream is None:
+            self.watch_stream = self._create_group(self.keys.pairs(WATCH), WATCH_GROUP)
         for name, role in names.items():
             if self.keys.pairs(name) not in self.streams:
                 self._join(name, role)
 
-    def _join(self, name: str, role: str) -> None:
-        stream = self.keys.pairs(name)
+    def _create_group(self, stream: str, group: str) -> str:
         try:
-            self.client.xgroup_create(stream, WORKER_GROUP, id="0", mkstream=True)
+            self.client.xgroup_create(stream, group, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+        return stream
+
+    def _join(self, name: str, role: str) -> None:
+        stream = self._create_group(self.keys.pairs(name), WORKER_GROUP)
         if role:
             self.client.hset(self.keys.candidates_seen(), name, role)
         self.streams[stream] = name
@@ -231,6 +246,8 @@ class Worker:
         w = self.settings.worker
         if not w.rollup_after_hours:
             return 0
+        if self.watch_stream is not None:
+            roll_up_watch(self.client, self.settings, now_s=self.clock())
         return sum(
             roll_up(
                 self.client,
@@ -254,6 +271,7 @@ class Worker:
             "pid": os.getpid(),
             "ts": now,
             "applied": self.applied,
+            "watched": self.watched,
             # What others act on (docs/operating.md): throughput, errors, and how far
             # behind each candidate's stream is (Redis 7 `lag`: entries not yet read).
             "pairs_per_s": round((self.applied - applied_then) / max(now - since, 1e-3), 3),
@@ -319,35 +337,73 @@ class Worker:
             done += self._apply(stream, entries)
         return done
 
+    def read_watch(self, block: bool) -> int:
+        """XREADGROUP one batch of the watch stream (its own group) and fold it."""
+        assert self.watch_stream is not None
+        w = self.settings.worker
+        try:
+            response = self.client.xreadgroup(
+                WATCH_GROUP, self.consumer, {self.watch_stream: ">"},
+                count=w.batch, block=w.block_ms if block else None,
+            )  # fmt: skip
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self.watch_stream = None  # deleted: the next discovery recreates the group
+            self._next["discover"] = 0.0
+            return 0
+        return sum(self._fold(entries) for _, entries in response or [])
+
+    def _fold(self, entries: Sequence[tuple[Any, Any]]) -> int:
+        done = self.watch.process(entries, self.clock())
+        self.watched += done
+        return done
+
     def claim_idle(self) -> int:
         """Take over entries pending longer than claim_idle_ms (their worker died)."""
         done = 0
+        if self.watch_stream is not None:
+            done += self._claim_watch(self.watch_stream)
         for stream in list(self.streams):
             done += self._claim_stream(stream)
         return done
 
     def _claim_stream(self, stream: str) -> int:
+        entries = self._claimed(stream, WORKER_GROUP)
+        if not entries:
+            return 0
+        log.info("took over %d idle entries of %s", len(entries), self.streams[stream])
+        return self._apply(stream, entries)
+
+    def _claim_watch(self, stream: str) -> int:
+        entries = self._claimed(stream, WATCH_GROUP)
+        if not entries:
+            return 0
+        log.info("took over %d idle watch entries", len(entries))
+        return self._fold(entries)
+
+    def _claimed(self, stream: str, group: str) -> list[tuple[Any, Any]]:
+        """Entries of `stream` idle longer than claim_idle_ms in `group`, now ours
+        (fields None: trimmed from the stream meanwhile)."""
         w = self.settings.worker
         pending = self.client.xpending_range(
-            stream, WORKER_GROUP, min="-", max="+", count=w.batch, idle=w.claim_idle_ms
+            stream, group, min="-", max="+", count=w.batch, idle=w.claim_idle_ms
         )
         ids = [p["message_id"] for p in pending]
         if not ids:
-            return 0
+            return []
         claimed = self.client.xclaim(
-            stream, WORKER_GROUP, self.consumer, w.claim_idle_ms, ids, justid=True
+            stream, group, self.consumer, w.claim_idle_ms, ids, justid=True
         )
         if not claimed:
-            return 0
+            return []
         pipe = self.client.pipeline(transaction=False)
         for entry_id in claimed:
             pipe.xrange(stream, min=entry_id, max=entry_id, count=1)
         found = pipe.execute()
-        entries = [
+        return [
             (eid, rows[0][1] if rows else None) for eid, rows in zip(claimed, found, strict=True)
         ]
-        log.info("took over %d idle entries of %s", len(entries), self.streams[stream])
-        return self._apply(stream, entries)
 
     def _apply(self, stream: Any, entries: Sequence[tuple[Any, Any]]) -> int:
         key = stream.decode() if isinstance(stream, bytes) else stream

@@ -35,6 +35,12 @@ FIELD_CAPTURE_DROPPED = "capture:dropped"  # spool full, refused by Redis, or at
 FIELD_CANARY_ELIGIBLE = "canary:eligible"
 FIELD_CANARY_PREFIX = "canary:"  # + served / fallback_timeout / fallback_error / ...
 
+# The watch on the primary (issue 15): its records go through the pair capture to the
+# stream of this reserved name, which no candidate can take (candidate names start with a
+# letter or digit), read by workers in their own group.
+WATCH = "~watch"
+WATCH_GROUP = "shadowtrial-watch"
+
 
 @dataclass(frozen=True)
 class Keys:
@@ -94,6 +100,32 @@ class Keys:
         """List of labelled negative flips, newest first: join key SEP label (join.lua
         join_flip, capped at `worker.label_join_max`), read by `shadowtrial export --flips`."""
         return f"{self.label_join(candidate, 'preds')}:flips"
+
+    # -- the watch (one slot: the reserved name's tag) --
+    def watch_bucket(self, start: int) -> str:
+        """Hash of one bucket's folded watch state (analysis.watch_store); `h<start>`: an hour."""
+        return f"{self.watch_base()}{start}"
+
+    def watch_base(self) -> str:
+        """`watch_bucket(start)` without the start."""
+        return f"{self._tag(WATCH)}:watch:"
+
+    def watch_index(self) -> str:
+        """Sorted set of watch buckets by start: members `<start>` and `h<start>` (rollups)."""
+        return f"{self._tag(WATCH)}:watch-buckets"
+
+    def watch_reference(self) -> str:
+        """Hash of the pinned reference window: from, to (ISO), by, at."""
+        return f"{self._tag(WATCH)}:watch-reference"
+
+    def watch_profile(self) -> str:
+        """String: the uploaded training profile (JSON of analysis.watch_state.WatchState)."""
+        return f"{self._tag(WATCH)}:watch-profile"
+
+    def watch_preds(self) -> str:
+        """Hash request id -> `<bucket start> SEP <predicted class>`: watched answers
+        waiting for their label (POST /v1/feedback), capped and expiring."""
+        return f"{self._tag(WATCH)}:watch-preds"
 
     # -- global (the registry's keys share one slot) --
     def registry(self) -> str:

@@ -1,0 +1,207 @@
+"""The live watch's data path on a real Redis: records folded into buckets exactly once,
+caps held in Redis, rollups that keep every count, and the document built from them."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import redis
+
+from analysis.watch_live import watch_document
+from analysis.watch_rollup import read_buckets, roll_up_watch
+from analysis.worker import Worker
+from common.keys import WATCH, WATCH_GROUP, Keys
+from common.records import PairRecord
+from common.settings import Settings, settings_from_mapping
+
+NOW = 1_800_000_000.0  # a fixed clock: buckets fall where the test says
+HOUR = 3600
+
+
+def watch_settings(prefix: str, **watch: object) -> Settings:
+    raw = {
+        "redis": {"prefix": prefix},
+        "worker": {"block_ms": 10, "bucket_seconds": 60},
+        "watch": {"sample": 1.0, **watch},
+        "features": [{"name": "age", "from": "instances[0]"}],
+    }
+    return settings_from_mapping(raw, environ={})
+
+
+def answer(cls: str, confidence: float) -> bytes:
+    other = 1.0 - confidence
+    probs = [confidence, other] if cls == "yes" else [other, confidence]
+    return json.dumps({"predictions": [{"label": cls, "probabilities": probs}]}).encode()
+
+
+def record(ts_s: float, body: object, i: int, *, answer_body: bytes | None = None,
+           status: int = 200) -> PairRecord:  # fmt: skip
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return PairRecord(
+        request_id=f"r{i}-{ts_s}", candidate=WATCH, ts_ms=int(ts_s * 1000),
+        path="/v1/models/m:predict", request_body=raw, primary_status=status,
+        primary_ms=5.0 + (i % 10), primary_body=answer_body or answer("yes", 0.9),
+        primary_content_type="application/json",
+    )  # fmt: skip
+
+
+def traffic(start_s: float, n: int, *, shift: bool, seed: int) -> list[PairRecord]:
+    """n requests over 10 minutes: age ~ N(40, 10) and cities a/b/c, or (shift) ages
+    +15 and a city training never saw; the answers grow less confident with it."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        age = rng.gauss(55 if shift else 40, 10)
+        city = rng.choice(["a", "b", "marseille"] if shift else ["a", "b", "c"])
+        conf = rng.uniform(0.5, 0.7) if shift else rng.uniform(0.8, 0.99)
+        body = {"instances": [[age, city]]}
+        out.append(record(start_s + i * 600 / n, body, i, answer_body=answer("yes", conf)))
+    return out
+
+
+def send(client: redis.Redis, keys: Keys, records: list[PairRecord]) -> None:
+    pipe = client.pipeline(transaction=False)
+    for rec in records:
+        pipe.xadd(keys.pairs(WATCH), rec.to_fields())
+    pipe.execute()
+
+
+def fold_all(worker: Worker) -> int:
+    worker.discover()
+    total = 0
+    while done := worker.read_watch(block=False):
+        total += done
+    return total
+
+
+def test_a_seeded_shift_is_flagged_and_the_same_traffic_is_not(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    settings = watch_settings(prefix)
+    keys = Keys(prefix)
+    before, after = NOW - 86400 - 600, NOW - 600
+    send(redis_client, keys, traffic(before, 600, shift=False, seed=1))
+    send(redis_client, keys, traffic(after, 600, shift=True, seed=2))
+    worker = Worker(redis_client, settings, clock=lambda: NOW)
+    assert fold_all(worker) == 1200
+    doc = watch_document(redis_client, settings, "15m", "day", now_s=NOW)
+    assert doc["reference"]["kind"] == "day" and doc["reference"]["available"]
+    assert doc["requests"] == 600 and doc["reference"]["requests"] == 600
+    assert set(doc["flagged"]) == {"age", "instances[1]"}
+    city = next(f for f in doc["features"] if f["feature"] == "instances[1]")
+    assert city["first_seen"] == ["marseille"] and 0.25 < city["unseen_rate"] < 0.45
+    assert city["chart"]["kind"] == "categorical"
+    age = next(f for f in doc["features"] if f["feature"] == "age")
+    assert age["kind"] == "numeric" and age["drift"] > 1.0 and age["p_adj"] < 1e-6
+    chart = age["chart"]
+    assert len(chart["edges"]) == len(chart["now"]) + 1 and abs(sum(chart["now"]) - 1) < 1e-9
+    outputs = doc["outputs"]
+    assert outputs["kind"] == "classification" and outputs["class_mix"] == {"yes": 1.0}
+    assert outputs["mean_confidence"] < 0.7 < 0.8 < outputs["mean_confidence_reference"]
+    assert outputs["confidence_flagged"] and 5 <= outputs["latency_p50_ms"] <= 15
+    assert doc["timeline"] and sum(t["requests"] for t in doc["timeline"]) == 600
+    assert max(t["flagged"] for t in doc["timeline"]) >= 1
+    # the same hours a day apart with the same traffic: nothing is flagged
+    quiet = watch_settings(f"{prefix}q")
+    keys_q = Keys(f"{prefix}q")
+    try:
+        send(redis_client, keys_q, traffic(before, 600, shift=False, seed=3))
+        send(redis_client, keys_q, traffic(after, 600, shift=False, seed=4))
+        assert fold_all(Worker(redis_client, quiet, clock=lambda: NOW)) == 1200
+        calm = watch_document(redis_client, quiet, "15m", "day", now_s=NOW)
+        assert calm["flagged"] == [] and not calm["outputs"]["confidence_flagged"]
+        assert calm["requests"] == 600
+    finally:
+        for key in redis_client.scan_iter(match=f"{prefix}q:*"):
+            redis_client.delete(key)
+
+
+def test_hostile_values_are_counted_and_buckets_stay_bounded(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    settings = watch_settings(prefix, max_features=6, max_categories=4)
+    keys = Keys(prefix)
+    at = NOW - 300
+    bodies: list[object] = [
+        {"instances": [{"k\x1b[31m\x00": 1, "\u202e": 2, "a:b": 3}]},
+        {"instances": [["text in a number", "a"]]},
+        b'{"instances": [[NaN, "b"]]}',
+        {"instances": [[None]]},
+        {"instances": [[list(range(100_000)), "c"]]},
+        b"\xff\xfe not json",
+        *({"instances": [[1.0, f"city{i}"]]} for i in range(40)),
+    ]
+    send(redis_client, keys, [record(at, b, i) for i, b in enumerate(bodies)])
+    assert fold_all(Worker(redis_client, settings, clock=lambda: NOW)) == len(bodies)
+    # a second batch of new features and categories: the caps hold across batches
+    more = [{"instances": [{f"new{j}": j, "age": "x"}]} for j in range(30)]
+    send(redis_client, keys, [record(at, b, 1000 + i) for i, b in enumerate(more)])
+    fold_all(Worker(redis_client, settings, clock=lambda: NOW))
+    (bucket,) = read_buckets(redis_client, settings, at - 60, NOW)
+    inputs = bucket.states["i"]
+    assert inputs.requests == len(bodies) + 30 and inputs.unreadable == 1
+    assert len(inputs.features) == 6 and inputs.over_cap > 30
+    city = inputs.features["instances[1]"]
+    assert len(city.categories) <= 5 and city.categories["<other>"] >= 37
+    age = inputs.features["age"]
+    assert age.nan == 1 and age.null == 1 and age.categories.get("text in a number") == 1
+    assert redis_client.hlen(keys.watch_bucket(int(at - at % 60))) < 2000
+    doc = watch_document(redis_client, settings, "1h", "day", now_s=NOW)
+    json.dumps(doc, allow_nan=False)  # strict JSON whatever came in
+    assert doc["reference"]["available"] is False and doc["flagged"] == []
+    names = {f["feature"] for f in doc["features"]}
+    assert {"k\x1b[31m\x00", "\u202e", "a:b"} <= names  # raw here: the readers sanitise
+
+
+def test_a_worker_that_dies_before_folding_leaves_its_batch_to_one_other(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    settings = watch_settings(prefix)
+    keys = Keys(prefix)
+    send(redis_client, keys, traffic(NOW - 600, 50, shift=False, seed=5))
+    dead = Worker(redis_client, settings, consumer="dead", clock=lambda: NOW)
+    dead.discover()
+    taken = redis_client.xreadgroup(WATCH_GROUP, "dead", {keys.pairs(WATCH): ">"}, count=30)
+    assert len(taken[0][1]) == 30  # read, never folded: the worker died here
+    alive = Worker(redis_client, settings, consumer="alive", clock=lambda: NOW)
+    assert fold_all(alive) == 20
+    redis_client.xclaim(keys.pairs(WATCH), WATCH_GROUP, "alive", 0, [e for e, _ in taken[0][1]])
+    # the dead worker comes back and tries its batch: it is no longer pending for it
+    assert dead.watch.process(taken[0][1], NOW) == 0
+    assert alive._claim_watch(keys.pairs(WATCH)) == 0  # not idle long enough yet
+    alive.settings = settings_from_mapping(
+        {"redis": {"prefix": prefix}, "worker": {"claim_idle_ms": 100}, "watch": {"sample": 1}},
+        environ={},
+    )
+    import time
+
+    time.sleep(0.15)
+    assert alive._claim_watch(keys.pairs(WATCH)) == 30
+    doc = watch_document(redis_client, settings, "1h", "day", now_s=NOW)
+    assert doc["requests"] == 50
+
+
+def test_rollup_keeps_every_count_and_a_late_record_is_not_lost(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    settings = watch_settings(prefix)
+    keys = Keys(prefix)
+    hour0 = int(NOW - 10 * HOUR) - int(NOW - 10 * HOUR) % HOUR
+    send(redis_client, keys, traffic(hour0 + 60, 200, shift=False, seed=6))
+    worker = Worker(redis_client, settings, clock=lambda: NOW)
+    fold_all(worker)
+    before = watch_document(redis_client, settings, "11h", "day", now_s=NOW)
+    assert roll_up_watch(redis_client, settings, now_s=NOW) == 1
+    members = redis_client.zrange(keys.watch_index(), 0, -1)
+    assert members == [f"h{hour0}".encode()]
+    after = watch_document(redis_client, settings, "11h", "day", now_s=NOW)
+    assert after["requests"] == before["requests"] == 200
+    assert after["features"] == before["features"]
+    assert after["outputs"]["mean_confidence"] == before["outputs"]["mean_confidence"]
+    send(redis_client, keys, traffic(hour0 + 120, 10, shift=False, seed=7))  # late
+    fold_all(worker)
+    assert watch_document(redis_client, settings, "11h", "day", now_s=NOW)["requests"] == 210
+    assert roll_up_watch(redis_client, settings, now_s=NOW) == 1
+    assert redis_client.zrange(keys.watch_index(), 0, -1) == [f"h{hour0}".encode()]
+    assert watch_document(redis_client, settings, "11h", "day", now_s=NOW)["requests"] == 210
