@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -163,3 +164,29 @@ def test_the_presenter_reads_missing_sections_as_empty() -> None:
     hostile = copy.deepcopy(fixture())
     hostile["features"] = hostile["features"] * 100
     assert len(watch_present.watch_view(hostile, "", "1h", "day")["features"]) == 200
+
+
+def test_the_page_on_a_live_watch_folded_by_the_real_worker(
+    redis_client: Any, redis_url: str, prefix: str
+) -> None:
+    """No `watch` on the context: the page reads analysis.watch_live over real Redis."""
+    from analysis.worker import Worker
+    from common.keys import Keys
+    from tests.test_watch_live import fold_all, send, traffic, watch_settings
+
+    now = time.time()
+    settings = watch_settings(prefix)
+    keys = Keys(prefix)
+    send(redis_client, keys, traffic(now - 86400 - 600, 400, shift=False, seed=1))
+    send(redis_client, keys, traffic(now - 600, 400, shift=True, seed=2))
+    assert fold_all(Worker(redis_client, settings, clock=lambda: now)) == 800
+    ctx = page_context(settings, redis_url, [])
+    with serve_app(ui_app(ctx)) as base:
+        res = _get(f"{base}/ui/watch?window=15m&reference=day")
+        missing = _get(f"{base}/ui/watch?window=15m&reference=pinned")
+    assert res.status_code == 200, res.text[:500]
+    rows = re.findall(r'<tr class="flagged">.*?</tr>', res.text, re.S)
+    assert sorted(re.search(r"<b>(.*?)</b>", r).group(1) for r in rows) == ["age", "instances[1]"]
+    assert "<code>marseille</code>" in res.text and 'id="less-confident"' in res.text
+    assert len(_svgs(res.text)) >= 3
+    assert missing.status_code == 200 and "No reference to compare with" in missing.text

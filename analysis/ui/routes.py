@@ -179,38 +179,30 @@ class Pages:
             window, window_s = self._window(request)
         except ValueError as exc:
             return self.error(request, 400, "Bad window", str(exc))
-        reference = request.query_params.get("reference") or self._default_reference()
+        asked = request.query_params.get("reference") or None
         try:
-            doc = await self.watch_document(window_s, reference)
+            doc = await self.watch_document(window_s, asked)
         except ValueError as exc:
             return self.error(request, 400, "Bad reference", str(exc))
         except ShadowtrialError as exc:
             return self.error(request, 503, "Watch unavailable", str(exc))
         root = request.scope.get("root_path", "")
+        reference = asked or str((doc.get("reference") or {}).get("kind") or "auto")
         view = watch_present.watch_view(doc, root, window, reference)
-        extra = "&" + urlencode({"reference": reference})
+        extra = "&" + urlencode({"reference": asked}) if asked else ""
         return self.render(request, "watch.html", window=window, w=view, extra_query=extra)
 
-    def _default_reference(self) -> str:
-        """`[watch] reference` when configured; else the profile when one is set, else yesterday."""
-        watch = getattr(self.context.settings, "watch", None)
-        configured = getattr(watch, "reference", None)
-        if configured:
-            return str(configured)
-        return "profile" if getattr(watch, "profile", None) else "day"
-
-    async def watch_document(self, window_s: float, reference: str) -> dict[str, Any]:
-        """The live watch document (ValueError: a reference that is not one)."""
+    async def watch_document(self, window_s: float, reference: str | None) -> dict[str, Any]:
+        """The live watch document (ValueError: a reference that is not one; None: the
+        configured default, `[watch] reference`)."""
         ctx = self.context
         if callable(getattr(ctx, "watch", None)):
             return await ctx.watch(window_s, reference)
-        try:
-            from analysis.watch_live import watch_document
-        except ImportError:
-            raise ShadowtrialError("this build has no live watch (analysis.watch_live)") from None
+        from analysis.watch_live import watch_document
+
         with store_errors("cannot read the watch"):
             return await asyncio.to_thread(
-                watch_document, self.client, ctx.keys, ctx.settings, window_s, reference
+                watch_document, self.client, ctx.settings, window_s, reference
             )
 
     def _charts(self, report: dict[str, Any], view: dict[str, Any]) -> dict[str, Markup]:
