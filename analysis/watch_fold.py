@@ -222,3 +222,22 @@ def _id(entry_id: Any) -> str:
 def _id_key(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
+
+
+def record_watch_label(
+    client: redis.Redis, keys: Keys, request_id: str, label: object, max_classes: int
+) -> str:
+    """Join a ground-truth class to the watched answer of `request_id` (row 0), once:
+    joined, none (no watched answer waits: not watched, already labelled, or its label
+    came before the worker folded it) or expired (its bucket is gone)."""
+    text = clean_label(label)
+    if text is None:
+        return "none"
+    from analysis.apply import ROLLUP_SECONDS
+
+    with store_errors(f"cannot record the watch label of {request_id}"):
+        answer = SCRIPTS["watch_label"].register(client)(
+            preds=keys.watch_preds(), base=keys.watch_base(), request_id=request_id[:256],
+            label=text, max_classes=max_classes, rollup=ROLLUP_SECONDS,
+        )  # fmt: skip
+    return answer.decode() if isinstance(answer, bytes) else str(answer)

@@ -35,6 +35,7 @@ from common.keys import Keys
 from common.redis_client import store_errors
 from common.settings import Settings, parse_duration
 from common.urls import mask_url, mask_urls_in
+from control import watch
 from control.admin_guard import FailureLimit, HostAllowList
 from control.auth import RequireToken
 from control.canary import canary_plan, set_canary
@@ -456,6 +457,26 @@ class Endpoints:
         limit = _int_param(request, "limit", 100, 1, 1000)
         return JSONResponse({"decisions": await self.ctx.decisions.history(limit)})
 
+    # -- the watch (control.watch) --
+
+    async def watch(self, request: Request) -> Response:
+        params = request.query_params
+        doc = await asyncio.to_thread(
+            watch.build_document, self.ctx.reports.client, self.settings,
+            params.get("window"), params.get("reference"),
+        )  # fmt: skip
+        return Response(orjson.dumps(doc), media_type="application/json")
+
+    async def watch_reference(self, request: Request) -> Response:
+        lo, hi = watch.pin_reference(await _body(request))
+        await watch.store_reference(self.ctx.store, self.ctx.keys, lo, hi, _actor(request))
+        return JSONResponse({"reference": {"kind": "pinned", "from": lo, "to": hi}})
+
+    async def watch_profile(self, request: Request) -> Response:
+        text = watch.profile_text(await _body(request))
+        summary = await watch.store_profile(self.ctx.store, self.ctx.keys, text, _actor(request))
+        return JSONResponse({"profile": summary})
+
 
 MAX_LABEL_ROW = 1_000_000  # a batched request's row index in a label
 
@@ -500,7 +521,9 @@ def _feedback_item(item: Any, where: str) -> tuple[str, Any, int]:
 
 def _record_feedback(ctx: AdminContext, items: list[tuple[str, Any, int]]) -> list[dict[str, Any]]:
     from analysis.feedback import record_feedback
+    from analysis.watch_fold import record_watch_label
 
+    watching = ctx.settings.watch.sample > 0
     results = []
     for rid, label, row in items:
         try:
@@ -512,6 +535,10 @@ def _record_feedback(ctx: AdminContext, items: list[tuple[str, Any, int]]) -> li
         except ValueError as exc:
             raise Invalid("invalid feedback", f"{rid}: {exc}") from None
         result = {"request_id": rid, "candidates": joined}
+        if watching and not numeric and row == 0:
+            result["watch"] = record_watch_label(
+                ctx.reports.client, ctx.keys, rid, label, ctx.settings.watch.max_categories
+            )
         results.append(result | {"row": row} if row else result)
     return results
 

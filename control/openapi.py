@@ -205,6 +205,29 @@ OPERATIONS: tuple[Operation, ...] = (
               body={"oneOf": [_ref("Label"),
                               {"type": "array", "items": _ref("Label"), "minItems": 1,
                                "maxItems": 10000}]}, write=True),
+    Operation("GET", "/v1/watch", "watch",
+              "The watch on the primary: a window's features, outputs and labels against a"
+              " reference (docs/operating.md, Watch)",
+              {"200": _json({"type": "object"}, "the watch document"),
+               "400": _error("invalid window or reference")},
+              ({"name": "window", "in": "query", "required": False,
+                "description": "30s, 15m, 1h, 2d ... (default [watch] window)",
+                "schema": {"type": "string", "pattern": DURATION_PATTERN}},
+               {"name": "reference", "in": "query", "required": False,
+                "description": "pinned, profile, day, week or <fromISO>/<toISO> (default"
+                               " [watch] reference: the profile if any, else day)",
+                "schema": {"type": "string"}})),
+    Operation("PUT", "/v1/watch/reference", "watch_reference",
+              "Pin the watch's reference window (audited)",
+              {"200": _json({"type": "object"}, "pinned"), "400": _error("invalid window")},
+              body={"type": "object", "required": ["from", "to"], "additionalProperties": False,
+                    "properties": {"from": {"type": "string"}, "to": {"type": "string"}}},
+              write=True),
+    Operation("PUT", "/v1/watch/profile", "watch_profile",
+              "Upload a training profile (`shadowtrial profile`) as the watch's reference"
+              " (audited)",
+              {"200": _json({"type": "object"}, "stored"), "400": _error("not a profile")},
+              body={"type": "object"}, write=True),
 )  # fmt: skip
 
 _CANDIDATE_PROPS: dict[str, Any] = {

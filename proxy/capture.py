@@ -74,10 +74,11 @@ class HeaderCapture:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HeaderCapture:
-        """capture_headers plus every `header:` slice source; redact_headers redacted."""
+        """capture_headers plus every `header:` slice or watched-feature source;
+        redact_headers redacted."""
         names = list(settings.proxy.capture_headers)
-        for sl in settings.slices:
-            if sl.source.startswith("header:"):
+        for sl in (*settings.slices, *settings.features):
+            if sl.source.lower().startswith("header:"):
                 names.append(sl.source[len("header:") :].strip())
         return cls(names, settings.proxy.redact_headers)
 

@@ -170,7 +170,8 @@ class Forwarder:
         key = incoming.sample_value or incoming.request_id
         canary = self._routing.canary
         # Path normalisation only when something could take the request (most have nothing).
-        eligible = bool(mirrors or canary) and method in policy.methods
+        watching = self._mirror.watch_sample > 0
+        eligible = bool(mirrors or canary or watching) and method in policy.methods
         eligible = eligible and policy.path_allowed(path_text)
         target = self.canary_counts.pick(canary, key) if eligible and stream is None else None
         if target is not None:
@@ -178,7 +179,7 @@ class Forwarder:
             if await self._serve_canary(send, method, target, path_query, incoming, body or b""):
                 return
             mirrors = ()  # its candidate already saw this request (and failed it)
-        if mirrors and eligible:
+        if (mirrors or watching) and eligible:
             request = MirrorRequest(
                 incoming.request_id, method, path_text, query, incoming.headers, body or b""
             )

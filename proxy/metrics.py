@@ -32,6 +32,8 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from common.keys import WATCH
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -165,6 +167,13 @@ class Metrics:
             "held proxy.max_buffered_bytes of bodies being read (mirrors count too_large)",
             registry=reg,
         )
+        self.watch_records = Counter(
+            "shadowtrial_watch_records",
+            "Watched requests ([watch] sample) by outcome: sampled, then recorded, or "
+            "too_large, shed, primary_failed, cancelled, dropped (capture)",
+            ["outcome"],
+            registry=reg,
+        )
         self._request_children: dict[tuple[str, int], Any] = {}
         self._children: dict[tuple[str, ...], Any] = {}
 
@@ -212,8 +221,14 @@ class Metrics:
         self._child(self.mirrors_in_flight, candidate).inc(delta)
 
     def captured(self, candidate: str, outcome: str, count: int = 1) -> None:
-        """Count pair records by capture outcome."""
+        """Count pair records by capture outcome (the watch's also by its own name)."""
         self._child(self.capture, candidate, outcome).inc(count)
+        if candidate == WATCH and outcome != CAPTURE_SPOOLED:
+            self.watched(outcome, count)
+
+    def watched(self, outcome: str, count: int = 1) -> None:
+        """Count watched requests by outcome (shadowtrial_watch_records_total)."""
+        self._child(self.watch_records, outcome).inc(count)
 
     def refused(self, reason: str) -> None:
         """Count one request refused by the HTTP limits (proxy.http_limits)."""
