@@ -88,6 +88,7 @@ class Detection:
     before: int = 0  # requests sent before the shift
     shift_at: float = 0.0  # wall time the first shifted request left
     flagged: dict[str, dict[str, Any]] = field(default_factory=dict)
+    early: set[str] = field(default_factory=set)  # flagged before the shift: false alarms
     last: dict[str, Any] = field(default_factory=dict)
     problem: str = ""
 
@@ -211,8 +212,8 @@ class DriftDemo(Demo):
         doc = self.detection.last
         (self.folder / "watch.json").write_text(json.dumps(doc, indent=2), "utf-8")
         (self.folder / "detection.json").write_text(
-            json.dumps({"before": self.detection.before, "flagged": self.detection.flagged},
-                       indent=2), "utf-8",
+            json.dumps({"before": self.detection.before, "flagged": self.detection.flagged,
+                        "before_the_shift": sorted(self.detection.early)}, indent=2), "utf-8",
         )  # fmt: skip
         for line in detection_lines(self.detection, doc):
             self.console.print(line)
@@ -244,6 +245,8 @@ class DriftDemo(Demo):
         self.detection.last = doc
         past = int(doc.get("requests") or 0) - self.detection.before
         for name in doc.get("flagged") or []:
+            if not self.detection.shift_at:
+                self.detection.early.add(str(name))
             if name in self.detection.flagged or not self.detection.shift_at:
                 continue
             row = next((f for f in doc["features"] if f.get("feature") == name), {})
@@ -304,7 +307,11 @@ def _ok(url: str) -> bool:
 
 def detection_lines(detection: Detection, doc: dict[str, Any]) -> list[str]:
     """What the demo prints at the end: each shifted feature's first flag."""
-    lines = []
+    lines = [
+        f"[red]flagged before the shift: {', '.join(sorted(detection.early))}[/]"
+        if detection.early
+        else f"before the shift ({detection.before:,} requests): nothing flagged"
+    ]
     for name in SHIFTED:
         seen = detection.flagged.get(name)
         if seen is None:
