@@ -434,7 +434,9 @@ def _accounting(
     captured = folded + dropped + still in the stream."""
     keys = Keys(settings.redis.prefix)
     with store_errors("cannot read the watch accounting"):
-        members = client.zrangebyscore(keys.bucket_index(WATCH), int(span[0]), f"({int(span[1])}")
+        members = client.zrangebyscore(
+            keys.bucket_index(WATCH), int(span[0]), f"({math.ceil(span[1])}"
+        )
         pipe = client.pipeline(transaction=False)
         for member in members:
             pipe.hgetall(keys.bucket_base(WATCH) + member.decode())

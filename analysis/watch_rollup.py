@@ -12,6 +12,7 @@ rollup folds into its hour: nothing is lost or counted twice.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import redis
@@ -40,7 +41,10 @@ def read_buckets(
     w = settings.watch
     with store_errors("cannot read the watch buckets"):
         raw = client.zrangebyscore(
-            keys.watch_index(), int(from_s) - ROLLUP_SECONDS + 1, f"({int(to_s)}", withscores=True
+            keys.watch_index(),
+            int(from_s) - ROLLUP_SECONDS + 1,
+            f"({math.ceil(to_s)}",
+            withscores=True,
         )
         members = [(m, s) for m, s in _members(raw) if m.startswith("h") or s >= int(from_s)]
         pipe = client.pipeline(transaction=False)

@@ -290,6 +290,10 @@ class Worker:
             groups = self.client.xinfo_groups(stream)
             ours = [g for g in groups if g.get("name") in (WORKER_GROUP, WORKER_GROUP.encode())]
             lags[name] = ours[0].get("lag") if ours else None
+        if self.watch_stream is not None:  # the watch's own group, under its reserved name
+            groups = self.client.xinfo_groups(self.watch_stream)
+            ours = [g for g in groups if g.get("name") in (WATCH_GROUP, WATCH_GROUP.encode())]
+            lags[WATCH] = ours[0].get("lag") if ours else None
         return lags
 
     def _clear_health(self) -> None:

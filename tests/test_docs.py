@@ -18,9 +18,11 @@ SECTIONS = {
     "worker": S.WorkerSettings,
     "gate": S.GateSettings,
     "notify": S.NotifySettings,
+    "watch": S.WatchSettings,
     "candidates": S.CandidateSettings,
     "slices": S.SliceSettings,
     "strata": S.StratumSettings,
+    "features": S.FeatureSettings,
 }
 TOML_NAMES = {"source": "from"}
 

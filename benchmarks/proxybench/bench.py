@@ -136,7 +136,7 @@ class Bench:
     def _start_shadowtrial(self, name: str, workers: int, kind: str | None) -> None:
         self.ports[name], self.admin[name] = self._port(), self._port()
         candidate = None
-        if kind is not None:
+        if kind is not None and kind != "watch":
             candidate = {
                 "CANDIDATE_NAME": "slow" if kind == "slow" else "cand",
                 "CANDIDATE_PORT": self.ports[SLOW if kind == "slow" else "candidate"],
@@ -156,6 +156,7 @@ class Bench:
                 "MAX_PAIRS": MAX_PAIRS,
             },
             candidate,
+            watch=kind == "watch",
         )
         path = self.work / f"{name}.toml"
         path.write_text(toml, encoding="utf-8")

@@ -27,6 +27,11 @@ def slow(workers: int) -> str:
     return f"shadowtrial-slowcand-w{workers}"
 
 
+def watch(workers: int) -> str:
+    """shadowtrial with no candidate and `[watch] sample = 1.0`: every request watched."""
+    return f"shadowtrial-watch-w{workers}"
+
+
 @dataclass(frozen=True)
 class Plan:
     """The parsed command line: everything that decides what is run and for how long."""
@@ -46,6 +51,7 @@ class Plan:
     profile: bool
     quick: bool
     write: bool
+    watch: bool = False  # --watch: add shadowtrial-watch-wN (issue 15: within 10% of full)
 
     @property
     def main_workers(self) -> int:
@@ -61,7 +67,7 @@ class Plan:
         """Configurations run at every --conns value."""
         names = [DIRECT, NGINX_MIRROR]
         for w in self.workers:
-            names += [off(w), full(w)]
+            names += [off(w), full(w)] + ([watch(w)] if self.watch else [])
         return names
 
     def latency_configs(self) -> list[str]:
@@ -83,6 +89,8 @@ class Plan:
         out: list[tuple[str, int, str | None]] = []
         for w in self.workers:
             out += [(off(w), w, None), (full(w), w, "fast")]
+            if self.watch:
+                out.append((watch(w), w, "watch"))
         out.append((slow(self.main_workers), self.main_workers, "slow"))
         return out
 
@@ -137,6 +145,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
     ap.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 rep, 3 s, c=32 only")
+    ap.add_argument(
+        "--watch", action="store_true",
+        help="also measure shadowtrial-watch-wN: no candidate, every request watched",
+    )  # fmt: skip
     return ap
 
 
@@ -162,4 +174,5 @@ def plan_from_args(argv: list[str] | None = None) -> Plan:
         profile=not a.no_profile,
         quick=quick,
         write=not a.no_write,
+        watch=bool(a.watch),
     )
