@@ -184,9 +184,11 @@ def test_the_page_on_a_live_watch_folded_by_the_real_worker(
     with serve_app(ui_app(ctx)) as base:
         res = _get(f"{base}/ui/watch?window=15m&reference=day")
         missing = _get(f"{base}/ui/watch?window=15m&reference=pinned")
+        bad = _get(f"{base}/ui/watch?reference=yesterday")
     assert res.status_code == 200, res.text[:500]
     rows = re.findall(r'<tr class="flagged">.*?</tr>', res.text, re.S)
     assert sorted(re.search(r"<b>(.*?)</b>", r).group(1) for r in rows) == ["age", "instances[1]"]
     assert "<code>marseille</code>" in res.text and 'id="less-confident"' in res.text
     assert len(_svgs(res.text)) >= 3
     assert missing.status_code == 200 and "No reference to compare with" in missing.text
+    assert bad.status_code == 400 and "expected pinned, profile" in bad.text

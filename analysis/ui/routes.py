@@ -198,12 +198,15 @@ class Pages:
         ctx = self.context
         if callable(getattr(ctx, "watch", None)):
             return await ctx.watch(window_s, reference)
-        from analysis.watch_live import watch_document
+        from analysis.watch_live import WatchError, watch_document
 
-        with store_errors("cannot read the watch"):
-            return await asyncio.to_thread(
-                watch_document, self.client, ctx.settings, window_s, reference
-            )
+        try:
+            with store_errors("cannot read the watch"):
+                return await asyncio.to_thread(
+                    watch_document, self.client, ctx.settings, window_s, reference
+                )
+        except WatchError as exc:  # a bad window or reference: the page answers 400
+            raise ValueError(str(exc)) from None
 
     def _charts(self, report: dict[str, Any], view: dict[str, Any]) -> dict[str, Markup]:
         """Every chart of the candidate page; SVG text escaped by analysis.ui.charts."""
