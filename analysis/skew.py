@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from analysis.watch_features import feature_rows
 from analysis.watch_state import OTHER, WatchState
+from common.errors import ShadowtrialError
 from common.settings import Settings
 
 log = logging.getLogger("shadowtrial.worker")
@@ -38,6 +40,7 @@ WITHIN = "as in training"
 UNKNOWN = "(missing)"  # the request's features could not be read (shared reserved value)
 SKEWED = (UNSEEN, OUT_OF_RANGE)
 _RANK = {WITHIN: 0, OUT_OF_RANGE: 1, UNSEEN: 2}
+REFRESH_S = 60.0  # how often a worker re-reads the profile (an upload takes effect then)
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,45 @@ def classifier(settings: Settings) -> SkewClassifier | None:
         log.error("no skew slice: %s", exc)
         return None
     return SkewClassifier.from_profile(profile, renames_of(settings))
+
+
+class SkewSource:
+    """The worker's classifier of the current training profile, as the watch reads it:
+    the one uploaded with `PUT /v1/watch/profile` first, else `[watch] profile`; re-read
+    every REFRESH_S, the last good one kept while Redis cannot be read."""
+
+    def __init__(
+        self,
+        client: Any,
+        settings: Settings,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.clock = clock
+        self._read_at = -math.inf
+        self._current: SkewClassifier | None = None
+        self._problem = ""
+
+    def __call__(self) -> SkewClassifier | None:
+        now = self.clock()
+        if now - self._read_at < REFRESH_S:
+            return self._current
+        self._read_at = now
+        from analysis.watch_live import load_profile_state
+
+        try:
+            profile, problem = load_profile_state(self.client, self.settings)
+        except ShadowtrialError as exc:
+            log.warning("skew slice: the profile cannot be read now (%s)", exc)
+            return self._current
+        if profile is None:
+            if self.settings.watch.profile and problem != self._problem:
+                log.error("no skew slice: %s", problem)  # once per distinct problem
+            self._problem, self._current = problem, None
+        else:
+            self._current = SkewClassifier.from_profile(profile, renames_of(self.settings))
+        return self._current
 
 
 def skew_section(slices: list[dict[str, Any]]) -> dict[str, Any] | None:

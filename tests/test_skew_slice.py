@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import io
 import random
-import uuid
+import re
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 import redis
@@ -67,8 +69,10 @@ def request(country: str, x: float) -> bytes:
     ]})  # fmt: skip
 
 
-def simulate(client: redis.Redis, settings: Settings, seed: int, unseen_disagree: float) -> None:
-    """3000 single-row pairs over the last half hour, applied by the real worker."""
+def simulate(
+    client: redis.Redis, settings: Settings, seed: int, unseen_disagree: float, now: float = NOW
+) -> None:
+    """3000 single-row pairs over the half hour before `now`, applied by the real worker."""
     rng = random.Random(seed)
     records = []
     for i in range(3000):
@@ -81,7 +85,7 @@ def simulate(client: redis.Redis, settings: Settings, seed: int, unseen_disagree
         primary = [[0.8 if k == label else 0.1 for k in range(3)]]
         candidate = [[0.8 if k == other else 0.1 for k in range(3)]]
         rec = pf.record(
-            f"r{seed}-{i}", primary, candidate, ts_ms=int((NOW - 1800 + i * 0.5) * 1000)
+            f"r{seed}-{i}", primary, candidate, ts_ms=int((now - 1800 + i * 0.5) * 1000)
         )
         rec.request_body = request(country, x)
         records.append(rec)
@@ -89,17 +93,13 @@ def simulate(client: redis.Redis, settings: Settings, seed: int, unseen_disagree
     assert pf.drain(Worker(client, settings)) == 3000
 
 
-def report_of(client: redis.Redis, settings: Settings) -> dict[str, Any]:
-    return build_report(client, Keys(settings.redis.prefix), settings, "v2", 3600, now=NOW)
+def report_of(client: redis.Redis, settings: Settings, now: float = NOW) -> dict[str, Any]:
+    return build_report(client, Keys(settings.redis.prefix), settings, "v2", 3600, now=now)
 
 
 @pytest.fixture
 def client(redis_url: str) -> redis.Redis:
     return redis.Redis.from_url(redis_url)
-
-
-def fresh_prefix(prefix: str) -> str:
-    return f"{prefix}{uuid.uuid4().hex[:6]}"
 
 
 def test_disagreement_on_unseen_values_is_named(
@@ -165,3 +165,26 @@ def test_hostile_values_are_judged_never_crash() -> None:
     assert judge.labels({"instances": [{"c": "a"}, {"c": "zz"}]}, 2) == [WITHIN, UNSEEN]
     assert judge.labels({"instances": [{"c": "a"}, {"c": "zz"}]}, 3) == [UNSEEN] * 3
     assert judge.labels({"inputs": "garbage"}, 1) == [UNKNOWN]
+
+
+def test_an_uploaded_profile_is_used_and_the_page_says_it(
+    client: redis.Redis, prefix: str, profile_path: Path, redis_url: str
+) -> None:
+    """No `[watch] profile`: the profile uploaded with PUT /v1/watch/profile (its Redis
+    key) is the one the workers slice by; the candidate's page shows the panel."""
+    from servers import serve_app
+
+    from tests.ui_trial import entry, page_context, ui_app
+
+    settings = settings_with(prefix, None)
+    client.set(Keys(prefix).watch_profile(), profile_path.read_bytes())
+    now = time.time()
+    simulate(client, settings, seed=4, unseen_disagree=0.30, now=now)
+    report = report_of(client, settings, now)
+    assert report["skew"]["concentrated_on"] == [UNSEEN]
+    ctx = page_context(settings, redis_url, [entry("v2")])
+    with serve_app(ui_app(ctx)) as base:
+        html = httpx.get(f"{base}/ui/candidates/v2?window=1h", timeout=30).text
+    panel = re.search(r'<section class="panel gate fail" id="skew">.*?</section>', html, re.S)
+    assert panel is not None, html[:2000]
+    assert "Disagreement concentrates on requests unlike the training data" in panel.group(0)
