@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import redis
 
@@ -98,6 +99,16 @@ def _roll_hour(
         for name in names:
             pipe.hgetall(name)
         hashes = pipe.execute()
+    return swap_hour(client, settings, hour, starts, hashes)
+
+
+def swap_hour(
+    client: redis.Redis, settings: Settings, hour: int, starts: list[int], hashes: list[Any]
+) -> int:
+    """Replace the buckets `starts` by the merge of `hashes` (what was read of them) in one
+    hourly hash, unless one changed since it was read (then 0, nothing changed)."""
+    keys = Keys(settings.redis.prefix)
+    names = [keys.watch_bucket(s) for s in starts]
     wset = settings.watch
     buckets = [
         decode_bucket(s, h, wset.max_features, wset.max_categories)
@@ -106,7 +117,8 @@ def _roll_hour(
     whole = merged(buckets, settings)
     checks: list[object] = []
     for start, fields in zip(starts, hashes, strict=True):
-        checks += [start, (fields.get(b"i#req") or b"").decode()]
+        seen = [(fields.get(k) or b"").decode() for k in (b"i#req", b"l#n")]
+        checks += [start, "|".join(seen)]
     extra = [*whole.labels.scalars(), ("l#join_full", whole.join_full)]
     body = payload(whole.states, [(k, v) for k, v in extra if v])
     with store_errors("watch rollup failed"):

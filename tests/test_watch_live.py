@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import redis
 
@@ -205,3 +206,84 @@ def test_rollup_keeps_every_count_and_a_late_record_is_not_lost(
     assert roll_up_watch(redis_client, settings, now_s=NOW) == 1
     assert redis_client.zrange(keys.watch_index(), 0, -1) == [f"h{hour0}".encode()]
     assert watch_document(redis_client, settings, "11h", "day", now_s=NOW)["requests"] == 210
+
+
+def test_against_a_training_profile_the_skew_is_told(
+    redis_client: redis.Redis, prefix: str, tmp_path: Path
+) -> None:
+    import orjson
+
+    from analysis.profile import build_profile
+
+    rng = random.Random(9)
+    data = tmp_path / "train.csv"
+    rows = [f"{rng.uniform(20, 60):.2f},{rng.choice(['a', 'b', 'c'])}" for _ in range(2000)]
+    data.write_text("age,instances[1]\n" + "\n".join(rows) + "\n")
+    profile = build_profile(data)
+    settings = watch_settings(prefix)
+    keys = Keys(prefix)
+    redis_client.set(keys.watch_profile(), orjson.dumps(profile.to_dict()))
+    send(redis_client, keys, traffic(NOW - 600, 400, shift=True, seed=10))
+    fold_all(Worker(redis_client, settings, clock=lambda: NOW))
+    doc = watch_document(redis_client, settings, "15m", None, now_s=NOW)  # auto: the profile
+    assert doc["reference"] == {"kind": "profile", "from": None, "to": None,
+                                "requests": 2000, "available": True, "problem": None}  # fmt: skip
+    by_name = {f["feature"]: f for f in doc["features"]}
+    assert by_name["instances[1]"]["first_seen"] == ["marseille"]
+    assert 0.25 < by_name["instances[1]"]["unseen_rate"] < 0.45
+    assert by_name["age"]["out_of_range_rate"] > 0.15 and by_name["age"]["flagged"]
+    assert doc["outputs"]["class_mix_reference"] == {}  # a profile has no answers
+
+
+def test_settings_and_parameters_are_validated_with_clear_errors(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    import pytest
+
+    from analysis.watch_live import WatchError, parse_reference, parse_window
+    from common.errors import ConfigError
+
+    bad = [
+        ({"watch": {"sample": 1.5}}, "watch.sample"),
+        ({"watch": {"reference": "yesterday"}}, "watch.reference"),
+        ({"watch": {"window": "soon"}}, "watch.window"),
+        ({"features": [{"name": "a", "from": "$.x["}]}, "features[0].from"),
+        ({"features": [{"name": "a", "from": "x[0]"}, {"name": "a", "from": "x[1]"}]},
+         "features[1].name"),
+        ({"features": [{"name": "a\x1b", "from": "x[0]"}]}, "features[0].name"),
+    ]  # fmt: skip
+    for raw, key in bad:
+        with pytest.raises(ConfigError) as err:
+            settings_from_mapping(raw, environ={})
+        assert key in str(err.value)
+    settings = watch_settings(prefix)
+    for text in ("-1h", "40d", "soon"):
+        with pytest.raises(WatchError):
+            parse_window(text, settings)
+    for text in ("yesterday", "2030-01-02T00:00Z/2030-01-01T00:00Z", "x/y"):
+        with pytest.raises(WatchError):
+            parse_reference(text, settings, profile_known=False)
+    doc = watch_document(redis_client, settings, "1h", "pinned", now_s=NOW)
+    assert doc["reference"]["available"] is False and "pin" in doc["reference"]["problem"]
+    assert doc["requests"] == 0 and doc["features"] == [] and doc["timeline"] == []
+
+
+def test_a_rollup_refuses_when_a_bucket_changed_after_it_was_read(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    from analysis.watch_rollup import swap_hour
+
+    settings = watch_settings(prefix)
+    keys = Keys(prefix)
+    hour0 = int(NOW - 10 * HOUR) - int(NOW - 10 * HOUR) % HOUR
+    send(redis_client, keys, traffic(hour0 + 60, 50, shift=False, seed=11))
+    worker = Worker(redis_client, settings, clock=lambda: NOW)
+    fold_all(worker)
+    starts = sorted(int(m) for m in redis_client.zrange(keys.watch_index(), 0, -1))
+    stale = [redis_client.hgetall(keys.watch_bucket(s)) for s in starts]
+    send(redis_client, keys, traffic(hour0 + 60, 5, shift=False, seed=12))  # a fold meanwhile
+    fold_all(worker)
+    assert swap_hour(redis_client, settings, hour0, starts, stale) == 0
+    assert watch_document(redis_client, settings, "11h", "day", now_s=NOW)["requests"] == 55
+    assert roll_up_watch(redis_client, settings, now_s=NOW) == 1  # the next round: all of it
+    assert watch_document(redis_client, settings, "11h", "day", now_s=NOW)["requests"] == 55
