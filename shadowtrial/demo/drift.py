@@ -41,6 +41,7 @@ NEW_SPELLING = ("not", "none")  # (what training said, what the new client sends
 SHIFTED = ("religious", "age")
 RATE = 80.0  # requests per second: the whole run in about a minute
 WINDOW = "1h"  # the watch window: the whole run, before and after the shift
+PAGE_WINDOW = "15m"  # the page's: the same requests, a timeline in steps of about 19 s
 POLL_S = 0.25
 FOLD_TIMEOUT_S = 30.0
 
@@ -217,7 +218,7 @@ class DriftDemo(Demo):
         )  # fmt: skip
         for line in detection_lines(self.detection, doc):
             self.console.print(line)
-        self.console.print(f"web page:    {self.admin_url}/ui/watch?window={WINDOW}")
+        self.console.print(f"web page:    {self.admin_url}/ui/watch?window={PAGE_WINDOW}")
         self.console.print(f"watch JSON:  {self.admin_url}/v1/watch?window={WINDOW}")
         self.console.print(f"admin token: {self.token}")
 
