@@ -9,8 +9,9 @@ is drawn as 0, a bin list of the wrong length is cut to what fits, and every lab
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 from analysis.ui.charts import (
     FAIL,
@@ -154,9 +155,10 @@ def _epoch(text: object) -> float | None:
     if not isinstance(text, str) or len(text) > 64:
         return None
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         return None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()  # naive: UTC
 
 
 def timeline_points(timeline: object) -> list[dict[str, float | None]]:
@@ -253,8 +255,6 @@ def _polyline(run: list[str]) -> list[str]:
 
 
 def _clock_ticks(frame: _Frame, t0: float, t1: float, offset: int) -> list[str]:
-    import time
-
     y = offset + frame.height - 8
     out = []
     for frac, anchor in ((0.0, "start"), (1.0, "end")):
