@@ -416,7 +416,7 @@ def _timeline(
     for at, group in _steps(buckets, settings, span):
         step = merged(group, settings)
         inputs = step.states["i"]
-        rows = compare_states(reference, inputs) if reference.features else []
+        rows = compare_states(reference, inputs, fast=True) if reference.features else []
         drifts = [r["drift"] for r in rows if _num(r["drift"]) is not None]
         out.append({
             "start": format_instant(at), "requests": inputs.requests,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from itertools import chain
 from typing import Any
 
@@ -135,24 +136,6 @@ def _number(raw: bytes) -> float:
         return 0.0
 
 
-def _feature_part(state: FeatureState, part: bytes, value: bytes) -> None:
-    """One field of a feature into its state (an unknown part is ignored)."""
-    kind, rest = part[:1], part[1:]
-    if kind == b"b" and rest.isdigit() and int(rest) < N_BINS:
-        state.numeric[int(rest)] = state.numeric.get(int(rest), 0) + int(_number(value))
-    elif kind == b"c":
-        state.categories[_text(rest)] = int(_number(value))
-    elif part in _COUNTS:
-        setattr(state, _COUNTS[part], int(_number(value)))
-    elif part == b"s":
-        state.total = _number(value)
-    elif part == b"<":
-        state.low = _number(value)
-    elif part == b">":
-        state.high = _number(value)
-
-
-_COUNTS = {b"p": "present", b"n": "null", b"x": "nan", b"i": "invalid"}
 
 
 def _split_feature(rest: bytes) -> tuple[str, bytes] | None:
@@ -168,35 +151,75 @@ def decode_bucket(start: int, fields: Mapping[bytes, bytes], max_features: int,
                   max_categories: int) -> Bucket:  # fmt: skip
     """A bucket hash as states; hostile or unknown fields are skipped, never raised on."""
     bucket = Bucket(start, empty_states(max_features, max_categories))
+    states = bucket.states
     for raw_key, value in fields.items():
         key = raw_key if isinstance(raw_key, bytes) else str(raw_key).encode()
-        value = value if isinstance(value, bytes) else str(value).encode()
-        tag, rest = _text(key[:1]), key[1:]
-        if tag == "l":
-            _label_field(bucket, rest, value)
+        kind, tag, name, arg = _parse_field(key)
+        if not kind:
             continue
-        state = bucket.states.get(tag)
+        number = _number(value if isinstance(value, bytes) else str(value).encode())
+        if kind == "l":
+            _label_field(bucket, arg, int(number))
+            continue
+        if kind == "S":
+            setattr(states[tag], arg, int(number))
+            continue
+        features = states[tag].features
+        state = features.get(name)
         if state is None:
-            continue
-        if rest.startswith(b"#"):
-            name = _text(rest[1:])
-            attr = _SCALAR_ATTRS.get(name)
-            if attr is not None:
-                setattr(state, attr, int(_number(value)))
-            continue
-        split = _split_feature(rest)
-        if split is not None:
-            name, part = split
-            _feature_part(state.features.setdefault(name, FeatureState()), part, value)
+            state = features[name] = FeatureState()
+        if kind == "b":
+            state.numeric[arg] = state.numeric.get(arg, 0) + int(number)
+        elif kind == "c":
+            state.categories[arg] = int(number)
+        elif kind == "=":
+            setattr(state, arg, int(number) if arg != "total" else number)
+        elif kind == "<":
+            state.low = number
+        elif kind == ">":
+            state.high = number
     return bucket
+
+
+_PARTS = {b"p": "present", b"n": "null", b"x": "nan", b"i": "invalid", b"s": "total"}
+Field = tuple[str, str, str, Any]  # kind, tag, feature name, what the kind needs
+
+
+@lru_cache(maxsize=1 << 16)
+def _parse_field(key: bytes) -> Field:
+    """What a field holds, cached (the same fields recur in every bucket; a few per feature
+    bin and category): kind b (a bin: its index), c (a category: its text), = (a count or
+    the sum: the attribute), < / > (min / max), S (a scalar: the attribute), l (labels: the
+    rest of the field), or "" (unknown, skipped)."""
+    tag, rest = _text(key[:1]), key[1:]
+    if tag == "l":
+        return "l", tag, "", rest
+    if tag not in TAGS:
+        return "", "", "", None
+    if rest.startswith(b"#"):
+        attr = _SCALAR_ATTRS.get(_text(rest[1:]))
+        return ("S", tag, "", attr) if attr is not None else ("", "", "", None)
+    split = _split_feature(rest)
+    if split is None:
+        return "", "", "", None
+    name, part = split
+    kind, arg = part[:1], part[1:]
+    if kind == b"b" and arg.isdigit() and int(arg) < N_BINS:
+        return "b", tag, name, int(arg)
+    if kind == b"c":
+        return "c", tag, name, _text(arg)
+    if part in _PARTS:
+        return "=", tag, name, _PARTS[part]
+    if part in (b"<", b">"):
+        return part.decode(), tag, name, None
+    return "", "", "", None
 
 
 _SCALAR_ATTRS = {"req": "requests", "rows": "rows", "unreadable": "unreadable",
                  "over_cap": "over_cap", "errors": "errors"}  # fmt: skip
 
 
-def _label_field(bucket: Bucket, rest: bytes, value: bytes) -> None:
-    n = int(_number(value))
+def _label_field(bucket: Bucket, rest: bytes, n: int) -> None:
     labels = bucket.labels
     if rest == b"#n":
         labels.n = n
