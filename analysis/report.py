@@ -27,6 +27,7 @@ from analysis.apply import ROLLUP_SECONDS
 from analysis.dispatch_section import add_queue_state, dispatch_drops, dispatch_section
 from analysis.drilldown import read_samples, recent_pairs
 from analysis.gate import evaluate_gate
+from analysis.skew import skew_section
 from analysis.summaries import (
     CLASS_FEATURE,
     CONF_BINS,
@@ -209,6 +210,7 @@ def analyse(
     the report does.
     """
     labels, matrix = summary.flip_matrix()
+    slices = _slices(summary, settings)
     return {
         "pairs": summary.get("records"),
         "rows": summary.get("rows"),
@@ -224,7 +226,8 @@ def analyse(
         "confidence_deltas": _deltas(summary),
         "regression": _regression(summary),
         "latency": _latency(summary, latency_reference),
-        "slices": _slices(summary, settings),
+        "slices": slices,
+        "skew": skew_section(slices),
         "discovered": _discovered(summary),
         "noise_floor": _noise_floor(summary, noise),
         "labels": _labels(summary),

@@ -21,7 +21,8 @@ from typing import Any
 
 import redis
 
-from analysis.adapters.base import Prediction, label_text
+from analysis.adapters import select_adapter
+from analysis.adapters.base import OutputAdapter, Prediction, label_text
 from analysis.feedback import clean_label
 from analysis.jsonpath import JsonPath, compile_path
 from analysis.summaries import SEP
@@ -103,6 +104,7 @@ class WatchFolder:
         self.watch = settings.watch
         self.worker = settings.worker
         self.extractors = Extractors.from_settings(settings)
+        self.adapter = select_adapter(settings.outputs)  # the pairs' adapter, [outputs]
         self._script = SCRIPTS["watch_fold"].register(client)
 
     def process(self, entries: Sequence[tuple[Any, Any]], now_s: float) -> int:
@@ -138,7 +140,7 @@ class WatchFolder:
             states["i"].requests += 1
             states["i"].unreadable += 1
             return
-        prediction = count_record(record, states, self.extractors)
+        prediction = count_record(record, states, self.extractors, self.adapter)
         if prediction is not None and record.request_id:
             batch.preds.append((record.request_id[:256], f"{start}{SEP}{prediction}", start))
 
@@ -172,7 +174,10 @@ class WatchFolder:
 
 
 def count_record(
-    record: PairRecord, states: Mapping[str, WatchState], extractors: Extractors
+    record: PairRecord,
+    states: Mapping[str, WatchState],
+    extractors: Extractors,
+    adapter: OutputAdapter | None = None,
 ) -> str | None:
     """Count one watched record into `states` (tags i, o, t); return the predicted class of
     a single-row classified answer (what a label is later joined to), else None."""
@@ -188,7 +193,7 @@ def count_record(
     if math.isfinite(record.primary_ms) and record.primary_ms >= 0:
         latency.add_row({LATENCY: record.primary_ms})
     predictions = watch_answer(
-        record.request_body, record.primary_body, record.primary_status, outputs
+        record.request_body, record.primary_body, record.primary_status, outputs, adapter
     )
     return _single_class(predictions)
 

@@ -36,15 +36,22 @@ def _row(prediction: Prediction) -> dict[str, object]:
     return {k: v for k, v in row.items() if v is not None}
 
 
-def watch_answer(request: bytes, answer: bytes, status: int, state: WatchState) -> list[Prediction]:
+def watch_answer(
+    request: bytes,
+    answer: bytes,
+    status: int,
+    state: WatchState,
+    adapter: OutputAdapter | None = None,
+) -> list[Prediction]:
     """Count one primary answer into `state` (requests, errors, unreadable, rows); return
-    its predictions (the live watch joins labels to a single row's class)."""
+    its predictions (the live watch joins labels to a single row's class). `adapter`: the
+    configured one (`[outputs]`); by default the protocol is told from the answer."""
     state.requests += 1
     if status >= 400 or status <= 0:
         state.errors += 1
         return []
     try:
-        parsed = _adapter().parse(request, answer)
+        parsed = (adapter or _adapter()).parse(request, answer)
     except (DecodeError, ValueError, RecursionError):
         state.unreadable += 1
         return []

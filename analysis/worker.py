@@ -36,6 +36,7 @@ from analysis.aggregate import aggregate
 from analysis.apply import Applier, roll_up
 from analysis.decode import Item, decode
 from analysis.evaluate import Evaluation
+from analysis.skew import SkewSource
 from analysis.watch_fold import WatchFolder
 from analysis.watch_rollup import roll_up_watch
 from common.errors import StoreError
@@ -66,6 +67,7 @@ class BatchProcessor:
         self.clock = clock
         self.roles: dict[str, str] = {}
         self.evaluation = Evaluation(settings)
+        self.evaluation.evaluator.skew_source = SkewSource(client, settings)
         if settings.outputs.text_calibrate and self.evaluation.meaning is not None:
             from analysis.text_calibration import NoiseCalibration  # reads the report's window
 

@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from analysis.worker import Worker
 from common.keys import WATCH, Keys
+from common.records import PairRecord
 from common.settings import Settings, settings_from_mapping
 from shadowtrial.cli import main
 
@@ -94,14 +95,23 @@ def test_watch_flags_a_shift_without_a_candidate(
         send(http, px.url, 300, shift=False, seed=1)
         t_ref = time.time()
         time.sleep(2.2)  # whole one-second buckets apart
-        t1 = time.time()
-        shifted = send(http, px.url, 300, shift=True, seed=2)
+        t_calm = time.time()
+        send(http, px.url, 300, shift=False, seed=3)  # the same world: nothing to flag
         wait_until(lambda: redis_client.xlen(keys.pairs(WATCH)) == 600, what="600 records")
-        fold(Worker(redis_client, settings))
+        worker = Worker(redis_client, settings)
+        fold(worker)
         pin = {"from": _iso(t0 - 1), "to": _iso(t_ref + 0.5)}
         refused = http.put(px.admin + "/v1/watch/reference", json=pin)
         assert refused.status_code == 401
         assert http.put(px.admin + "/v1/watch/reference", json=pin, headers=auth).status_code == 200
+        calm = http.get(px.admin + "/v1/watch", params={"window": f"{time.time() - t_calm:.3f}s"})
+        assert calm.json()["requests"] == 300 and calm.json()["flagged"] == []
+        assert not calm.json()["outputs"]["confidence_flagged"]
+        time.sleep(2.2)
+        t1 = time.time()
+        shifted = send(http, px.url, 300, shift=True, seed=2)
+        wait_until(lambda: redis_client.xlen(keys.pairs(WATCH)) == 900, what="900 records")
+        fold(worker)
         window = f"{time.time() - t1:.3f}s"
         doc = http.get(px.admin + "/v1/watch", params={"window": window}).json()
         assert doc["reference"]["kind"] == "pinned" and doc["reference"]["requests"] == 300
@@ -119,8 +129,8 @@ def test_watch_flags_a_shift_without_a_candidate(
         def accounting() -> dict[str, int]:  # the proxies write their counts once a second
             return http.get(px.admin + "/v1/watch", params={"window": "1h"}).json()["accounting"]
 
-        wait_until(lambda: accounting()["captured"] == 600, what="the capture counts")
-        assert accounting() == {"captured": 600, "folded": 600, "unreadable": 0, "dropped": 0}
+        wait_until(lambda: accounting()["captured"] == 900, what="the capture counts")
+        assert accounting() == {"captured": 900, "folded": 900, "unreadable": 0, "dropped": 0}
         # labels come late: accuracy with an interval
         labels = [{"request_id": rid, "label": "old"} for rid in shifted[:100]]
         fed = http.post(px.admin + "/v1/feedback", json=labels, headers=auth).json()
@@ -130,8 +140,8 @@ def test_watch_flags_a_shift_without_a_candidate(
         assert lab["labelled"] == 100 and lab["low"] <= lab["accuracy"] <= lab["high"]
         assert lab["per_class_recall"].keys() == {"old"} and lab["over_time"]
         # the proxy's accounting: every sampled request recorded
-        assert px.value("shadowtrial_watch_records_total", outcome="sampled") == 600
-        assert px.value("shadowtrial_watch_records_total", outcome="recorded") == 600
+        assert px.value("shadowtrial_watch_records_total", outcome="sampled") == 900
+        assert px.value("shadowtrial_watch_records_total", outcome="recorded") == 900
         # the gauges, for existing alerting
         wait_until(lambda: px.app.watch_task.rounds >= 1, what="a gauge round")
         metrics = http.get(px.admin + "/metrics").text
@@ -196,3 +206,46 @@ def test_hostile_traffic_and_the_cli_never_break(
         assert main(["watch", "-c", str(config), "--admin", px.admin]) == 0
         out = capsys.readouterr().out
         assert "\x1b" not in out and "\x07" not in out and "watched requests" in out
+
+
+def test_watched_and_mirrored_alike_and_every_sampled_request_accounted(
+    model: str, redis_url: str, prefix: str, redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from proxy_upstreams import Candidate
+
+    token_env = f"ST_WATCH_{prefix.upper()}"
+    keys = Keys(prefix)
+    with serve_app(Candidate()) as cand_url:
+        raw = {
+            "proxy": {"primary": model, "mirror_paths": ["**"], "max_capture_bytes": 4096},
+            "redis": {"prefix": prefix}, "admin": {"token_env": token_env},
+            "watch": {"sample": 0.5, "gauges_every_s": 0},
+            "candidates": [{"name": "v2", "url": cand_url, "sample": 0.3}],
+        }  # fmt: skip
+        settings = settings_from_mapping(raw, environ={})
+        with running_proxy(settings, redis_url) as px, httpx.Client(timeout=10) as http:
+            for i in range(200):
+                body = {"instances": [[float(i), "x" * (5000 if i % 20 == 0 else 1)]]}
+                http.post(px.url + PATH, json=body, headers={"x-request-id": f"q{i}"})
+
+            def value(outcome: str) -> float:
+                return px.value("shadowtrial_watch_records_total", outcome=outcome)
+
+            def settled() -> bool:
+                done = sum(value(o) for o in ("recorded", "dropped", "too_large", "shed"))
+                return value("sampled") == done and px.app.mirror.in_flight == 0
+
+            wait_until(settled, what="every watched request accounted")
+            watched = redis_client.xrange(keys.pairs(WATCH))
+            mirrored = redis_client.xrange(keys.pairs("v2"))
+            px.check_accounting("v2")
+    ids = {PairRecord.from_fields(f).request_id for _, f in watched}
+    mirrored_ids = {PairRecord.from_fields(f).request_id for _, f in mirrored}
+    assert 60 < value("sampled") < 140 and value("too_large") >= 1
+    assert (
+        len(ids) == value("recorded")
+        and mirrored_ids
+        and mirrored_ids <= ids | {f"q{i}" for i in range(0, 200, 20)}
+    )  # sticky and nested: a request mirrored at 0.3 is watched at 0.5 (unless too large)
+    assert all(PairRecord.from_fields(f).candidate_body == b"" for _, f in watched)

@@ -287,3 +287,48 @@ def test_a_rollup_refuses_when_a_bucket_changed_after_it_was_read(
     assert watch_document(redis_client, settings, "11h", "day", now_s=NOW)["requests"] == 55
     assert roll_up_watch(redis_client, settings, now_s=NOW) == 1  # the next round: all of it
     assert watch_document(redis_client, settings, "11h", "day", now_s=NOW)["requests"] == 55
+
+
+def test_the_worker_loop_folds_the_watch_beside_pairs(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    raw = {
+        "redis": {"prefix": prefix}, "worker": {"block_ms": 10},
+        "watch": {"sample": 0.2}, "candidates": [{"name": "v2", "url": "http://127.0.0.1:9"}],
+    }  # fmt: skip
+    settings = settings_from_mapping(raw, environ={})
+    keys = Keys(prefix)
+    send(redis_client, keys, traffic(NOW - 600, 120, shift=False, seed=13))
+    worker = Worker(redis_client, settings, clock=lambda: NOW)
+    done = sum(worker.step() for _ in range(5))
+    assert done == 120 and worker.watched == 120 and keys.pairs(WATCH) not in worker.streams
+    assert keys.pairs("v2") in worker.streams  # the candidate's stream is read as before
+    assert redis_client.xpending(keys.pairs(WATCH), WATCH_GROUP)["pending"] == 0
+    worker.heartbeat()
+    health = json.loads(redis_client.get(keys.worker_health(worker.consumer)))
+    assert health["watched"] == 120 and WATCH in health["lag"]
+
+
+def test_gauge_labels_are_printable_bounded_and_dropped_when_gone() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from control.watch import WatchGauges
+
+    registry = CollectorRegistry()
+    gauges = WatchGauges(registry)
+    hostile = "\x1b[31m" + "x" * 500 + '"}\n'
+    doc = {
+        "features": [{"feature": hostile, "drift": 0.4, "unseen_rate": 0.2, "flagged": True},
+                     {"feature": "age", "drift": None, "unseen_rate": None, "flagged": False}],
+        "flagged": [hostile], "requests": 10,
+        "outputs": {"mean_confidence": 0.8}, "labels": {"accuracy": None},
+        "reference": {"available": True},
+    }  # fmt: skip
+    gauges.update(doc)
+    text = generate_latest(registry).decode()
+    assert "\x1b" not in text and "x" * 65 not in text
+    assert "shadowtrial_watch_flagged_features 1.0" in text
+    assert 'shadowtrial_watch_feature_drift{feature="age"}' not in text  # nothing to compare
+    gauges.update({**doc, "features": [], "flagged": []})
+    text = generate_latest(registry).decode()
+    assert "shadowtrial_watch_feature_flagged{" not in text
