@@ -34,6 +34,7 @@ from analysis.stats import hist_quantile, wilson_interval
 from analysis.watch_rollup import merged, read_buckets
 from analysis.watch_state import EDGES, OTHER, FeatureState, WatchState
 from analysis.watch_store import LATENCY, Bucket, Labels, empty_states
+from common.errors import ShadowtrialError
 from common.keys import (
     FIELD_CANCELLED,
     FIELD_CAPTURE_DROPPED,
@@ -58,7 +59,7 @@ _DROPPED = (FIELD_CAPTURE_DROPPED, FIELD_TOO_LARGE, FIELD_PRIMARY_FAILED, FIELD_
             FIELD_SHED)  # fmt: skip
 
 
-class WatchError(ValueError):
+class WatchError(ShadowtrialError, ValueError):
     """A window or reference that cannot be read (the API answers 400)."""
 
 

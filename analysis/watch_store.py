@@ -136,8 +136,6 @@ def _number(raw: bytes) -> float:
         return 0.0
 
 
-
-
 def _split_feature(rest: bytes) -> tuple[str, bytes] | None:
     """`<len>:<name><part>` -> (name, part); None when the field is not one."""
     length, sep, tail = rest.partition(b":")

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 # Consumer group every comparison worker joins on each candidate's pair stream.
 WORKER_GROUP = "shadowtrial-workers"
+# Consumer group every dispatcher joins on each `run = "dispatcher"` candidate's requests.
+DISPATCH_GROUP = "shadowtrial-dispatchers"
 # A worker's health record expires this long after its last heartbeat (seconds).
 WORKER_HEALTH_TTL_S = 30
 # Drill-down samples (divergent pairs, unparseable bodies) kept per candidate.
@@ -29,6 +31,15 @@ FIELD_TOO_LARGE = "mirror:too_large"  # request body over max_capture_bytes
 FIELD_PRIMARY_FAILED = "mirror:primary_failed"  # no complete primary answer to pair with
 FIELD_CANCELLED = "mirror:cancelled"  # still running when the proxy stopped
 FIELD_CAPTURE_DROPPED = "capture:dropped"  # spool full, refused by Redis, or at shutdown
+# `run = "dispatcher"` candidates (proxy.dispatch): a sampled request queued for a
+# dispatcher, or dropped because the queue was full; then, in the dispatchers, called
+# (a pair written), too old when read, trimmed away before it was read, or unreadable.
+FIELD_DISPATCH_QUEUED = "dispatch:queued"
+FIELD_DISPATCH_OVERFLOW = "dispatch:overflow"
+FIELD_DISPATCHED = "dispatch:dispatched"
+FIELD_DISPATCH_EXPIRED = "dispatch:expired"
+FIELD_DISPATCH_TRIMMED = "dispatch:trimmed"
+FIELD_DISPATCH_BAD = "dispatch:bad"
 # Canary served-by counts (proxy.canary), per candidate on canary: requests it could take,
 # answered by it, or by the primary after it failed (canary:fallback_*); the report's
 # `canary` section (eligible = served + fallbacks + outside the share).
@@ -58,6 +69,10 @@ class Keys:
     def pairs(self, candidate: str) -> str:
         """Stream of pair records (XADD by proxies, XREADGROUP by workers)."""
         return f"{self._tag(candidate)}:pairs"
+
+    def requests(self, candidate: str) -> str:
+        """Stream of request records waiting for a dispatcher (`run = "dispatcher"`)."""
+        return f"{self._tag(candidate)}:requests"
 
     def bucket(self, candidate: str, bucket_start: int) -> str:
         """Hash of additive counters for one time bucket (epoch seconds of its start)."""

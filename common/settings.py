@@ -460,6 +460,24 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True)
+class DispatchSettings:
+    """`run = "dispatcher"` candidates: their request queues and the dispatchers' pace."""
+
+    # Request records waiting per candidate; beyond it a sampled request is dropped and
+    # counted (dispatch_overflow) rather than letting a slow candidate fill Redis.
+    max_queue: int = _setting(10_000, _at_least(_cast_int, 1))
+    # A request record older than this when a dispatcher reads it is not sent (counted
+    # dispatch_expired): its candidate latency would measure the queue, not the model.
+    max_age_s: float = _setting(60.0, _at_least(_cast_float, 0.001))
+    # Candidate calls in flight per dispatcher process, over all its candidates.
+    concurrency: int = _setting(64, _at_least(_cast_int, 1))
+    batch: int = _setting(64, _at_least(_cast_int, 1))  # entries per XREADGROUP
+    block_ms: int = _setting(1000, _at_least(_cast_int, 1))
+    # A dispatcher's unacknowledged entries are taken over by another after this long.
+    claim_idle_ms: int = _setting(30_000, _at_least(_cast_int, 100))
+
+
+@dataclass(frozen=True)
 class GateSettings:
     """The promotion policy; every rule yields a reason in the verdict."""
 
@@ -509,7 +527,10 @@ class CandidateSettings:
     columns: tuple[str, ...] = _setting((), _cast_str_list)
     # "worker" by default: measured in benchmarks/onnx_bench.py, the primary's p99 suffers
     # least when the model runs in the comparison worker, off the proxy's event loop.
-    run: str = _setting("worker", _choice("proxy", "worker"))
+    # An HTTP candidate is called by the proxy unless `run = "dispatcher"`: then the proxy
+    # only captures the request and the primary's answer, and `shadowtrial dispatch`
+    # processes call the candidate (proxy.dispatch). ONNX: "proxy" or "worker".
+    run: str = _setting("worker", _choice("proxy", "worker", "dispatcher"))
     sample: float = _setting(1.0, _fraction)
     timeout_ms: int = _setting(2000, _at_least(_cast_int, 1))
     role: str = _setting("candidate", _choice("candidate", "secondary"))
@@ -597,6 +618,7 @@ class Settings:
     gate: GateSettings = field(default_factory=GateSettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
     watch: WatchSettings = field(default_factory=WatchSettings)
+    dispatch: DispatchSettings = field(default_factory=DispatchSettings)
     candidates: tuple[CandidateSettings, ...] = ()
     slices: tuple[SliceSettings, ...] = ()
     strata: tuple[StratumSettings, ...] = ()
@@ -616,6 +638,7 @@ _SECTIONS: dict[str, type] = {
     "gate": GateSettings,
     "notify": NotifySettings,
     "watch": WatchSettings,
+    "dispatch": DispatchSettings,
 }
 _LISTS: dict[str, type] = {"candidates": CandidateSettings, "slices": SliceSettings}
 _LISTS["strata"] = StratumSettings
@@ -709,6 +732,20 @@ def _check_candidates(
         if cand.ends_at is not None and cand.duration is not None:
             raise ConfigError(f"{where}", cand.name, "set at most one of ends_at or duration")
         _check_destination(f"{where}.url", cand.url, allow_link_local)
+        _check_dispatched(where, cand)
+
+
+def _check_dispatched(where: str, cand: CandidateSettings) -> None:
+    """A dispatched request waits in Redis: only what may be stored there can be sent."""
+    if cand.run != "dispatcher":
+        return
+    if cand.url is None:
+        raise ConfigError(f"{where}.run", cand.run, 'only HTTP candidates take "dispatcher"')
+    if cand.forward_credentials:
+        raise ConfigError(
+            f"{where}.forward_credentials", True,
+            'the client\'s credentials would wait in Redis; use run = "proxy" for this',
+        )  # fmt: skip
 
 
 def _check_slices(slices: tuple[SliceSettings, ...]) -> None:

@@ -40,6 +40,7 @@ from control.admin_guard import FailureLimit, HostAllowList
 from control.auth import RequireToken
 from control.canary import canary_plan, set_canary
 from control.decisions import Decisions
+from control.dispatch_metrics import dispatch_exposition
 from control.openapi import OPERATIONS, admin_routes, openapi_document
 from control.registry import (
     PROMOTED,
@@ -331,7 +332,17 @@ class Endpoints:
 
     async def metrics(self, request: Request) -> Response:
         workers = await worker_exposition(self.ctx.redis, self.ctx.keys)  # never fails
-        return Response(self.proxy.metrics.exposition() + workers, media_type=METRICS_CONTENT_TYPE)
+        queues = await dispatch_exposition(self.ctx.redis, self.ctx.keys, self._dispatched())
+        body = self.proxy.metrics.exposition() + workers + queues
+        return Response(body, media_type=METRICS_CONTENT_TYPE)
+
+    def _dispatched(self) -> list[str]:
+        """The `run = "dispatcher"` candidates: configured, and registered at runtime."""
+        names = [c.name for c in self.ctx.settings.candidates if c.run == "dispatcher" and c.url]
+        snap = self.proxy.registry.snapshot
+        if snap is not None:
+            names += [n for n, e in snap.entries.items() if e.run == "dispatcher" and e.url]
+        return names
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_document())

@@ -248,6 +248,7 @@ _CANDIDATE_PROPS: dict[str, Any] = {
     "canary_step_s": {"type": "number"},
     "canary_min_pairs": {"type": "integer"},
     "canary_since": {"type": "string"},
+    "run": {"type": "string", "enum": ["proxy", "dispatcher"]},
 }
 _ROUTING = {
     "type": "object",
@@ -296,6 +297,11 @@ SCHEMAS: dict[str, Any] = {
             "sample": {"type": "number", "minimum": 0, "maximum": 1},
             "timeout_ms": {"type": "integer", "minimum": 1, "maximum": 600000},
             "role": {"type": "string", "enum": ["candidate", "secondary"]},
+            "run": {
+                "type": "string",
+                "enum": ["proxy", "dispatcher"],
+                "description": "who calls it: the proxy, or `shadowtrial dispatch`",
+            },
             **_TIME_BOX,
         },
     },

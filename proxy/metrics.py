@@ -4,10 +4,13 @@ Accounting (per candidate), checkable from /metrics at any quiet moment:
 
     shadowtrial_mirror_sampled_total
         = sum over outcome of shadowtrial_mirror_outcomes_total      (+ mirrors in flight)
-    outcomes ok + http_error + timeout + error + deferred           (handed to capture)
+    outcomes ok + http_error + timeout + error + deferred
+             + dispatched                                            (handed to capture)
         = capture recorded + capture dropped                          (+ records in the spool)
 
 `shed`, `too_large` and `primary_failed` are mirror outcomes that never reach capture.
+`dispatched` (`run = "dispatcher"`): a request record for a dispatcher, `recorded` once it
+is queued, `dropped` when its queue was full too (dispatch.max_queue).
 Requests that are not sampled are not counted per candidate.
 
 Several processes (`serve --workers N`): the parent points PROMETHEUS_MULTIPROC_DIR at a

@@ -40,6 +40,8 @@ from common.keys import (
     WATCH,
 )
 from common.records import (
+    MODE_DISPATCHER,
+    OUTCOME_DISPATCHED,
     OUTCOME_ERROR,
     OUTCOME_HTTP_ERROR,
     OUTCOME_OK,
@@ -416,6 +418,10 @@ class Mirror:
             role=target.runner.role,
             served_by=served_by,
         )
+        if result.outcome == OUTCOME_DISPATCHED:  # run = "dispatcher": a dispatcher calls it
+            record.mode = MODE_DISPATCHER
+            self._capture.submit_request(target.name, record, request.headers)
+            return
         self._capture.submit(target.name, record)
 
     async def drain(self, timeout_s: float) -> None:

@@ -19,6 +19,7 @@ SECTIONS = {
     "gate": S.GateSettings,
     "notify": S.NotifySettings,
     "watch": S.WatchSettings,
+    "dispatch": S.DispatchSettings,
     "candidates": S.CandidateSettings,
     "slices": S.SliceSettings,
     "strata": S.StratumSettings,

@@ -32,6 +32,16 @@ def watch(workers: int) -> str:
     return f"shadowtrial-watch-w{workers}"
 
 
+def dispatched(workers: int) -> str:
+    """Like `full`, but the candidate is called by a `shadowtrial dispatch` process."""
+    return f"shadowtrial-dispatch-w{workers}"
+
+
+def slow_dispatched(workers: int) -> str:
+    """Like `slow`, but the slow candidate is called by a dispatcher."""
+    return f"shadowtrial-slowdispatch-w{workers}"
+
+
 @dataclass(frozen=True)
 class Plan:
     """The parsed command line: everything that decides what is run and for how long."""
@@ -52,6 +62,7 @@ class Plan:
     quick: bool
     write: bool
     watch: bool = False  # --watch: add shadowtrial-watch-wN (issue 15: within 10% of full)
+    dispatcher: bool = False  # also measure run = "dispatcher" (--dispatcher)
 
     @property
     def main_workers(self) -> int:
@@ -68,6 +79,8 @@ class Plan:
         names = [DIRECT, NGINX_MIRROR]
         for w in self.workers:
             names += [off(w), full(w)] + ([watch(w)] if self.watch else [])
+            if self.dispatcher:
+                names.append(dispatched(w))
         return names
 
     def latency_configs(self) -> list[str]:
@@ -77,7 +90,10 @@ class Plan:
     def rate_modes(self) -> list[tuple[str, str]]:
         """(mode, configuration) pairs of the fixed-rate phase."""
         w = self.main_workers
-        return [("mirror-off", off(w)), ("mirror-on", full(w)), ("slow-candidate", slow(w))]
+        modes = [("mirror-off", off(w)), ("mirror-on", full(w)), ("slow-candidate", slow(w))]
+        if self.dispatcher:
+            modes += [("dispatched", dispatched(w)), ("slow-dispatched", slow_dispatched(w))]
+        return modes
 
     def all_configs(self) -> list[str]:
         """Every configuration measured in some phase, each once."""
@@ -91,7 +107,11 @@ class Plan:
             out += [(off(w), w, None), (full(w), w, "fast")]
             if self.watch:
                 out.append((watch(w), w, "watch"))
+            if self.dispatcher:
+                out.append((dispatched(w), w, "fast-dispatch"))
         out.append((slow(self.main_workers), self.main_workers, "slow"))
+        if self.dispatcher:
+            out.append((slow_dispatched(self.main_workers), self.main_workers, "slow-dispatch"))
         return out
 
     def estimate(self) -> float:
@@ -149,6 +169,11 @@ def parser() -> argparse.ArgumentParser:
         "--watch", action="store_true",
         help="also measure shadowtrial-watch-wN: no candidate, every request watched",
     )  # fmt: skip
+    ap.add_argument(
+        "--dispatcher",
+        action="store_true",
+        help='also measure run = "dispatcher" (a shadowtrial dispatch process per instance)',
+    )
     return ap
 
 
@@ -175,4 +200,5 @@ def plan_from_args(argv: list[str] | None = None) -> Plan:
         quick=quick,
         write=not a.no_write,
         watch=bool(a.watch),
+        dispatcher=bool(a.dispatcher),
     )
