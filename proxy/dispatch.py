@@ -60,7 +60,7 @@ from common.records import (
     PairRecord,
     RecordError,
 )
-from common.redis_client import STORE_FAILURES, async_client, store_errors
+from common.redis_client import STORE_FAILURES, async_client, is_cluster, store_errors
 from common.scripts import SCRIPTS
 from common.settings import CandidateSettings, Settings
 from proxy.candidates import HttpCandidate, build_runner
@@ -119,6 +119,7 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._script = DISPATCH.register(client)
         self._count = SCRIPTS["count"].register(client)
+        self._cluster = is_cluster(client)
         self._finishing: list[tuple[list[Any], list[Any], asyncio.Future[Any]]] = []
         self._flushing = False
         self._stopping = asyncio.Event()
@@ -287,8 +288,15 @@ class Dispatcher:
                 await self._handle(route, entry_id, fields)
             except (StoreError, *STORE_FAILURES) as exc:  # taken over after claim_idle_ms
                 log.warning("record %s of %s not finished: %s", entry_id, route.name, exc)
+            except Exception:  # a record that breaks us must not come back forever
+                log.exception("record %s of %s: counted bad", entry_id, route.name)
+                await self._finish_bad(route, entry_id)
             finally:
                 self.metrics.in_flight.dec()
+
+    async def _finish_bad(self, route: Route, entry_id: bytes) -> None:
+        with contextlib.suppress(StoreError, *STORE_FAILURES):
+            await self._finish(route, entry_id, FIELD_DISPATCH_BAD, dispatch_queue.id_ms(entry_id))
 
     async def _handle(self, route: Route, entry_id: bytes, fields: Any) -> None:
         arrived_ms = dispatch_queue.id_ms(entry_id)
@@ -400,8 +408,10 @@ class Dispatcher:
 
     async def _flush(self, batch: list[tuple[list[Any], list[Any], asyncio.Future[Any]]]) -> None:
         pipe = self.client.pipeline(transaction=False)
+        # EVAL on a cluster pipeline: redis-py refuses EVALSHA there (common.redis_client)
+        how = ("EVAL", DISPATCH.source) if self._cluster else ("EVALSHA", self._script.script.sha)
         for keys, args, _ in batch:
-            pipe.execute_command("EVALSHA", self._script.script.sha, len(keys), *keys, *args)
+            pipe.execute_command(*how, len(keys), *keys, *args)
         with store_errors("Redis unavailable"):
             results = await pipe.execute(raise_on_error=False)
             for (keys, args, done), result in zip(batch, results, strict=True):
