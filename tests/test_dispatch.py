@@ -31,7 +31,7 @@ import orjson
 import pytest
 import redis
 from proxy_upstreams import CANDIDATE_BODY, Gate, Primary, running_proxy, wait_until
-from servers import serve_app
+from servers import free_port, serve_app
 
 from analysis.report import build_report
 from analysis.worker import Worker
@@ -352,12 +352,21 @@ def test_a_killed_dispatcher_loses_nothing(
                 for i in range(n):
                     http.post(px.url + "/json", content=b'{"i": %d}' % i)
                 wait_until(lambda: px.settled("d"), what="records queued")
+                port = free_port()
+                argv = ["dispatch", "--id", "doomed", "--metrics-port", str(port)]
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "shadowtrial", "dispatch", "--id", "doomed"],
+                    [sys.executable, "-m", "shadowtrial", *argv],
                     cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )  # fmt: skip
                 try:
                     wait_until(lambda: len(cand.seen) == n, timeout_s=30, what="calls")
+                    # Its own /metrics: every call in flight, the queue still holding them.
+                    metrics = f"http://127.0.0.1:{port}/metrics"
+                    wait_until(
+                        lambda: f'shadowtrial_dispatch_queue_depth{{candidate="d"}} {n}.0'
+                        in http.get(metrics).text, what="the queue gauge",
+                    )  # fmt: skip
+                    assert f"shadowtrial_dispatch_in_flight {n}.0" in http.get(metrics).text
                 finally:
                     proc.send_signal(signal.SIGKILL)
                     proc.wait(10)
