@@ -177,6 +177,8 @@ def test_dispatched_pairs_match_the_proxys_and_never_carry_secrets(
             wait_until(lambda: px.settled("p") and px.settled("d"), what="mirrors to finish")
             queued = redis_client.xrange(keys.requests("d"))
             assert len(queued) == n  # nothing dispatched yet: no dispatcher runs
+            assert len(cand.seen) == n + 2  # "p" each time, "d" for the secret only
+            px.check_accounting("d")  # /metrics: sampled = dispatched + ..., all recorded
             raw = repr(queued).encode()
             assert not [s for s in (*SECRETS, "hunter2") if s.encode() in raw]
             with running_dispatcher(settings, redis_url, "one"):
@@ -217,6 +219,8 @@ def test_overflow_and_expiry_are_counted_and_the_identity_holds(
                 assert http.post(px.url + "/json", content=b'{"i": %d}' % i).status_code == 200
             wait_until(lambda: px.settled("d"), what="records queued")
             assert redis_client.xlen(Keys(prefix).requests("d")) == 3  # two refused
+            px.check_accounting("d")  # the two refused are dropped on /metrics
+            assert px.captured("d", "dropped") == 2
             time.sleep(0.3)  # every queued record is now older than max_age_s
             metrics = http.get(px.admin + "/metrics").text  # the proxy reads the queue
             assert 'shadowtrial_dispatch_queue_depth{candidate="d"} 3' in metrics
