@@ -247,15 +247,36 @@ class Dispatcher:
                 route.stream, DISPATCH_GROUP, self.consumer,
                 self.settings.dispatch.claim_idle_ms, "0-0", count=count,
             )  # fmt: skip
-        entries = list(answer[1]) if len(answer) > 1 else []
+        claimed = list(answer[1]) if len(answer) > 1 else []
         deleted = list(answer[2]) if len(answer) > 2 else []
+        entries = [(i, f) for i, f in claimed if i is not None]
         if entries:
             log.info("took over %d request records of %s", len(entries), route.name)
         # Pending entries trimmed away before anyone finished them (Redis 7 lists their ids
         # and drops them from the group itself): the entries are gone, their counts are not.
         await self._count_gone(route, deleted)
+        if len(entries) < len(claimed):  # Redis 6.2: claimed as nil, their ids not said
+            await self._sweep_gone(route)
         self._start(route, entries)
         return len(entries)
+
+    async def _sweep_gone(self, route: Route) -> None:
+        """Finish as trimmed this consumer's pending entries the stream no longer holds
+        (dispatch.lua's XACK counts each once, whoever else looks at the same time)."""
+        with store_errors("Redis unavailable"):
+            pending = await self.client.xpending_range(
+                route.stream, DISPATCH_GROUP, min="-", max="+",
+                count=self.settings.dispatch.batch, consumername=self.consumer,
+            )  # fmt: skip
+            ids = [p["message_id"] for p in pending]
+            pipe = self.client.pipeline(transaction=False)
+            for entry_id in ids:
+                pipe.xrange(route.stream, min=entry_id, max=entry_id, count=1)
+            found = await pipe.execute() if ids else []
+        for entry_id, rows in zip(ids, found, strict=True):
+            if not rows:
+                ts_ms = dispatch_queue.id_ms(entry_id)
+                await self._finish(route, entry_id, FIELD_DISPATCH_TRIMMED, ts_ms)
 
     async def _count_gone(self, route: Route, ids: Iterable[bytes]) -> None:
         for entry_id in ids:

@@ -438,3 +438,39 @@ def test_a_candidate_registered_with_run_dispatcher_is_dispatched(
             with running_dispatcher(t.conf, redis_url, "registry"):
                 wait_until(lambda: t.stream_length("v3") == 3, what="3 dispatched pairs")
             assert len(extra.hits) == 3
+
+
+def test_records_trimmed_before_anyone_finished_them_are_counted(
+    redis_url: str, prefix: str, redis_client: redis.Redis
+) -> None:
+    """A dead dispatcher's records deleted from the stream (an operator's XTRIM) before a
+    live one takes them over: gone, but counted `dispatch:trimmed`, never lost silently."""
+    keys = Keys(prefix)
+    stream = keys.requests("d")
+    settings = _settings("http://127.0.0.1:9", "http://127.0.0.1:9", prefix, claim_idle_ms=100)
+    record = PairRecord("r", "d", int(time.time() * 1000), mode="dispatcher").to_fields()
+    redis_client.xgroup_create(stream, DISPATCH_GROUP, id="0", mkstream=True)
+    for _ in range(3):
+        redis_client.xadd(stream, {**record, b"h": b"[]"})
+    read = redis_client.xreadgroup(DISPATCH_GROUP, "dead", {stream: ">"}, count=10)
+    assert len(read[0][1]) == 3
+    redis_client.xtrim(stream, maxlen=0)
+    time.sleep(0.2)  # idle beyond claim_idle_ms
+
+    async def rounds() -> None:
+        client = async_client(redis_url)
+        dispatcher = Dispatcher(client, settings, "live")
+        try:
+            await dispatcher.round(block=False)
+            await dispatcher.drain(5)
+        finally:
+            await dispatcher.close()
+            await client.aclose()
+
+    asyncio.run(rounds())
+    counts: dict[str, int] = {}
+    for member in redis_client.zrange(keys.bucket_index("d"), 0, -1):
+        for name, value in redis_client.hgetall(keys.bucket("d", int(member))).items():
+            counts[name.decode()] = counts.get(name.decode(), 0) + int(value)
+    assert counts == {"dispatch:trimmed": 3}
+    assert redis_client.xpending(stream, DISPATCH_GROUP)["pending"] == 0
