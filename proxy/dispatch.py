@@ -36,6 +36,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from dataclasses import field as dataclass_field
 from typing import Any
 
 import orjson
@@ -96,6 +97,9 @@ class Route:
     runner: HttpCandidate
     stream: str
     claimed_at: float = 0.0
+    # Entry ids this process is working on: a claim round that takes them back (they look
+    # idle while a slow candidate answers) must not call the candidate for them again.
+    working: set[bytes] = dataclass_field(default_factory=set)
 
 
 class Dispatcher:
@@ -235,8 +239,7 @@ class Dispatcher:
                 block=self.settings.dispatch.block_ms if block else None,
             )  # fmt: skip
         entries = [e for _, batch in answer or [] for e in batch]
-        self._start(route, entries)
-        return len(entries)
+        return self._start(route, entries)
 
     async def _claim(self, route: Route) -> int:
         """Take over entries another (dead) dispatcher left unacknowledged for too long."""
@@ -257,8 +260,7 @@ class Dispatcher:
         await self._count_gone(route, deleted)
         if len(entries) < len(claimed):  # Redis 6.2: claimed as nil, their ids not said
             await self._sweep_gone(route)
-        self._start(route, entries)
-        return len(entries)
+        return self._start(route, entries)
 
     async def _sweep_gone(self, route: Route) -> None:
         """Finish as trimmed this consumer's pending entries the stream no longer holds
@@ -294,12 +296,19 @@ class Dispatcher:
             )  # fmt: skip
         self.metrics.finished(route.name, field.partition(":")[2])
 
-    def _start(self, route: Route, entries: list[Any]) -> None:
+    def _start(self, route: Route, entries: list[Any]) -> int:
+        """One task per entry not already being worked on here; how many started."""
         loop = asyncio.get_running_loop()
+        started = 0
         for entry_id, fields in entries:
+            if entry_id in route.working:
+                continue
+            route.working.add(entry_id)
             task = loop.create_task(self._dispatch(route, entry_id, fields))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            started += 1
+        return started
 
     async def _dispatch(self, route: Route, entry_id: bytes, fields: Any) -> None:
         """Call the candidate for one record and finish it; errors never escape."""
@@ -314,6 +323,7 @@ class Dispatcher:
                 await self._finish_bad(route, entry_id)
             finally:
                 self.metrics.in_flight.dec()
+                route.working.discard(entry_id)
 
     async def _finish_bad(self, route: Route, entry_id: bytes) -> None:
         with contextlib.suppress(StoreError, *STORE_FAILURES):

@@ -308,6 +308,8 @@ def test_two_dispatchers_on_one_record_write_one_pair(
                 wait_until(lambda: len(cand.seen) == n, what="the first calls")
                 with running_dispatcher(eager, redis_url, "eager") as second:
                     wait_until(lambda: len(cand.seen) == 2 * n, what="calls taken over")
+                    time.sleep(1.5)  # more claim rounds: its own calls look idle too
+                    assert len(cand.seen) == 2 * n  # ... and are not made again
                     gate.open()
                     report = _reports(redis_client, slow, ("d",))["d"]
                     wait_until(lambda: _finished(first) + _finished(second) == 2 * n)
