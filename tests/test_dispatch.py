@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -476,3 +477,41 @@ def test_records_trimmed_before_anyone_finished_them_are_counted(
             counts[name.decode()] = counts.get(name.decode(), 0) + int(value)
     assert counts == {"dispatch:trimmed": 3}
     assert redis_client.xpending(stream, DISPATCH_GROUP)["pending"] == 0
+
+
+def test_redis_dying_mid_call_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    """Redis (append-only) killed while every call is in flight and restarted: the records
+    the dispatcher could not finish stay pending, are taken over after claim_idle_ms and
+    become exactly one pair each."""
+    from reliability_harness import redis_server
+
+    gate = Gate()
+    cand = HeaderCandidate(gate=gate)
+    n = 5
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    keys = Keys(prefix)
+    with redis_server(tmp_path, persist=True) as server, serve_app(cand) as cand_url:
+        settings = _settings("http://127.0.0.1:9", cand_url, prefix, claim_idle_ms=300)
+        client = redis.Redis.from_url(server.url)
+        stream = keys.requests("d")
+        client.xgroup_create(stream, DISPATCH_GROUP, id="0", mkstream=True)
+        for i in range(n):
+            record = PairRecord(f"r{i}", "d", int(time.time() * 1000), mode="dispatcher")
+            client.xadd(stream, {**record.to_fields(), b"h": b"[]"})
+        try:
+            with running_dispatcher(settings, server.url, "survivor"):
+                wait_until(lambda: len(cand.seen) == n, what="every call in flight")
+                server.kill()
+                gate.open()  # the answers arrive while Redis is away: nothing is written
+                time.sleep(0.5)
+                server.start()
+                wait_until(lambda: client.xlen(keys.pairs("d")) == n, timeout_s=20,
+                           what="every record finished after the restart")  # fmt: skip
+                assert client.xlen(stream) == 0
+        finally:
+            gate.open()
+        pairs = [PairRecord.from_fields(f) for _, f in client.xrange(keys.pairs("d"))]
+        assert sorted(p.request_id for p in pairs) == [f"r{i}" for i in range(n)]
+        assert len(cand.seen) == 2 * n  # called again after the restart, recorded once
+        assert client.xpending(stream, DISPATCH_GROUP)["pending"] == 0
+        client.close()
