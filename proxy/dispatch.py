@@ -36,6 +36,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from dataclasses import field as dataclass_field
 from typing import Any
 
 import orjson
@@ -60,7 +61,7 @@ from common.records import (
     PairRecord,
     RecordError,
 )
-from common.redis_client import STORE_FAILURES, async_client, store_errors
+from common.redis_client import STORE_FAILURES, async_client, is_cluster, store_errors
 from common.scripts import SCRIPTS
 from common.settings import CandidateSettings, Settings
 from proxy.candidates import HttpCandidate, build_runner
@@ -96,6 +97,9 @@ class Route:
     runner: HttpCandidate
     stream: str
     claimed_at: float = 0.0
+    # Entry ids this process is working on: a claim round that takes them back (they look
+    # idle while a slow candidate answers) must not call the candidate for them again.
+    working: set[bytes] = dataclass_field(default_factory=set)
 
 
 class Dispatcher:
@@ -119,6 +123,7 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._script = DISPATCH.register(client)
         self._count = SCRIPTS["count"].register(client)
+        self._cluster = is_cluster(client)
         self._finishing: list[tuple[list[Any], list[Any], asyncio.Future[Any]]] = []
         self._flushing = False
         self._stopping = asyncio.Event()
@@ -234,8 +239,7 @@ class Dispatcher:
                 block=self.settings.dispatch.block_ms if block else None,
             )  # fmt: skip
         entries = [e for _, batch in answer or [] for e in batch]
-        self._start(route, entries)
-        return len(entries)
+        return self._start(route, entries)
 
     async def _claim(self, route: Route) -> int:
         """Take over entries another (dead) dispatcher left unacknowledged for too long."""
@@ -246,15 +250,35 @@ class Dispatcher:
                 route.stream, DISPATCH_GROUP, self.consumer,
                 self.settings.dispatch.claim_idle_ms, "0-0", count=count,
             )  # fmt: skip
-        entries = list(answer[1]) if len(answer) > 1 else []
+        claimed = list(answer[1]) if len(answer) > 1 else []
         deleted = list(answer[2]) if len(answer) > 2 else []
+        entries = [(i, f) for i, f in claimed if i is not None]
         if entries:
             log.info("took over %d request records of %s", len(entries), route.name)
         # Pending entries trimmed away before anyone finished them (Redis 7 lists their ids
         # and drops them from the group itself): the entries are gone, their counts are not.
         await self._count_gone(route, deleted)
-        self._start(route, entries)
-        return len(entries)
+        if len(entries) < len(claimed):  # Redis 6.2: claimed as nil, their ids not said
+            await self._sweep_gone(route)
+        return self._start(route, entries)
+
+    async def _sweep_gone(self, route: Route) -> None:
+        """Finish as trimmed this consumer's pending entries the stream no longer holds
+        (dispatch.lua's XACK counts each once, whoever else looks at the same time)."""
+        with store_errors("Redis unavailable"):
+            pending = await self.client.xpending_range(
+                route.stream, DISPATCH_GROUP, min="-", max="+",
+                count=self.settings.dispatch.batch, consumername=self.consumer,
+            )  # fmt: skip
+            ids = [p["message_id"] for p in pending]
+            pipe = self.client.pipeline(transaction=False)
+            for entry_id in ids:
+                pipe.xrange(route.stream, min=entry_id, max=entry_id, count=1)
+            found = await pipe.execute() if ids else []
+        for entry_id, rows in zip(ids, found, strict=True):
+            if not rows:
+                ts_ms = dispatch_queue.id_ms(entry_id)
+                await self._finish(route, entry_id, FIELD_DISPATCH_TRIMMED, ts_ms)
 
     async def _count_gone(self, route: Route, ids: Iterable[bytes]) -> None:
         for entry_id in ids:
@@ -272,12 +296,19 @@ class Dispatcher:
             )  # fmt: skip
         self.metrics.finished(route.name, field.partition(":")[2])
 
-    def _start(self, route: Route, entries: list[Any]) -> None:
+    def _start(self, route: Route, entries: list[Any]) -> int:
+        """One task per entry not already being worked on here; how many started."""
         loop = asyncio.get_running_loop()
+        started = 0
         for entry_id, fields in entries:
+            if entry_id in route.working:
+                continue
+            route.working.add(entry_id)
             task = loop.create_task(self._dispatch(route, entry_id, fields))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            started += 1
+        return started
 
     async def _dispatch(self, route: Route, entry_id: bytes, fields: Any) -> None:
         """Call the candidate for one record and finish it; errors never escape."""
@@ -287,8 +318,16 @@ class Dispatcher:
                 await self._handle(route, entry_id, fields)
             except (StoreError, *STORE_FAILURES) as exc:  # taken over after claim_idle_ms
                 log.warning("record %s of %s not finished: %s", entry_id, route.name, exc)
+            except Exception:  # a record that breaks us must not come back forever
+                log.exception("record %s of %s: counted bad", entry_id, route.name)
+                await self._finish_bad(route, entry_id)
             finally:
                 self.metrics.in_flight.dec()
+                route.working.discard(entry_id)
+
+    async def _finish_bad(self, route: Route, entry_id: bytes) -> None:
+        with contextlib.suppress(StoreError, *STORE_FAILURES):
+            await self._finish(route, entry_id, FIELD_DISPATCH_BAD, dispatch_queue.id_ms(entry_id))
 
     async def _handle(self, route: Route, entry_id: bytes, fields: Any) -> None:
         arrived_ms = dispatch_queue.id_ms(entry_id)
@@ -400,8 +439,10 @@ class Dispatcher:
 
     async def _flush(self, batch: list[tuple[list[Any], list[Any], asyncio.Future[Any]]]) -> None:
         pipe = self.client.pipeline(transaction=False)
+        # EVAL on a cluster pipeline: redis-py refuses EVALSHA there (common.redis_client)
+        how = ("EVAL", DISPATCH.source) if self._cluster else ("EVALSHA", self._script.script.sha)
         for keys, args, _ in batch:
-            pipe.execute_command("EVALSHA", self._script.script.sha, len(keys), *keys, *args)
+            pipe.execute_command(*how, len(keys), *keys, *args)
         with store_errors("Redis unavailable"):
             results = await pipe.execute(raise_on_error=False)
             for (keys, args, done), result in zip(batch, results, strict=True):

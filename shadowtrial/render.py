@@ -228,6 +228,23 @@ def latency(report: Mapping[str, Any]) -> Table:
     return table
 
 
+def dispatch(report: Mapping[str, Any]) -> Table | None:
+    """A `run = "dispatcher"` candidate: its queue and the latency each mode measured."""
+    section = report.get("dispatch")
+    if not isinstance(section, Mapping):
+        return None
+    table = _table("Dispatched (run = dispatcher)", "", "value")
+    for key in ("queued", "dispatched", "overflow", "expired", "trimmed", "bad", "queue_depth"):
+        _add(table, key.replace("_", " "), num(section.get(key)))
+    lag = section.get("lag_s")
+    _add(table, "lag (oldest waiting)", ms(lag * 1000 if isinstance(lag, int | float) else None))
+    for mode in ("dispatcher", "proxy"):
+        lat = _get(section, "candidate_latency", mode) or {}
+        when = f"candidate p50 / p99, called by the {mode} (n {num(lat.get('n'))})"
+        _add(table, when, f"{ms(lat.get('p50'))} / {ms(lat.get('p99'))}")
+    return table
+
+
 def errors(report: Mapping[str, Any]) -> Table:
     err = report.get("errors") or {}
     table = _table("Errors", "", "count", "rate")
@@ -313,7 +330,7 @@ def render_report(report: Mapping[str, Any], console: Console) -> None:
     console.print(gate(report))
     sections = [
         agreement(report), slices(report), skew(report), discovered(report), confidence(report),
-        latency(report), errors(report), labels(report), estimated(report),
+        latency(report), dispatch(report), errors(report), labels(report), estimated(report),
         stratified(report),
     ]  # fmt: skip
     for section in sections:

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from servers import LINGER_ZERO, raw_server, serve_app
 
-from common.records import OUTCOMES
+from common.records import OUTCOME_DISPATCHED, OUTCOMES
 from common.settings import Settings, settings_from_mapping
 from proxy.app import ProxyApp, create_app
 
@@ -24,7 +24,8 @@ JSON_BODY = b'{"id":"resp-1","outputs":[{"name":"label","data":["positive"]}],"s
 BINARY_BODY = bytes(range(256)) * 64
 GZIP_BODY = gzip.compress(b'{"big": "' + b"x" * 5000 + b'"}', mtime=0)
 CHUNKS = [b"first chunk\n", b"second chunk\n", b"third chunk\n"]
-MIRROR_OUTCOMES = (*OUTCOMES, "shed", "too_large", "primary_failed")
+HANDED = (*OUTCOMES, OUTCOME_DISPATCHED)  # mirror outcomes handed to capture
+MIRROR_OUTCOMES = (*HANDED, "shed", "too_large", "primary_failed")
 CANDIDATE_BODY = b'{"id":"resp-1","outputs":[{"name":"label","data":["negative"]}]}'
 
 
@@ -245,7 +246,7 @@ class RunningProxy:
         """sampled = sum of mirror outcomes; candidate outcomes = recorded + dropped."""
         outcomes = {o: self.outcome(candidate, o) for o in MIRROR_OUTCOMES}
         assert self.sampled(candidate) == sum(outcomes.values()), outcomes
-        handed = sum(outcomes[o] for o in OUTCOMES)
+        handed = sum(outcomes[o] for o in HANDED)
         stored = self.captured(candidate, "recorded") + self.captured(candidate, "dropped")
         assert handed == stored, (outcomes, stored)
 

@@ -294,6 +294,7 @@ def test_a_candidates_keys_share_one_slot_and_the_registrys_keys_another() -> No
         keys.admitted("v2", "country"),
         f"{keys.label_join('v2', 'preds')}:0",
         f"{keys.label_join('v2', 'labels')}:gen",
+        keys.requests("v2"),  # dispatch.lua and enqueue.lua write it with the bucket
     ]
     assert len({key_slot(k.encode()) for k in per_candidate}) == 1
     registry = [keys.registry(), keys.routing(), keys.registry_seeded(), keys.decisions()]
@@ -460,3 +461,67 @@ def test_the_watch_folds_labels_rolls_up_and_reads_on_the_cluster(cluster: Clust
             client.delete(keys.watch_base() + member.decode())
         client.delete(keys.pairs(WATCH), keys.watch_index())
         client.close()
+
+
+def test_dispatched_candidates_work_on_the_cluster(cluster: Cluster) -> None:
+    """run = "dispatcher" on a cluster: enqueue.lua from the proxy's capture pipeline and
+    dispatch.lua from the dispatcher's (EVAL there: redis-py refuses EVALSHA on a cluster
+    pipeline), the queue gauges read across masters; every request one pair."""
+    from proxy.dispatch import Dispatcher
+
+    prefix = f"cd{uuid.uuid4().hex[:8]}"
+    n = 6
+    with serve_app(model_app("v1")) as primary, serve_app(model_app("v2")) as candidate:
+        raw = {
+            "proxy": {"primary": primary, "admin_listen": "127.0.0.1:0"},
+            "redis": {"url": cluster.url, "prefix": prefix},
+            "dispatch": {"block_ms": 20},
+            "candidates": [
+                {"name": "a", "url": candidate, "run": "dispatcher"},
+                {"name": "b", "url": candidate, "run": "dispatcher"},
+            ],
+        }
+        settings = settings_from_mapping(raw, environ={})
+        app = ProxyApp(settings, cluster.url)
+        keys = Keys(prefix)
+        client = sync_client(cluster.url)
+        try:
+            with serve_app(app) as url:
+                body = fl.make_traffic(1)[0].body
+                for _ in range(n):
+                    resp = httpx.post(f"{url}{fl.INFER_PATH}", content=body, timeout=10)
+                    assert resp.status_code == 200
+                deadline = time.monotonic() + 10
+                while sum(client.xlen(keys.requests(c)) for c in "ab") < 2 * n:
+                    assert time.monotonic() < deadline, "requests not queued"
+                    time.sleep(0.02)
+
+            async def dispatch() -> dict[str, Any]:
+                aclient = async_client(cluster.url)
+                dispatcher = Dispatcher(aclient, settings, "cluster")
+                try:
+                    while sum(client.xlen(keys.pairs(c)) for c in "ab") < 2 * n:
+                        await dispatcher.round(block=False)
+                        await asyncio.sleep(0.01)
+                    await dispatcher.drain(5)
+                    return await dispatcher.refresh_queue_gauges()
+                finally:
+                    await dispatcher.close()
+                    await aclient.aclose()
+
+            states = asyncio.run(asyncio.wait_for(dispatch(), 30))
+            assert {c: (s.depth, s.lag_s) for c, s in states.items()} == {
+                "a": (0, 0.0), "b": (0, 0.0),
+            }  # fmt: skip
+            for c in "ab":
+                pairs = client.xrange(keys.pairs(c))
+                assert len(pairs) == n
+                assert client.xlen(keys.requests(c)) == 0
+                assert all(b'"mode":"dispatcher"' in fields[b"m"] for _, fields in pairs)
+        finally:
+            client.close()
+            for port in cluster.ports:  # each master holds its own share of the keys
+                node = cluster.node(port)
+                for key in node.scan_iter(match=f"{prefix}:*", count=1000):
+                    node.delete(key)
+                node.close()

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ import orjson
 import pytest
 import redis
 from proxy_upstreams import CANDIDATE_BODY, Gate, Primary, running_proxy, wait_until
-from servers import serve_app
+from servers import free_port, serve_app
 
 from analysis.report import build_report
 from analysis.worker import Worker
@@ -177,6 +178,8 @@ def test_dispatched_pairs_match_the_proxys_and_never_carry_secrets(
             wait_until(lambda: px.settled("p") and px.settled("d"), what="mirrors to finish")
             queued = redis_client.xrange(keys.requests("d"))
             assert len(queued) == n  # nothing dispatched yet: no dispatcher runs
+            assert len(cand.seen) == n + 2  # "p" each time, "d" for the secret only
+            px.check_accounting("d")  # /metrics: sampled = dispatched + ..., all recorded
             raw = repr(queued).encode()
             assert not [s for s in (*SECRETS, "hunter2") if s.encode() in raw]
             with running_dispatcher(settings, redis_url, "one"):
@@ -217,6 +220,8 @@ def test_overflow_and_expiry_are_counted_and_the_identity_holds(
                 assert http.post(px.url + "/json", content=b'{"i": %d}' % i).status_code == 200
             wait_until(lambda: px.settled("d"), what="records queued")
             assert redis_client.xlen(Keys(prefix).requests("d")) == 3  # two refused
+            px.check_accounting("d")  # the two refused are dropped on /metrics
+            assert px.captured("d", "dropped") == 2
             time.sleep(0.3)  # every queued record is now older than max_age_s
             metrics = http.get(px.admin + "/metrics").text  # the proxy reads the queue
             assert 'shadowtrial_dispatch_queue_depth{candidate="d"} 3' in metrics
@@ -304,6 +309,8 @@ def test_two_dispatchers_on_one_record_write_one_pair(
                 wait_until(lambda: len(cand.seen) == n, what="the first calls")
                 with running_dispatcher(eager, redis_url, "eager") as second:
                     wait_until(lambda: len(cand.seen) == 2 * n, what="calls taken over")
+                    time.sleep(1.5)  # more claim rounds: its own calls look idle too
+                    assert len(cand.seen) == 2 * n  # ... and are not made again
                     gate.open()
                     report = _reports(redis_client, slow, ("d",))["d"]
                     wait_until(lambda: _finished(first) + _finished(second) == 2 * n)
@@ -352,12 +359,21 @@ def test_a_killed_dispatcher_loses_nothing(
                 for i in range(n):
                     http.post(px.url + "/json", content=b'{"i": %d}' % i)
                 wait_until(lambda: px.settled("d"), what="records queued")
+                port = free_port()
+                argv = ["dispatch", "--id", "doomed", "--metrics-port", str(port)]
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "shadowtrial", "dispatch", "--id", "doomed"],
+                    [sys.executable, "-m", "shadowtrial", *argv],
                     cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )  # fmt: skip
                 try:
                     wait_until(lambda: len(cand.seen) == n, timeout_s=30, what="calls")
+                    # Its own /metrics: every call in flight, the queue still holding them.
+                    metrics = f"http://127.0.0.1:{port}/metrics"
+                    wait_until(
+                        lambda: f'shadowtrial_dispatch_queue_depth{{candidate="d"}} {n}.0'
+                        in http.get(metrics).text, what="the queue gauge",
+                    )  # fmt: skip
+                    assert f"shadowtrial_dispatch_in_flight {n}.0" in http.get(metrics).text
                 finally:
                     proc.send_signal(signal.SIGKILL)
                     proc.wait(10)
@@ -425,3 +441,77 @@ def test_a_candidate_registered_with_run_dispatcher_is_dispatched(
             with running_dispatcher(t.conf, redis_url, "registry"):
                 wait_until(lambda: t.stream_length("v3") == 3, what="3 dispatched pairs")
             assert len(extra.hits) == 3
+
+
+def test_records_trimmed_before_anyone_finished_them_are_counted(
+    redis_url: str, prefix: str, redis_client: redis.Redis
+) -> None:
+    """A dead dispatcher's records deleted from the stream (an operator's XTRIM) before a
+    live one takes them over: gone, but counted `dispatch:trimmed`, never lost silently."""
+    keys = Keys(prefix)
+    stream = keys.requests("d")
+    settings = _settings("http://127.0.0.1:9", "http://127.0.0.1:9", prefix, claim_idle_ms=100)
+    record = PairRecord("r", "d", int(time.time() * 1000), mode="dispatcher").to_fields()
+    redis_client.xgroup_create(stream, DISPATCH_GROUP, id="0", mkstream=True)
+    for _ in range(3):
+        redis_client.xadd(stream, {**record, b"h": b"[]"})
+    read = redis_client.xreadgroup(DISPATCH_GROUP, "dead", {stream: ">"}, count=10)
+    assert len(read[0][1]) == 3
+    redis_client.xtrim(stream, maxlen=0)
+    time.sleep(0.2)  # idle beyond claim_idle_ms
+
+    async def rounds() -> None:
+        client = async_client(redis_url)
+        dispatcher = Dispatcher(client, settings, "live")
+        try:
+            await dispatcher.round(block=False)
+            await dispatcher.drain(5)
+        finally:
+            await dispatcher.close()
+            await client.aclose()
+
+    asyncio.run(rounds())
+    counts: dict[str, int] = {}
+    for member in redis_client.zrange(keys.bucket_index("d"), 0, -1):
+        for name, value in redis_client.hgetall(keys.bucket("d", int(member))).items():
+            counts[name.decode()] = counts.get(name.decode(), 0) + int(value)
+    assert counts == {"dispatch:trimmed": 3}
+    assert redis_client.xpending(stream, DISPATCH_GROUP)["pending"] == 0
+
+
+def test_redis_dying_mid_call_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    """Redis (append-only) killed while every call is in flight and restarted: the records
+    the dispatcher could not finish stay pending, are taken over after claim_idle_ms and
+    become exactly one pair each."""
+    from reliability_harness import redis_server
+
+    gate = Gate()
+    cand = HeaderCandidate(gate=gate)
+    n = 5
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    keys = Keys(prefix)
+    with redis_server(tmp_path, persist=True) as server, serve_app(cand) as cand_url:
+        settings = _settings("http://127.0.0.1:9", cand_url, prefix, claim_idle_ms=300)
+        client = redis.Redis.from_url(server.url)
+        stream = keys.requests("d")
+        client.xgroup_create(stream, DISPATCH_GROUP, id="0", mkstream=True)
+        for i in range(n):
+            record = PairRecord(f"r{i}", "d", int(time.time() * 1000), mode="dispatcher")
+            client.xadd(stream, {**record.to_fields(), b"h": b"[]"})
+        try:
+            with running_dispatcher(settings, server.url, "survivor"):
+                wait_until(lambda: len(cand.seen) == n, what="every call in flight")
+                server.kill()
+                gate.open()  # the answers arrive while Redis is away: nothing is written
+                time.sleep(0.5)
+                server.start()
+                wait_until(lambda: client.xlen(keys.pairs("d")) == n, timeout_s=20,
+                           what="every record finished after the restart")  # fmt: skip
+                assert client.xlen(stream) == 0
+        finally:
+            gate.open()
+        pairs = [PairRecord.from_fields(f) for _, f in client.xrange(keys.pairs("d"))]
+        assert sorted(p.request_id for p in pairs) == [f"r{i}" for i in range(n)]
+        assert len(cand.seen) == 2 * n  # called again after the restart, recorded once
+        assert client.xpending(stream, DISPATCH_GROUP)["pending"] == 0
+        client.close()

@@ -128,3 +128,29 @@ def test_render_report_survives_an_empty_report() -> None:
                   Console(file=buffer, width=120))  # fmt: skip
     out = buffer.getvalue()
     assert "gate: INSUFFICIENT" in out and "Agreement" in out and "—" in out
+
+
+def test_the_dispatch_section_prints_and_survives_hostile_values() -> None:
+    buffer = io.StringIO()
+    section = {
+        "queued": 12, "dispatched": 10, "overflow": 1, "expired": 1, "trimmed": 0, "bad": 0,
+        "queue_depth": 0, "lag_s": 0.25,
+        "candidate_latency": {"dispatcher": {"p50": 1.5, "p99": 7.0, "n": 10},
+                              "proxy": {"p50": None, "p99": None, "n": 0}},
+    }  # fmt: skip
+    report = {"candidate": "new", "gate": {"verdict": "pass", "reasons": []}, "dispatch": section}
+    render_report(report, Console(file=buffer, width=120))
+    out = buffer.getvalue()
+    assert "Dispatched (run = dispatcher)" in out and "250 ms" in out
+    assert "called by the dispatcher (n 10)" in out and "1.5 ms / 7.0 ms" in out
+    hostile = {"queued": "[red]x", "lag_s": float("nan"), "candidate_latency": ["nope"]}
+    buffer = io.StringIO()
+    render_report({**report, "dispatch": hostile}, Console(file=buffer, width=120))
+    assert "Dispatched" in buffer.getvalue() and "[red]" not in buffer.getvalue()
+    assert "Dispatched" not in _plain({**report, "dispatch": None})
+
+
+def _plain(report: dict[str, object]) -> str:
+    buffer = io.StringIO()
+    render_report(report, Console(file=buffer, width=120))
+    return buffer.getvalue()

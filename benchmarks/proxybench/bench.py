@@ -160,8 +160,10 @@ class Bench:
             watch=kind == "watch",
         )
         dispatch = kind is not None and kind.endswith("-dispatch")
-        if dispatch:  # the candidate block is last: this line belongs to it
-            toml += 'run = "dispatcher"\n'
+        if dispatch:  # the candidate block is last: this line belongs to it; the dispatcher
+            # may hold as many calls in flight as the proxy may hold mirrors
+            toml += 'run = "dispatcher"\n\n[dispatch]\n'
+            toml += f"concurrency = {self.plan.mirror_concurrency}\n"
         path = self.work / f"{name}.toml"
         path.write_text(toml, encoding="utf-8")
         cmd = [*shadowtrial_command(), "serve", "-c", str(path), "--workers", str(workers)]
