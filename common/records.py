@@ -147,6 +147,7 @@ def _from_usual_fields(cls: type[PairRecord], fields: Any) -> PairRecord | None:
             return None
     del meta["v"]
     meta["request_body"], meta["primary_body"], meta["candidate_body"] = q, p, c
+    meta["mode"] = MODE_PROXY  # written only when not the default (a dispatcher's record)
     record = cls.__new__(cls)
     record.__dict__ = meta  # the fields the constructor would set, none else
     return record
