@@ -25,6 +25,7 @@ from analysis.adapters.base import (
     is_label_like,
     label_text,
     map_label,
+    parsed_output,
     resolve_classes,
 )
 from analysis.adapters.rows import is_dim
@@ -90,8 +91,7 @@ class FastOip:
             return None
         params = doc.get("parameters")
         synthetic = isinstance(params, dict) and params.get("generator") == SYNTHETIC_GENERATOR
-        # protocol, kind, rows, contract, labels, synthetic (positional: once per answer)
-        return ParsedOutput(
+        return parsed_output(
             "oip-v2", KIND_CLASSIFICATION, rows, plan.contract, plan.classes or (), synthetic
         )
 
