@@ -371,12 +371,14 @@ def _row_items(
 
 # The counter names of a row's slice conditions, by the conditions: rows repeat the same
 # few combinations, so their names are built once. Bounded: cleared when full.
-_SLICE_FIELDS: dict[tuple[tuple[str, str], ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
+SliceNames = tuple[tuple[str, ...], tuple[str, ...], tuple[tuple[str, str, str], ...]]
+_SLICE_FIELDS: dict[tuple[tuple[str, str], ...], SliceNames] = {}
 _SLICE_FIELDS_MAX = 4096
 
 
-def _slice_fields(items: list[tuple[str, str]]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(every row's counter names, every disagreeing row's) for these sorted conditions."""
+def _slice_fields(items: list[tuple[str, str]]) -> SliceNames:
+    """(every row's counter names, every disagreeing row's, and per condition the
+    confidence-change names cen/ce/ces) for these sorted conditions."""
     key = tuple(items)
     found = _SLICE_FIELDS.get(key)
     if found is not None:
@@ -389,9 +391,10 @@ def _slice_fields(items: list[tuple[str, str]]) -> tuple[tuple[str, ...], tuple[
     ]
     rows = tuple([f"s{SEP}{n}" for n in singles] + [f"q{SEP}{n}" for n in pairs])
     disagree = tuple([f"sd{SEP}{n}" for n in singles] + [f"qd{SEP}{n}" for n in pairs])
+    conf = tuple((f"cen{SEP}{n}", f"ce{SEP}{n}", f"ces{SEP}{n}") for n in singles)
     if len(_SLICE_FIELDS) >= _SLICE_FIELDS_MAX:
         _SLICE_FIELDS.clear()
-    found = _SLICE_FIELDS[key] = (rows, disagree)
+    found = _SLICE_FIELDS[key] = (rows, disagree, conf)
     return found
 
 
@@ -399,7 +402,7 @@ def _count_slices(
     ints: defaultdict[str, int], items: list[tuple[str, str]], disagree: bool
 ) -> None:
     """Level-1 and level-2 slice counters for one row."""
-    rows, disagreeing = _slice_fields(items)
+    rows, disagreeing, _ = _slice_fields(items)
     for name in rows:
         ints[name] += 1
     if disagree:
@@ -424,34 +427,6 @@ def _count_primary_side(ints: defaultdict[str, int], p: Prediction, flipped: boo
         return None
     ints[_MP[conf_bin(p.margin)]] += 1
     return 1 if p.margin < NEAR_BOUNDARY else 0
-
-
-def _count_candidate_side(ints: defaultdict[str, int], c: Prediction) -> int | None:
-    """Candidate confidence counters; returns the margin-near flag (None if unknown)."""
-    conf = c.confidence
-    if conf is None:
-        return None
-    ints[_CC[conf_bin(conf)]] += 1
-    ints["ccn"] += 1
-    ints["ccs"] += round(conf * MICRO)
-    if c.margin is None:
-        return None
-    ints[_MC[conf_bin(c.margin)]] += 1
-    return 1 if c.margin < NEAR_BOUNDARY else 0
-
-
-def _count_delta(ints: defaultdict[str, int], p: Prediction, c: Prediction) -> None:
-    """Paired confidence delta in exact micro-unit integers, and its sign."""
-    if p.confidence is None or c.confidence is None:
-        return
-    d = round((c.confidence - p.confidence) * MICRO)
-    ints["dn"] += 1
-    ints["ds"] += d
-    ints["dss"] += d * d
-    if d > 0:
-        ints["dpos"] += 1
-    elif d < 0:
-        ints["dneg"] += 1
 
 
 def _count_regression(delta: BucketDelta, row: Any) -> None:
@@ -496,63 +471,98 @@ def _count_rows(delta: BucketDelta, ev: PairEvidence, names: _Names) -> int:
             ints["agree"] += 1
         if p.label is not None:
             ints[names.flip(p.label, c.label)] += 1
-        near_p = _count_primary_side(ints, p, not agree)
-        near_c = _count_candidate_side(ints, c)
-        _count_class_confidence(ints, "p", p, names)
-        _count_class_confidence(ints, "c", c, names)
-        if near_p is not None and near_c is not None:
-            ints[f"nb:{near_p}{near_c}"] += 1
-        _count_delta(ints, p, c)
-        _count_regression(delta, row)
+        d = _count_confidences(ints, p, c, agree, names)
+        if row.diff is not None:
+            _count_regression(delta, row)
         if p.text is not None and c.text is not None:
             count_text(ints, row)
         items = _row_items(ev, i, p, names)
-        _count_slices(ints, items, not agree)
-        _count_slice_confidence(ints, items, p, c)
+        if items:
+            _count_row_slices(ints, items, agree, d, p, c)
         disagree += not agree
     return disagree
 
 
-def _count_class_confidence(
-    ints: defaultdict[str, int], side: str, pred: Prediction, names: _Names
-) -> None:
-    """Per predicted class (folded like the flip matrix's), the side's confidence count,
-    sum and sum of squares (micro): its estimated accuracy per class (analysis.estimate)."""
-    conf = pred.confidence
-    if conf is None or pred.label is None:
-        return
-    n_name, s_name, q_name = names.by_class(side, pred.label)
-    ints[n_name] += 1
-    ints[s_name] += round(conf * MICRO)
-    ints[q_name] += round(conf * conf * MICRO)
+_NB = ("nb:00", "nb:01", "nb:10", "nb:11")  # near-boundary cell by 2 * near_p + near_c
 
 
-def _count_slice_confidence(
-    ints: defaultdict[str, int], items: list[tuple[str, str]], p: Prediction, c: Prediction
+def _count_confidences(
+    ints: defaultdict[str, int], p: Prediction, c: Prediction, agree: bool, names: _Names
+) -> int | None:
+    """Both sides' confidence and margin histograms and sums, per-class confidence
+    (analysis.estimate), the near-boundary cell and the paired delta; in one function, as
+    this runs for every row. Returns the delta in micro-units (None: a side has none)."""
+    pconf, cconf = p.confidence, c.confidence
+    near_p = near_c = None
+    if pconf is not None:
+        b = conf_bin(pconf)
+        micro = round(pconf * MICRO)
+        ints[_CP[b]] += 1
+        ints["cpn"] += 1
+        ints["cps"] += micro
+        ints[_TD[b // 10]] += 1
+        if not agree:
+            ints[_FD[b // 10]] += 1
+        if p.margin is not None:
+            ints[_MP[conf_bin(p.margin)]] += 1
+            near_p = 1 if p.margin < NEAR_BOUNDARY else 0
+        if p.label is not None:
+            n_name, s_name, q_name = names.by_class("p", p.label)
+            ints[n_name] += 1
+            ints[s_name] += micro
+            ints[q_name] += round(pconf * pconf * MICRO)
+    if cconf is not None:
+        micro = round(cconf * MICRO)
+        ints[_CC[conf_bin(cconf)]] += 1
+        ints["ccn"] += 1
+        ints["ccs"] += micro
+        if c.margin is not None:
+            ints[_MC[conf_bin(c.margin)]] += 1
+            near_c = 1 if c.margin < NEAR_BOUNDARY else 0
+        if c.label is not None:
+            n_name, s_name, q_name = names.by_class("c", c.label)
+            ints[n_name] += 1
+            ints[s_name] += micro
+            ints[q_name] += round(cconf * cconf * MICRO)
+    if near_p is not None and near_c is not None:
+        ints[_NB[2 * near_p + near_c]] += 1
+    if pconf is None or cconf is None:
+        return None
+    d = round((cconf - pconf) * MICRO)  # paired delta in exact micro-unit integers
+    ints["dn"] += 1
+    ints["ds"] += d
+    ints["dss"] += d * d
+    if d > 0:
+        ints["dpos"] += 1
+    elif d < 0:
+        ints["dneg"] += 1
+    return d
+
+
+def _count_row_slices(
+    ints: defaultdict[str, int],
+    items: list[tuple[str, str]],
+    agree: bool,
+    d: int | None,
+    p: Prediction,
+    c: Prediction,
 ) -> None:
-    """Per slice, the rows with both confidences and the sum of conf_c - conf_p (micro):
-    the slice's estimated accuracy change before labels (analysis.estimate)."""
-    if p.confidence is None or c.confidence is None or not items:
+    """A row's level-1 and level-2 slice counters and, with both confidences, per slice
+    the rows and the sums of conf_c - conf_p and its square (micro): the slice's estimated
+    accuracy change before labels (analysis.estimate)."""
+    rows, disagreeing, conf = _slice_fields(items)
+    for name in rows:
+        ints[name] += 1
+    if not agree:
+        for name in disagreeing:
+            ints[name] += 1
+    if d is None:
         return
-    d = round((c.confidence - p.confidence) * MICRO)
-    key = tuple(items)
-    names = _CONF_FIELDS.get(key)
-    if names is None:
-        if len(_CONF_FIELDS) >= _SLICE_FIELDS_MAX:
-            _CONF_FIELDS.clear()
-        names = _CONF_FIELDS[key] = tuple(
-            (f"cen{SEP}{f}{SEP}{v}", f"ce{SEP}{f}{SEP}{v}", f"ces{SEP}{f}{SEP}{v}")
-            for f, v in items
-        )
-    d2 = round((c.confidence - p.confidence) ** 2 * MICRO)
-    for n_name, d_name, d2_name in names:
+    d2 = round((c.confidence - p.confidence) ** 2 * MICRO)  # type: ignore[operator]
+    for n_name, d_name, d2_name in conf:
         ints[n_name] += 1
         ints[d_name] += d
         ints[d2_name] += d2
-
-
-# Per-slice confidence counter names by the row's conditions (bounded like _SLICE_FIELDS).
-_CONF_FIELDS: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str, str], ...]] = {}
 
 
 def _count_error_rows(ints: defaultdict[str, int], ev: PairEvidence, names: _Names) -> None:
