@@ -107,6 +107,8 @@ _MP = [f"mp:{i}" for i in range(CONF_BINS)]
 _MC = [f"mc:{i}" for i in range(CONF_BINS)]
 _LP = [f"lp:{i}" for i in range(len(_LATENCY_EDGES) - 1)]
 _LC = [f"lc:{i}" for i in range(len(_LATENCY_EDGES) - 1)]
+_LAST_LATENCY_BIN = len(_LATENCY_EDGES) - 2
+_bisect_right = bisect.bisect_right
 _TD = [f"td:{i}" for i in range(10)]
 _FD = [f"fd:{i}" for i in range(10)]
 _DECILE_NAMES = [f"{i / 10:.1f}-{(i + 1) / 10:.1f}" for i in range(10)]
@@ -336,10 +338,14 @@ def _count_record(ints: defaultdict[str, int], ev: PairEvidence) -> None:
         ints[f"err:{ev.candidate_error}"] += 1
     for flag in ev.answer_flags:  # a fixed vocabulary (analysis.text_summary.HOSTILE)
         ints[f"xh:{flag}"] += 1
+    # latency_bin, inline: this runs for every record
+    last = _LAST_LATENCY_BIN
     if ev.primary_ms > 0:
-        ints[_LP[latency_bin(ev.primary_ms)]] += 1
+        i = _bisect_right(_LATENCY_EDGES, ev.primary_ms) - 1
+        ints[_LP[0 if i < 0 else (last if i > last else i)]] += 1
     if ev.candidate_ms is not None and ev.candidate_ms > 0:
-        ints[_LC[latency_bin(ev.candidate_ms)]] += 1
+        i = _bisect_right(_LATENCY_EDGES, ev.candidate_ms) - 1
+        ints[_LC[0 if i < 0 else (last if i > last else i)]] += 1
 
 
 def slice_items(ev: PairEvidence, i: int, primary: Prediction, fold: Fold) -> list[tuple[str, str]]:
