@@ -369,8 +369,11 @@ def _row_items(
     items = [(f, value(f, v)) for f, v in rows[i].items()] if rows else []
     if primary.label is not None:
         items.append((CLASS_FEATURE, names.label(primary.label)))
-    if primary.confidence is not None:
-        items.append((CONFIDENCE_FEATURE, _DECILE_NAMES[conf_bin(primary.confidence) // 10]))
+    conf = primary.confidence
+    if conf is not None:  # conf_bin, inline
+        b = int(conf * CONF_BINS)
+        b = 0 if b < 0 else (CONF_BINS - 1 if b >= CONF_BINS else b)
+        items.append((CONFIDENCE_FEATURE, _DECILE_NAMES[b // 10]))
     items.sort()
     return items
 
