@@ -59,7 +59,7 @@ Integer fields are exact whatever the batching. The regression sums are HINCRBYF
 from __future__ import annotations
 
 import bisect
-from collections import defaultdict
+from collections import _count_elements, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -380,14 +380,17 @@ def _row_items(
 
 # The counter names of a row's slice conditions, by the conditions: rows repeat the same
 # few combinations, so their names are built once. Bounded: cleared when full.
-SliceNames = tuple[tuple[str, ...], tuple[str, ...], tuple[tuple[str, str, str], ...]]
+SliceNames = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[tuple[str, str], ...]]
 _SLICE_FIELDS: dict[tuple[tuple[str, str], ...], SliceNames] = {}
+# Adds 1 to each name's counter in one C loop (what Counter.update does with a sequence):
+# a row has ten slice counters, twenty when it disagrees.
+_count_each = _count_elements
 _SLICE_FIELDS_MAX = 4096
 
 
 def _slice_fields(items: list[tuple[str, str]]) -> SliceNames:
-    """(every row's counter names, every disagreeing row's, and per condition the
-    confidence-change names cen/ce/ces) for these sorted conditions."""
+    """(every row's counter names, every disagreeing row's, the conditions' cen names and
+    their (ce, ces) names: the confidence change's sums) for these sorted conditions."""
     key = tuple(items)
     found = _SLICE_FIELDS.get(key)
     if found is not None:
@@ -400,10 +403,11 @@ def _slice_fields(items: list[tuple[str, str]]) -> SliceNames:
     ]
     rows = tuple([f"s{SEP}{n}" for n in singles] + [f"q{SEP}{n}" for n in pairs])
     disagree = tuple([f"sd{SEP}{n}" for n in singles] + [f"qd{SEP}{n}" for n in pairs])
-    conf = tuple((f"cen{SEP}{n}", f"ce{SEP}{n}", f"ces{SEP}{n}") for n in singles)
+    counted = tuple(f"cen{SEP}{n}" for n in singles)
+    sums = tuple((f"ce{SEP}{n}", f"ces{SEP}{n}") for n in singles)
     if len(_SLICE_FIELDS) >= _SLICE_FIELDS_MAX:
         _SLICE_FIELDS.clear()
-    found = _SLICE_FIELDS[key] = (rows, disagree, conf)
+    found = _SLICE_FIELDS[key] = (rows, disagree, counted, sums)
     return found
 
 
@@ -411,12 +415,10 @@ def _count_slices(
     ints: defaultdict[str, int], items: list[tuple[str, str]], disagree: bool
 ) -> None:
     """Level-1 and level-2 slice counters for one row."""
-    rows, disagreeing, _ = _slice_fields(items)
-    for name in rows:
-        ints[name] += 1
+    rows, disagreeing, _, _ = _slice_fields(items)
+    _count_each(ints, rows)
     if disagree:
-        for name in disagreeing:
-            ints[name] += 1
+        _count_each(ints, disagreeing)
 
 
 def _count_primary_side(ints: defaultdict[str, int], p: Prediction, flipped: bool) -> int | None:
@@ -559,17 +561,15 @@ def _count_row_slices(
     """A row's level-1 and level-2 slice counters and, with both confidences, per slice
     the rows and the sums of conf_c - conf_p and its square (micro): the slice's estimated
     accuracy change before labels (analysis.estimate)."""
-    rows, disagreeing, conf = _slice_fields(items)
-    for name in rows:
-        ints[name] += 1
+    rows, disagreeing, counted, sums = _slice_fields(items)
+    _count_each(ints, rows)
     if not agree:
-        for name in disagreeing:
-            ints[name] += 1
+        _count_each(ints, disagreeing)
     if d is None:
         return
     d2 = round((c.confidence - p.confidence) ** 2 * MICRO)  # type: ignore[operator]
-    for n_name, d_name, d2_name in conf:
-        ints[n_name] += 1
+    _count_each(ints, counted)
+    for d_name, d2_name in sums:
         ints[d_name] += d
         ints[d2_name] += d2
 
