@@ -109,11 +109,22 @@ def compare_outputs(
     if n_p != n_c:
         error = f"row_count_mismatch: primary {n_p} rows, candidate {n_c}"
         return Comparison([], diffs, error, primary.kind)
+    if primary.kind == KIND_CLASSIFICATION:  # compare_row's last case, without its tests
+        pairs = zip(primary.rows, candidate.rows, strict=True)  # equal counts, checked above
+        rows = [_classified_pair(p, c) for p, c in pairs]
+        return Comparison(rows, diffs, None, primary.kind)
     rows = [
         compare_row(p, c, primary.kind, outputs)
         for p, c in zip(primary.rows, candidate.rows, strict=True)
     ]
     return Comparison(rows, diffs, None, primary.kind)
+
+
+def _classified_pair(p: Prediction, c: Prediction) -> RowComparison:
+    """compare_row for a classification: the same label text agrees."""
+    pconf, cconf = p.confidence, c.confidence
+    conf = cconf - pconf if pconf is not None and cconf is not None else None
+    return _classified(p.label is not None and p.label == c.label, p, c, conf)
 
 
 def compare_row(p: Prediction, c: Prediction, kind: str, outputs: OutputSettings) -> RowComparison:
