@@ -13,7 +13,7 @@ from typing import Any
 import redis
 
 from analysis.slices import MAX_VALUES, OTHER, RESERVED
-from analysis.summaries import LABEL_FEATURE, PairEvidence, field_text
+from analysis.summaries import LABEL_FEATURE, SEP, SEP_SHOWN, PairEvidence
 from common.keys import Keys
 from common.redis_client import store_errors
 from common.scripts import SCRIPTS
@@ -22,18 +22,21 @@ from common.scripts import SCRIPTS
 def fold_candidates(evidence: Iterable[PairEvidence]) -> dict[str, set[str]]:
     """Every (feature -> raw values) the batch would count, for one admission round trip."""
     wanted: dict[str, set[str]] = defaultdict(set)
+    labels: set[str] = set()
     for ev in evidence:
         if ev.primary_failure is not None:
             continue
         for values in ev.slice_rows:
             for f, v in values.items():
-                wanted[f].add(field_text(v))
+                wanted[f].add(v.replace(SEP, SEP_SHOWN))  # field_text, inline (every value)
         for p in ev.primary_rows:
             if p.label is not None:
-                wanted[LABEL_FEATURE].add(field_text(p.label))
+                labels.add(p.label.replace(SEP, SEP_SHOWN))
         for row in ev.rows:
             if row.candidate.label is not None:
-                wanted[LABEL_FEATURE].add(field_text(row.candidate.label))
+                labels.add(row.candidate.label.replace(SEP, SEP_SHOWN))
+    if labels:  # a feature is asked for only with values
+        wanted[LABEL_FEATURE] |= labels
     return wanted
 
 

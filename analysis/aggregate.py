@@ -57,10 +57,30 @@ def _joins(
         if ev is None or ev.primary_failure is not None:
             continue
         bucket = bucket_start(ev.ts_ms, bucket_seconds)
+        if len(ev.primary_rows) == 1 and join_rows >= 1:  # the usual request: one row
+            joined = _one_row_join(ev, bucket)
+            if joined is not None:
+                joins.append(joined)
+            continue
         for k, (primary, candidate, confidences, scores) in enumerate(_row_labels(ev, join_rows)):
             value = join_text(bucket, primary, candidate, confidences, scores)
             joins.append((join_key(ev.request_id, k), value, bucket))
     return joins
+
+
+def _one_row_join(ev: PairEvidence, bucket: int) -> tuple[str, str, int] | None:
+    """_joins' entry of a one-row request (_row_labels' first row, inline), if it has one."""
+    p = ev.primary_rows[0]
+    if p.label is None and p.score is None:
+        return None
+    c = None if ev.candidate_error or not ev.rows else ev.rows[0].candidate
+    if c is None:
+        value = join_text(bucket, p.label or "", None, (p.confidence, None), (p.score, None))
+    else:
+        c_label = c.label if c.label is not None else ""
+        confidences, scores = (p.confidence, c.confidence), (p.score, c.score)
+        value = join_text(bucket, p.label or "", c_label, confidences, scores)
+    return ev.request_id, value, bucket  # join_key(request_id, 0) is the request id
 
 
 Row = tuple[str, str | None, tuple[Any, Any], tuple[Any, Any]]

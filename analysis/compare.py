@@ -22,9 +22,11 @@ from analysis.adapters.base import (
     ContractField,
     ParsedOutput,
     Prediction,
+    slot_setters,
 )
 from common.settings import OutputSettings
 
+_new = object.__new__
 CONTRACT_KINDS = (
     "output_names", "datatype", "shape", "label_set", "missing_field", "protocol", "kind",
 )  # fmt: skip
@@ -55,6 +57,31 @@ class RowComparison:
     calibrated: bool = False  # text by meaning: that threshold came from the noise floor
 
 
+_ROW_SET = slot_setters(
+    RowComparison,
+    ("agree", "primary", "candidate", "diff", "abs_diff", "conf_delta", "similarity",
+     "text_cut", "threshold", "calibrated"),
+)  # fmt: skip
+
+
+def _classified(agree: bool, p: Prediction, c: Prediction, conf: float | None) -> RowComparison:
+    """RowComparison(agree, p, c, conf_delta=conf) without the frozen dataclass's per-field
+    object.__setattr__ (analysis.adapters.base.classified_row): one per compared row."""
+    row = _new(RowComparison)
+    s = _ROW_SET
+    s[0](row, agree)
+    s[1](row, p)
+    s[2](row, c)
+    s[3](row, None)
+    s[4](row, None)
+    s[5](row, conf)
+    s[6](row, None)
+    s[7](row, False)
+    s[8](row, None)
+    s[9](row, False)
+    return row
+
+
 @dataclass(frozen=True, slots=True)
 class ContractDiff:
     """One way the candidate's answer differs in shape from the primary's, with an example."""
@@ -82,11 +109,22 @@ def compare_outputs(
     if n_p != n_c:
         error = f"row_count_mismatch: primary {n_p} rows, candidate {n_c}"
         return Comparison([], diffs, error, primary.kind)
+    if primary.kind == KIND_CLASSIFICATION:  # compare_row's last case, without its tests
+        pairs = zip(primary.rows, candidate.rows, strict=True)  # equal counts, checked above
+        rows = [_classified_pair(p, c) for p, c in pairs]
+        return Comparison(rows, diffs, None, primary.kind)
     rows = [
         compare_row(p, c, primary.kind, outputs)
         for p, c in zip(primary.rows, candidate.rows, strict=True)
     ]
     return Comparison(rows, diffs, None, primary.kind)
+
+
+def _classified_pair(p: Prediction, c: Prediction) -> RowComparison:
+    """compare_row for a classification: the same label text agrees."""
+    pconf, cconf = p.confidence, c.confidence
+    conf = cconf - pconf if pconf is not None and cconf is not None else None
+    return _classified(p.label is not None and p.label == c.label, p, c, conf)
 
 
 def compare_row(p: Prediction, c: Prediction, kind: str, outputs: OutputSettings) -> RowComparison:
@@ -100,7 +138,7 @@ def compare_row(p: Prediction, c: Prediction, kind: str, outputs: OutputSettings
     if kind == KIND_TEXT:
         agree = p.text is not None and c.text is not None and _norm(p.text) == _norm(c.text)
         return RowComparison(agree, p, c, conf_delta=conf)
-    return RowComparison(p.label is not None and p.label == c.label, p, c, conf_delta=conf)
+    return _classified(p.label is not None and p.label == c.label, p, c, conf)
 
 
 def _norm(text: str) -> str:

@@ -80,7 +80,8 @@ class Evaluator:
             ev.primary_failure = "primary_unparseable"
             return
         ev.primary_rows = primary.rows
-        ev.answer_flags += primary.flags
+        if primary.flags:
+            ev.answer_flags += primary.flags
         skew = self.skew_source()
         if self.has_slices or skew is not None:
             ev.slice_rows = self._slices(rec, len(primary.rows), skew)
@@ -95,7 +96,8 @@ class Evaluator:
                 ev.candidate_error = "unparseable"
                 return
             candidate = parsed
-        ev.answer_flags += candidate.flags  # per answer: an identical one counts twice
+        if candidate.flags:  # per answer: an identical one counts twice
+            ev.answer_flags += candidate.flags
         comparison = compare_outputs(primary, candidate, self.outputs)
         item.contract = comparison.contract_diffs
         ev.contract_kinds = [d.kind for d in comparison.contract_diffs]

@@ -55,8 +55,11 @@ class JsonPath:
             if node is _MISSING:
                 return []
             done += 1
+        rest = steps[done:]
+        if len(rest) == 1:  # the usual `...[*]`: one wildcard, the last step
+            return _apply(rest[0], node)
         current = [node]
-        for step in steps[done:]:
+        for step in rest:
             current = [v for node in current for v in _apply(step, node)]
             if not current:
                 break

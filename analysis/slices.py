@@ -120,6 +120,7 @@ class SliceExtractor:
 
     def __init__(self, slices: tuple[SliceSettings, ...]) -> None:
         self._specs = tuple(_Spec.build(s) for s in slices)
+        self._headers = any(s.header is not None for s in self._specs)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -137,9 +138,12 @@ class SliceExtractor:
         out: list[dict[str, str]] = [{} for _ in range(n_rows)]
         if not self._specs or n_rows <= 0:
             return out
-        lowered = {k.lower(): v for k, v in headers.items()}
+        lowered = {k.lower(): v for k, v in headers.items()} if self._headers else headers
         for spec in self._specs:
             raw = _raw_values(spec, request_rows, request_json, lowered, n_rows)
+            if n_rows == 1:  # the usual request: one row
+                out[0][spec.name] = spec.label(raw[0])
+                continue
             for row, value in zip(out, raw, strict=True):
                 row[spec.name] = spec.label(value)
         return out

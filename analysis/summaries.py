@@ -59,7 +59,7 @@ Integer fields are exact whatever the batching. The regression sums are HINCRBYF
 from __future__ import annotations
 
 import bisect
-from collections import defaultdict
+from collections import _count_elements, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -107,6 +107,8 @@ _MP = [f"mp:{i}" for i in range(CONF_BINS)]
 _MC = [f"mc:{i}" for i in range(CONF_BINS)]
 _LP = [f"lp:{i}" for i in range(len(_LATENCY_EDGES) - 1)]
 _LC = [f"lc:{i}" for i in range(len(_LATENCY_EDGES) - 1)]
+_LAST_LATENCY_BIN = len(_LATENCY_EDGES) - 2
+_bisect_right = bisect.bisect_right
 _TD = [f"td:{i}" for i in range(10)]
 _FD = [f"fd:{i}" for i in range(10)]
 _DECILE_NAMES = [f"{i / 10:.1f}-{(i + 1) / 10:.1f}" for i in range(10)]
@@ -336,10 +338,14 @@ def _count_record(ints: defaultdict[str, int], ev: PairEvidence) -> None:
         ints[f"err:{ev.candidate_error}"] += 1
     for flag in ev.answer_flags:  # a fixed vocabulary (analysis.text_summary.HOSTILE)
         ints[f"xh:{flag}"] += 1
+    # latency_bin, inline: this runs for every record
+    last = _LAST_LATENCY_BIN
     if ev.primary_ms > 0:
-        ints[_LP[latency_bin(ev.primary_ms)]] += 1
+        i = _bisect_right(_LATENCY_EDGES, ev.primary_ms) - 1
+        ints[_LP[0 if i < 0 else (last if i > last else i)]] += 1
     if ev.candidate_ms is not None and ev.candidate_ms > 0:
-        ints[_LC[latency_bin(ev.candidate_ms)]] += 1
+        i = _bisect_right(_LATENCY_EDGES, ev.candidate_ms) - 1
+        ints[_LC[0 if i < 0 else (last if i > last else i)]] += 1
 
 
 def slice_items(ev: PairEvidence, i: int, primary: Prediction, fold: Fold) -> list[tuple[str, str]]:
@@ -363,20 +369,28 @@ def _row_items(
     items = [(f, value(f, v)) for f, v in rows[i].items()] if rows else []
     if primary.label is not None:
         items.append((CLASS_FEATURE, names.label(primary.label)))
-    if primary.confidence is not None:
-        items.append((CONFIDENCE_FEATURE, _DECILE_NAMES[conf_bin(primary.confidence) // 10]))
+    conf = primary.confidence
+    if conf is not None:  # conf_bin, inline
+        b = int(conf * CONF_BINS)
+        b = 0 if b < 0 else (CONF_BINS - 1 if b >= CONF_BINS else b)
+        items.append((CONFIDENCE_FEATURE, _DECILE_NAMES[b // 10]))
     items.sort()
     return items
 
 
 # The counter names of a row's slice conditions, by the conditions: rows repeat the same
 # few combinations, so their names are built once. Bounded: cleared when full.
-_SLICE_FIELDS: dict[tuple[tuple[str, str], ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
+SliceNames = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[tuple[str, str], ...]]
+_SLICE_FIELDS: dict[tuple[tuple[str, str], ...], SliceNames] = {}
+# Adds 1 to each name's counter in one C loop (what Counter.update does with a sequence):
+# a row has ten slice counters, twenty when it disagrees.
+_count_each = _count_elements
 _SLICE_FIELDS_MAX = 4096
 
 
-def _slice_fields(items: list[tuple[str, str]]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(every row's counter names, every disagreeing row's) for these sorted conditions."""
+def _slice_fields(items: list[tuple[str, str]]) -> SliceNames:
+    """(every row's counter names, every disagreeing row's, the conditions' cen names and
+    their (ce, ces) names: the confidence change's sums) for these sorted conditions."""
     key = tuple(items)
     found = _SLICE_FIELDS.get(key)
     if found is not None:
@@ -389,9 +403,11 @@ def _slice_fields(items: list[tuple[str, str]]) -> tuple[tuple[str, ...], tuple[
     ]
     rows = tuple([f"s{SEP}{n}" for n in singles] + [f"q{SEP}{n}" for n in pairs])
     disagree = tuple([f"sd{SEP}{n}" for n in singles] + [f"qd{SEP}{n}" for n in pairs])
+    counted = tuple(f"cen{SEP}{n}" for n in singles)
+    sums = tuple((f"ce{SEP}{n}", f"ces{SEP}{n}") for n in singles)
     if len(_SLICE_FIELDS) >= _SLICE_FIELDS_MAX:
         _SLICE_FIELDS.clear()
-    found = _SLICE_FIELDS[key] = (rows, disagree)
+    found = _SLICE_FIELDS[key] = (rows, disagree, counted, sums)
     return found
 
 
@@ -399,12 +415,10 @@ def _count_slices(
     ints: defaultdict[str, int], items: list[tuple[str, str]], disagree: bool
 ) -> None:
     """Level-1 and level-2 slice counters for one row."""
-    rows, disagreeing = _slice_fields(items)
-    for name in rows:
-        ints[name] += 1
+    rows, disagreeing, _, _ = _slice_fields(items)
+    _count_each(ints, rows)
     if disagree:
-        for name in disagreeing:
-            ints[name] += 1
+        _count_each(ints, disagreeing)
 
 
 def _count_primary_side(ints: defaultdict[str, int], p: Prediction, flipped: bool) -> int | None:
@@ -424,34 +438,6 @@ def _count_primary_side(ints: defaultdict[str, int], p: Prediction, flipped: boo
         return None
     ints[_MP[conf_bin(p.margin)]] += 1
     return 1 if p.margin < NEAR_BOUNDARY else 0
-
-
-def _count_candidate_side(ints: defaultdict[str, int], c: Prediction) -> int | None:
-    """Candidate confidence counters; returns the margin-near flag (None if unknown)."""
-    conf = c.confidence
-    if conf is None:
-        return None
-    ints[_CC[conf_bin(conf)]] += 1
-    ints["ccn"] += 1
-    ints["ccs"] += round(conf * MICRO)
-    if c.margin is None:
-        return None
-    ints[_MC[conf_bin(c.margin)]] += 1
-    return 1 if c.margin < NEAR_BOUNDARY else 0
-
-
-def _count_delta(ints: defaultdict[str, int], p: Prediction, c: Prediction) -> None:
-    """Paired confidence delta in exact micro-unit integers, and its sign."""
-    if p.confidence is None or c.confidence is None:
-        return
-    d = round((c.confidence - p.confidence) * MICRO)
-    ints["dn"] += 1
-    ints["ds"] += d
-    ints["dss"] += d * d
-    if d > 0:
-        ints["dpos"] += 1
-    elif d < 0:
-        ints["dneg"] += 1
 
 
 def _count_regression(delta: BucketDelta, row: Any) -> None:
@@ -496,63 +482,96 @@ def _count_rows(delta: BucketDelta, ev: PairEvidence, names: _Names) -> int:
             ints["agree"] += 1
         if p.label is not None:
             ints[names.flip(p.label, c.label)] += 1
-        near_p = _count_primary_side(ints, p, not agree)
-        near_c = _count_candidate_side(ints, c)
-        _count_class_confidence(ints, "p", p, names)
-        _count_class_confidence(ints, "c", c, names)
-        if near_p is not None and near_c is not None:
-            ints[f"nb:{near_p}{near_c}"] += 1
-        _count_delta(ints, p, c)
-        _count_regression(delta, row)
+        d = _count_confidences(ints, p, c, agree, names)
+        if row.diff is not None:
+            _count_regression(delta, row)
         if p.text is not None and c.text is not None:
             count_text(ints, row)
         items = _row_items(ev, i, p, names)
-        _count_slices(ints, items, not agree)
-        _count_slice_confidence(ints, items, p, c)
+        if items:
+            _count_row_slices(ints, items, agree, d, p, c)
         disagree += not agree
     return disagree
 
 
-def _count_class_confidence(
-    ints: defaultdict[str, int], side: str, pred: Prediction, names: _Names
-) -> None:
-    """Per predicted class (folded like the flip matrix's), the side's confidence count,
-    sum and sum of squares (micro): its estimated accuracy per class (analysis.estimate)."""
-    conf = pred.confidence
-    if conf is None or pred.label is None:
-        return
-    n_name, s_name, q_name = names.by_class(side, pred.label)
-    ints[n_name] += 1
-    ints[s_name] += round(conf * MICRO)
-    ints[q_name] += round(conf * conf * MICRO)
+_NB = ("nb:00", "nb:01", "nb:10", "nb:11")  # near-boundary cell by 2 * near_p + near_c
 
 
-def _count_slice_confidence(
-    ints: defaultdict[str, int], items: list[tuple[str, str]], p: Prediction, c: Prediction
+def _count_confidences(
+    ints: defaultdict[str, int], p: Prediction, c: Prediction, agree: bool, names: _Names
+) -> int | None:
+    """Both sides' confidence and margin histograms and sums, per-class confidence
+    (analysis.estimate), the near-boundary cell and the paired delta; in one function, as
+    this runs for every row. Returns the delta in micro-units (None: a side has none)."""
+    pconf, cconf = p.confidence, c.confidence
+    near_p = near_c = None
+    if pconf is not None:
+        b = conf_bin(pconf)
+        micro = round(pconf * MICRO)
+        ints[_CP[b]] += 1
+        ints["cpn"] += 1
+        ints["cps"] += micro
+        ints[_TD[b // 10]] += 1
+        if not agree:
+            ints[_FD[b // 10]] += 1
+        if p.margin is not None:
+            ints[_MP[conf_bin(p.margin)]] += 1
+            near_p = 1 if p.margin < NEAR_BOUNDARY else 0
+        if p.label is not None:
+            n_name, s_name, q_name = names.by_class("p", p.label)
+            ints[n_name] += 1
+            ints[s_name] += micro
+            ints[q_name] += round(pconf * pconf * MICRO)
+    if cconf is not None:
+        micro = round(cconf * MICRO)
+        ints[_CC[conf_bin(cconf)]] += 1
+        ints["ccn"] += 1
+        ints["ccs"] += micro
+        if c.margin is not None:
+            ints[_MC[conf_bin(c.margin)]] += 1
+            near_c = 1 if c.margin < NEAR_BOUNDARY else 0
+        if c.label is not None:
+            n_name, s_name, q_name = names.by_class("c", c.label)
+            ints[n_name] += 1
+            ints[s_name] += micro
+            ints[q_name] += round(cconf * cconf * MICRO)
+    if near_p is not None and near_c is not None:
+        ints[_NB[2 * near_p + near_c]] += 1
+    if pconf is None or cconf is None:
+        return None
+    d = round((cconf - pconf) * MICRO)  # paired delta in exact micro-unit integers
+    ints["dn"] += 1
+    ints["ds"] += d
+    ints["dss"] += d * d
+    if d > 0:
+        ints["dpos"] += 1
+    elif d < 0:
+        ints["dneg"] += 1
+    return d
+
+
+def _count_row_slices(
+    ints: defaultdict[str, int],
+    items: list[tuple[str, str]],
+    agree: bool,
+    d: int | None,
+    p: Prediction,
+    c: Prediction,
 ) -> None:
-    """Per slice, the rows with both confidences and the sum of conf_c - conf_p (micro):
-    the slice's estimated accuracy change before labels (analysis.estimate)."""
-    if p.confidence is None or c.confidence is None or not items:
+    """A row's level-1 and level-2 slice counters and, with both confidences, per slice
+    the rows and the sums of conf_c - conf_p and its square (micro): the slice's estimated
+    accuracy change before labels (analysis.estimate)."""
+    rows, disagreeing, counted, sums = _slice_fields(items)
+    _count_each(ints, rows)
+    if not agree:
+        _count_each(ints, disagreeing)
+    if d is None:
         return
-    d = round((c.confidence - p.confidence) * MICRO)
-    key = tuple(items)
-    names = _CONF_FIELDS.get(key)
-    if names is None:
-        if len(_CONF_FIELDS) >= _SLICE_FIELDS_MAX:
-            _CONF_FIELDS.clear()
-        names = _CONF_FIELDS[key] = tuple(
-            (f"cen{SEP}{f}{SEP}{v}", f"ce{SEP}{f}{SEP}{v}", f"ces{SEP}{f}{SEP}{v}")
-            for f, v in items
-        )
-    d2 = round((c.confidence - p.confidence) ** 2 * MICRO)
-    for n_name, d_name, d2_name in names:
-        ints[n_name] += 1
+    d2 = round((c.confidence - p.confidence) ** 2 * MICRO)  # type: ignore[operator]
+    _count_each(ints, counted)
+    for d_name, d2_name in sums:
         ints[d_name] += d
         ints[d2_name] += d2
-
-
-# Per-slice confidence counter names by the row's conditions (bounded like _SLICE_FIELDS).
-_CONF_FIELDS: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str, str], ...]] = {}
 
 
 def _count_error_rows(ints: defaultdict[str, int], ev: PairEvidence, names: _Names) -> None:

@@ -9,6 +9,7 @@ import os
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -118,3 +119,32 @@ def test_the_usual_answer_takes_the_fast_path_and_shares_its_contract() -> None:
     assert second is not None and second.contract is first.contract  # planned once
     assert [r.label for r in first.rows] == ["b", "a"]
     assert first.rows[0].margin == 0.5
+
+
+def test_fast_constructors_build_the_dataclasses_own_objects() -> None:
+    """classified_row, parsed_output and compare's row builder skip the frozen dataclass's
+    __init__: what they build must be equal, hash alike, and stay frozen."""
+    import dataclasses
+
+    from analysis.adapters.base import (
+        ParsedOutput,
+        Prediction,
+        classified_row,
+        parsed_output,
+    )
+    from analysis.compare import RowComparison, _classified
+
+    row = classified_row("a", (0.75, 0.25), ("a", "b"), 0.75, 0.5)
+    slow = Prediction("a", (0.75, 0.25), ("a", "b"), confidence=0.75, margin=0.5)
+    assert row == slow and hash(row) == hash(slow)
+    assert all(getattr(row, f.name) == getattr(slow, f.name) for f in dataclasses.fields(slow))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        row.label = "b"  # type: ignore[misc]
+    parsed = parsed_output("oip-v2", "classification", (row,), (), ("a", "b"), False)
+    assert parsed == ParsedOutput("oip-v2", "classification", (row,), (), ("a", "b"), False)
+    assert vars(parsed) == vars(ParsedOutput("oip-v2", "classification", (row,), (), ("a", "b")))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        parsed.kind = "text"  # type: ignore[misc]
+    compared = _classified(True, row, slow, 0.0)
+    assert compared == RowComparison(True, row, slow, conf_delta=0.0)
+    assert hash(compared) == hash(RowComparison(True, row, slow, conf_delta=0.0))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 
@@ -72,6 +72,70 @@ class ParsedOutput:
     # Hostile but parsed (the report's text section counts each): empty_choices,
     # interrupted_stream (no `[DONE]` and no finish_reason).
     flags: tuple[str, ...] = ()
+
+
+# -- fast construction of the per-row objects ------------------------------------------
+# A frozen dataclass's __init__ sets each field through object.__setattr__ (a generic
+# attribute lookup per field): about 17,000 instructions for a Prediction, more than the
+# rest of lifting a row. These build the very same objects (equal, hashable, frozen) by
+# setting the slots through their descriptors, or a ParsedOutput's __dict__ at once.
+
+_new = object.__new__
+_set_attr = object.__setattr__
+
+
+def slot_setters(cls: type, names: tuple[str, ...]) -> tuple[Any, ...]:
+    """The `__set__` of each named slot of a slots dataclass, in order."""
+    return tuple(cls.__dict__[name].__set__ for name in names)
+
+
+_PREDICTION_SET = slot_setters(
+    Prediction,
+    ("label", "probs", "classes", "score", "vector", "text", "confidence", "margin",
+     "mean_logprob", "finish_reason", "tools"),
+)  # fmt: skip
+
+
+def classified_row(
+    label: str | None,
+    probs: tuple[float, ...] | None,
+    classes: tuple[str, ...] | None,
+    confidence: float | None,
+    margin: float | None,
+) -> Prediction:
+    """Prediction(label, probs, classes, confidence=confidence, margin=margin), the rest
+    None: a classification row, built for every row of every answer."""
+    row = _new(Prediction)
+    s = _PREDICTION_SET
+    s[0](row, label)
+    s[1](row, probs)
+    s[2](row, classes)
+    s[3](row, None)
+    s[4](row, None)
+    s[5](row, None)
+    s[6](row, confidence)
+    s[7](row, margin)
+    s[8](row, None)
+    s[9](row, None)
+    s[10](row, None)
+    return row
+
+
+def parsed_output(
+    protocol: str,
+    kind: str,
+    rows: tuple[Prediction, ...],
+    contract: tuple[ContractField, ...],
+    labels: tuple[str, ...],
+    synthetic: bool,
+) -> ParsedOutput:
+    """ParsedOutput(protocol, kind, rows, contract, labels, synthetic): one per answer."""
+    parsed = _new(ParsedOutput)
+    _set_attr(parsed, "__dict__", {
+        "protocol": protocol, "kind": kind, "rows": rows, "contract": contract,
+        "labels": labels, "synthetic": synthetic, "flags": (),
+    })  # fmt: skip
+    return parsed
 
 
 class OutputAdapter(Protocol):
@@ -216,11 +280,7 @@ def from_probs(
     if label is None:
         best = max(range(len(probs)), key=probs.__getitem__)
         label = classes[best] if classes else str(best)
-    # Positional: this runs for every row of every answer (label, probs, classes, score,
-    # vector, text, confidence, margin).
-    return Prediction(
-        label, tuple(probs), classes, None, None, None, ranked[0], ranked[0] - ranked[1]
-    )
+    return classified_row(label, tuple(probs), classes, ranked[0], ranked[0] - ranked[1])
 
 
 def from_scores(values: list[float]) -> Prediction:

@@ -21,10 +21,12 @@ from analysis.adapters.base import (
     ContractField,
     ParsedOutput,
     Prediction,
+    classified_row,
     from_probs,
     is_label_like,
     label_text,
     map_label,
+    parsed_output,
     resolve_classes,
 )
 from analysis.adapters.rows import is_dim
@@ -90,8 +92,7 @@ class FastOip:
             return None
         params = doc.get("parameters")
         synthetic = isinstance(params, dict) and params.get("generator") == SYNTHETIC_GENERATOR
-        # protocol, kind, rows, contract, labels, synthetic (positional: once per answer)
-        return ParsedOutput(
+        return parsed_output(
             "oip-v2", KIND_CLASSIFICATION, rows, plan.contract, plan.classes or (), synthetic
         )
 
@@ -116,12 +117,33 @@ class FastOip:
         width, classes = plan.width, plan.classes
         if labels is None:
             labels = [None] * plan.rows
+        if width < 2:  # one value per row is P(positive): from_probs widens it
+            return tuple(
+                [
+                    from_probs(flat[i * width : (i + 1) * width], classes, labels[i])
+                    for i in range(plan.rows)
+                ]
+            )
+        if classes is not None and len(classes) != width:
+            classes = None  # as from_probs decides: names that do not fit name nothing
+        if plan.rows == 1:
+            return (_prob_row(flat, classes, labels[0]),)
         return tuple(
             [
-                from_probs(flat[i * width : (i + 1) * width], classes, labels[i])
+                _prob_row(flat[i * width : (i + 1) * width], classes, labels[i])
                 for i in range(plan.rows)
             ]
         )
+
+
+def _prob_row(probs: list[float], classes: tuple[str, ...] | None, label: str | None) -> Prediction:
+    """from_probs for two or more probabilities whose class names, if any, fit them."""
+    values = tuple(probs)
+    ranked = sorted(values, reverse=True)
+    if label is None:
+        best = max(range(len(values)), key=values.__getitem__)
+        label = classes[best] if classes else str(best)
+    return classified_row(label, values, classes, ranked[0], ranked[0] - ranked[1])
 
 
 def _signature(outputs: list[Any]) -> tuple[Signature, list[Any]] | None:
@@ -147,9 +169,11 @@ def _signature(outputs: list[Any]) -> tuple[Signature, list[Any]] | None:
 
 def _sizes_fit(plan: Plan, datas: list[Any]) -> bool:
     """Every output's data is a flat list of the size its shape says."""
-    for data, size in zip(datas, plan.sizes, strict=True):
-        if type(data) is not list or len(data) != size:
+    for data in datas:
+        if type(data) is not list:
             return False
+    if tuple(map(len, datas)) != plan.sizes:  # one output per size: the plan is this shape's
+        return False
     for i in plan.others:
         for value in datas[i]:
             if type(value) is list:
