@@ -37,11 +37,13 @@ from analysis.apply import Applier, roll_up
 from analysis.decode import Item, decode
 from analysis.evaluate import Evaluation
 from analysis.skew import SkewSource
+from analysis.summaries import bucket_start
 from analysis.watch_fold import WatchFolder
 from analysis.watch_rollup import roll_up_watch
 from common.errors import StoreError
 from common.keys import WATCH, WATCH_GROUP, WORKER_GROUP, WORKER_HEALTH_TTL_S, Keys
 from common.redis_client import STORE_FAILURES, slot_groups, sync_client
+from common.scripts import SCRIPTS
 from common.settings import Settings
 from common.store import resolve_redis_url
 
@@ -144,6 +146,7 @@ class Worker:
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.clock = clock
         self.processor = BatchProcessor(client, settings, self.consumer, clock)
+        self._trimmed = SCRIPTS["trimmed"].register(client)
         self.streams: dict[str, str] = {}  # stream key -> candidate name
         self.watch = WatchFolder(client, settings, self.consumer)
         self.watch_stream: str | None = None  # the watch stream, once its group is joined
@@ -377,41 +380,69 @@ class Worker:
         return done
 
     def _claim_stream(self, stream: str) -> int:
-        entries = self._claimed(stream, WORKER_GROUP)
+        trimmed, entries = self._claimed(stream, WORKER_GROUP)
         if not entries:
-            return 0
+            return trimmed
         log.info("took over %d idle entries of %s", len(entries), self.streams[stream])
-        return self._apply(stream, entries)
+        return trimmed + self._apply(stream, entries)
 
     def _claim_watch(self, stream: str) -> int:
-        entries = self._claimed(stream, WATCH_GROUP)
+        _, entries = self._claimed(stream, WATCH_GROUP)
         if not entries:
             return 0
         log.info("took over %d idle watch entries", len(entries))
         return self._fold(entries)
 
-    def _claimed(self, stream: str, group: str) -> list[tuple[Any, Any]]:
-        """Entries of `stream` idle longer than claim_idle_ms in `group`, now ours
-        (fields None: trimmed from the stream meanwhile)."""
+    def _claimed(self, stream: str, group: str) -> tuple[int, list[tuple[Any, Any]]]:
+        """(trimmed, entries): entries of `stream` idle longer than claim_idle_ms in `group`,
+        now ours (fields None: trimmed from the stream meanwhile); idle entries the stream no
+        longer holds are first acknowledged and, for pairs, counted `trimmed` (trimmed.lua):
+        Redis 7's XCLAIM drops them from the pending list without a word, 6.2's hands them
+        back, and both must count the same."""
         w = self.settings.worker
         pending = self.client.xpending_range(
             stream, group, min="-", max="+", count=w.batch, idle=w.claim_idle_ms
         )
         ids = [p["message_id"] for p in pending]
         if not ids:
-            return []
-        claimed = self.client.xclaim(
-            stream, group, self.consumer, w.claim_idle_ms, ids, justid=True
+            return 0, []
+        held = self._fetch(stream, ids)
+        gone = [eid for eid, fields in held if fields is None]
+        trimmed = self._count_trimmed(stream, group, gone) if gone else 0
+        live = [eid for eid, fields in held if fields is not None]
+        claimed = live and self.client.xclaim(
+            stream, group, self.consumer, w.claim_idle_ms, live, justid=True
         )
-        if not claimed:
-            return []
+        return trimmed, self._fetch(stream, claimed) if claimed else []
+
+    def _fetch(self, stream: str, ids: Sequence[Any]) -> list[tuple[Any, Any]]:
+        """(id, fields or None when the stream no longer holds it) for each id."""
         pipe = self.client.pipeline(transaction=False)
-        for entry_id in claimed:
+        for entry_id in ids:
             pipe.xrange(stream, min=entry_id, max=entry_id, count=1)
         found = pipe.execute()
-        return [
-            (eid, rows[0][1] if rows else None) for eid, rows in zip(claimed, found, strict=True)
-        ]
+        return [(eid, rows[0][1] if rows else None) for eid, rows in zip(ids, found, strict=True)]
+
+    def _count_trimmed(self, stream: str, group: str, gone: Sequence[Any]) -> int:
+        """Acknowledge pending ids their stream lost, each once; pairs count them `trimmed`
+        in the bucket of now (a watched record trimmed unread is no request seen)."""
+        candidate = self.streams.get(stream, WATCH)
+        start = bucket_start(int(self.clock() * 1000), self.settings.worker.bucket_seconds)
+        counted = 0
+        for eid in gone:
+            counted += int(
+                self._trimmed(
+                    stream=stream,
+                    bucket=self.keys.bucket(candidate, start),
+                    index=self.keys.bucket_index(candidate),
+                    group=group,
+                    id=eid,
+                    start=start,
+                    ttl=self.processor.ttl_s,
+                    count=int(group == WORKER_GROUP),
+                )
+            )
+        return counted if group == WORKER_GROUP else 0
 
     def _apply(self, stream: Any, entries: Sequence[tuple[Any, Any]]) -> int:
         key = stream.decode() if isinstance(stream, bytes) else stream
