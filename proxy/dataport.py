@@ -56,8 +56,21 @@ class _Refuse(Exception):
 class Request(Exchange):
     """One request on a native data-port connection, and its answer."""
 
-    __slots__ = ("_chunks", "_chunked", "_complete", "_conn", "_continue", "_ended", "_head",
-                 "_no_body", "_waiter", "body_since", "keep_alive", "started", "url")  # fmt: skip
+    __slots__ = (
+        "_chunked",
+        "_chunks",
+        "_complete",
+        "_conn",
+        "_continue",
+        "_ended",
+        "_head",
+        "_no_body",
+        "_waiter",
+        "body_since",
+        "keep_alive",
+        "started",
+        "url",
+    )  # fmt: skip
 
     def __init__(self, conn: _Connection) -> None:
         super().__init__()
