@@ -14,7 +14,7 @@ from typing import Any
 from analysis import drilldown
 from analysis.apply import BatchExtras
 from analysis.decode import Item
-from analysis.feedback import MAX_JOIN_ROWS, join_key, join_value, join_value_scores
+from analysis.feedback import MAX_JOIN_ROWS, join_key, join_text
 from analysis.summaries import BatchDelta, PairEvidence, bucket_start, slice_items
 from common.keys import SAMPLES_KEPT
 
@@ -58,7 +58,7 @@ def _joins(
             continue
         bucket = bucket_start(ev.ts_ms, bucket_seconds)
         for k, (primary, candidate, confidences, scores) in enumerate(_row_labels(ev, join_rows)):
-            value = join_value_scores(join_value(bucket, primary, candidate, confidences), scores)
+            value = join_text(bucket, primary, candidate, confidences, scores)
             joins.append((join_key(ev.request_id, k), value, bucket))
     return joins
 

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
 from typing import Any
 
+import orjson
 import redis
 
 from analysis.summaries import FLOAT_FIELDS, BatchDelta
@@ -85,7 +85,6 @@ class Applier:
                 buckets=[k.bucket(candidate, s) for s in starts],
                 group=self.group,
                 consumer=self.consumer,
-                n_ids=len(ids),
                 ttl=ttl_s,
                 index_min=(starts[-1] if starts else int(now_s)) - ttl_s,  # relative to the data
                 samples_cap=SAMPLES_KEPT,
@@ -96,39 +95,50 @@ class Applier:
                 join_cap=join_cap,
                 join_ttl=join_ttl_s,
                 now=int(now_s),
-                batch=_batch_args(ids, delta, extras, starts),
+                batch=_batch_json(ids, delta, extras, starts),
+                samples=_sample_args(extras),
             )
         return [m.decode() if isinstance(m, bytes) else str(m) for m in missing]
 
 
-def _batch_args(
+def _batch_json(
     ids: Sequence[str], delta: BatchDelta, extras: BatchExtras, starts: Sequence[int]
-) -> list[Any]:
-    """apply.lua's `batch`: the ids, the buckets' increments, the joins, the samples."""
-    args: list[Any] = [*ids, *_bucket_args(delta, starts)]
+) -> bytes:
+    """apply.lua's `batch`: the ids, the buckets' increments and the joins, one JSON
+    document. Numbers travel as text: Lua would hold them as doubles (2^53 and up
+    inexact), and HINCRBYFLOAT gets the very repr it always got."""
     position = {s: i + 1 for i, s in enumerate(starts)}
-    joins = [j for j in extras.joins if j[2] in position]
-    args.append(len(joins))
-    args += chain.from_iterable((rid, enc, position[b]) for rid, enc, b in joins)
+    joins: list[Any] = []
+    for rid, enc, b in extras.joins:
+        where = position.get(b)
+        if where is not None:
+            joins += (rid, enc, where)
+    batch = {"ids": ids, "buckets": [_bucket_json(delta, s) for s in starts], "joins": joins}
+    return orjson.dumps(batch)
+
+
+def _bucket_json(delta: BatchDelta, start: int) -> list[Any]:
+    """[start, integer fields, their values, float fields, their values]: parallel lists,
+    built by C loops (a batch has hundreds of fields per bucket). Zero increments are
+    left out: HINCRBY 0 would still create the field."""
+    bucket = delta.buckets[start]
+    ints: dict[str, int] = bucket.ints
+    if 0 in ints.values():
+        ints = {f: v for f, v in ints.items() if v}
+    floats: dict[str, float] = bucket.floats
+    if 0.0 in floats.values():
+        floats = {f: v for f, v in floats.items() if v}
+    return [str(start), list(ints), list(map(str, ints.values())),
+            list(floats), list(map(repr, floats.values()))]  # fmt: skip
+
+
+def _sample_args(extras: BatchExtras) -> list[Any]:
+    """Per sample kind, how many, then the samples (the newest SAMPLES_KEPT)."""
+    args: list[Any] = []
     for kind in SAMPLE_KINDS:
         items = extras.samples[kind][-SAMPLES_KEPT:]
         args.append(len(items))
         args += items
-    return args
-
-
-def _bucket_args(delta: BatchDelta, starts: Sequence[int]) -> list[Any]:
-    """Flatten per-bucket increments: start, n_int, (field, value)*, n_float, (field, value)*."""
-    args: list[Any] = [len(starts)]
-    for start in starts:
-        bucket = delta.buckets[start]
-        ints = [(f, v) for f, v in bucket.ints.items() if v]
-        floats = [(f, repr(v)) for f, v in bucket.floats.items() if v]
-        args.append(start)
-        args.append(len(ints))
-        args += chain.from_iterable(ints)
-        args.append(len(floats))
-        args += chain.from_iterable(floats)
     return args
 
 

@@ -168,9 +168,9 @@ def _field_diffs(
 def _label_set_diffs(primary: ParsedOutput, candidate: ParsedOutput) -> list[ContractDiff]:
     if KIND_CLASSIFICATION not in (primary.kind, candidate.kind):
         return []
-    p_set, c_set = set(primary.labels), set(candidate.labels)
     if primary.labels == candidate.labels:  # the same declared classes, or none
         return []
+    p_set, c_set = set(primary.labels), set(candidate.labels)
     if p_set and c_set:
         if p_set == c_set:
             return []
@@ -191,11 +191,24 @@ def _label_set_diffs(primary: ParsedOutput, candidate: ParsedOutput) -> list[Con
 
 
 def _missing_fields(primary: ParsedOutput, candidate: ParsedOutput) -> list[ContractDiff]:
-    if not primary.rows or not candidate.rows or primary.kind != candidate.kind:
+    p_rows, c_rows = primary.rows, candidate.rows
+    if not p_rows or not c_rows or primary.kind != candidate.kind:
         return []
+    if len(p_rows) == 1 and len(c_rows) == 1:  # the usual answer: one row each, inline
+        p, c = p_rows[0], c_rows[0]
+        for name in _FIELDS:
+            if getattr(p, name) is not None and getattr(c, name) is None:
+                return _missing_fields_of(p_rows, c_rows)
+        return []
+    return _missing_fields_of(p_rows, c_rows)
+
+
+def _missing_fields_of(
+    p_rows: tuple[Prediction, ...], c_rows: tuple[Prediction, ...]
+) -> list[ContractDiff]:
     diffs = []
     for name, what in _FIELDS.items():
-        if _has(primary.rows, name) and not _has(candidate.rows, name):
+        if _has(p_rows, name) and not _has(c_rows, name):
             detail = f"{name}: candidate answers carry no {what}"
             diffs.append(ContractDiff("missing_field", detail))
     return diffs

@@ -2,7 +2,8 @@
 
 Deferred ONNX candidates (`run = "worker"`) are run first on the batch's request bodies;
 then both answers are parsed by the protocol adapter, compared row by row, and the
-request's slice values read; with `outputs.text_agreement = "meaning"` the batch's text
+request's slice values read (and, with a training profile, the built-in skew slice of
+analysis.skew); with `outputs.text_agreement = "meaning"` the batch's text
 rows are then judged by embedding similarity (analysis.meaning). An adapter bug counts
 the entry as bad, never stops the batch.
 """
@@ -21,6 +22,7 @@ from analysis.compare import compare_outputs
 from analysis.decode import Item
 from analysis.jsonpath import compile_path
 from analysis.meaning import MeaningJudge
+from analysis.skew import SKEW_SLICE, SkewClassifier, classifier
 from analysis.slices import SliceExtractor
 from analysis.summaries import PairEvidence
 from common.errors import CandidateError
@@ -48,6 +50,10 @@ class Evaluator:
         self.outputs = settings.outputs
         self.extractor = SliceExtractor(settings.slices)
         self.has_slices = bool(settings.slices)
+        # The training profile's skew slice: the file of `[watch] profile` here; a worker
+        # replaces this with analysis.skew.SkewSource (an uploaded profile, re-read).
+        static = classifier(settings)
+        self.skew_source: Callable[[], SkewClassifier | None] = lambda: static
         # Decode the request, and split it into rows, only when some slice reads them.
         paths = [
             compile_path(s.source) for s in settings.slices if not s.source.startswith("header:")
@@ -75,8 +81,9 @@ class Evaluator:
             return
         ev.primary_rows = primary.rows
         ev.answer_flags += primary.flags
-        if self.has_slices:
-            ev.slice_rows = self._slices(rec, len(primary.rows))
+        skew = self.skew_source()
+        if self.has_slices or skew is not None:
+            ev.slice_rows = self._slices(rec, len(primary.rows), skew)
         if rec.candidate_outcome != OUTCOME_OK:
             ev.candidate_error = rec.candidate_outcome
             return
@@ -108,9 +115,11 @@ class Evaluator:
             item.evidence.answer_flags += [exc.kind] if exc.kind else []
             return None
 
-    def _slices(self, rec: PairRecord, n_rows: int) -> list[dict[str, str]]:
+    def _slices(
+        self, rec: PairRecord, n_rows: int, skew: SkewClassifier | None
+    ) -> list[dict[str, str]]:
         request = None
-        if self.needs_json and rec.request_body:
+        if (self.needs_json or skew is not None) and rec.request_body:
             try:
                 request = load_body(rec.request_body)
             except ValueError:  # not JSON, nor binary tensors that fit: no row values
@@ -118,7 +127,11 @@ class Evaluator:
         rows = (
             self.adapter.rows_from_json(request) if self.needs_rows and request is not None else []
         )
-        return self.extractor.row_values(rows, request, rec.headers, n_rows)
+        values = self.extractor.row_values(rows, request, rec.headers, n_rows)
+        if skew is not None:
+            for row, label in zip(values, skew.labels(request, n_rows), strict=True):
+                row[SKEW_SLICE] = label
+        return values
 
 
 @dataclass(frozen=True, slots=True)

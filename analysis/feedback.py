@@ -60,6 +60,22 @@ def join_value_scores(value: str, scores: tuple[float | None, float | None]) -> 
     return SEP.join([value, *(_score(x) for x in scores)])
 
 
+def join_text(
+    bucket: int,
+    primary: str,
+    candidate: str | None,
+    confidences: tuple[float | None, float | None],
+    scores: tuple[float | None, float | None],
+) -> str:
+    """join_value_scores(join_value(...), scores) in one join: the worker builds one per
+    answered row."""
+    p = primary.replace(SEP, " ")
+    c = "" if candidate is None else candidate.replace(SEP, " ")
+    flag = "1" if candidate is None else "0"
+    parts = (str(bucket), p, c, flag, _micro(confidences[0]), _micro(confidences[1]))
+    return SEP.join((*parts, _score(scores[0]), _score(scores[1])))
+
+
 def _score(x: float | None) -> str:
     return "" if x is None or not math.isfinite(x) else repr(float(x))
 

@@ -24,8 +24,10 @@ from scipy import stats as scipy_stats
 
 from analysis import anytime_slices, estimate, latency, recall, sequential, stats, strata
 from analysis.apply import ROLLUP_SECONDS
+from analysis.dispatch_section import add_queue_state, dispatch_drops, dispatch_section
 from analysis.drilldown import read_samples, recent_pairs
 from analysis.gate import evaluate_gate
+from analysis.skew import skew_section
 from analysis.summaries import (
     CLASS_FEATURE,
     CONF_BINS,
@@ -154,6 +156,7 @@ def build_report(
             floor = noise[1]
             report["text"]["noise_floor"] = noise_similarity(noise[0], floor.get, floor.hist)
     _stratify(client, keys, settings, candidate, summary, report)
+    add_queue_state(client, keys, candidate, report["dispatch"])
     report["gate"] = evaluate_gate(report, settings.gate)
     return json_safe(report)
 
@@ -207,11 +210,13 @@ def analyse(
     the report does.
     """
     labels, matrix = summary.flip_matrix()
+    slices = _slices(summary, settings)
     return {
         "pairs": summary.get("records"),
         "rows": summary.get("rows"),
         **_accounting(summary),
         "canary": _canary(summary),
+        "dispatch": dispatch_section(summary),
         "records": _records(summary),
         "errors": _errors(summary),
         "agreement": _agreement(summary, matrix),
@@ -221,7 +226,8 @@ def analyse(
         "confidence_deltas": _deltas(summary),
         "regression": _regression(summary),
         "latency": _latency(summary, latency_reference),
-        "slices": _slices(summary, settings),
+        "slices": slices,
+        "skew": skew_section(slices),
         "discovered": _discovered(summary),
         "noise_floor": _noise_floor(summary, noise),
         "labels": _labels(summary),
@@ -257,6 +263,9 @@ def _accounting(s: Summary) -> dict[str, Any]:
         sampled = pairs + shed + dropped.{too_large, primary_failed, cancelled, capture}
                   + records.trimmed + records.bad + pending
 
+    (dropped also has dispatch_{overflow, expired, trimmed, bad} when the window has
+    dispatched requests; pending then includes the requests waiting for a dispatcher.)
+
     where pending is what is still on its way (mirrors in flight, records in a proxy's
     spool or in the stream not yet read). Pairs written without a proxy (replay) carry no
     counts: then every pair was sampled, and shed and dropped are unknown (null).
@@ -270,6 +279,7 @@ def _accounting(s: Summary) -> dict[str, Any]:
         "primary_failed": s.get(FIELD_PRIMARY_FAILED),
         "cancelled": s.get(FIELD_CANCELLED),
         "capture": s.get(FIELD_CAPTURE_DROPPED),
+        **dispatch_drops(s),  # run = "dispatcher" candidates only (analysis.dispatch_section)
     }
     ended = pairs + shed + sum(dropped.values()) + s.get("trimmed") + s.get("bad")
     return {"sampled": sampled, "shed": shed, "dropped": dropped, "pending": sampled - ended}

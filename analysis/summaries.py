@@ -214,12 +214,80 @@ class BucketDelta:
         self.floats: defaultdict[str, float] = defaultdict(float)
 
 
+class _Names:
+    """Counter names that depend on values from traffic, built once per value for one
+    fold (a batch's: admission decisions do not change while it is counted). A batch
+    repeats the same few classes and slice values, so the fold, the SEP escaping and the
+    name formatting run once per value instead of for every row. Bounded: cleared when full.
+    """
+
+    __slots__ = ("fm", "fold", "kc", "kp", "labels", "values")
+    LIMIT = 4096
+
+    def __init__(self, fold: Fold) -> None:
+        self.fold = fold
+        self.labels: dict[str, str] = {}  # raw class label -> folded
+        self.values: dict[tuple[str, str], str] = {}  # (feature, raw value) -> folded
+        self.fm: dict[tuple[str, str | None], str] = {}  # (primary, candidate) -> flip cell
+        self.kp: dict[str, tuple[str, str, str]] = {}  # primary's class -> ekn, eks, ekq
+        self.kc: dict[str, tuple[str, str, str]] = {}  # candidate's class -> the same
+
+    def label(self, raw: str) -> str:
+        """The class label as the flip matrix counts it (folded, SEP shown)."""
+        found = self.labels.get(raw)
+        if found is None:
+            if len(self.labels) >= self.LIMIT:
+                self.labels.clear()
+            found = self.labels[raw] = self.fold(LABEL_FEATURE, field_text(raw))
+        return found
+
+    def value(self, feature: str, raw: str) -> str:
+        """A slice value as counted (folded, SEP shown)."""
+        key = (feature, raw)
+        found = self.values.get(key)
+        if found is None:
+            if len(self.values) >= self.LIMIT:
+                self.values.clear()
+            found = self.values[key] = self.fold(feature, field_text(raw))
+        return found
+
+    def flip(self, primary: str, candidate: str | None) -> str:
+        """The flip-matrix cell of a row (candidate None: the error class)."""
+        key = (primary, candidate)
+        found = self.fm.get(key)
+        if found is None:
+            if len(self.fm) >= self.LIMIT:
+                self.fm.clear()
+            clabel = ERR if candidate is None else self.label(candidate)
+            found = self.fm[key] = f"fm{SEP}{self.label(primary)}{SEP}{clabel}"
+        return found
+
+    def by_class(self, side: str, raw: str) -> tuple[str, str, str]:
+        """The (count, sum, sum of squares) names of a side's predicted class."""
+        cache = self.kp if side == "p" else self.kc
+        found = cache.get(raw)
+        if found is None:
+            if len(cache) >= self.LIMIT:
+                cache.clear()
+            tail = f"{SEP}{side}{SEP}{self.label(raw)}"
+            found = cache[raw] = ("ekn" + tail, "eks" + tail, "ekq" + tail)
+        return found
+
+
 @dataclass
 class BatchDelta:
     """A batch of evidence aggregated locally into per-bucket counter increments."""
 
     bucket_seconds: int
     buckets: dict[int, BucketDelta] = field(default_factory=dict)
+    _names: _Names | None = field(default=None, init=False, repr=False, compare=False)
+
+    def names(self, fold: Fold) -> _Names:
+        """The name cache of this fold (a new one when the fold changes)."""
+        names = self._names
+        if names is None or names.fold is not fold:
+            names = self._names = _Names(fold)
+        return names
 
     def bucket(self, start: int) -> BucketDelta:
         """The increments of one bucket, created on first use."""
@@ -240,11 +308,12 @@ class BatchDelta:
             return
         for kind in ev.contract_kinds:
             ints[f"ct{SEP}{kind}"] += 1
+        names = self.names(fold)
         if ev.candidate_error:
-            _count_error_rows(ints, ev, fold)
+            _count_error_rows(ints, ev, names)
             rows = disagree = len(ev.primary_rows)
         else:
-            disagree = _count_rows(delta, ev, fold)
+            disagree = _count_rows(delta, ev, names)
             rows = len(ev.rows)
         _count_request(ints, rows, disagree)
 
@@ -279,6 +348,21 @@ def slice_items(ev: PairEvidence, i: int, primary: Prediction, fold: Fold) -> li
     items = [(f, fold(f, field_text(v))) for f, v in rows[i].items()] if rows else []
     if primary.label is not None:
         items.append((CLASS_FEATURE, fold(LABEL_FEATURE, field_text(primary.label))))
+    if primary.confidence is not None:
+        items.append((CONFIDENCE_FEATURE, _DECILE_NAMES[conf_bin(primary.confidence) // 10]))
+    items.sort()
+    return items
+
+
+def _row_items(
+    ev: PairEvidence, i: int, primary: Prediction, names: _Names
+) -> list[tuple[str, str]]:
+    """slice_items through the batch's name cache (the same list)."""
+    rows = ev.slice_rows
+    value = names.value
+    items = [(f, value(f, v)) for f, v in rows[i].items()] if rows else []
+    if primary.label is not None:
+        items.append((CLASS_FEATURE, names.label(primary.label)))
     if primary.confidence is not None:
         items.append((CONFIDENCE_FEATURE, _DECILE_NAMES[conf_bin(primary.confidence) // 10]))
     items.sort()
@@ -398,7 +482,7 @@ def _count_request(ints: defaultdict[str, int], rows: int, disagree: int) -> Non
     ints["umk"] += rows * disagree
 
 
-def _count_rows(delta: BucketDelta, ev: PairEvidence, fold: Fold) -> int:
+def _count_rows(delta: BucketDelta, ev: PairEvidence, names: _Names) -> int:
     """Rows the candidate answered: agreement, flips, confidence, regression, slices.
 
     Returns how many of them disagree."""
@@ -411,19 +495,18 @@ def _count_rows(delta: BucketDelta, ev: PairEvidence, fold: Fold) -> int:
         if agree:
             ints["agree"] += 1
         if p.label is not None:
-            clabel = fold(LABEL_FEATURE, field_text(c.label)) if c.label is not None else ERR
-            ints[f"fm{SEP}{fold(LABEL_FEATURE, field_text(p.label))}{SEP}{clabel}"] += 1
+            ints[names.flip(p.label, c.label)] += 1
         near_p = _count_primary_side(ints, p, not agree)
         near_c = _count_candidate_side(ints, c)
-        _count_class_confidence(ints, "p", p, fold)
-        _count_class_confidence(ints, "c", c, fold)
+        _count_class_confidence(ints, "p", p, names)
+        _count_class_confidence(ints, "c", c, names)
         if near_p is not None and near_c is not None:
             ints[f"nb:{near_p}{near_c}"] += 1
         _count_delta(ints, p, c)
         _count_regression(delta, row)
         if p.text is not None and c.text is not None:
             count_text(ints, row)
-        items = slice_items(ev, i, p, fold)
+        items = _row_items(ev, i, p, names)
         _count_slices(ints, items, not agree)
         _count_slice_confidence(ints, items, p, c)
         disagree += not agree
@@ -431,17 +514,17 @@ def _count_rows(delta: BucketDelta, ev: PairEvidence, fold: Fold) -> int:
 
 
 def _count_class_confidence(
-    ints: defaultdict[str, int], side: str, pred: Prediction, fold: Fold
+    ints: defaultdict[str, int], side: str, pred: Prediction, names: _Names
 ) -> None:
     """Per predicted class (folded like the flip matrix's), the side's confidence count,
     sum and sum of squares (micro): its estimated accuracy per class (analysis.estimate)."""
     conf = pred.confidence
     if conf is None or pred.label is None:
         return
-    tail = f"{SEP}{side}{SEP}{fold(LABEL_FEATURE, field_text(pred.label))}"
-    ints["ekn" + tail] += 1
-    ints["eks" + tail] += round(conf * MICRO)
-    ints["ekq" + tail] += round(conf * conf * MICRO)
+    n_name, s_name, q_name = names.by_class(side, pred.label)
+    ints[n_name] += 1
+    ints[s_name] += round(conf * MICRO)
+    ints[q_name] += round(conf * conf * MICRO)
 
 
 def _count_slice_confidence(
@@ -472,14 +555,14 @@ def _count_slice_confidence(
 _CONF_FIELDS: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str, str], ...]] = {}
 
 
-def _count_error_rows(ints: defaultdict[str, int], ev: PairEvidence, fold: Fold) -> None:
+def _count_error_rows(ints: defaultdict[str, int], ev: PairEvidence, names: _Names) -> None:
     """The candidate gave no usable answer: every primary row flips to ERR."""
     for i, p in enumerate(ev.primary_rows):
         ints["rows"] += 1
         if p.label is not None:
-            ints[f"fm{SEP}{fold(LABEL_FEATURE, field_text(p.label))}{SEP}{ERR}"] += 1
+            ints[names.flip(p.label, None)] += 1
         _count_primary_side(ints, p, True)
-        _count_slices(ints, slice_items(ev, i, p, fold), True)
+        _count_slices(ints, _row_items(ev, i, p, names), True)
 
 
 # --------------------------------------------------------------------------------------

@@ -28,27 +28,42 @@ def _adapter() -> OutputAdapter:
     return _ADAPTER[0]
 
 
+MAX_CLASS_TEXT = 200  # a predicted class is cut to this many characters (then `…`)
+
+
 def _row(prediction: Prediction) -> dict[str, object]:
+    label = prediction.label
+    if isinstance(label, str) and len(label) > MAX_CLASS_TEXT:
+        label = label[: MAX_CLASS_TEXT - 1] + "…"
     row = {
-        "class": prediction.label, "confidence": prediction.confidence,
+        "class": label, "confidence": prediction.confidence,
         "margin": prediction.margin, "score": prediction.score,
     }  # fmt: skip
     return {k: v for k, v in row.items() if v is not None}
 
 
-def watch_answer(request: bytes, answer: bytes, status: int, state: WatchState) -> None:
-    """Count one primary answer into `state` (requests, errors, unreadable, rows)."""
+def watch_answer(
+    request: bytes,
+    answer: bytes,
+    status: int,
+    state: WatchState,
+    adapter: OutputAdapter | None = None,
+) -> list[Prediction]:
+    """Count one primary answer into `state` (requests, errors, unreadable, rows); return
+    its predictions (the live watch joins labels to a single row's class). `adapter`: the
+    configured one (`[outputs]`); by default the protocol is told from the answer."""
     state.requests += 1
-    if status >= 400:
+    if status >= 400 or status <= 0:
         state.errors += 1
-        return
+        return []
     try:
-        parsed = _adapter().parse(request, answer)
+        parsed = (adapter or _adapter()).parse(request, answer)
     except (DecodeError, ValueError, RecursionError):
         state.unreadable += 1
-        return
+        return []
     for prediction in parsed.rows:
         state.add_row(_row(prediction))
+    return list(parsed.rows)
 
 
 def _mean(state: WatchState, name: str) -> float | None:

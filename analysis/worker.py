@@ -36,8 +36,11 @@ from analysis.aggregate import aggregate
 from analysis.apply import Applier, roll_up
 from analysis.decode import Item, decode
 from analysis.evaluate import Evaluation
+from analysis.skew import SkewSource
+from analysis.watch_fold import WatchFolder
+from analysis.watch_rollup import roll_up_watch
 from common.errors import StoreError
-from common.keys import WORKER_GROUP, WORKER_HEALTH_TTL_S, Keys
+from common.keys import WATCH, WATCH_GROUP, WORKER_GROUP, WORKER_HEALTH_TTL_S, Keys
 from common.redis_client import STORE_FAILURES, slot_groups, sync_client
 from common.settings import Settings
 from common.store import resolve_redis_url
@@ -64,6 +67,7 @@ class BatchProcessor:
         self.clock = clock
         self.roles: dict[str, str] = {}
         self.evaluation = Evaluation(settings)
+        self.evaluation.evaluator.skew_source = SkewSource(client, settings)
         if settings.outputs.text_calibrate and self.evaluation.meaning is not None:
             from analysis.text_calibration import NoiseCalibration  # reads the report's window
 
@@ -141,6 +145,9 @@ class Worker:
         self.clock = clock
         self.processor = BatchProcessor(client, settings, self.consumer, clock)
         self.streams: dict[str, str] = {}  # stream key -> candidate name
+        self.watch = WatchFolder(client, settings, self.consumer)
+        self.watch_stream: str | None = None  # the watch stream, once its group is joined
+        self.watched = 0
         self.applied = 0
         self.errors = 0  # rounds lost to Redis errors (in the health key)
         self._rate_from = (clock(), 0)  # (when, applied) at the last heartbeat
@@ -185,6 +192,10 @@ class Worker:
             self.roll_up()
         if self._due("claim", now, self.settings.worker.claim_idle_ms / 2000.0):
             done += self.claim_idle()
+        if self.watch_stream is not None:
+            done += self.read_watch(block=not self.streams and done == 0)
+            if not self.streams:
+                return done
         done += self.read_new(block=done == 0)
         return done
 
@@ -211,17 +222,23 @@ class Worker:
             for key in self.client.scan_iter(match=pattern, count=1000, _type="stream"):
                 text = key.decode()
                 names.setdefault(text[len(head) : len(text) - len(tail)], "")
+        watching = names.pop(WATCH, None) is not None or self.settings.watch.sample > 0
+        if watching and self.watch_stream is None:
+            self.watch_stream = self._create_group(self.keys.pairs(WATCH), WATCH_GROUP)
         for name, role in names.items():
             if self.keys.pairs(name) not in self.streams:
                 self._join(name, role)
 
-    def _join(self, name: str, role: str) -> None:
-        stream = self.keys.pairs(name)
+    def _create_group(self, stream: str, group: str) -> str:
         try:
-            self.client.xgroup_create(stream, WORKER_GROUP, id="0", mkstream=True)
+            self.client.xgroup_create(stream, group, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+        return stream
+
+    def _join(self, name: str, role: str) -> None:
+        stream = self._create_group(self.keys.pairs(name), WORKER_GROUP)
         if role:
             self.client.hset(self.keys.candidates_seen(), name, role)
         self.streams[stream] = name
@@ -231,6 +248,10 @@ class Worker:
         w = self.settings.worker
         if not w.rollup_after_hours:
             return 0
+        names = set(self.streams.values())
+        if self.watch_stream is not None:
+            roll_up_watch(self.client, self.settings, now_s=self.clock())
+            names.add(WATCH)  # the proxies' accounting buckets of the watch
         return sum(
             roll_up(
                 self.client,
@@ -241,7 +262,7 @@ class Worker:
                 after_s=w.rollup_after_hours * 3600,
                 ttl_s=w.retention_hours * 3600,
             )
-            for name in set(self.streams.values())
+            for name in names
         )
 
     def heartbeat(self) -> None:
@@ -254,6 +275,7 @@ class Worker:
             "pid": os.getpid(),
             "ts": now,
             "applied": self.applied,
+            "watched": self.watched,
             # What others act on (docs/operating.md): throughput, errors, and how far
             # behind each candidate's stream is (Redis 7 `lag`: entries not yet read).
             "pairs_per_s": round((self.applied - applied_then) / max(now - since, 1e-3), 3),
@@ -272,6 +294,10 @@ class Worker:
             groups = self.client.xinfo_groups(stream)
             ours = [g for g in groups if g.get("name") in (WORKER_GROUP, WORKER_GROUP.encode())]
             lags[name] = ours[0].get("lag") if ours else None
+        if self.watch_stream is not None:  # the watch's own group, under its reserved name
+            groups = self.client.xinfo_groups(self.watch_stream)
+            ours = [g for g in groups if g.get("name") in (WATCH_GROUP, WATCH_GROUP.encode())]
+            lags[WATCH] = ours[0].get("lag") if ours else None
         return lags
 
     def _clear_health(self) -> None:
@@ -319,35 +345,73 @@ class Worker:
             done += self._apply(stream, entries)
         return done
 
+    def read_watch(self, block: bool) -> int:
+        """XREADGROUP one batch of the watch stream (its own group) and fold it."""
+        assert self.watch_stream is not None
+        w = self.settings.worker
+        try:
+            response = self.client.xreadgroup(
+                WATCH_GROUP, self.consumer, {self.watch_stream: ">"},
+                count=w.batch, block=w.block_ms if block else None,
+            )  # fmt: skip
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self.watch_stream = None  # deleted: the next discovery recreates the group
+            self._next["discover"] = 0.0
+            return 0
+        return sum(self._fold(entries) for _, entries in response or [])
+
+    def _fold(self, entries: Sequence[tuple[Any, Any]]) -> int:
+        done = self.watch.process(entries, self.clock())
+        self.watched += done
+        return done
+
     def claim_idle(self) -> int:
         """Take over entries pending longer than claim_idle_ms (their worker died)."""
         done = 0
+        if self.watch_stream is not None:
+            done += self._claim_watch(self.watch_stream)
         for stream in list(self.streams):
             done += self._claim_stream(stream)
         return done
 
     def _claim_stream(self, stream: str) -> int:
+        entries = self._claimed(stream, WORKER_GROUP)
+        if not entries:
+            return 0
+        log.info("took over %d idle entries of %s", len(entries), self.streams[stream])
+        return self._apply(stream, entries)
+
+    def _claim_watch(self, stream: str) -> int:
+        entries = self._claimed(stream, WATCH_GROUP)
+        if not entries:
+            return 0
+        log.info("took over %d idle watch entries", len(entries))
+        return self._fold(entries)
+
+    def _claimed(self, stream: str, group: str) -> list[tuple[Any, Any]]:
+        """Entries of `stream` idle longer than claim_idle_ms in `group`, now ours
+        (fields None: trimmed from the stream meanwhile)."""
         w = self.settings.worker
         pending = self.client.xpending_range(
-            stream, WORKER_GROUP, min="-", max="+", count=w.batch, idle=w.claim_idle_ms
+            stream, group, min="-", max="+", count=w.batch, idle=w.claim_idle_ms
         )
         ids = [p["message_id"] for p in pending]
         if not ids:
-            return 0
+            return []
         claimed = self.client.xclaim(
-            stream, WORKER_GROUP, self.consumer, w.claim_idle_ms, ids, justid=True
+            stream, group, self.consumer, w.claim_idle_ms, ids, justid=True
         )
         if not claimed:
-            return 0
+            return []
         pipe = self.client.pipeline(transaction=False)
         for entry_id in claimed:
             pipe.xrange(stream, min=entry_id, max=entry_id, count=1)
         found = pipe.execute()
-        entries = [
+        return [
             (eid, rows[0][1] if rows else None) for eid, rows in zip(claimed, found, strict=True)
         ]
-        log.info("took over %d idle entries of %s", len(entries), self.streams[stream])
-        return self._apply(stream, entries)
 
     def _apply(self, stream: Any, entries: Sequence[tuple[Any, Any]]) -> int:
         key = stream.decode() if isinstance(stream, bytes) else stream
@@ -362,12 +426,22 @@ class Worker:
 # -- the process ------------------------------------------------------------------------
 
 
+# Allocations (net of frees) between young collections. A batch holds some 30 containers
+# per pair alive until it is applied, so with the default 700 the collector ran dozens of
+# times per batch, walking objects that were all alive; freed at the batch's end by their
+# reference counts, they rarely reach this many. Cyclic garbage waits a little longer.
+GC_YOUNG_THRESHOLD = 50_000
+
+
 def freeze_startup_heap() -> None:
     """Move everything alive now (modules, numpy and scipy, settings, the worker) out of the
     garbage collector's sight: a batch promotes thousands of objects, and every full
-    collection then walked this static heap too (about 7% of a worker's instructions)."""
+    collection then walked this static heap too (about 7% of a worker's instructions).
+    Then collect the young generation less often (GC_YOUNG_THRESHOLD)."""
     gc.collect()
     gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 def serve_worker(settings: Settings, consumer: str | None = None) -> int:

@@ -19,6 +19,8 @@ boundary (common.redis_client's clients; control.registry_store for the registry
     │   └── Conflict         409: clashes with the current state
     ├── ReplayError          proxy.replay: a usage problem of `shadowtrial replay` (exit 2)
     ├── ProfileError         analysis.profile: a data or profile file that cannot be read
+    ├── WatchError           analysis.watch_live: a watch window or reference that cannot
+    │                        be read (the API and the page answer 400; also a ValueError)
     └── DecodeError          bytes or text that are not what they claim (also a ValueError,
         │                    so a parser's callers may catch either)
         ├── RecordError          common.records: a stream entry that is no pair record
@@ -31,7 +33,7 @@ boundary (common.redis_client's clients; control.registry_store for the registry
 
 Not errors of the tree, on purpose:
 
-- proxy.forward.ClientGone, models.onnx_model._BadInput and
+- proxy.exchange.ClientGone, models.onnx_model._BadInput and
   shadowtrial.examples.model_server.BadInput: signals inside one module, never raised
   past it.
 - common.redis_client.ClusterUnavailable and ClusterCommandError: translations *into*

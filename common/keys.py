@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 # Consumer group every comparison worker joins on each candidate's pair stream.
 WORKER_GROUP = "shadowtrial-workers"
+# Consumer group every dispatcher joins on each `run = "dispatcher"` candidate's requests.
+DISPATCH_GROUP = "shadowtrial-dispatchers"
 # A worker's health record expires this long after its last heartbeat (seconds).
 WORKER_HEALTH_TTL_S = 30
 # Drill-down samples (divergent pairs, unparseable bodies) kept per candidate.
@@ -29,11 +31,26 @@ FIELD_TOO_LARGE = "mirror:too_large"  # request body over max_capture_bytes
 FIELD_PRIMARY_FAILED = "mirror:primary_failed"  # no complete primary answer to pair with
 FIELD_CANCELLED = "mirror:cancelled"  # still running when the proxy stopped
 FIELD_CAPTURE_DROPPED = "capture:dropped"  # spool full, refused by Redis, or at shutdown
+# `run = "dispatcher"` candidates (proxy.dispatch): a sampled request queued for a
+# dispatcher, or dropped because the queue was full; then, in the dispatchers, called
+# (a pair written), too old when read, trimmed away before it was read, or unreadable.
+FIELD_DISPATCH_QUEUED = "dispatch:queued"
+FIELD_DISPATCH_OVERFLOW = "dispatch:overflow"
+FIELD_DISPATCHED = "dispatch:dispatched"
+FIELD_DISPATCH_EXPIRED = "dispatch:expired"
+FIELD_DISPATCH_TRIMMED = "dispatch:trimmed"
+FIELD_DISPATCH_BAD = "dispatch:bad"
 # Canary served-by counts (proxy.canary), per candidate on canary: requests it could take,
 # answered by it, or by the primary after it failed (canary:fallback_*); the report's
 # `canary` section (eligible = served + fallbacks + outside the share).
 FIELD_CANARY_ELIGIBLE = "canary:eligible"
 FIELD_CANARY_PREFIX = "canary:"  # + served / fallback_timeout / fallback_error / ...
+
+# The watch on the primary (issue 15): its records go through the pair capture to the
+# stream of this reserved name, which no candidate can take (candidate names start with a
+# letter or digit), read by workers in their own group.
+WATCH = "~watch"
+WATCH_GROUP = "shadowtrial-watch"
 
 
 @dataclass(frozen=True)
@@ -52,6 +69,10 @@ class Keys:
     def pairs(self, candidate: str) -> str:
         """Stream of pair records (XADD by proxies, XREADGROUP by workers)."""
         return f"{self._tag(candidate)}:pairs"
+
+    def requests(self, candidate: str) -> str:
+        """Stream of request records waiting for a dispatcher (`run = "dispatcher"`)."""
+        return f"{self._tag(candidate)}:requests"
 
     def bucket(self, candidate: str, bucket_start: int) -> str:
         """Hash of additive counters for one time bucket (epoch seconds of its start)."""
@@ -94,6 +115,39 @@ class Keys:
         """List of labelled negative flips, newest first: join key SEP label (join.lua
         join_flip, capped at `worker.label_join_max`), read by `shadowtrial export --flips`."""
         return f"{self.label_join(candidate, 'preds')}:flips"
+
+    # -- the watch (one slot: the reserved name's tag) --
+    def watch_bucket(self, start: int) -> str:
+        """Hash of one bucket's folded watch state (analysis.watch_store); `h<start>`: an hour."""
+        return f"{self.watch_base()}{start}"
+
+    def watch_base(self) -> str:
+        """`watch_bucket(start)` without the start."""
+        return f"{self._tag(WATCH)}:watch:"
+
+    def watch_index(self) -> str:
+        """Sorted set of watch buckets by start: members `<start>` and `h<start>` (rollups)."""
+        return f"{self._tag(WATCH)}:watch-buckets"
+
+    def watch_reference(self) -> str:
+        """Hash of the pinned reference window: from, to (ISO), by, at."""
+        return f"{self._tag(WATCH)}:watch-reference"
+
+    def watch_profile(self) -> str:
+        """String: the uploaded training profile (JSON of analysis.watch_state.WatchState)."""
+        return f"{self._tag(WATCH)}:watch-profile"
+
+    def watch_preds(self, generation: int) -> str:
+        """Hash request id -> `<bucket start> SEP <predicted class>`: watched answers
+        waiting for their label (POST /v1/feedback), in generations of
+        `worker.label_join_hours` (the current and the previous one are looked in; each
+        capped at `label_join_max` and expiring after two generations)."""
+        return f"{self._tag(WATCH)}:watch-preds:{generation}"
+
+    def watch_labels(self, generation: int) -> str:
+        """Hash request id -> a label that came before its watched answer was folded
+        (generations as `watch_preds`)."""
+        return f"{self._tag(WATCH)}:watch-labels:{generation}"
 
     # -- global (the registry's keys share one slot) --
     def registry(self) -> str:

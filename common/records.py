@@ -25,6 +25,11 @@ OUTCOME_HTTP_ERROR = "http_error"  # the candidate answered with a non-2xx statu
 OUTCOME_TIMEOUT = "timeout"
 OUTCOME_ERROR = "error"  # connection refused or reset, bad response, model error
 OUTCOME_DEFERRED = "deferred"  # run = "worker": the worker runs the model later
+# A request record waiting for a dispatcher (requests stream only, never in a pair stream).
+OUTCOME_DISPATCHED = "dispatched"
+# Who called the candidate: the serving process, or a dispatcher (proxy.dispatch).
+MODE_PROXY = "proxy"
+MODE_DISPATCHER = "dispatcher"
 # served_by of a pair: the primary answered the client (the shadow), else the candidate's
 # name (a canary request; the primary was asked in the background, the roles reversed).
 PRIMARY_SERVED = "primary"
@@ -59,6 +64,7 @@ class PairRecord:
     candidate_error: str = ""
     role: str = "candidate"  # or "secondary": a replica of the primary (noise floor)
     served_by: str = PRIMARY_SERVED  # who answered the client; both sides keep their meaning
+    mode: str = MODE_PROXY  # who called the candidate (run = "dispatcher": a dispatcher)
 
     _BODIES = ("request_body", "primary_body", "candidate_body")
 
@@ -66,6 +72,8 @@ class PairRecord:
         """Encode as stream entry fields (the form XADD takes)."""
         # Built by hand: dataclasses.asdict deep-copies and cost ~6% of the proxy's CPU.
         meta = {name: getattr(self, name) for name in _META_FIELDS}
+        if self.mode != MODE_PROXY:  # proxy-mode records stay exactly as they were
+            meta["mode"] = self.mode
         meta["v"] = SCHEMA_VERSION
         return {
             b"m": orjson.dumps(meta),
@@ -77,6 +85,9 @@ class PairRecord:
     @classmethod
     def from_fields(cls, fields: dict[bytes, bytes] | dict[str, Any]) -> PairRecord:
         """Decode a stream entry; raise RecordError on anything unexpected."""
+        fast = _from_usual_fields(cls, fields)
+        if fast is not None:
+            return fast
         get = _field_getter(fields)
         try:
             meta = orjson.loads(get("m"))
@@ -96,11 +107,49 @@ class PairRecord:
             raise RecordError(f"pair record fields do not match the schema: {exc}") from None
 
 
-_META_FIELDS = tuple(f.name for f in fields(PairRecord) if f.name not in PairRecord._BODIES)
+_META_FIELDS = tuple(
+    f.name for f in fields(PairRecord) if f.name not in (*PairRecord._BODIES, "mode")
+)
 _ANNOTATED = {"str": (str,), "int": (int,), "float": (int, float), "dict[str, str]": (dict,)}
 _META_TYPES = {
-    f.name: _ANNOTATED[str(f.type)] for f in fields(PairRecord) if f.name in _META_FIELDS
+    f.name: _ANNOTATED[str(f.type)] for f in fields(PairRecord) if f.name in (*_META_FIELDS, "mode")
 }
+
+
+# The metadata as `to_fields` writes it: every field, in order, then `v`. The worker
+# decodes one per pair, so a record of exactly this form skips the general checks.
+_USUAL_KEYS = (*_META_FIELDS, "v")
+_EXACT = {"str": str, "int": int, "float": float, "dict[str, str]": dict}
+_USUAL_TYPES = (*(_EXACT[str(f.type)] for f in fields(PairRecord) if f.name in _META_FIELDS), int)
+
+
+def _from_usual_fields(cls: type[PairRecord], fields: Any) -> PairRecord | None:
+    """The record, when the entry is exactly what a proxy writes (bytes fields; metadata
+    with every field in order, of its exact type, and this schema version); else None and
+    the general path decides (and explains). Types are compared exactly: a bool is no int,
+    and an int where a float is due (JSON writes 4.0 as 4 at will) takes the general path.
+    """
+    if type(fields) is not dict:
+        return None
+    m, q, p, c = fields.get(b"m"), fields.get(b"q"), fields.get(b"p"), fields.get(b"c")
+    if type(m) is not bytes or type(q) is not bytes or type(p) is not bytes or type(c) is not bytes:
+        return None
+    try:
+        meta = orjson.loads(m)
+    except orjson.JSONDecodeError:
+        return None
+    if type(meta) is not dict or meta.get("v") != SCHEMA_VERSION:
+        return None
+    if tuple(meta) != _USUAL_KEYS or tuple(map(type, meta.values())) != _USUAL_TYPES:
+        return None
+    for value in meta["headers"].values():
+        if type(value) is not str:  # keys of a JSON object are always text
+            return None
+    del meta["v"]
+    meta["request_body"], meta["primary_body"], meta["candidate_body"] = q, p, c
+    record = cls.__new__(cls)
+    record.__dict__ = meta  # the fields the constructor would set, none else
+    return record
 
 
 def _check_types(meta: dict[str, Any]) -> None:

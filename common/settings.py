@@ -225,6 +225,13 @@ def _cast_optional_duration(key: str, value: Any) -> float | None:
         raise ConfigError(key, value, str(exc)) from None
 
 
+def _cast_duration(key: str, value: Any) -> float:
+    seconds = _cast_optional_duration(key, value)
+    if seconds is None:
+        raise ConfigError(key, value, "expected a duration, e.g. 1h")
+    return seconds
+
+
 def _cast_optional_instant(key: str, value: Any) -> str | None:
     if value is None or value == "":
         return None
@@ -456,6 +463,24 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True)
+class DispatchSettings:
+    """`run = "dispatcher"` candidates: their request queues and the dispatchers' pace."""
+
+    # Request records waiting per candidate; beyond it a sampled request is dropped and
+    # counted (dispatch_overflow) rather than letting a slow candidate fill Redis.
+    max_queue: int = _setting(10_000, _at_least(_cast_int, 1))
+    # A request record older than this when a dispatcher reads it is not sent (counted
+    # dispatch_expired): its candidate latency would measure the queue, not the model.
+    max_age_s: float = _setting(60.0, _at_least(_cast_float, 0.001))
+    # Candidate calls in flight per dispatcher process, over all its candidates.
+    concurrency: int = _setting(64, _at_least(_cast_int, 1))
+    batch: int = _setting(64, _at_least(_cast_int, 1))  # entries per XREADGROUP
+    block_ms: int = _setting(1000, _at_least(_cast_int, 1))
+    # A dispatcher's unacknowledged entries are taken over by another after this long.
+    claim_idle_ms: int = _setting(30_000, _at_least(_cast_int, 100))
+
+
+@dataclass(frozen=True)
 class GateSettings:
     """The promotion policy; every rule yields a reason in the verdict."""
 
@@ -505,7 +530,10 @@ class CandidateSettings:
     columns: tuple[str, ...] = _setting((), _cast_str_list)
     # "worker" by default: measured in benchmarks/onnx_bench.py, the primary's p99 suffers
     # least when the model runs in the comparison worker, off the proxy's event loop.
-    run: str = _setting("worker", _choice("proxy", "worker"))
+    # An HTTP candidate is called by the proxy unless `run = "dispatcher"`: then the proxy
+    # only captures the request and the primary's answer, and `shadowtrial dispatch`
+    # processes call the candidate (proxy.dispatch). ONNX: "proxy" or "worker".
+    run: str = _setting("worker", _choice("proxy", "worker", "dispatcher"))
     sample: float = _setting(1.0, _fraction)
     timeout_ms: int = _setting(2000, _at_least(_cast_int, 1))
     role: str = _setting("candidate", _choice("candidate", "secondary"))
@@ -547,6 +575,40 @@ class StratumSettings:
     sample: float = _setting(1.0, _at_least(_cast_float, 0.0))
 
 
+_WATCH_REFERENCES = ("auto", "profile", "pinned", "day", "week")
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    """The watch on the primary (issue 15): a sticky sample of primary-only records, folded
+    by the workers into per-bucket feature and output counts (analysis.watch_live)."""
+
+    # Share of eligible requests watched, decided by the same sticky point as mirroring
+    # (proxy.sample_by), so a 10% watch is a subset of a 30% one on every replica; 0: off.
+    sample: float = _setting(0.0, _fraction)
+    # A training profile (`shadowtrial profile`): the default reference, skew's baseline.
+    profile: str | None = _setting(None, _cast_optional_str)
+    # Caps per bucket: features beyond max_features and category values beyond
+    # max_categories (per feature) are counted (`features_over_cap`, `<other>`), not kept.
+    max_features: int = _setting(64, _at_least(_cast_int, 1))
+    max_categories: int = _setting(100, _at_least(_cast_int, 2))
+    # The window a read covers by default, and the reference it is compared with:
+    # "auto" is the profile when one is set, else the same hours a day earlier.
+    window: float = _setting(3600.0, _cast_duration)
+    reference: str = _setting("auto", _choice(*_WATCH_REFERENCES))
+    # How often the proxy recomputes the watch gauges on /metrics (0: never).
+    gauges_every_s: float = _setting(60.0, _at_least(_cast_float, 0))
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """A watched feature read from the request: a JSON path or `header:Name` (like slices),
+    added under `name`, or renaming a derived feature (`from = "x[0]"`: a derived name)."""
+
+    name: str = _setting("", _cast_str)
+    source: str = _setting("", _cast_str)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything shadowtrial reads from its config file and environment."""
@@ -558,9 +620,12 @@ class Settings:
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     gate: GateSettings = field(default_factory=GateSettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
+    watch: WatchSettings = field(default_factory=WatchSettings)
+    dispatch: DispatchSettings = field(default_factory=DispatchSettings)
     candidates: tuple[CandidateSettings, ...] = ()
     slices: tuple[SliceSettings, ...] = ()
     strata: tuple[StratumSettings, ...] = ()
+    features: tuple[FeatureSettings, ...] = ()
 
     def candidate(self, name: str) -> CandidateSettings | None:
         """The configured candidate with this name, if any."""
@@ -575,9 +640,12 @@ _SECTIONS: dict[str, type] = {
     "worker": WorkerSettings,
     "gate": GateSettings,
     "notify": NotifySettings,
+    "watch": WatchSettings,
+    "dispatch": DispatchSettings,
 }
 _LISTS: dict[str, type] = {"candidates": CandidateSettings, "slices": SliceSettings}
 _LISTS["strata"] = StratumSettings
+_LISTS["features"] = FeatureSettings
 # TOML spells a slice's source `from`, a Python keyword.
 _RENAMES: dict[str, str] = {"from": "source"}
 
@@ -667,6 +735,20 @@ def _check_candidates(
         if cand.ends_at is not None and cand.duration is not None:
             raise ConfigError(f"{where}", cand.name, "set at most one of ends_at or duration")
         _check_destination(f"{where}.url", cand.url, allow_link_local)
+        _check_dispatched(where, cand)
+
+
+def _check_dispatched(where: str, cand: CandidateSettings) -> None:
+    """A dispatched request waits in Redis: only what may be stored there can be sent."""
+    if cand.run != "dispatcher":
+        return
+    if cand.url is None:
+        raise ConfigError(f"{where}.run", cand.run, 'only HTTP candidates take "dispatcher"')
+    if cand.forward_credentials:
+        raise ConfigError(
+            f"{where}.forward_credentials", True,
+            'the client\'s credentials would wait in Redis; use run = "proxy" for this',
+        )  # fmt: skip
 
 
 def _check_slices(slices: tuple[SliceSettings, ...]) -> None:
@@ -677,6 +759,42 @@ def _check_slices(slices: tuple[SliceSettings, ...]) -> None:
             raise ConfigError(
                 f"slices[{i}].from", sl.source, "expected a $.json.path or header:Name"
             )
+
+
+_MAX_FEATURE_NAME = 128
+
+
+def _check_features(features: tuple[FeatureSettings, ...]) -> None:
+    """A watched feature needs a printable name and a JSON path, header or derived name."""
+    seen: set[str] = set()
+    for i, ft in enumerate(features):
+        if not ft.name or len(ft.name) > _MAX_FEATURE_NAME or not ft.name.isprintable():
+            raise ConfigError(
+                f"features[{i}].name", ft.name, f"a printable name of 1-{_MAX_FEATURE_NAME} chars"
+            )
+        if ft.name in seen:
+            raise ConfigError(f"features[{i}].name", ft.name, "feature names must be unique")
+        seen.add(ft.name)
+        header = ft.source.lower().startswith("header:") and ft.source[7:].strip()
+        if ft.source.startswith("$"):
+            _check_path(f"features[{i}].from", ft.source)
+        if not (header or ft.source.startswith("$") or _DERIVED.fullmatch(ft.source)):
+            raise ConfigError(
+                f"features[{i}].from", ft.source,
+                'expected a $.json.path, header:Name or a derived name such as "x[0]"',
+            )  # fmt: skip
+
+
+def _check_path(key: str, text: str) -> None:
+    from analysis.jsonpath import JsonPathError, compile_path
+
+    try:
+        compile_path(text)
+    except JsonPathError as exc:
+        raise ConfigError(key, text, str(exc)) from None
+
+
+_DERIVED = re.compile(r"[^\s$][^\s]{0,127}")  # a feature name the watch derives: x[0], age
 
 
 _TOP_FIELD = re.compile(r"\$\.[A-Za-z_][A-Za-z0-9_-]*")  # a stratum's body field
@@ -757,6 +875,7 @@ def _validated_settings(
     _check_candidates(lists["candidates"], allow)
     _check_slices(lists["slices"])
     _check_strata(lists["strata"], lists["slices"])
+    _check_features(lists["features"])
     return Settings(**sections, **lists)
 
 

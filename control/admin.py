@@ -35,10 +35,12 @@ from common.keys import Keys
 from common.redis_client import store_errors
 from common.settings import Settings, parse_duration
 from common.urls import mask_url, mask_urls_in
+from control import watch
 from control.admin_guard import FailureLimit, HostAllowList
 from control.auth import RequireToken
 from control.canary import canary_plan, set_canary
 from control.decisions import Decisions
+from control.dispatch_metrics import dispatch_exposition
 from control.openapi import OPERATIONS, admin_routes, openapi_document
 from control.registry import (
     PROMOTED,
@@ -330,7 +332,17 @@ class Endpoints:
 
     async def metrics(self, request: Request) -> Response:
         workers = await worker_exposition(self.ctx.redis, self.ctx.keys)  # never fails
-        return Response(self.proxy.metrics.exposition() + workers, media_type=METRICS_CONTENT_TYPE)
+        queues = await dispatch_exposition(self.ctx.redis, self.ctx.keys, self._dispatched())
+        body = self.proxy.metrics.exposition() + workers + queues
+        return Response(body, media_type=METRICS_CONTENT_TYPE)
+
+    def _dispatched(self) -> list[str]:
+        """The `run = "dispatcher"` candidates: configured, and registered at runtime."""
+        names = [c.name for c in self.ctx.settings.candidates if c.run == "dispatcher" and c.url]
+        snap = self.proxy.registry.snapshot
+        if snap is not None:
+            names += [n for n, e in snap.entries.items() if e.run == "dispatcher" and e.url]
+        return names
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_document())
@@ -456,6 +468,26 @@ class Endpoints:
         limit = _int_param(request, "limit", 100, 1, 1000)
         return JSONResponse({"decisions": await self.ctx.decisions.history(limit)})
 
+    # -- the watch (control.watch) --
+
+    async def watch(self, request: Request) -> Response:
+        params = request.query_params
+        doc = await asyncio.to_thread(
+            watch.build_document, self.ctx.reports.client, self.settings,
+            params.get("window"), params.get("reference"),
+        )  # fmt: skip
+        return Response(orjson.dumps(doc), media_type="application/json")
+
+    async def watch_reference(self, request: Request) -> Response:
+        lo, hi = watch.pin_reference(await _body(request))
+        await watch.store_reference(self.ctx.store, self.ctx.keys, lo, hi, _actor(request))
+        return JSONResponse({"reference": {"kind": "pinned", "from": lo, "to": hi}})
+
+    async def watch_profile(self, request: Request) -> Response:
+        text = watch.profile_text(await _body(request))
+        summary = await watch.store_profile(self.ctx.store, self.ctx.keys, text, _actor(request))
+        return JSONResponse({"profile": summary})
+
 
 MAX_LABEL_ROW = 1_000_000  # a batched request's row index in a label
 
@@ -500,7 +532,9 @@ def _feedback_item(item: Any, where: str) -> tuple[str, Any, int]:
 
 def _record_feedback(ctx: AdminContext, items: list[tuple[str, Any, int]]) -> list[dict[str, Any]]:
     from analysis.feedback import record_feedback
+    from analysis.watch_fold import record_watch_label
 
+    watching = ctx.settings.watch.sample > 0
     results = []
     for rid, label, row in items:
         try:
@@ -512,6 +546,10 @@ def _record_feedback(ctx: AdminContext, items: list[tuple[str, Any, int]]) -> li
         except ValueError as exc:
             raise Invalid("invalid feedback", f"{rid}: {exc}") from None
         result = {"request_id": rid, "candidates": joined}
+        if watching and not numeric and row == 0:
+            result["watch"] = record_watch_label(
+                ctx.reports.client, ctx.keys, rid, label, ctx.settings
+            )
         results.append(result | {"row": row} if row else result)
     return results
 

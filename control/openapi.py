@@ -205,6 +205,29 @@ OPERATIONS: tuple[Operation, ...] = (
               body={"oneOf": [_ref("Label"),
                               {"type": "array", "items": _ref("Label"), "minItems": 1,
                                "maxItems": 10000}]}, write=True),
+    Operation("GET", "/v1/watch", "watch",
+              "The watch on the primary: a window's features, outputs and labels against a"
+              " reference (docs/operating.md, Watch)",
+              {"200": _json(_ref("WatchDocument"), "the watch document"),
+               "400": _error("invalid window or reference")},
+              ({"name": "window", "in": "query", "required": False,
+                "description": "30s, 15m, 1h, 2d ... (default [watch] window)",
+                "schema": {"type": "string", "pattern": DURATION_PATTERN}},
+               {"name": "reference", "in": "query", "required": False,
+                "description": "pinned, profile, day, week or <fromISO>/<toISO> (default"
+                               " [watch] reference: the profile if any, else day)",
+                "schema": {"type": "string"}})),
+    Operation("PUT", "/v1/watch/reference", "watch_reference",
+              "Pin the watch's reference window (audited)",
+              {"200": _json({"type": "object"}, "pinned"), "400": _error("invalid window")},
+              body={"type": "object", "required": ["from", "to"], "additionalProperties": False,
+                    "properties": {"from": {"type": "string"}, "to": {"type": "string"}}},
+              write=True),
+    Operation("PUT", "/v1/watch/profile", "watch_profile",
+              "Upload a training profile (`shadowtrial profile`) as the watch's reference"
+              " (audited)",
+              {"200": _json({"type": "object"}, "stored"), "400": _error("not a profile")},
+              body={"type": "object"}, write=True),
 )  # fmt: skip
 
 _CANDIDATE_PROPS: dict[str, Any] = {
@@ -225,6 +248,7 @@ _CANDIDATE_PROPS: dict[str, Any] = {
     "canary_step_s": {"type": "number"},
     "canary_min_pairs": {"type": "integer"},
     "canary_since": {"type": "string"},
+    "run": {"type": "string", "enum": ["proxy", "dispatcher"]},
 }
 _ROUTING = {
     "type": "object",
@@ -273,6 +297,11 @@ SCHEMAS: dict[str, Any] = {
             "sample": {"type": "number", "minimum": 0, "maximum": 1},
             "timeout_ms": {"type": "integer", "minimum": 1, "maximum": 600000},
             "role": {"type": "string", "enum": ["candidate", "secondary"]},
+            "run": {
+                "type": "string",
+                "enum": ["proxy", "dispatcher"],
+                "description": "who calls it: the proxy, or `shadowtrial dispatch`",
+            },
             **_TIME_BOX,
         },
     },
@@ -416,6 +445,11 @@ SCHEMAS: dict[str, Any] = {
                             "type": "object",
                             "additionalProperties": {"type": "string"},
                         },
+                        "watch": {
+                            "description": "with [watch] on: the label's join to the "
+                            "watched answer",
+                            "enum": ["joined", "pending", "full", "expired", "none"],
+                        },
                     },
                 },
             },
@@ -425,6 +459,86 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["ready", "primary"],
         "properties": {"ready": {"type": "boolean"}, "primary": {"type": "object"}},
+    },
+    "WatchDocument": {
+        "type": "object",
+        "description": "docs/operating.md, Watch; every string may come from traffic",
+        "required": [
+            "window",
+            "reference",
+            "requests",
+            "rows",
+            "unreadable",
+            "features_over_cap",
+            "flagged",
+            "features",
+            "outputs",
+            "labels",
+            "timeline",
+            "accounting",
+        ],
+        "properties": {
+            "window": {"type": "object", "required": ["from", "to", "seconds"]},
+            "reference": {
+                "type": "object",
+                "required": ["kind", "from", "to", "requests", "available", "problem"],
+                "properties": {
+                    "kind": {"enum": ["pinned", "profile", "day", "week", "range"]},
+                    "available": {"type": "boolean"},
+                },
+            },
+            "requests": {"type": "integer"},
+            "rows": {"type": "integer"},
+            "unreadable": {"type": "integer"},
+            "features_over_cap": {"type": "integer"},
+            "flagged": {"type": "array", "items": {"type": "string"}},
+            "features": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": [
+                        "feature",
+                        "kind",
+                        "drift",
+                        "p_adj",
+                        "flagged",
+                        "unseen_rate",
+                        "out_of_range_rate",
+                        "missing_rate",
+                        "missing_rate_reference",
+                        "count",
+                        "first_seen",
+                        "chart",
+                    ],
+                    "properties": {
+                        "kind": {"enum": ["numeric", "categorical"]},
+                        "drift": {"type": ["number", "null"]},
+                        "p_adj": {"type": ["number", "null"]},
+                        "flagged": {"type": "boolean"},
+                    },
+                },
+            },
+            "outputs": {
+                "type": "object",
+                "properties": {"kind": {"enum": ["classification", "regression", "unknown"]}},
+            },
+            "labels": {
+                "type": "object",
+                "required": [
+                    "labelled",
+                    "accuracy",
+                    "low",
+                    "high",
+                    "per_class_recall",
+                    "over_time",
+                ],
+            },
+            "timeline": {"type": "array", "items": {"type": "object"}},
+            "accounting": {
+                "type": "object",
+                "required": ["captured", "folded", "unreadable", "dropped"],
+            },
+        },
     },
 }
 

@@ -28,11 +28,18 @@ class RunnerPool:
     may still hold it have had time to finish.
     """
 
-    def __init__(self, configured: Sequence[CandidateRunner], max_body: int, pool_size: int):
+    def __init__(
+        self,
+        configured: Sequence[CandidateRunner],
+        max_body: int,
+        pool_size: int,
+        redact_fields: tuple[str, ...] = (),
+    ) -> None:
         self._configured = {r.name: r for r in configured}
         self._made: dict[str, tuple[tuple[Any, ...], CandidateRunner]] = {}
         self._max_body = max_body
         self._pool_size = pool_size
+        self._redact_fields = redact_fields
         self._retiring: dict[asyncio.Task[None], CandidateRunner] = {}
         self._missing_warned: set[str] = set()
 
@@ -45,13 +52,15 @@ class RunnerPool:
                 log.warning("ONNX candidate %s is not in this replica's config: not run here",
                             entry.name)  # fmt: skip
             return configured
-        spec = (entry.url, entry.timeout_ms, entry.role)
+        spec = (entry.url, entry.timeout_ms, entry.role, entry.run)
         if configured is not None and _spec(configured) == spec:
             return configured
         made = self._made.get(entry.name)
         if made is not None and made[0] == spec:
             return made[1]
-        runner = build_runner(entry.settings(), self._max_body, self._pool_size)
+        runner = build_runner(
+            entry.settings(), self._max_body, self._pool_size, self._redact_fields
+        )
         if made is not None:
             self._retire(made[1], made[0][1])
         self._made[entry.name] = (spec, runner)
@@ -87,7 +96,8 @@ class RunnerPool:
 def _spec(runner: CandidateRunner) -> tuple[Any, ...] | None:
     url = getattr(runner, "url", None)
     timeout_ms = getattr(runner, "timeout_ms", None)
-    return None if url is None else (url, timeout_ms, runner.role)
+    run = getattr(runner, "run_mode", "proxy")
+    return None if url is None else (url, timeout_ms, runner.role, run)
 
 
 async def _close(runner: CandidateRunner) -> None:

@@ -38,7 +38,8 @@ log = logging.getLogger("shadowtrial.registry")
 ACTIVE, REJECTED, PROMOTED, ENDED = "active", "rejected", "promoted", "ended"
 STATES = (ACTIVE, REJECTED, PROMOTED, ENDED)
 HISTORY_KEPT = 20  # earlier primaries remembered for rollback
-RUNTIME_FIELDS = ("name", "url", "sample", "timeout_ms", "role", "ends_at", "duration")
+RUNTIME_FIELDS = ("name", "url", "sample", "timeout_ms", "role", "ends_at", "duration", "run")
+RUN_MODES = ("proxy", "dispatcher")  # who calls an HTTP candidate (proxy.dispatch)
 PATCH_FIELDS = ("sample", "timeout_ms", "ends_at", "duration")
 
 
@@ -94,6 +95,7 @@ class Entry:
     canary_step_s: float = 0.0  # a plan: the least time on a step before the next
     canary_since: str = ""  # when the weight last changed
     canary_min_pairs: int = 0  # a plan: the least pairs gathered on a step before the next
+    run: str = "proxy"  # an HTTP candidate: called by the proxy, or by a dispatcher
 
     @classmethod
     def from_settings(cls, cand: CandidateSettings, now: float, source: str) -> Entry:
@@ -114,6 +116,7 @@ class Entry:
             ends_at=ends_at,
             source=source,
             updated_at=stamp,
+            run="dispatcher" if cand.url is not None and cand.run == "dispatcher" else "proxy",
         )
 
     @classmethod
@@ -162,6 +165,7 @@ class Entry:
             sample=self.sample,
             timeout_ms=self.timeout_ms,
             role=self.role,
+            run=self.run if self.url is not None else "worker",
         )
 
 
@@ -258,6 +262,8 @@ def new_entry(body: Any, now: float, allow_link_local: bool = False) -> Entry:
                       f" allowed: {', '.join(RUNTIME_FIELDS)}")  # fmt: skip
     if not body.get("url"):
         raise Invalid("invalid candidate", "url: an HTTP candidate needs its base URL")
+    if body.get("run", "proxy") not in RUN_MODES:
+        raise Invalid("invalid candidate", f"run: one of {', '.join(RUN_MODES)}")
     cand = _validated(body, allow_link_local)
     return Entry.from_settings(cand, now, "api")
 

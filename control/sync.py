@@ -53,7 +53,9 @@ class RegistrySync:
         self.routing = routing
         self.clock = clock
         proxy = settings.proxy
-        self.pool = RunnerPool(runners, proxy.max_capture_bytes, proxy.mirror_concurrency)
+        self.pool = RunnerPool(
+            runners, proxy.max_capture_bytes, proxy.mirror_concurrency, proxy.redact_fields
+        )
         self.snapshot: Snapshot | None = None
         self.synced_at = 0.0  # monotonic time of the last successful read
         self.last_error = ""

@@ -1,4 +1,4 @@
-"""The container health check for the one image that runs `serve` or `worker`.
+"""The container health check for the one image that runs `serve`, `worker` or `dispatch`.
 
     python /opt/shadowtrial/healthcheck.py          # exit 0 healthy, 1 not
 
@@ -12,6 +12,8 @@ checks what that command serves:
 - `worker`: its health key in Redis is fresh (`shadowtrial worker --check`): the consumer
   named by `--id`, else any consumer whose name starts with this host name, which is how
   the worker names itself by default. One stuck worker fails its own container only.
+- `dispatch`: GET /metrics on its `--metrics-port` (without one: healthy while it runs;
+  a dead dispatcher's records are taken over by the others anyway).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def running_command(proc: Path = Path("/proc")) -> list[str] | None:
     """The arguments of the shadowtrial command running here (lowest PID first)."""
     for argv in _cmdlines(proc):
         args = shadowtrial_args(argv)
-        if args and args[0] in ("serve", "worker"):
+        if args and args[0] in ("serve", "worker", "dispatch"):
             return args
     return None
 
@@ -88,11 +90,25 @@ def worker_healthy(ns: argparse.Namespace, hostname: str | None = None) -> bool:
     return check_health(load_config(ns), consumer)
 
 
+def dispatch_healthy(ns: argparse.Namespace) -> bool:
+    """This dispatcher's /metrics answers (it serves them from its own thread)."""
+    if ns.metrics_port is None:
+        return True
+    try:
+        url = f"http://127.0.0.1:{ns.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
 def healthy(args: Sequence[str] | None) -> bool:
     """Whether the command with these arguments is healthy (None: nothing runs)."""
     if not args:
         return False
     ns = parse(args)
+    if args[0] == "dispatch":
+        return dispatch_healthy(ns)
     return serve_healthy(ns) if args[0] == "serve" else worker_healthy(ns)
 
 

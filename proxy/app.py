@@ -20,6 +20,7 @@ from common.settings import Settings
 from control.admin import create_admin_app
 from control.sync import STOP_TIMEOUT_S, RegistrySync
 from control.trials import TrialWatch
+from control.watch import WatchGauges, WatchTask
 from proxy.candidates import build_runners
 from proxy.capture import Capture
 from proxy.dataport import DataPort
@@ -57,7 +58,7 @@ class ProxyApp:
         self.capture = Capture.from_settings(settings, redis_url, self.metrics)
         self.mirror = Mirror(
             settings.proxy, self.capture, self.metrics, protocol=settings.outputs.protocol,
-            strata=settings.strata,
+            strata=settings.strata, watch_sample=settings.watch.sample,
         )  # fmt: skip
         self.forwarder = Forwarder(settings, self.routing, self.mirror, self.metrics)
         self.forwarder.canary_counts.capture = self.capture  # served-by counts in the buckets
@@ -67,6 +68,8 @@ class ProxyApp:
             self.registry, redis_url, self.metrics.automation_error, self.gate_gauges
         )
         self.loop_lag = LoopLag(self.metrics)
+        self.watch_gauges = WatchGauges(self.metrics.registry)
+        self.watch_task = WatchTask(settings, redis_url, self.watch_gauges)
         self.started = False
         self.admin = create_admin_app(self)
 
@@ -103,6 +106,7 @@ class ProxyApp:
         await self.registry.start()
         self.trials.start()
         self.loop_lag.start()
+        self.watch_task.start()
         self.started = True
 
     @property
@@ -114,7 +118,7 @@ class ProxyApp:
     @property
     def shutdown_budget_s(self) -> float:
         """An upper bound on `shutdown()`: every step below is bounded (proxy.tasks)."""
-        steps = 2 * STOP_TIMEOUT_S + self.drain_s + 1.0 + 3 * STOP_TIMEOUT_S
+        steps = 3 * STOP_TIMEOUT_S + self.drain_s + 1.0 + 3 * STOP_TIMEOUT_S
         return steps + CAPTURE_FLUSH_S + 3.0 + CLOSE_S * (1 + len(self.runners))
 
     async def shutdown(self) -> None:
@@ -122,6 +126,7 @@ class ProxyApp:
         bounded, so a shutdown ends within `shutdown_budget_s` whatever hangs."""
         await self.trials.stop()
         await self.loop_lag.stop()
+        await bounded(self.watch_task.stop(), STOP_TIMEOUT_S, "the watch gauges")
         await self.mirror.drain(timeout_s=self.drain_s)
         await self.registry.stop()
         await self.capture.close(timeout_s=CAPTURE_FLUSH_S)

@@ -12,6 +12,11 @@ Runners:
   own `headers`, `drop_headers` and `body_set` apply after that (proxy.candidate_request).
 - `DeferredCandidate`: `onnx = ...` with `run = "worker"`. Returns `deferred` at once
   without doing any work; the comparison worker runs the model later from the record.
+- `DispatchedCandidate`: `url = ...` with `run = "dispatcher"`. Returns `dispatched` at
+  once: the proxy queues the request and the primary's answer for a dispatcher
+  (proxy.dispatch), which calls the candidate. A request whose body or query holds a
+  secret (proxy.redact) is called here instead, as `run = "proxy"` would: secrets never
+  wait in Redis.
 - `proxy.onnx_runner.OnnxCandidate(settings)`: `onnx = ...` with `run = "proxy"`; runs the
   model in-process (a separate module, loaded only when such a candidate is configured).
 """
@@ -25,6 +30,7 @@ from common.credentials import is_credential
 from common.errors import ModelLoadError
 from common.records import (
     OUTCOME_DEFERRED,
+    OUTCOME_DISPATCHED,
     OUTCOME_ERROR,
     OUTCOME_HTTP_ERROR,
     OUTCOME_OK,
@@ -33,6 +39,7 @@ from common.records import (
 from common.settings import CandidateSettings, Settings
 from proxy.candidate_request import RequestShape, request_shape
 from proxy.http1 import Http1Client, ProtocolError
+from proxy.redact import BodyRedactor
 from proxy.runner import CandidateResult, CandidateRunner, MirrorRequest
 
 SHADOW_HEADER = ("x-shadowtrial-shadow", "1")
@@ -130,14 +137,51 @@ class DeferredCandidate:
         """Nothing to release."""
 
 
+@dataclass
+class DispatchedCandidate:
+    """An HTTP candidate called by a dispatcher process: nothing to do on the hot path.
+
+    `inner` calls it here for the requests that must not wait in Redis (a secret in the
+    body or query string, as the redactor sees it); their pairs say `mode = "proxy"`.
+    """
+
+    inner: HttpCandidate
+    redactor: BodyRedactor = field(default_factory=BodyRedactor)
+    run_mode: str = "dispatcher"
+
+    def __post_init__(self) -> None:
+        self.name = self.inner.name
+        self.role = self.inner.role
+        self.url = self.inner.url
+        self.timeout_ms = self.inner.timeout_ms
+
+    async def run(self, request: MirrorRequest) -> CandidateResult:
+        """`dispatched` (the proxy queues the request), or the candidate's answer now."""
+        redactor = self.redactor
+        if redactor.body(request.body) is not request.body or (
+            request.query and redactor.query(request.query) != request.query
+        ):
+            return await self.inner.run(request)
+        return CandidateResult(OUTCOME_DISPATCHED)
+
+    async def close(self) -> None:
+        """Close the connections of the requests called here."""
+        await self.inner.close()
+
+
 def _failed(outcome: str, error: str, start: float) -> CandidateResult:
     return CandidateResult(outcome, elapsed_ms=(time.perf_counter() - start) * 1000, error=error)
 
 
-def build_runner(cand: CandidateSettings, max_body: int, pool_size: int) -> CandidateRunner:
+def build_runner(
+    cand: CandidateSettings,
+    max_body: int,
+    pool_size: int,
+    redact_fields: tuple[str, ...] = (),
+) -> CandidateRunner:
     """The runner for one configured candidate; ModelLoadError when it cannot be built."""
     if cand.url is not None:
-        return HttpCandidate(
+        http = HttpCandidate(
             name=cand.name,
             url=cand.url,
             timeout_ms=cand.timeout_ms,
@@ -147,6 +191,9 @@ def build_runner(cand: CandidateSettings, max_body: int, pool_size: int) -> Cand
             forward_credentials=cand.forward_credentials,
             shape=request_shape(cand),
         )
+        if cand.run == "dispatcher":
+            return DispatchedCandidate(http, BodyRedactor(redact_fields))
+        return http
     if cand.run == "worker":
         _check_loadable(cand)
         return DeferredCandidate(name=cand.name, role=cand.role)
@@ -168,9 +215,15 @@ def build_runners(settings: Settings) -> list[CandidateRunner]:
     """One runner per configured candidate, in config order."""
     proxy = settings.proxy
     return [
-        build_runner(cand, proxy.max_capture_bytes, proxy.mirror_concurrency)
+        build_runner(cand, proxy.max_capture_bytes, proxy.mirror_concurrency, proxy.redact_fields)
         for cand in settings.candidates
     ]
 
 
-__all__ = ["DeferredCandidate", "HttpCandidate", "build_runner", "build_runners"]
+__all__ = [
+    "DeferredCandidate",
+    "DispatchedCandidate",
+    "HttpCandidate",
+    "build_runner",
+    "build_runners",
+]

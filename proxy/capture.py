@@ -16,6 +16,11 @@ dropped here. They are summed locally and added (HINCRBY) to the worker's bucket
 most once a second, in the same round trip as XADDs when there are any; during an outage
 they wait here and are written when Redis returns.
 
+`submit_request` queues a `run = "dispatcher"` candidate's request record instead (the
+request, the headers it is to be sent with, the primary's answer) for a dispatcher
+(proxy.dispatch): the same batches, through enqueue.lua, which refuses it when the
+candidate's requests stream holds `dispatch.max_queue` entries (counted dispatch_overflow).
+
 Secrets never reach the queue: captured headers are redacted by HeaderCapture, bodies and
 query strings by proxy.redact in `submit` (if that ever raised, the pair is still queued,
 without its bodies).
@@ -32,6 +37,7 @@ from collections.abc import AsyncIterator, Iterable
 from itertools import chain
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -42,6 +48,7 @@ from common.records import PairRecord
 from common.redis_client import async_client, store_errors
 from common.scripts import SCRIPTS
 from common.settings import Settings
+from proxy.candidates import candidate_headers
 from proxy.metrics import CAPTURE_DROPPED, CAPTURE_RECORDED, CAPTURE_SPOOLED, Metrics
 from proxy.redact import REDACTED, BodyRedactor, secret_name
 from proxy.tasks import bounded
@@ -61,6 +68,7 @@ RECONCILE_PAGES = 20
 CLOCK_SKEW_MS = 60_000
 RECORD_OVERHEAD = 200  # bytes a stream entry takes besides its field values (measured ~150)
 COUNT = SCRIPTS["count"]  # accounting counts into one bucket, indexed (common/lua)
+ENQUEUE = SCRIPTS["enqueue"]  # a request record for a dispatcher, unless its queue is full
 
 Counts = dict[tuple[str, int], dict[str, int]]  # (candidate, bucket start) -> field -> n
 
@@ -69,17 +77,24 @@ class HeaderCapture:
     """Which request headers a pair record keeps, with secrets replaced by [redacted]."""
 
     def __init__(self, names: Iterable[str], redact: Iterable[str]) -> None:
-        secret = list(redact)  # and any name proxy.redact.SECRET_NAME matches
+        secret = self.redact = list(redact)  # and any name proxy.redact.SECRET_NAME matches
         self._keep = {n.lower(): secret_name(n, secret) for n in names}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HeaderCapture:
-        """capture_headers plus every `header:` slice source; redact_headers redacted."""
+        """capture_headers plus every `header:` slice or watched-feature source;
+        redact_headers redacted."""
         names = list(settings.proxy.capture_headers)
-        for sl in settings.slices:
-            if sl.source.startswith("header:"):
+        for sl in (*settings.slices, *settings.features):
+            if sl.source.lower().startswith("header:"):
                 names.append(sl.source[len("header:") :].strip())
         return cls(names, settings.proxy.redact_headers)
+
+    def forwarded(self, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The headers a dispatcher may send: a candidate's (no credentials, the shadow
+        marker), without the redacted names either, since they wait in Redis."""
+        redact = self.redact
+        return [(n, v) for n, v in candidate_headers(headers, False) if not secret_name(n, redact)]
 
     def select(self, headers: Iterable[tuple[str, str]]) -> dict[str, str]:
         """The kept headers by lowercase name (repeated headers joined with ', ')."""
@@ -108,6 +123,16 @@ class BucketCounts:
         self._bucket_s = bucket_seconds
         self._ttl_s = ttl_s
         self.waiting: Counts = {}
+
+    @property
+    def ttl_s(self) -> int:
+        """How long a bucket hash is kept (the worker's retention)."""
+        return self._ttl_s
+
+    def bucket(self, ts_ms: int) -> int:
+        """The start (epoch seconds) of the bucket holding `ts_ms`."""
+        seconds = ts_ms // 1000
+        return seconds - seconds % self._bucket_s
 
     def add(self, candidate: str, field: str, ts_ms: int, n: int = 1) -> None:
         """Count `n` in the bucket holding `ts_ms` (epoch milliseconds)."""
@@ -147,7 +172,9 @@ class BucketCounts:
 
 
 class _Pending:
-    __slots__ = ("candidate", "fields", "maxlen", "spooled", "stream", "ts_ms", "unsure")
+    __slots__ = (
+        "candidate", "fields", "maxlen", "queue", "spooled", "stream", "ts_ms", "unsure",
+    )  # fmt: skip
 
     def __init__(self, candidate: str, stream: str, fields: dict[bytes, bytes], ts_ms: int) -> None:
         self.candidate = candidate
@@ -155,6 +182,7 @@ class _Pending:
         self.fields = fields
         self.ts_ms = ts_ms
         self.maxlen = 1  # the stream's MAXLEN for this XADD (StreamBudget)
+        self.queue = 0  # a request record for a dispatcher: its queue's max_queue
         self.spooled = False
         self.unsure = False  # in a batch whose answer was lost: maybe written already
 
@@ -200,6 +228,7 @@ class Capture:
         bucket_seconds: int = 60,
         bucket_ttl_s: int = 7 * 24 * 3600,
         max_stream_bytes: int = 2**31,
+        max_queue: int = 10_000,
     ) -> None:
         self._client = client
         self._keys = keys
@@ -212,6 +241,7 @@ class Capture:
         self._pending: deque[_Pending] = deque()
         self._sending: list[_Pending] = []  # the batch on the wire right now
         self._streams: dict[str, str] = {}
+        self._max_queue = max_queue
         self._last_ids: dict[str, bytes] = {}  # stream -> id of this process's last XADD
         self._wake = asyncio.Event()
         self._closing = False
@@ -241,6 +271,7 @@ class Capture:
             bucket_seconds=settings.worker.bucket_seconds,
             bucket_ttl_s=settings.worker.retention_hours * 3600,
             max_stream_bytes=settings.redis.max_stream_bytes,
+            max_queue=settings.dispatch.max_queue,
         )
 
     @property
@@ -293,6 +324,31 @@ class Capture:
             self._metrics.spool_depth.set(self.depth)
         self._wake.set()
 
+    def submit_request(
+        self, candidate: str, record: PairRecord, headers: list[tuple[str, str]]
+    ) -> None:
+        """Queue a request record for a dispatcher; never blocks, never raises.
+
+        The request body and query go as they came (DispatchedCandidate only dispatches
+        requests the redactor leaves alone); the primary's body is redacted like a pair's.
+        `h` holds the headers the dispatcher sends (HeaderCapture.forwarded).
+        """
+        if len(self._pending) >= (self._capacity if self.redis_up else self._spool_max):
+            self._dropped(candidate, record.ts_ms)
+            return
+        if self.redactor is not None:
+            record.primary_body = self.redactor.body(record.primary_body)
+        fields = record.to_fields()
+        fields[b"h"] = orjson.dumps(self.headers.forwarded(headers))
+        item = _Pending(candidate, self._keys.requests(candidate), fields, record.ts_ms)
+        item.queue = self._max_queue
+        self._pending.append(item)
+        if not self.redis_up:
+            item.spooled = True
+            self._metrics.captured(candidate, CAPTURE_SPOOLED)
+            self._metrics.spool_depth.set(self.depth)
+        self._wake.set()
+
     def _counts_due(self) -> bool:
         return bool(self.counts.waiting) and (self._closing or time.monotonic() >= self._counts_at)
 
@@ -313,7 +369,7 @@ class Capture:
                 await self._idle()
                 continue
             batch = [self._pending.popleft() for _ in range(min(BATCH, len(self._pending)))]
-            counts = self._take_counts()
+            counts = self._take_counts(any(item.queue for item in batch))
             self._sending = batch
             try:
                 if any(item.unsure for item in batch):
@@ -333,9 +389,11 @@ class Capture:
             self._written(batch, results[: len(batch)])
             self._counted(counts, results[len(batch) :])
 
-    def _take_counts(self) -> Counts:
-        """The waiting counts when they are due (at most once per COUNTS_EVERY_S)."""
-        if not self._counts_due():
+    def _take_counts(self, now: bool = False) -> Counts:
+        """The waiting counts when they are due (at most once per COUNTS_EVERY_S), or `now`:
+        with request records for dispatchers, whose pairs can be written within
+        milliseconds, so their `sampled` counts must not wait a second behind them."""
+        if not (self._counts_due() or (now and self.counts.waiting)):
             return {}
         self._counts_at = time.monotonic() + COUNTS_EVERY_S
         return self.counts.take()
@@ -343,7 +401,10 @@ class Capture:
     async def _write(self, batch: list[_Pending], counts: Counts) -> list[object]:
         pipe = self._client.pipeline(transaction=False)
         for item in batch:
-            pipe.xadd(item.stream, item.fields, maxlen=item.maxlen, approximate=True)
+            if item.queue:
+                pipe.execute_command("EVAL", ENQUEUE.source, *self._enqueue_args(item))
+            else:
+                pipe.xadd(item.stream, item.fields, maxlen=item.maxlen, approximate=True)
         self.counts.queue(pipe, counts)
         with store_errors("Redis unavailable"):
             return await pipe.execute(raise_on_error=False)
@@ -376,12 +437,35 @@ class Capture:
             if isinstance(result, Exception):
                 self.last_error = f"Redis refused a record: {result}"
                 self._dropped(item, item.ts_ms)
+            elif item.queue and not self._queued(item, result):
+                continue
             else:
                 recorded[item.candidate] = recorded.get(item.candidate, 0) + 1
                 self._last_ids[item.stream] = result  # type: ignore[assignment]
         for candidate, count in recorded.items():
             self._metrics.captured(candidate, CAPTURE_RECORDED, count)
         self._metrics.spool_depth.set(self.depth)
+
+    def _enqueue_args(self, item: _Pending) -> list[Any]:
+        """enqueue.lua's key count, KEYS and ARGV for one request record."""
+        start, ttl = self.counts.bucket(item.ts_ms), self.counts.ttl_s
+        bucket, index = (
+            self._keys.bucket(item.candidate, start),
+            self._keys.bucket_index(item.candidate),
+        )
+        names, args = ENQUEUE.bind(
+            requests=item.stream, bucket=bucket, index=index, max_queue=item.queue,
+            start=start, ttl=ttl, fields=chain.from_iterable(item.fields.items()),
+        )  # fmt: skip
+        return [len(names), *names, *args]
+
+    def _queued(self, item: _Pending, result: object) -> bool:
+        """A request record queued for a dispatcher, or refused for a full queue (counted
+        dispatch_overflow by enqueue.lua; here only in /metrics, as dropped)."""
+        if result == 0:
+            self._metrics.captured(item.candidate, CAPTURE_DROPPED)
+            return False
+        return True
 
     async def _skip_written(self, batch: list[_Pending]) -> list[_Pending]:
         """The batch without the records already in their streams (counted as recorded).

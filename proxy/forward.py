@@ -164,7 +164,8 @@ class Forwarder:
         key = incoming.sample_value or incoming.request_id
         canary = self._routing.canary
         # Path normalisation only when something could take the request (most have nothing).
-        eligible = bool(mirrors or canary) and method in policy.methods
+        watching = self._mirror.watch_sample > 0
+        eligible = bool(mirrors or canary or watching) and method in policy.methods
         eligible = eligible and policy.path_allowed(path_text)
         target = self.canary_counts.pick(canary, key) if eligible and stream is None else None
         if target is not None:
@@ -172,7 +173,7 @@ class Forwarder:
             if await self._serve_canary(ex, target, path_query, incoming, body or b""):
                 return
             mirrors = ()  # its candidate already saw this request (and failed it)
-        if mirrors and eligible:
+        if (mirrors or watching) and eligible:
             request = MirrorRequest(
                 incoming.request_id, method, path_text, query, incoming.headers, body or b""
             )
@@ -346,7 +347,7 @@ class Forwarder:
         # when the client goes away. A sized one is read to its end.
         watcher = None
         if not sized and not resp.at_eof:
-            watcher = asyncio.get_running_loop().create_task(_watch(ex, resp))
+            watcher = asyncio.get_running_loop().create_task(_close_on_disconnect(ex, resp))
         try:
             await ex.start(resp.status, headers)
             answered = await self._relay_body(ex, resp, copy)
@@ -485,7 +486,7 @@ async def _stream_body(ex: Exchange, head: list[bytes]) -> AsyncIterator[bytes]:
             return
 
 
-async def _watch(ex: Exchange, resp: UpstreamResponse) -> None:
+async def _close_on_disconnect(ex: Exchange, resp: UpstreamResponse) -> None:
     """Close the primary's answer when the client disconnects (the relay loop then ends)."""
     await ex.wait_disconnect()
     resp.close()

@@ -4,10 +4,13 @@ Accounting (per candidate), checkable from /metrics at any quiet moment:
 
     shadowtrial_mirror_sampled_total
         = sum over outcome of shadowtrial_mirror_outcomes_total      (+ mirrors in flight)
-    outcomes ok + http_error + timeout + error + deferred           (handed to capture)
+    outcomes ok + http_error + timeout + error + deferred
+             + dispatched                                            (handed to capture)
         = capture recorded + capture dropped                          (+ records in the spool)
 
 `shed`, `too_large` and `primary_failed` are mirror outcomes that never reach capture.
+`dispatched` (`run = "dispatcher"`): a request record for a dispatcher, `recorded` once it
+is queued, `dropped` when its queue was full too (dispatch.max_queue).
 Requests that are not sampled are not counted per candidate.
 
 Several processes (`serve --workers N`): the parent points PROMETHEUS_MULTIPROC_DIR at a
@@ -40,6 +43,8 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from common.keys import WATCH
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -174,6 +179,13 @@ class Metrics:
             "held proxy.max_buffered_bytes of bodies being read (mirrors count too_large)",
             registry=reg,
         )
+        self.watch_records = Counter(
+            "shadowtrial_watch_records",
+            "Watched requests ([watch] sample) by outcome: sampled, then recorded, or "
+            "too_large, shed, primary_failed, cancelled, dropped (capture)",
+            ["outcome"],
+            registry=reg,
+        )
         self._request_children: dict[tuple[str, int], Any] = {}
         self._children: dict[tuple[str, ...], Any] = {}
         self._counts: dict[Any, float] = {}  # counter/gauge child -> increment not yet applied
@@ -286,8 +298,14 @@ class Metrics:
         self._add(self._child(self.mirrors_in_flight, candidate), delta)
 
     def captured(self, candidate: str, outcome: str, count: int = 1) -> None:
-        """Count pair records by capture outcome."""
+        """Count pair records by capture outcome (the watch's also by its own name)."""
         self._add(self._child(self.capture, candidate, outcome), count)
+        if candidate == WATCH and outcome != CAPTURE_SPOOLED:
+            self.watched(outcome, count)
+
+    def watched(self, outcome: str, count: int = 1) -> None:
+        """Count watched requests by outcome (shadowtrial_watch_records_total)."""
+        self._add(self._child(self.watch_records, outcome), count)
 
     def refused(self, reason: str) -> None:
         """Count one request refused by the HTTP limits (proxy.http_limits)."""

@@ -13,6 +13,11 @@
 - Detached: one task per sampled request runs its candidates; each, once it and the
   primary are done, hands its pair record to capture and frees its slot. The client's
   response never waits for any of it.
+- Watched (`[watch] sample`, issue 15): a request whose point is under the watch rate is
+  also recorded primary-only (request and the primary's answer, failed answers included:
+  they are the watch's errors) to the reserved stream `~watch`, through the same capture
+  and with the same accounting, whether or not any candidate exists. Watches in flight
+  are bounded by `proxy.mirror_concurrency` on their own (shed beyond, counted).
 """
 
 from __future__ import annotations
@@ -32,8 +37,11 @@ from common.keys import (
     FIELD_SAMPLED,
     FIELD_SHED,
     FIELD_TOO_LARGE,
+    WATCH,
 )
 from common.records import (
+    MODE_DISPATCHER,
+    OUTCOME_DISPATCHED,
     OUTCOME_ERROR,
     OUTCOME_HTTP_ERROR,
     OUTCOME_OK,
@@ -176,8 +184,11 @@ class Mirror:
         metrics: Metrics,
         protocol: str = "auto",
         strata: Sequence[StratumSettings] = (),
+        watch_sample: float = 0.0,
     ) -> None:
         self.policy = MirrorPolicy(settings, protocol)
+        self.watch_sample = watch_sample
+        self.watch_in_flight = 0
         self.strata = StrataPolicy(strata)
         self._limit = settings.mirror_concurrency
         self._record_failed_primary = settings.mirror_on_primary_error
@@ -197,10 +208,11 @@ class Mirror:
         primary's answer (None: nothing was launched, keep no copy of the answer)."""
         point = sample_point(key)
         factor = 1.0
-        if self.strata.active and self.strata.worth(point, targets):
+        if targets and self.strata.active and self.strata.worth(point, targets):
             factor = self.strata.factor(request.headers, b"" if too_large else request.body)
         chosen = [t for t in targets if point < min(1.0, t.sample * factor)]
-        if not chosen:
+        watched = point < self.watch_sample
+        if not chosen and not watched:
             return None
         arrival_s = time.time()
         ts_ms = int(arrival_s * 1000)  # the pair record's timestamp: the same bucket
@@ -208,16 +220,22 @@ class Mirror:
         for target in chosen:
             metrics.sampled(target.name)
             count(target.name, FIELD_SAMPLED, ts_ms)
+        if watched:
+            metrics.watched("sampled")
+            count(WATCH, FIELD_SAMPLED, ts_ms)
         if too_large:
             for target in chosen:
                 self._unrecorded(target.name, MIRROR_TOO_LARGE, ts_ms)
+            if watched:
+                self._watch_unrecorded(MIRROR_TOO_LARGE, ts_ms)
             return None
-        running = self._take_slots(chosen, ts_ms)
-        if not running:
+        running = self._take_slots(chosen, ts_ms) if chosen else []
+        watching = watched and self._take_watch_slot(ts_ms)
+        if not running and not watching:
             return None
         loop = asyncio.get_running_loop()
         primary: asyncio.Future[PrimaryAnswer] = loop.create_future()
-        task = loop.create_task(self._run(running, request, primary, arrival_s))
+        task = loop.create_task(self._run(running, request, primary, arrival_s, watching))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return primary
@@ -277,6 +295,18 @@ class Mirror:
         self._metrics.mirror_outcome(candidate, outcome)
         self._capture.count(candidate, _UNRECORDED[outcome], ts_ms)
 
+    def _watch_unrecorded(self, outcome: str, ts_ms: int) -> None:
+        """A watched request that ends without a record: in /metrics and in the buckets."""
+        self._metrics.watched(outcome)
+        self._capture.count(WATCH, _UNRECORDED.get(outcome, FIELD_CANCELLED), ts_ms)
+
+    def _take_watch_slot(self, ts_ms: int) -> bool:
+        if self.watch_in_flight >= self._limit:
+            self._watch_unrecorded(MIRROR_SHED, ts_ms)
+            return False
+        self.watch_in_flight += 1
+        return True
+
     def _take_slots(self, chosen: list[MirrorTarget], ts_ms: int) -> list[MirrorTarget]:
         free = self._limit - self.in_flight
         running = chosen if free >= len(chosen) else chosen[: max(free, 0)]
@@ -293,13 +323,38 @@ class Mirror:
         request: MirrorRequest,
         primary: asyncio.Future[PrimaryAnswer],
         arrival_s: float,
+        watching: bool = False,
     ) -> None:
-        if len(targets) == 1:
-            await self._run_target(targets[0], request, primary, arrival_s)
+        jobs = [self._run_target(t, request, primary, arrival_s) for t in targets]
+        if watching:
+            jobs.append(self._run_watch(request, primary, arrival_s))
+        if len(jobs) == 1:
+            await jobs[0]
         else:  # each candidate ends on its own: a slow one never holds the others' slots
-            await asyncio.gather(
-                *(self._run_target(t, request, primary, arrival_s) for t in targets)
-            )
+            await asyncio.gather(*jobs)
+
+    async def _run_watch(
+        self, request: MirrorRequest, primary: asyncio.Future[PrimaryAnswer], arrival_s: float
+    ) -> None:
+        """The primary-only record of a watched request, once the primary has answered."""
+        ts_ms = int(arrival_s * 1000)
+        try:
+            answer = await primary
+        except asyncio.CancelledError:
+            self._metrics.watched("cancelled")
+            self._capture.count(WATCH, FIELD_CANCELLED, ts_ms)
+            raise
+        finally:
+            self.watch_in_flight -= 1
+        record = PairRecord(
+            request_id=request.request_id, candidate=WATCH, ts_ms=ts_ms,
+            method=request.method, path=request.path, query=request.query,
+            headers=self._capture.headers.select(request.headers),
+            request_body=request.body, primary_status=answer.status,
+            primary_ms=round(answer.elapsed_ms, 3), primary_body=answer.body,
+            primary_content_type=answer.content_type,
+        )  # fmt: skip
+        self._capture.submit(WATCH, record)
 
     async def _run_target(
         self,
@@ -363,6 +418,10 @@ class Mirror:
             role=target.runner.role,
             served_by=served_by,
         )
+        if result.outcome == OUTCOME_DISPATCHED:  # run = "dispatcher": a dispatcher calls it
+            record.mode = MODE_DISPATCHER
+            self._capture.submit_request(target.name, record, request.headers)
+            return
         self._capture.submit(target.name, record)
 
     async def drain(self, timeout_s: float) -> None:

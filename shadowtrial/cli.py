@@ -22,7 +22,7 @@ from common.sanitize import printable
 COMMANDS: list[str] = [
     "serve", "worker", "candidates", "promote", "reject", "rollback", "report", "replay",
     "export", "demo", "canary",
-    "profile", "watch",
+    "profile", "watch", "dispatch",
 ]  # fmt: skip
 
 EXIT_FAILED = 1

@@ -148,6 +148,22 @@ def slices(report: Mapping[str, Any], shown: int = SLICES_SHOWN) -> Table | None
     return table
 
 
+def skew(report: Mapping[str, Any]) -> Table | None:
+    """Whether disagreement concentrates on inputs training never saw (a training profile)."""
+    from analysis.ui.present import skew_view
+
+    view = skew_view(report)
+    if view is None:
+        return None
+    table = _table(
+        "Against the training profile: " + view["text"],
+        "request", "pairs", "agreement", "95% interval", "Δ", "p (adj.)", "",
+    )  # fmt: skip
+    for row in view["parts"]:
+        _add(table, *_slice_cells(row)[1:])
+    return table
+
+
 def discovered(report: Mapping[str, Any]) -> Table | None:
     rows = report.get("discovered") or []
     if not rows:
@@ -296,7 +312,7 @@ def render_report(report: Mapping[str, Any], console: Console) -> None:
     console.print(header(report))
     console.print(gate(report))
     sections = [
-        agreement(report), slices(report), discovered(report), confidence(report),
+        agreement(report), slices(report), skew(report), discovered(report), confidence(report),
         latency(report), errors(report), labels(report), estimated(report),
         stratified(report),
     ]  # fmt: skip

@@ -14,7 +14,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from analysis.ui.present import num, pct, pval
+from analysis.ui.present import interval, ms, num, pct, pval
 from common.sanitize import printable
 
 FEATURES_SHOWN = 40
@@ -31,7 +31,8 @@ def _row(feature: Mapping[str, Any]) -> list[Text]:
         _drift(feature.get("drift")), pval(feature.get("p_adj")),
         "DRIFT" if flagged else ("new" if feature.get("new") else ""),
         pct(feature.get("unseen_rate")), pct(feature.get("out_of_range_rate")),
-        pct(feature.get("missing_rate")), pct(feature.get("reference_missing_rate")),
+        pct(feature.get("missing_rate")),
+        pct(feature.get("reference_missing_rate", feature.get("missing_rate_reference"))),
     ]  # fmt: skip
     return [Text(c, style="bold red" if flagged else "") for c in cells]
 
@@ -83,3 +84,72 @@ def _outputs(outputs: Mapping[str, Any]) -> list[Text]:
         f" {num(outputs.get('unreadable'))} answers unreadable; drift flagged in: {flagged}",
         style="bold red" if outputs.get("flagged") else "",
     )]  # fmt: skip
+
+
+# -- the live document (GET /v1/watch) ----------------------------------------------------
+
+
+def _reference_line(ref: Mapping[str, Any]) -> str:
+    kind = printable(ref.get("kind"))
+    span = f" {printable(ref.get('from'))} to {printable(ref.get('to'))}" if ref.get("from") else ""
+    if not ref.get("available"):
+        return f"reference {kind}{span}: not available ({printable(ref.get('problem'))})"
+    return f"reference {kind}{span} ({num(ref.get('requests'))} requests)"
+
+
+def render_live(document: Mapping[str, Any]) -> Group:
+    """The live watch: window and reference, the feature table, what was first seen, the
+    primary's outputs, labelled accuracy and the accounting (every string printable)."""
+    window = document.get("window") or {}
+    ref = document.get("reference") or {}
+    features = list(document.get("features") or [])
+    flagged = document.get("flagged") or []
+    head = Text(
+        f"window {printable(window.get('from'))} to {printable(window.get('to'))}: "
+        f"{num(document.get('requests'))} watched requests, {num(document.get('rows'))} rows; "
+        f"{_reference_line(ref)}\n{len(flagged)} of {len(features)} features flagged; "
+        f"{num(document.get('unreadable'))} unreadable, "
+        f"{num(document.get('features_over_cap'))} values beyond the feature cap"
+    )
+    table = render_watch({**document, "reference": ref.get("kind")}).renderables[1]
+    seen = [_first_seen(f) for f in features[:FEATURES_SHOWN] if f.get("first_seen")]
+    return Group(head, table, *seen, _live_outputs(document.get("outputs") or {}),
+                 _live_labels(document.get("labels") or {}),
+                 _accounting(document.get("accounting") or {}))  # fmt: skip
+
+
+def _first_seen(feature: Mapping[str, Any]) -> Text:
+    values = ", ".join(printable(v) for v in feature.get("first_seen") or [])
+    return Text(f"{printable(feature.get('feature'))}: not in the reference: {values}")
+
+
+def _live_outputs(out: Mapping[str, Any]) -> Text:
+    mix = ", ".join(
+        f"{printable(k)} {pct(v)}" for k, v in list((out.get("class_mix") or {}).items())[:6]
+    )
+    flagged = bool(out.get("confidence_flagged"))
+    return Text(
+        f"primary ({printable(out.get('kind'))}): mean confidence "
+        f"{pct(out.get('mean_confidence'))} (reference {pct(out.get('mean_confidence_reference'))})"
+        f"{', DRIFTED' if flagged else ''}; classes {mix or '—'}; errors "
+        f"{num(out.get('errors'))} ({pct(out.get('error_rate'))}); latency p50 "
+        f"{ms(out.get('latency_p50_ms'))}, p99 {ms(out.get('latency_p99_ms'))}",
+        style="bold red" if flagged else "",
+    )
+
+
+def _live_labels(labels: Mapping[str, Any]) -> Text:
+    if not labels.get("labelled"):
+        return Text("labels: none joined to watched answers in the window", style="dim")
+    return Text(
+        f"labels: {num(labels.get('labelled'))} labelled, accuracy {pct(labels.get('accuracy'))}"
+        f" {interval(labels.get('low'), labels.get('high'))}"
+    )
+
+
+def _accounting(acc: Mapping[str, Any]) -> Text:
+    return Text(
+        f"accounting: {num(acc.get('captured'))} sampled by the proxies, "
+        f"{num(acc.get('folded'))} folded, {num(acc.get('dropped'))} dropped",
+        style="dim",
+    )

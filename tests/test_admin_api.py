@@ -189,7 +189,7 @@ def test_the_openapi_document_describes_every_route(
     }
     described = {(m.upper(), path) for path, ops in doc["paths"].items() for m in ops}
     assert served == described
-    assert len(described) == len(OPERATIONS) == 17  # 17th: GET /v1/candidates/{name}/catalog
+    assert len(described) == len(OPERATIONS) == 20  # 18-20th: the watch (GET, 2 PUTs)
     for path, ops in doc["paths"].items():
         for method, op in ops.items():
             assert op["responses"] and op["summary"], (method, path)

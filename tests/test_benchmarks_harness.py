@@ -360,3 +360,17 @@ def test_rate_targets_are_void_when_the_generator_fell_behind() -> None:
     for row in rows:
         row["lag_p99_ms"] = 1.0
     assert [t.verdict for t in report.rate_targets(rows, 2)] == ["PASS", "PASS"]
+
+
+def test_the_dispatcher_configurations_only_with_the_flag() -> None:
+    """`--dispatcher` adds run = "dispatcher" instances (fast and slow candidate); off by
+    default, so the default run measures what it always did."""
+    plain = plan_mod.plan_from_args(["--quick", "--workers", "2"])
+    both = plan_mod.plan_from_args(["--quick", "--workers", "2", "--dispatcher"])
+    assert not any("dispatch" in c for c in plain.all_configs())
+    added = set(both.all_configs()) - set(plain.all_configs())
+    assert added == {plan_mod.dispatched(2), plan_mod.slow_dispatched(2)}
+    kinds = {name: kind for name, _, kind in both.shadowtrial_instances()}
+    assert kinds[plan_mod.dispatched(2)] == "fast-dispatch"
+    assert kinds[plan_mod.slow_dispatched(2)] == "slow-dispatch"
+    assert both.estimate() > plain.estimate()

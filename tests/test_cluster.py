@@ -30,7 +30,7 @@ import redis
 from redis.crc import key_slot
 from servers import serve_app, serve_proxy, wait_for_port
 
-from common.keys import WORKER_GROUP, Keys
+from common.keys import WATCH, WORKER_GROUP, Keys
 from common.redis_client import ClusterUnavailable, async_client, sync_client
 from common.settings import settings_from_mapping
 from proxy.app import ProxyApp
@@ -410,3 +410,53 @@ def test_a_proxy_starts_and_forwards_while_the_cluster_is_unreachable() -> None:
             while app.capture.redis_up and time.monotonic() < deadline:
                 time.sleep(0.02)
             assert not app.capture.redis_up and "cannot be connected" in app.capture.last_error
+
+
+def test_the_watchs_keys_share_one_slot() -> None:
+    keys = Keys("shadowtrial")
+    watch = [
+        keys.pairs(WATCH), keys.watch_bucket(1_700_000_000), keys.watch_index(),
+        keys.watch_base() + "h1699999200", keys.watch_reference(), keys.watch_profile(),
+        keys.watch_preds(7), keys.watch_labels(6), keys.bucket(WATCH, 1_700_000_000),
+        keys.bucket_index(WATCH),
+    ]  # fmt: skip
+    assert len({key_slot(k.encode()) for k in watch}) == 1
+
+
+def test_the_watch_folds_labels_rolls_up_and_reads_on_the_cluster(cluster: Cluster) -> None:
+    from analysis.watch_fold import record_watch_label
+    from analysis.watch_live import watch_document
+    from analysis.watch_rollup import roll_up_watch
+    from analysis.worker import Worker
+    from common.records import PairRecord
+
+    prefix = f"clw{uuid.uuid4().hex[:8]}"
+    raw = {"redis": {"url": cluster.url, "prefix": prefix}, "worker": {"block_ms": 10},
+           "watch": {"sample": 1.0}}  # fmt: skip
+    settings = settings_from_mapping(raw, environ={})
+    client = sync_client(cluster.url)
+    keys = Keys(prefix)
+    now = time.time()
+    hour = int(now - 10 * 3600) - int(now - 10 * 3600) % 3600
+    answer = b'{"predictions": [{"label": "yes", "probabilities": [0.9, 0.1]}]}'
+    try:
+        for i in range(60):
+            ts = hour + 60 + i if i < 30 else now - 60 + i - 30
+            rec = PairRecord(request_id=f"w{i}", candidate=WATCH, ts_ms=int(ts * 1000),
+                             request_body=b'{"instances": [[1.5, "a"]]}', primary_status=200,
+                             primary_ms=2.0, primary_body=answer)  # fmt: skip
+            client.xadd(keys.pairs(WATCH), rec.to_fields())
+        worker = Worker(client, settings)
+        worker.discover()
+        while worker.read_watch(block=False):
+            pass
+        assert record_watch_label(client, keys, "w45", "yes", settings) == "joined"
+        assert roll_up_watch(client, settings, now_s=now) == 1
+        doc = watch_document(client, settings, "11h", "day")
+        assert doc["requests"] == 60 and doc["labels"]["labelled"] == 1
+        assert {f["feature"] for f in doc["features"]} == {"instances[0]", "instances[1]"}
+    finally:  # the cluster is this module's own and goes away; tidy anyway
+        for member in client.zrange(keys.watch_index(), 0, -1):
+            client.delete(keys.watch_base() + member.decode())
+        client.delete(keys.pairs(WATCH), keys.watch_index())
+        client.close()

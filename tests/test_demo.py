@@ -257,3 +257,14 @@ def test_model_server_answers_oip_v2(flawed: DemoRun) -> None:
     assert "parameters" not in first  # not marked as shadowtrial's own ONNX answer
     assert first["outputs"][1]["parameters"]["classes"] == list(data.CLASSES)
     assert bad.status_code == 400 and unknown.status_code == 404 and ready.status_code == 200
+
+
+def test_generated_config_with_dispatch_runs_the_http_candidate_in_a_dispatcher(
+    tmp_path: Path,
+) -> None:
+    ports = config.Ports(8001, 8002, 8003, 8080, 9901)
+    onnx = tmp_path / "v2.onnx"
+    path = config.write(tmp_path, ports, "unix:///tmp/x/redis.sock", onnx, 3000, dispatch=True)
+    settings = load_settings(path, environ={})
+    assert settings.candidate("v2").run == "dispatcher"
+    assert settings.candidate("v1-replica").run != "dispatcher"  # the noise floor stays put

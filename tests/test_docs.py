@@ -18,9 +18,12 @@ SECTIONS = {
     "worker": S.WorkerSettings,
     "gate": S.GateSettings,
     "notify": S.NotifySettings,
+    "watch": S.WatchSettings,
+    "dispatch": S.DispatchSettings,
     "candidates": S.CandidateSettings,
     "slices": S.SliceSettings,
     "strata": S.StratumSettings,
+    "features": S.FeatureSettings,
 }
 TOML_NAMES = {"source": "from"}
 

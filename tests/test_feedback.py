@@ -151,3 +151,20 @@ def test_rows_beyond_label_join_rows_do_not_wait(redis_client: redis.Redis, pref
     keys = Keys(prefix)
     assert record_feedback(redis_client, keys, "b1", "setosa") == {"v2": "joined"}
     assert record_feedback(redis_client, keys, "b1", "setosa", row=1) == {"v2": "pending"}
+
+
+@pytest.mark.parametrize(
+    ("primary", "candidate", "confidences", "scores"),
+    [
+        ("cat", "dog", (0.9, 0.4), (None, None)),
+        ("a\x1fb", None, (float("nan"), 1.5), (float("inf"), -2.0)),
+        ("", "", (None, -0.1), (3.0, float("nan"))),
+    ],
+)
+def test_join_text_is_join_value_with_its_scores(
+    primary: str, candidate: str | None, confidences: tuple, scores: tuple
+) -> None:
+    from analysis.feedback import join_text, join_value, join_value_scores
+
+    expected = join_value_scores(join_value(60, primary, candidate, confidences), scores)
+    assert join_text(60, primary, candidate, confidences, scores) == expected

@@ -15,10 +15,15 @@ ROOT = Path(__file__).resolve().parent.parent
 LUA = ROOT / "common" / "lua"
 
 
-def test_the_seven_scripts_come_from_their_files() -> None:
+def test_the_twelve_scripts_come_from_their_files() -> None:
     assert sorted(SCRIPTS) == [
-        "admit", "apply", "commit", "count", "feedback", "renew", "rollup",
+        "admit", "apply", "commit", "count", "dispatch", "enqueue", "feedback", "renew",
+        "rollup", "watch_fold", "watch_label", "watch_rollup",
     ]  # fmt: skip
+    merge = (LUA / "watchmerge.lua").read_text()
+    assert "watchmerge" not in SCRIPTS  # a library: put before the fold and the rollup
+    assert SCRIPTS["watch_fold"].source.startswith(merge)
+    assert SCRIPTS["watch_rollup"].source.startswith(merge)
     assert "join" not in SCRIPTS  # a library: put before apply.lua and feedback.lua
     join = (LUA / "join.lua").read_text()
     assert SCRIPTS["apply"].source.startswith(join) and SCRIPTS["feedback"].source.startswith(join)
@@ -31,7 +36,7 @@ def test_the_lua_files_are_package_data() -> None:
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     globs = data["package-data"]["common"]
     files = [str(p.relative_to(ROOT / "common")) for p in LUA.glob("*.lua")]
-    assert len(files) == 8
+    assert len(files) == 14
     assert [f for f in files if not any(fnmatch.fnmatch(f, g) for g in globs)] == []
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 
 def ui_routes(context: Any) -> list[Any]:
-    """`/ui/`, `/ui/candidates/{name}` and `/ui/static/*` (see analysis.ui.routes)."""
+    """`/ui/`, `/ui/candidates/{name}`, `/ui/watch` and `/ui/static/*` (see analysis.ui.routes)."""
     from analysis.ui.routes import ui_routes as build
 
     return build(context)

@@ -236,6 +236,30 @@ def discovered_rows(report: Mapping[str, Any], name: str, root: str = "") -> lis
     return out
 
 
+def skew_view(report: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The skew slice (analysis.skew) in words: does the candidate's disagreement
+    concentrate on requests unlike the training data? None without a training profile."""
+    skew = report.get("skew")
+    if not isinstance(skew, Mapping) or not skew.get("parts"):
+        return None
+    parts = [p for p in skew["parts"] if isinstance(p, Mapping)]
+    on = [p for p in parts if p.get("value") in (skew.get("concentrated_on") or [])]
+    if on:
+        said = "; ".join(
+            f"{p.get('value')}: agreement {pct(p.get('agreement'))} on {num(p.get('pairs'))} pairs"
+            f" against {pct(p.get('complement_agreement'))} elsewhere ({peq(p.get('p_adj'))})"
+            for p in on
+        )
+        text = f"Disagreement concentrates on requests unlike the training data ({said})."
+    else:
+        text = (
+            "Disagreement does not concentrate on requests unlike the training data"
+            f" ({num(skew.get('skewed_pairs'))} pairs had an unseen category or an"
+            " out-of-range value)."
+        )
+    return {"concentrates": bool(skew.get("concentrates")), "text": text, "parts": parts}
+
+
 def latency_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     latency = report.get("latency") or {}
     primary, candidate = latency.get("primary") or {}, latency.get("candidate") or {}
@@ -295,6 +319,7 @@ def candidate_view(
         "slices": slice_rows(report, name, root),
         "discovered": discovered_rows(report, name, root),
         "latency_rows": latency_rows(report),
+        "skew": skew_view(report),
         "divergent_link": drilldown_url(root, name),
         "export_link": catalog_url(root, name),
         "flips_link": catalog_url(root, name, flips=True),

@@ -1,4 +1,4 @@
-"""The web page's routes: `/ui/` (overview), `/ui/candidates/{name}`, `/ui/static/*`.
+"""The web page's routes: `/ui/` (overview), `/ui/candidates/{name}`, `/ui/watch`, `/ui/static/*`.
 
 `ui_routes(context)` returns Starlette routes the admin app mounts next to its own. The
 context is duck-typed: `settings` (common.settings.Settings), `keys` (common.keys.Keys),
@@ -9,7 +9,8 @@ it; otherwise the synchronous `analysis.report.build_report` runs in a worker th
 a synchronous client of the same server: from `context.redis_url` when the context has
 one, else `settings.redis.url`, else rebuilt from the async client's connection settings.
 Candidates with evidence but no registry entry (a replay's target) are listed too, as
-"unregistered".
+"unregistered". `/ui/watch` shows the live watch document: from `async watch(window_s,
+reference)` when the context has it, else from `analysis.watch_live.watch_document`.
 
 Pages are rendered on the server (jinja2, autoescape on; charts are SVG strings from
 analysis.ui.charts, which escape their own text), served with a Content-Security-Policy
@@ -23,7 +24,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import redis
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -35,7 +36,7 @@ from starlette.staticfiles import StaticFiles
 
 from analysis.report import build_report
 from analysis.series import agreement_points
-from analysis.ui import charts, present
+from analysis.ui import charts, present, watch_present
 from common.errors import ShadowtrialError
 from common.keys import Keys
 from common.redis_client import store_errors, sync_client
@@ -123,6 +124,7 @@ class Pages:
     def render(self, request: Request, template: str, status: int = 200, **values: Any) -> Response:
         root = request.scope.get("root_path", "")
         values.setdefault("window", DEFAULT_WINDOW)
+        values.setdefault("extra_query", "")
         html = self.env.get_template(template).render(
             static=f"{root}/ui/static", root=root, refresh_s=REFRESH_S, windows=WINDOWS, **values
         )
@@ -170,6 +172,41 @@ class Pages:
         return self.render(
             request, "candidate.html", window=window, c=view, charts=self._charts(report, view)
         )
+
+    async def watch(self, request: Request) -> Response:
+        """The live watch: features, the primary's answers, labels, timeline."""
+        try:
+            window, window_s = self._window(request)
+        except ValueError as exc:
+            return self.error(request, 400, "Bad window", str(exc))
+        asked = request.query_params.get("reference") or None
+        try:
+            doc = await self.watch_document(window_s, asked)
+        except ValueError as exc:
+            return self.error(request, 400, "Bad reference", str(exc))
+        except ShadowtrialError as exc:
+            return self.error(request, 503, "Watch unavailable", str(exc))
+        root = request.scope.get("root_path", "")
+        reference = asked or str((doc.get("reference") or {}).get("kind") or "auto")
+        view = watch_present.watch_view(doc, root, window, reference)
+        extra = "&" + urlencode({"reference": asked}) if asked else ""
+        return self.render(request, "watch.html", window=window, w=view, extra_query=extra)
+
+    async def watch_document(self, window_s: float, reference: str | None) -> dict[str, Any]:
+        """The live watch document (ValueError: a reference that is not one; None: the
+        configured default, `[watch] reference`)."""
+        ctx = self.context
+        if callable(getattr(ctx, "watch", None)):
+            return await ctx.watch(window_s, reference)
+        from analysis.watch_live import WatchError, watch_document
+
+        try:
+            with store_errors("cannot read the watch"):
+                return await asyncio.to_thread(
+                    watch_document, self.client, ctx.settings, window_s, reference
+                )
+        except WatchError as exc:  # a bad window or reference: the page answers 400
+            raise ValueError(str(exc)) from None
 
     def _charts(self, report: dict[str, Any], view: dict[str, Any]) -> dict[str, Markup]:
         """Every chart of the candidate page; SVG text escaped by analysis.ui.charts."""
@@ -219,5 +256,6 @@ def ui_routes(context: Any) -> list[BaseRoute]:
     return [
         Route("/ui/", pages.overview, methods=["GET"], name="ui-overview"),
         Route("/ui/candidates/{name}", pages.candidate, methods=["GET"], name="ui-candidate"),
+        Route("/ui/watch", pages.watch, methods=["GET"], name="ui-watch"),
         Mount("/ui/static", app=StaticFiles(directory=HERE / "static"), name="ui-static"),
     ]

@@ -136,10 +136,11 @@ class Bench:
     def _start_shadowtrial(self, name: str, workers: int, kind: str | None) -> None:
         self.ports[name], self.admin[name] = self._port(), self._port()
         candidate = None
-        if kind is not None:
+        is_slow = kind is not None and kind.startswith("slow")
+        if kind is not None and kind != "watch":
             candidate = {
-                "CANDIDATE_NAME": "slow" if kind == "slow" else "cand",
-                "CANDIDATE_PORT": self.ports[SLOW if kind == "slow" else "candidate"],
+                "CANDIDATE_NAME": "slow" if is_slow else "cand",
+                "CANDIDATE_PORT": self.ports[SLOW if is_slow else "candidate"],
                 "CANDIDATE_TIMEOUT_MS": 2000,
             }
         toml = render.shadowtrial_config(
@@ -156,11 +157,18 @@ class Bench:
                 "MAX_PAIRS": MAX_PAIRS,
             },
             candidate,
+            watch=kind == "watch",
         )
+        dispatch = kind is not None and kind.endswith("-dispatch")
+        if dispatch:  # the candidate block is last: this line belongs to it
+            toml += 'run = "dispatcher"\n'
         path = self.work / f"{name}.toml"
         path.write_text(toml, encoding="utf-8")
         cmd = [*shadowtrial_command(), "serve", "-c", str(path), "--workers", str(workers)]
         self.procs.start(name, cmd, self._serve_env())
+        if dispatch:  # its CPU is the dispatcher's, not in the SUT column (dispatch_bench)
+            cmd = [*shadowtrial_command(), "dispatch", "-c", str(path)]
+            self.procs.start(f"{name}-dispatcher", cmd, self._serve_env())
 
     def _port(self) -> int:
         """A free loopback port not yet handed to another server of this run."""
@@ -229,8 +237,11 @@ class Bench:
     def measure(self, config: str, run: Callable[[], tuple[Row, float]]) -> Row:
         """Run one load-generator call and add the CPU % each server group used meanwhile."""
         groups = {"sut_cpu": self._server_of(config), "stub_cpu": STUB, "redis_cpu": REDIS}
-        if config == names.slow(self.plan.main_workers):
+        w = self.plan.main_workers
+        if config in (names.slow(w), names.slow_dispatched(w)):
             groups["slow_cpu"] = SLOW
+        if f"{config}-dispatcher" in self.procs.names():
+            groups["dispatcher_cpu"] = f"{config}-dispatcher"
         before = {k: self._cpu(s) for k, s in groups.items()}
         ours, machine = self.procs.cpu_all(), machine_busy_seconds()
         t0 = time.monotonic()

@@ -27,6 +27,21 @@ def slow(workers: int) -> str:
     return f"shadowtrial-slowcand-w{workers}"
 
 
+def watch(workers: int) -> str:
+    """shadowtrial with no candidate and `[watch] sample = 1.0`: every request watched."""
+    return f"shadowtrial-watch-w{workers}"
+
+
+def dispatched(workers: int) -> str:
+    """Like `full`, but the candidate is called by a `shadowtrial dispatch` process."""
+    return f"shadowtrial-dispatch-w{workers}"
+
+
+def slow_dispatched(workers: int) -> str:
+    """Like `slow`, but the slow candidate is called by a dispatcher."""
+    return f"shadowtrial-slowdispatch-w{workers}"
+
+
 @dataclass(frozen=True)
 class Plan:
     """The parsed command line: everything that decides what is run and for how long."""
@@ -46,6 +61,8 @@ class Plan:
     profile: bool
     quick: bool
     write: bool
+    watch: bool = False  # --watch: add shadowtrial-watch-wN (issue 15: within 10% of full)
+    dispatcher: bool = False  # also measure run = "dispatcher" (--dispatcher)
 
     @property
     def main_workers(self) -> int:
@@ -61,7 +78,9 @@ class Plan:
         """Configurations run at every --conns value."""
         names = [DIRECT, NGINX_MIRROR]
         for w in self.workers:
-            names += [off(w), full(w)]
+            names += [off(w), full(w)] + ([watch(w)] if self.watch else [])
+            if self.dispatcher:
+                names.append(dispatched(w))
         return names
 
     def latency_configs(self) -> list[str]:
@@ -71,7 +90,10 @@ class Plan:
     def rate_modes(self) -> list[tuple[str, str]]:
         """(mode, configuration) pairs of the fixed-rate phase."""
         w = self.main_workers
-        return [("mirror-off", off(w)), ("mirror-on", full(w)), ("slow-candidate", slow(w))]
+        modes = [("mirror-off", off(w)), ("mirror-on", full(w)), ("slow-candidate", slow(w))]
+        if self.dispatcher:
+            modes += [("dispatched", dispatched(w)), ("slow-dispatched", slow_dispatched(w))]
+        return modes
 
     def all_configs(self) -> list[str]:
         """Every configuration measured in some phase, each once."""
@@ -83,7 +105,13 @@ class Plan:
         out: list[tuple[str, int, str | None]] = []
         for w in self.workers:
             out += [(off(w), w, None), (full(w), w, "fast")]
+            if self.watch:
+                out.append((watch(w), w, "watch"))
+            if self.dispatcher:
+                out.append((dispatched(w), w, "fast-dispatch"))
         out.append((slow(self.main_workers), self.main_workers, "slow"))
+        if self.dispatcher:
+            out.append((slow_dispatched(self.main_workers), self.main_workers, "slow-dispatch"))
         return out
 
     def estimate(self) -> float:
@@ -137,6 +165,15 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
     ap.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 rep, 3 s, c=32 only")
+    ap.add_argument(
+        "--watch", action="store_true",
+        help="also measure shadowtrial-watch-wN: no candidate, every request watched",
+    )  # fmt: skip
+    ap.add_argument(
+        "--dispatcher",
+        action="store_true",
+        help='also measure run = "dispatcher" (a shadowtrial dispatch process per instance)',
+    )
     return ap
 
 
@@ -162,4 +199,6 @@ def plan_from_args(argv: list[str] | None = None) -> Plan:
         profile=not a.no_profile,
         quick=quick,
         write=not a.no_write,
+        watch=bool(a.watch),
+        dispatcher=bool(a.dispatcher),
     )

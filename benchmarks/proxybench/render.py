@@ -49,10 +49,15 @@ def render_file(template: Path, target: Path, values: Mapping[str, object]) -> P
     return target
 
 
-def shadowtrial_config(values: Mapping[str, object], candidate: Mapping[str, object] | None) -> str:
-    """The TOML for one shadowtrial instance, with or without its one candidate."""
+def shadowtrial_config(
+    values: Mapping[str, object], candidate: Mapping[str, object] | None, watch: bool = False
+) -> str:
+    """The TOML for one shadowtrial instance, with or without its one candidate; `watch`:
+    every request watched (`[watch] sample = 1.0`)."""
     block = ""
     if candidate is not None:
         block = fill((CONF_DIR / "candidate.toml.in").read_text(encoding="utf-8"), candidate)
+    if watch:
+        block += "\n[watch]\nsample = 1.0\ngauges_every_s = 0\n"
     template = (CONF_DIR / "shadowtrial.toml.in").read_text(encoding="utf-8")
     return fill(template, {**values, "CANDIDATES": block})

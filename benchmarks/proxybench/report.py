@@ -65,6 +65,16 @@ def targets(out: Outcome) -> list[Target]:
         )
         for c in out.plan.conns
     ]
+    if out.plan.watch:
+        found += [
+            Target(
+                f"100% watch ÷ full shadowing req/s, c={c}",
+                paired_ratio(out.rows, names.watch(w), names.full(w), c),
+                0.90,
+                True,
+            )
+            for c in out.plan.conns
+        ]
     c1_rows = select(out.rows, phase="latency")
     added = paired_difference(c1_rows, names.full(w), names.DIRECT, 1, "p50_ms")
     found.append(

@@ -4,23 +4,26 @@
 -- samples, (e) XACK.
 -- USES: join
 -- KEYS: stream index divergent recent unparseable contract *buckets
--- ARGV: group consumer n_ids ttl index_min samples_cap id_min id_max preds_base labels_base join_cap join_ttl now *batch
--- batch: the ids; n_buckets, then per bucket start, n_int, (field, value)*, n_float,
--- (field, value)*; n_joins, then (request id, encoded predictions, bucket position)*;
--- per sample kind n, then the n samples.
+-- ARGV: group consumer ttl index_min samples_cap id_min id_max preds_base labels_base join_cap join_ttl now batch *samples
+-- batch: one JSON object (one argument, decoded in C, instead of thousands that each cost
+-- the worker a conversion): "ids", the entry ids; "buckets", per bucket (in KEYS order)
+-- [start, int fields, their increments, float fields, their increments], every number as
+-- text (Lua numbers are doubles: text keeps 64-bit counters exact);
+-- "joins", (request id, encoded predictions, bucket position)* flat.
+-- samples: per sample kind n, then the n samples (raw bytes, pushed as they are).
 
 local stream, index = KEYS[1], KEYS[2]
 local group, consumer = ARGV[1], ARGV[2]
-local n_ids = tonumber(ARGV[3])
-local ttl = tonumber(ARGV[4])
-local index_min = ARGV[5]
-local samples_cap = tonumber(ARGV[6])
-local id_min, id_max = ARGV[7], ARGV[8]
-local preds_base, labels_base = ARGV[9], ARGV[10]
-local join_cap, join_ttl, now = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
+local ttl = tonumber(ARGV[3])
+local index_min = ARGV[4]
+local samples_cap = tonumber(ARGV[5])
+local id_min, id_max = ARGV[6], ARGV[7]
+local preds_base, labels_base = ARGV[8], ARGV[9]
+local join_cap, join_ttl, now = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
+local batch = cjson.decode(ARGV[13])
 local pos = 14
-local ids = {}
-for i = 1, n_ids do ids[i] = ARGV[pos]; pos = pos + 1 end
+local ids = batch.ids
+local n_ids = #ids
 
 -- (a) every id must still be pending for this consumer
 local pending = redis.call('XPENDING', stream, group, id_min, id_max, n_ids + 64, consumer)
@@ -33,34 +36,27 @@ end
 if #missing > 0 then return missing end
 
 -- (b) counter increments per bucket
-local n_buckets = tonumber(ARGV[pos]); pos = pos + 1
-for b = 1, n_buckets do
+for b, bucket in ipairs(batch.buckets) do
   local key = KEYS[6 + b]
-  local start = ARGV[pos]; pos = pos + 1
-  local n_int = tonumber(ARGV[pos]); pos = pos + 1
-  for _ = 1, n_int do
-    redis.call('HINCRBY', key, ARGV[pos], ARGV[pos + 1]); pos = pos + 2
-  end
-  local n_float = tonumber(ARGV[pos]); pos = pos + 1
-  for _ = 1, n_float do
-    redis.call('HINCRBYFLOAT', key, ARGV[pos], ARGV[pos + 1]); pos = pos + 2
-  end
+  local start, ints, int_by, floats, float_by = bucket[1], bucket[2], bucket[3], bucket[4], bucket[5]
+  for i = 1, #ints do redis.call('HINCRBY', key, ints[i], int_by[i]) end
+  for i = 1, #floats do redis.call('HINCRBYFLOAT', key, floats[i], float_by[i]) end
   redis.call('EXPIRE', key, ttl)
   redis.call('ZADD', index, start, start)
 end
 redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. index_min)
 
 -- (c) label joins: (request id, encoded predictions, bucket position)
-local n_joins = tonumber(ARGV[pos]); pos = pos + 1
-if n_joins > 0 then
+local joins = batch.joins
+if #joins > 0 then
   local pcur, pprev, pmeta = join_gens(preds_base, true, join_cap, join_ttl, now)
   local lcur, lprev = join_gens(labels_base, false, join_cap, join_ttl, now)
   -- labels rarely come first: look them up only when some are waiting
   local waiting = redis.call('EXISTS', lcur, lprev) > 0
   local older = redis.call('EXISTS', pprev) == 1
   local stored = 0
-  for _ = 1, n_joins do
-    local rid, enc, b = ARGV[pos], ARGV[pos + 1], tonumber(ARGV[pos + 2]); pos = pos + 3
+  for j = 1, #joins, 3 do
+    local rid, enc, b = joins[j], joins[j + 1], joins[j + 2]
     local where, label = lcur, false
     if waiting then
       label = redis.call('HGET', lcur, rid)

@@ -38,11 +38,13 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--scenario",
-        choices=["classifier", "llm", "canary"],
+        choices=["classifier", "llm", "canary", "drift"],
         default="classifier",
         help="classifier: the survey models (default); llm: two small local text models, "
         "the candidate rewording answers and wrong on one topic, judged by meaning; canary: "
-        "shadow, then a canary plan, a regression planted at a step, automatic rollback",
+        "shadow, then a canary plan, a regression planted at a step, automatic rollback; drift: "
+        "no candidate, the live model watched against its training profile while the traffic "
+        "shifts (a category training never saw, an older population)",
     )
     when = parser.add_mutually_exclusive_group()
     when.add_argument(
@@ -68,6 +70,12 @@ def register(subparsers: Any) -> None:
         metavar="N",
         help="requests to send through the proxy (default: 3000)",
     )
+    parser.add_argument(
+        "--dispatch",
+        action="store_true",
+        help='call the HTTP candidate from a `shadowtrial dispatch` process (run = "dispatcher") '
+        "instead of the proxy",
+    )
     parser.set_defaults(run=run)
 
 
@@ -81,11 +89,16 @@ def run(args: argparse.Namespace) -> int:
         no_wait=args.no_wait,
         keep=args.keep,
         requests=args.requests,
+        dispatch=args.dispatch,
     )
     if args.scenario == "llm":
         from shadowtrial.demo.llm import LlmDemo
 
         return run_demo(options, demo_class=LlmDemo)
+    if args.scenario == "drift":
+        from shadowtrial.demo.drift import DriftDemo
+
+        return run_demo(options, demo_class=DriftDemo)
     if args.scenario == "canary":
         from shadowtrial.demo.canary import CanaryDemo
 

@@ -63,8 +63,10 @@ def _toml(value: object) -> str:
     return json.dumps(value)
 
 
-def render(ports: Ports, redis_url: str, onnx_path: Path, requests: int) -> str:
-    """The config file's text."""
+def render(
+    ports: Ports, redis_url: str, onnx_path: Path, requests: int, dispatch: bool = False
+) -> str:
+    """The config file's text; `dispatch`: the HTTP candidate is called by a dispatcher."""
     gate = {"min_pairs": min_pairs(requests), **GATE}
     lines = [
         "# Written by `shadowtrial demo`; every key is described in the README.",
@@ -90,6 +92,11 @@ def render(ports: Ports, redis_url: str, onnx_path: Path, requests: int) -> str:
         "[[candidates]]",
         f'name = "{CANDIDATE}"',
         f"url = {_toml(url(ports.candidate))}",
+        *(
+            ['run = "dispatcher"  # called by `shadowtrial dispatch`, not the proxy']
+            if dispatch
+            else []
+        ),
         "",
         "[[candidates]]",
         f'name = "{ONNX_CANDIDATE}"',
@@ -118,8 +125,16 @@ def render(ports: Ports, redis_url: str, onnx_path: Path, requests: int) -> str:
     return "\n".join(lines)
 
 
-def write(folder: Path, ports: Ports, redis_url: str, onnx_path: Path, requests: int) -> Path:
+def write(
+    folder: Path,
+    ports: Ports,
+    redis_url: str,
+    onnx_path: Path,
+    requests: int,
+    dispatch: bool = False,
+) -> Path:
     """Write shadowtrial.toml into `folder`; return its path."""
     path = folder / "shadowtrial.toml"
-    path.write_text(render(ports, redis_url, onnx_path, requests), encoding="utf-8")
+    text = render(ports, redis_url, onnx_path, requests, dispatch)
+    path.write_text(text, encoding="utf-8")
     return path

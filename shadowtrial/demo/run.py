@@ -40,6 +40,7 @@ from shadowtrial.demo.processes import Supervisor, child_env, free_port, http_ok
 SEED = 3  # the split, the trees and the traffic; the outcome is the same on every run
 TOKEN_ENV = "SHADOWTRIAL_ADMIN_TOKEN"
 WORKERS = ("worker-1", "worker-2")
+DISPATCHER = "dispatcher"  # with --dispatch only
 SERVERS = ("v1", config.REPLICA, config.CANDIDATE)
 START_TIMEOUT_S = 60.0
 DRAIN_TIMEOUT_S = 60.0
@@ -59,6 +60,7 @@ class Options:
     concurrency: int = 16
     label_share: float = 0.5
     seed: int = SEED
+    dispatch: bool = False  # the HTTP candidate is called by a `shadowtrial dispatch`
 
 
 class Interrupted(KeyboardInterrupt):
@@ -169,7 +171,10 @@ class Demo:
     def write_config(self) -> None:
         assert self.redis is not None
         onnx = self.folder / "models" / "v2.onnx"
-        config.write(self.folder, self.ports, self.redis.url, onnx, self.options.requests)
+        options = self.options
+        config.write(
+            self.folder, self.ports, self.redis.url, onnx, options.requests, options.dispatch
+        )
 
     def _shadowtrial(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "shadowtrial", *args, "-c", str(self.config_path)]
@@ -177,6 +182,9 @@ class Demo:
     def start_workers(self) -> None:
         for name in WORKERS:
             self.supervisor.start(name, [*self._shadowtrial("worker"), "--id", f"demo-{name}"])
+        if self.options.dispatch:
+            argv = [*self._shadowtrial("dispatch"), "--id", f"demo-{DISPATCHER}"]
+            self.supervisor.start(DISPATCHER, argv)
 
     def train(self) -> dict[str, Any]:
         started = time.monotonic()
@@ -299,7 +307,18 @@ class Demo:
             body = httpx.get(f"{self.admin_url}/readyz", timeout=2).json()
         except (httpx.HTTPError, ValueError):
             return False
-        return body.get("mirrors_in_flight") == 0 and (body.get("redis") or {}).get("spool") == 0
+        idle = body.get("mirrors_in_flight") == 0 and (body.get("redis") or {}).get("spool") == 0
+        return idle and self._dispatched_all()
+
+    def _dispatched_all(self) -> bool:
+        """No request waits for the dispatcher (always true without --dispatch)."""
+        if not self.options.dispatch:
+            return True
+        client = self._redis()
+        try:
+            return client.xlen(Keys("demo").requests(config.CANDIDATE)) == 0
+        finally:
+            client.close()
 
     def print_report(self, trained: dict[str, Any], result: Any) -> None:
         from shadowtrial.admin_client import AdminClient
@@ -338,7 +357,8 @@ class Demo:
     def stop(self) -> None:
         """Stop every process this demo started and check that none is left."""
         pids = self.supervisor.pids()
-        self.supervisor.stop([["proxy"], [*WORKERS, *SERVERS]])
+        dispatcher = [DISPATCHER] if self.options.dispatch else []
+        self.supervisor.stop([["proxy"], dispatcher, [*WORKERS, *SERVERS]])
         if self.redis is not None:
             self.redis.stop()
         alive = [f"{n} ({p})" for n, p in pids.items() if pid_alive(p)]
