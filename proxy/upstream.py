@@ -62,6 +62,7 @@ class _Connection(asyncio.Protocol):
         self.received = False
         self.keep_alive = False
         self.complete = False
+        self._interim = False
         self._last = 0.0
 
     # -- asyncio.Protocol --
@@ -117,6 +118,10 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         parser = self._parser
         status = parser.get_status_code()
+        if 100 <= status < 200 and status != 101:  # an interim answer (103): the final follows
+            self._headers = []
+            self._interim = True
+            return
         self.keep_alive = parser.should_keep_alive()
         for name, value in self._headers:
             lname = name.lower()
@@ -143,6 +148,9 @@ class _Connection(asyncio.Protocol):
             resp._feed(body)
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
         self._message_done()
 
     def _message_done(self) -> None:
@@ -179,6 +187,8 @@ class _Connection(asyncio.Protocol):
         self._timer = None
         if self.complete or self.closed:
             return
+        if self.response is not None and self.response._paused:
+            self._last = self._loop.time()  # we stopped reading (a slow client), not the primary
         due = self._last + self._timeout_s
         if self._loop.time() < due:  # something arrived meanwhile: wait from then
             self._timer = self._loop.call_at(due, self._check)
@@ -360,6 +370,8 @@ class UpstreamPool:
                 exc.retryable = False  # type: ignore[attr-defined]
             if not answer.done():
                 answer.cancel()
+            elif not answer.cancelled():
+                answer.exception()  # retrieved: the exception raised here is the one that counts
             raise
 
     async def _acquire(self, fresh: bool) -> tuple[_Connection, bool]:

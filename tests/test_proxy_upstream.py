@@ -184,6 +184,8 @@ def test_a_silent_primary_times_out_and_a_truncated_answer_fails() -> None:
             resp = await cut.request("GET", b"/", [], None)
             with pytest.raises(UpstreamError):
                 await _body(resp)
+            pool.close()
+            cut.close()
             return None, None
 
         _run(main)
@@ -215,3 +217,24 @@ def test_an_unreachable_primary_is_an_upstream_error() -> None:
             )
 
     _run(main)
+
+
+def test_an_interim_answer_is_skipped_for_the_final_one() -> None:
+    def early_hints(conn: socket.socket, n: int) -> bool:
+        _read_request(conn)
+        conn.sendall(
+            b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfinal"
+        )
+        return True
+
+    with counting_server(early_hints) as (url, _):
+
+        async def main() -> tuple[int, bytes]:
+            pool = UpstreamPool(url, timeout_s=2)
+            resp = await pool.request("GET", b"/", [], None)
+            answer = resp.status, await _body(resp)
+            pool.close()
+            return answer
+
+        assert _run(main) == (200, b"final")
