@@ -249,3 +249,32 @@ def test_graceful_stop_finishes_requests_in_flight(
         time.sleep(0.2)  # in flight when the stop begins
     thread.join(timeout=5)
     assert answers == [200]
+
+
+def _answers(url: str) -> list[tuple[int, list[tuple[str, str]], bytes]]:
+    out = []
+    with httpx.Client(timeout=10) as client:
+        for method, path, body in [
+            ("GET", "/json", None),
+            ("POST", "/binary", b"x" * 100),
+            ("GET", "/chunked", None),
+            ("GET", "/hop", None),
+            ("GET", "/status/204", None),
+            ("HEAD", "/json", None),
+            ("POST", "/status/503", b"{}"),
+        ]:
+            answer = client.request(method, f"{url}{path}", content=body)
+            skip = {"x-request-id", "date", "server", "content-length", "transfer-encoding"}
+            headers = sorted((n, v) for n, v in answer.headers.multi_items() if n not in skip)
+            out.append((answer.status_code, headers, answer.content))
+    return out
+
+
+def test_the_native_port_answers_like_the_uvicorn_one(
+    primary: tuple[Primary, str], redis_url: str
+) -> None:
+    seen = {}
+    for kind in ("native", "uvicorn"):
+        with running_proxy(proxy_settings(primary[1], data_port=kind), redis_url) as running:
+            seen[kind] = _answers(running.url)
+    assert seen["native"] == seen["uvicorn"]
