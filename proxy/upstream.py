@@ -13,6 +13,9 @@ were. A pooled connection the primary had already closed (no byte of the answer 
 back) is retried once on a fresh connection, for idempotent methods with a body held in
 memory only: a POST may have been processed before the connection died.
 
+At most `max_open` connections per upstream (the old aiohttp connector's limit, 1024 or
+mirror_concurrency x 4): a request beyond it waits up to `timeout_s` for one.
+
 Errors: `UpstreamTimeout` (a TimeoutError), `UpstreamError` (an OSError: refused, reset,
 closed early, an answer that does not parse).
 """
@@ -51,6 +54,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self._drain: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self.pool: UpstreamPool | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -84,6 +88,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.pool is not None:
+            self.pool.slot_freed()
         self._wake_drain(exc)
         resp = self.response
         if self._head is not None and resp is not None and not self.complete:
@@ -302,13 +308,17 @@ class UpstreamResponse:
         self._conn.close()
 
     def _pool_of(self) -> UpstreamPool | None:
-        return getattr(self._conn, "pool", None)
+        return self._conn.pool
 
 
 class UpstreamPool:
-    """Keep-alive connections to one upstream base URL."""
+    """Keep-alive connections to one upstream base URL: at most `max_open` at once (a
+    request beyond it waits up to `timeout_s` for one, as aiohttp's connector limit made it
+    wait), at most `max_idle` of them kept between requests."""
 
-    def __init__(self, base_url: str, timeout_s: float, max_idle: int = 1024) -> None:
+    def __init__(
+        self, base_url: str, timeout_s: float, max_idle: int = 1024, max_open: int = 1024
+    ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
@@ -321,6 +331,9 @@ class UpstreamPool:
         self._host_line = b"\r\nhost: " + (host if default else f"{host}:{self._port}").encode()
         self._timeout_s = timeout_s
         self._max_idle = max_idle
+        self._max_open = max_open
+        self._open = 0  # connections made and not yet lost (idle ones included)
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._idle: list[_Connection] = []
         self.closed = False
 
@@ -376,10 +389,50 @@ class UpstreamPool:
 
     async def _acquire(self, fresh: bool) -> tuple[_Connection, bool]:
         idle = self._idle
-        while idle and not fresh:
-            conn = idle.pop()
-            if not conn.closed:
-                return conn, True
+        while True:
+            while idle and not fresh:
+                conn = idle.pop()
+                if not conn.closed:
+                    return conn, True
+            if self._open < self._max_open:
+                break
+            await self._wait_slot()
+        self._open += 1
+        try:
+            conn = await self._connect()
+        except BaseException:
+            self.slot_freed()
+            raise
+        conn.pool = self
+        return conn, False
+
+    async def _wait_slot(self) -> None:
+        """Wait until a connection is given back or closed (bounded by the timeout)."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await waiter
+        except TimeoutError:
+            limit = f"{self._timeout_s * 1000:.0f} ms"
+            raise UpstreamTimeout(f"all {self._max_open} connections busy for {limit}") from None
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def slot_freed(self) -> None:
+        """A connection of this pool is gone: a waiting request may open one."""
+        self._open -= 1
+        self._wake_one()
+
+    async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._timeout_s):
@@ -394,8 +447,7 @@ class UpstreamPool:
             error = UpstreamError(f"cannot connect to the primary: {exc.strerror or exc}")
             error.retryable = False  # type: ignore[attr-defined]
             raise error from None
-        conn.pool = self  # type: ignore[attr-defined]
-        return conn, False
+        return conn
 
     def give_back(self, conn: _Connection) -> None:
         """Pool a connection whose answer was read to its end, if it can carry another."""
@@ -404,6 +456,7 @@ class UpstreamPool:
         conn.response = None
         if reusable and len(self._idle) < self._max_idle:
             self._idle.append(conn)
+            self._wake_one()
         else:
             conn.close()
 
@@ -449,16 +502,16 @@ async def _send_stream(conn: _Connection, body: AsyncIterator[bytes], chunked: b
 class Upstreams:
     """One pool per upstream base URL (the primary can change while serving)."""
 
-    def __init__(self, timeout_s: float, max_idle: int = 1024) -> None:
+    def __init__(self, timeout_s: float, max_open: int = 1024) -> None:
         self._timeout_s = timeout_s
-        self._max_idle = max_idle
+        self._max_open = max_open
         self._pools: dict[str, UpstreamPool] = {}
 
     def pool(self, base_url: str) -> UpstreamPool:
         """The pool for this base URL (created on first use)."""
         pool = self._pools.get(base_url)
         if pool is None:
-            pool = UpstreamPool(base_url, self._timeout_s, self._max_idle)
+            pool = UpstreamPool(base_url, self._timeout_s, self._max_open, self._max_open)
             self._pools[base_url] = pool
         return pool
 

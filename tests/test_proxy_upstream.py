@@ -238,3 +238,30 @@ def test_an_interim_answer_is_skipped_for_the_final_one() -> None:
             return answer
 
         assert _run(main) == (200, b"final")
+
+
+def test_requests_beyond_max_open_wait_for_a_connection(primary_url: str) -> None:
+    async def main() -> tuple[list[int], list[str]]:
+        pool = UpstreamPool(primary_url, timeout_s=2, max_open=1)
+        tight = UpstreamPool(primary_url, timeout_s=0.2, max_open=1)
+
+        async def fetch(p: UpstreamPool, path: bytes) -> int:
+            resp = await p.request("GET", path, [], None)
+            await _body(resp)
+            return resp.status
+
+        statuses = await asyncio.gather(*(fetch(pool, b"/slow/50") for _ in range(4)))
+        held = await tight.request("GET", b"/json", [], None)  # not read: its connection stays busy
+        errors = []
+        try:
+            await fetch(tight, b"/json")
+        except UpstreamTimeout as exc:
+            errors.append(str(exc))
+        held.close()
+        pool.close()
+        tight.close()
+        return list(statuses), errors
+
+    statuses, errors = _run(main)  # type: ignore[misc]
+    assert statuses == [200] * 4
+    assert errors and "busy" in errors[0]
