@@ -67,6 +67,7 @@ class Request(Exchange):
         "_no_body",
         "_waiter",
         "body_since",
+        "http11",
         "keep_alive",
         "started",
         "url",
@@ -81,6 +82,7 @@ class Request(Exchange):
         self._waiter: asyncio.Future[None] | None = None
         self._continue = False
         self.keep_alive = True
+        self.http11 = True
         self.body_since = 0.0
         self.started = False  # the answer's head was handed to `start`
         self._ended = False
@@ -135,7 +137,7 @@ class Request(Exchange):
             lines.append(b"%s: %s\r\n" % (name, value))
         self._no_body = self.method == "HEAD" or status in (204, 304) or status < 200
         if not sized and not self._no_body:
-            if conn.http11:
+            if self.http11:
                 self._chunked = True
                 lines.append(b"transfer-encoding: chunked\r\n")
             else:
@@ -189,7 +191,6 @@ class _Connection(asyncio.Protocol):
         self.client: str | None = None
         self.lost = False
         self.closing = False
-        self.http11 = True
         self._lost: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
         self._queue: collections.deque[Request] = collections.deque()
@@ -293,7 +294,7 @@ class _Connection(asyncio.Protocol):
             return
         parser = self.parser
         request.method = parser.get_method().decode("latin-1")
-        self.http11 = parser.get_http_version() == "1.1"
+        request.http11 = parser.get_http_version() == "1.1"
         request.keep_alive = parser.should_keep_alive()
         request.client = self.client
         self._split_target(request)
