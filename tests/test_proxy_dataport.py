@@ -278,3 +278,19 @@ def test_the_native_port_answers_like_the_uvicorn_one(
         with running_proxy(proxy_settings(primary[1], data_port=kind), redis_url) as running:
             seen[kind] = _answers(running.url)
     assert seen["native"] == seen["uvicorn"]
+
+
+def test_a_slow_reader_does_not_time_the_primary_out(
+    primary: tuple[Primary, str], redis_url: str
+) -> None:
+    """The primary's answer waits while the client reads slowly: that is not the primary
+    being silent (primary_timeout_ms is far shorter than the client's pause)."""
+    payload = os.urandom(1024 * 1024)
+    settings = proxy_settings(primary[1], primary_timeout_ms=300)
+    with running_proxy(settings, redis_url) as running, _connect(running.url) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        head = b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(payload)
+        sock.sendall(head + payload)
+        time.sleep(1.0)
+        status, _, body = _read_answer(sock, bytearray())
+    assert status == 200 and orjson.loads(body)["body"].encode("latin-1") == payload
