@@ -285,7 +285,7 @@ def test_a_slow_reader_does_not_time_the_primary_out(
 ) -> None:
     """The primary's answer waits while the client reads slowly: that is not the primary
     being silent (primary_timeout_ms is far shorter than the client's pause)."""
-    payload = os.urandom(1024 * 1024)
+    payload = os.urandom(8 * 1024 * 1024)  # echoed as JSON: more than socket buffers hold
     settings = proxy_settings(primary[1], primary_timeout_ms=300)
     with running_proxy(settings, redis_url) as running, _connect(running.url) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
