@@ -294,3 +294,26 @@ def test_a_slow_reader_does_not_time_the_primary_out(
         time.sleep(1.0)
         status, _, body = _read_answer(sock, bytearray())
     assert status == 200 and orjson.loads(body)["body"].encode("latin-1") == payload
+
+
+def test_an_upgrade_request_is_answered_by_the_primary_then_the_connection_closes(
+    proxy: RunningProxy,
+) -> None:
+    with _connect(proxy.url) as sock:
+        sock.sendall(
+            b"GET /echo HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
+            b"\x81\x05hello"  # frames the proxy never parses as HTTP
+        )
+        status, _, body = _read_answer(sock, bytearray())
+        assert status == 200
+        names = [name for name, _ in orjson.loads(body)["headers"]]
+        assert "upgrade" not in names
+        assert _closed(sock)
+
+
+def test_an_absolute_form_target_forwards_its_path_and_query(proxy: RunningProxy) -> None:
+    with _connect(proxy.url) as sock:
+        sock.sendall(b"GET http://elsewhere.example/echo?a=1 HTTP/1.1\r\nhost: x\r\n\r\n")
+        status, _, body = _read_answer(sock, bytearray())
+    seen = orjson.loads(body)
+    assert status == 200 and seen["raw_path"] == "/echo" and seen["query"] == "a=1"
