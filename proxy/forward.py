@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import secrets
 import time
@@ -79,11 +80,27 @@ class RequestIds:
     """Unpredictable request ids (32 hex digits, 128 random bits each).
 
     Not a prefix and a counter: the label join is keyed by request id, and an id a client
-    can predict is one it can send first to claim another request's label."""
+    can predict is one it can send first to claim another request's label. The bytes come
+    from the OS's CSPRNG 256 ids at a time: one getrandom call per request was ~9% of the
+    forward path's CPU. Nothing is shared across processes (workers are spawned, and a
+    forked child refills before its first id)."""
+
+    _BATCH = 16 * 256
+
+    def __init__(self) -> None:
+        self._hex = ""
+        self._at = 0
+        self._pid = os.getpid()
 
     def new(self) -> str:
         """A fresh request id."""
-        return secrets.token_hex(16)
+        at = self._at
+        if at >= len(self._hex) or os.getpid() != self._pid:  # a forked child refills
+            self._hex = secrets.token_bytes(self._BATCH).hex()
+            self._pid = os.getpid()
+            at = 0
+        self._at = at + 32
+        return self._hex[at : at + 32]
 
 
 class _Incoming:
