@@ -30,16 +30,18 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from common.errors import ShadowtrialError
+
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
 _HIGH_WATER = 256 * 1024  # answer bytes buffered before the primary's socket is paused
 _NO_BODY_STATUS = frozenset({204, 304})
 
 
-class UpstreamError(OSError):
+class UpstreamError(ShadowtrialError, OSError):
     """The primary could not be reached, or its answer broke or does not parse."""
 
 
-class UpstreamTimeout(TimeoutError):
+class UpstreamTimeout(ShadowtrialError, TimeoutError):
     """The primary sent nothing for `timeout_s` (connecting, or waiting for its answer)."""
 
 
