@@ -21,6 +21,10 @@ boundary (common.redis_client's clients; control.registry_store for the registry
     ├── ProfileError         analysis.profile: a data or profile file that cannot be read
     ├── WatchError           analysis.watch_live: a watch window or reference that cannot
     │                        be read (the API and the page answer 400; also a ValueError)
+    ├── UpstreamError        proxy.upstream: the primary unreachable or its answer broken
+    │                        (also an OSError; the data port answers 502)
+    ├── UpstreamTimeout      proxy.upstream: the primary silent past primary_timeout_ms
+    │                        (also a TimeoutError; the data port answers 504)
     └── DecodeError          bytes or text that are not what they claim (also a ValueError,
         │                    so a parser's callers may catch either)
         ├── RecordError          common.records: a stream entry that is no pair record
@@ -33,7 +37,7 @@ boundary (common.redis_client's clients; control.registry_store for the registry
 
 Not errors of the tree, on purpose:
 
-- proxy.forward.ClientGone, models.onnx_model._BadInput and
+- proxy.exchange.ClientGone, proxy.dataport._Refuse, models.onnx_model._BadInput and
   shadowtrial.examples.model_server.BadInput: signals inside one module, never raised
   past it.
 - common.redis_client.ClusterUnavailable and ClusterCommandError: translations *into*

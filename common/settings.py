@@ -373,6 +373,9 @@ class ProxySettings:
     # read (and buffered for mirroring) hold at most this many bytes per process in all.
     body_timeout_ms: int = _setting(30_000, _at_least(_cast_int, 100))
     max_buffered_bytes: int = _setting(67_108_864, _at_least(_cast_int, 0))
+    # The data port's server: "native" (proxy.dataport, httptools, no ASGI on the hot
+    # path) or "uvicorn" (the ASGI server it replaced; same limits via proxy.http_limits).
+    data_port: str = _setting("native", _choice("native", "uvicorn"))
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,11 @@
-"""The proxy of one process: the data-port ASGI callable and everything it owns.
+"""The proxy of one process: the data port's handler and everything it owns.
 
 `create_app(settings, redis_url)` builds the candidate runners (a model that cannot be
 loaded fails here, before anything listens), the routing table, capture, mirror and
-forwarder. The data port is this raw ASGI callable (no framework routing on the hot
-path); its lifespan opens and closes the upstream sessions and the capture writer, and
+forwarder. The data port is `data_port()`, the native server of proxy.dataport calling
+`handle(exchange)`; the same object is also an ASGI app (`[proxy] data_port = "uvicorn"`).
+`startup`/`shutdown` (or the ASGI lifespan) open and close the upstream clients and the
+capture writer, and
 starts the registry sync (control.sync: live primary and candidates from Redis) with
 its time-box and gate-automation watch (control.trials). The admin port is a separate
 Starlette app, `app.admin`, that reads this object's state.
@@ -21,7 +23,9 @@ from control.trials import TrialWatch
 from control.watch import WatchGauges, WatchTask
 from proxy.candidates import build_runners
 from proxy.capture import Capture
-from proxy.forward import Forwarder, Receive, Scope, Send
+from proxy.dataport import DataPort
+from proxy.exchange import AsgiExchange, Exchange, Receive, Scope, Send
+from proxy.forward import Forwarder
 from proxy.gate_metrics import GateGauges
 from proxy.looplag import LoopLag
 from proxy.metrics import Metrics
@@ -69,10 +73,27 @@ class ProxyApp:
         self.started = False
         self.admin = create_admin_app(self)
 
+    async def handle(self, exchange: Exchange) -> None:
+        """Answer one data-port request (the native server calls this directly)."""
+        await self.forwarder.handle(exchange)
+
+    def data_port(self) -> DataPort:
+        """The native data-port server (proxy.dataport) in front of `handle`, with the
+        limits of [proxy]; refusals are counted on shadowtrial_http_refused_total."""
+        proxy = self.settings.proxy
+        return DataPort(
+            self.handle,
+            max_head_bytes=proxy.max_header_bytes,
+            head_timeout_s=proxy.header_timeout_ms / 1000,
+            body_timeout_s=proxy.body_timeout_ms / 1000,
+            on_refuse=self.metrics.refused,
+        )
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI data port (`[proxy] data_port = "uvicorn"`, in-process tests)."""
         kind = scope["type"]
         if kind == "http":
-            await self.forwarder(scope, receive, send)
+            await self.forwarder.handle(AsgiExchange(scope, receive, send))
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         else:  # websockets are not proxied

@@ -3,41 +3,38 @@
 Per request: one pass over the request headers (hop-by-hop dropped, X-Request-ID checked
 or generated, X-Forwarded-For / -Proto added), the body read (fully when it is at most
 max_capture_bytes, so it can be mirrored; streamed through otherwise), the mirror
-decision, then the primary exchange over one shared aiohttp session. The primary's status
-and headers (minus hop-by-hop) go out as soon as they arrive, body chunks as they arrive.
-Primary unreachable: 502 JSON; no answer within proxy.primary_timeout_ms: 504 JSON.
+decision, then the primary exchange over a keep-alive pool (proxy.upstream). The primary's
+status and headers (minus hop-by-hop) go out as soon as they arrive, body chunks as they
+arrive. Primary unreachable: 502 JSON; no answer within proxy.primary_timeout_ms: 504 JSON.
 
-Everything here is written for speed: raw ASGI, precomputed header tables, no per-request
-logging, no copy of the answer unless the request is mirrored.
+Everything here is written for speed: an `Exchange` (proxy.exchange) instead of ASGI
+messages, precomputed header tables, no per-request logging, no copy of the answer unless
+the request is mirrored. A canary candidate is still asked over aiohttp (proxy.canary).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import aiohttp
 import orjson
-from yarl import URL
 
 from common.settings import Settings
 from proxy.canary import SERVED_BY, CanaryAnswer, CanaryCounts, ask, shadow_primary
+from proxy.exchange import ClientGone, Exchange
 from proxy.metrics import Metrics
 from proxy.mirror import Mirror, PrimaryAnswer
 from proxy.routing import CanaryTarget, RoutingTable
 from proxy.runner import MirrorRequest
+from proxy.upstream import UpstreamError, UpstreamResponse, Upstreams, UpstreamTimeout
 
 log = logging.getLogger("shadowtrial.forward")
-
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 # Request headers never forwarded: hop-by-hop ones (RFC 9110 7.6.1), Host (the primary's
 # own is set by the client library), Content-Length / Transfer-Encoding (recomputed from
@@ -83,11 +80,27 @@ class RequestIds:
     """Unpredictable request ids (32 hex digits, 128 random bits each).
 
     Not a prefix and a counter: the label join is keyed by request id, and an id a client
-    can predict is one it can send first to claim another request's label."""
+    can predict is one it can send first to claim another request's label. The bytes come
+    from the OS's CSPRNG 256 ids at a time: one getrandom call per request was ~9% of the
+    forward path's CPU. Nothing is shared across processes (workers are spawned, and a
+    forked child refills before its first id)."""
+
+    _BATCH = 16 * 256
+
+    def __init__(self) -> None:
+        self._hex = ""
+        self._at = 0
+        self._pid = os.getpid()
 
     def new(self) -> str:
         """A fresh request id."""
-        return secrets.token_hex(16)
+        at = self._at
+        if at >= len(self._hex) or os.getpid() != self._pid:  # a forked child refills
+            self._hex = secrets.token_bytes(self._BATCH).hex()
+            self._pid = os.getpid()
+            at = 0
+        self._at = at + 32
+        return self._hex[at : at + 32]
 
 
 class _Incoming:
@@ -102,10 +115,6 @@ class _Incoming:
         self.sample_value: str | None = None
         self.xff: bytes | None = None
         self.proto = False
-
-
-class ClientGone(Exception):
-    """The client disconnected before its request was complete."""
 
 
 class Forwarder:
@@ -127,10 +136,12 @@ class Forwarder:
         header = mirror.policy.sample_header
         self._sample_header = None if header is None else header.encode("latin-1")
         self._session: aiohttp.ClientSession | None = None
+        self._upstreams = Upstreams(self._timeout_s, self._pool_size)
         self.canary_counts = CanaryCounts(metrics.registry)
 
     async def start(self) -> None:
-        """Open the shared upstream session (inside the serving loop)."""
+        """Open the canary's aiohttp session (inside the serving loop); the primary's
+        pool (proxy.upstream) connects on first use."""
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
                 limit=self._pool_size, limit_per_host=0, keepalive_timeout=60
@@ -144,26 +155,26 @@ class Forwarder:
         )
 
     async def close(self) -> None:
-        """Close the upstream session."""
+        """Close the upstream sessions."""
+        self._upstreams.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def handle(self, ex: Exchange) -> None:
         """Handle one HTTP request on the data port."""
         try:
-            incoming = self._read_headers(scope)
+            incoming = self._read_headers(ex)
         except UnicodeDecodeError:
-            await self._refuse_header(send, scope["method"])
+            await self._refuse_header(ex)
             return
         try:
-            body, stream, too_large = await self._read_body(receive, incoming.content_length)
+            body, stream, too_large = await self._read_body(ex, incoming.content_length)
         except ClientGone:
             return
-        method: str = scope["method"]
-        path = scope.get("raw_path") or scope["path"].encode()
-        path_text = path.decode("latin-1")
-        query = scope.get("query_string", b"").decode("latin-1")
+        method = ex.method
+        path_text = ex.path.decode("latin-1")
+        query = ex.query.decode("latin-1")
         primary: asyncio.Future[PrimaryAnswer] | None = None
         mirrors = self._routing.mirrors
         policy = self._mirror.policy
@@ -176,7 +187,7 @@ class Forwarder:
         target = self.canary_counts.pick(canary, key) if eligible and stream is None else None
         if target is not None:
             path_query = f"{path_text}?{query}" if query else path_text
-            if await self._serve_canary(send, method, target, path_query, incoming, body or b""):
+            if await self._serve_canary(ex, target, path_query, incoming, body or b""):
                 return
             mirrors = ()  # its candidate already saw this request (and failed it)
         if (mirrors or watching) and eligible:
@@ -184,18 +195,13 @@ class Forwarder:
                 incoming.request_id, method, path_text, query, incoming.headers, body or b""
             )
             primary = self._mirror.start(mirrors, key, request, too_large)
-        url = self._routing.primary + path_text
-        if query:
-            url = f"{url}?{query}"
-        if stream is not None and incoming.content_length >= 0:
-            incoming.headers.append(("content-length", str(incoming.content_length)))
+        target_bytes = ex.path + b"?" + ex.query if ex.query else ex.path
         data = body if stream is None else stream
-        await self._exchange(receive, send, method, URL(url, encoded=True), incoming, data, primary)
+        await self._exchange(ex, target_bytes, incoming, data, primary)
 
     async def _serve_canary(
         self,
-        send: Send,
-        method: str,
+        ex: Exchange,
         target: CanaryTarget,
         path_query: str,
         incoming: _Incoming,
@@ -203,6 +209,7 @@ class Forwarder:
     ) -> bool:
         """Answer from the candidate on canary; False (counted) when the primary must."""
         assert self._session is not None, "Forwarder.start() was not called"
+        method = ex.method
         started = time.perf_counter()
         answer = await ask(
             self._session, target, method, path_query, incoming.headers, body, self._limit
@@ -217,8 +224,8 @@ class Forwarder:
             headers.append((b"content-length", str(len(answer.body)).encode()))
         headers.append((SERVED_BY, target.name.encode()))
         self._metrics.request_done(method, answer.status, None)  # not the primary's latency
-        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
-        await send({"type": "http.response.body", "body": answer.body, "more_body": False})
+        await ex.start(answer.status, headers)
+        await ex.end(answer.body)
         path, _, query = path_query.partition("?")
         request = MirrorRequest(incoming.request_id, method, path, query, incoming.headers, body)
         key = incoming.sample_value or incoming.request_id
@@ -226,7 +233,7 @@ class Forwarder:
                        elapsed, self._timeout_s, self._limit)  # fmt: skip
         return True
 
-    def _read_headers(self, scope: Scope) -> _Incoming:
+    def _read_headers(self, ex: Exchange) -> _Incoming:
         """One pass over the request headers: what to forward and what to remember.
 
         Values are decoded as UTF-8 because aiohttp encodes them as UTF-8: the primary and
@@ -235,7 +242,7 @@ class Forwarder:
         headers = out.headers
         actions = self._actions
         connection: list[bytes] = []
-        for name, value in scope["headers"]:
+        for name, value in ex.headers:
             action = actions.get(name)
             if action is None:
                 headers.append((name.decode("latin-1"), value.decode()))
@@ -255,26 +262,26 @@ class Forwarder:
                 connection.append(value)
         if connection:
             _drop_connection_listed(headers, connection)
-        self._add_forwarding(out, scope)
+        self._add_forwarding(out, ex)
         return out
 
-    def _add_forwarding(self, out: _Incoming, scope: Scope) -> None:
+    def _add_forwarding(self, out: _Incoming, ex: Exchange) -> None:
         """X-Request-ID (kept when safe, else a fresh one), X-Forwarded-For / -Proto."""
         if not out.request_id or not _SAFE_REQUEST_ID(out.request_id):
             out.request_id = self._ids.new()
         headers = out.headers
         headers.append(("x-request-id", out.request_id))
-        client = scope.get("client")
+        client = ex.client
         xff = out.xff.decode() if out.xff else ""
         if client:
-            headers.append(("x-forwarded-for", f"{xff}, {client[0]}" if xff else client[0]))
+            headers.append(("x-forwarded-for", f"{xff}, {client}" if xff else client))
         elif xff:
             headers.append(("x-forwarded-for", xff))
         if not out.proto:
-            headers.append(("x-forwarded-proto", scope.get("scheme", "http")))
+            headers.append(("x-forwarded-proto", ex.scheme))
 
     async def _read_body(
-        self, receive: Receive, declared: int
+        self, ex: Exchange, declared: int
     ) -> tuple[bytes | None, AsyncIterator[bytes] | None, bool]:
         """(body, None, too_large) when read whole; (None, stream, True) when too large
         to hold (declared or found over max_capture_bytes), or when the bodies being read
@@ -282,12 +289,9 @@ class Forwarder:
         memory): it is streamed to the primary, not mirrored (counted too_large)."""
         limit = self._limit
         if declared > limit:
-            return None, _stream_body(receive, []), True
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        body: bytes = message.get("body", b"")
-        if not message.get("more_body", False):
+            return None, _stream_body(ex, []), True
+        body, more = await ex.receive()
+        if not more:
             return body, None, len(body) > limit
         parts = [body]
         held = 0  # bytes of this body counted in self._buffered
@@ -302,43 +306,38 @@ class Forwarder:
                     break
                 self._buffered += want - held
                 held = want
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise ClientGone
-                chunk = message.get("body", b"")
+                chunk, more = await ex.receive()
                 parts.append(chunk)
                 size += len(chunk)
-                if not message.get("more_body", False):
+                if not more:
                     return b"".join(parts), None, size > limit
         finally:
             self._buffered -= held
-        return None, _stream_body(receive, parts), True
+        return None, _stream_body(ex, parts), True
 
     async def _exchange(
         self,
-        receive: Receive,
-        send: Send,
-        method: str,
-        url: URL,
+        ex: Exchange,
+        target: bytes,
         incoming: _Incoming,
         data: bytes | AsyncIterator[bytes] | None,
         primary: asyncio.Future[PrimaryAnswer] | None,
     ) -> None:
         """Send to the primary and relay its answer; always resolves `primary`."""
-        session = self._session
-        assert session is not None, "Forwarder.start() was not called"
+        method = ex.method
         started = time.perf_counter()
         try:
-            resp = await session.request(
-                method, url, headers=incoming.headers, data=data or None, allow_redirects=False
+            pool = self._upstreams.pool(self._routing.primary)
+            resp = await pool.request(
+                method, target, incoming.headers, data or None, incoming.content_length
             )
         except TimeoutError:
-            await self._fail(send, method, 504, "primary timeout",
+            await self._fail(ex, 504, "primary timeout",
                              f"no answer within {self._timeout_s * 1000:.0f} ms",
                              incoming, primary, started)  # fmt: skip
             return
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
-            await self._fail(send, method, 502, "primary unreachable", _describe(exc),
+        except (OSError, ValueError) as exc:
+            await self._fail(ex, 502, "primary unreachable", _describe(exc),
                              incoming, primary, started)  # fmt: skip
             return
         except ClientGone:
@@ -347,14 +346,12 @@ class Forwarder:
         except BaseException:
             _resolve(primary, PrimaryAnswer(0, b"", "", 0.0, failed=True))
             raise
-        await self._relay(receive, send, method, resp, incoming, primary, started)
+        await self._relay(ex, resp, incoming, primary, started)
 
     async def _relay(
         self,
-        receive: Receive,
-        send: Send,
-        method: str,
-        resp: aiohttp.ClientResponse,
+        ex: Exchange,
+        resp: UpstreamResponse,
         incoming: _Incoming,
         primary: asyncio.Future[PrimaryAnswer] | None,
         started: float,
@@ -365,11 +362,13 @@ class Forwarder:
         answered: float | None = None
         # An unsized answer (chunked, server-sent events) may never end: stop reading it
         # when the client goes away. A sized one is read to its end.
-        watcher = None if sized else asyncio.get_running_loop().create_task(_watch(receive, resp))
+        watcher = None
+        if not sized and not resp.at_eof:
+            watcher = asyncio.get_running_loop().create_task(_close_on_disconnect(ex, resp))
         try:
-            await send({"type": "http.response.start", "status": resp.status, "headers": headers})
-            answered = await self._relay_body(send, resp.content, copy)
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            await ex.start(resp.status, headers)
+            answered = await self._relay_body(ex, resp, copy)
+        except (UpstreamError, UpstreamTimeout) as exc:
             if watcher is None or not watcher.done():
                 # The primary failed mid-answer: the only honest signal left is to abort.
                 _warn_sometimes("primary answer broken", _describe(exc))
@@ -377,27 +376,38 @@ class Forwarder:
         finally:
             if watcher is not None:
                 watcher.cancel()
-            complete = answered is not None
-            # The primary's latency ends with its last byte, before it is relayed: a slow
-            # client must not make the primary look slow next to a candidate (whose time
-            # ends with its answer too).
-            elapsed = (answered if complete else time.perf_counter()) - started
-            if complete:
-                resp.release()
-            else:
-                resp.close()
-            self._metrics.request_done(method, resp.status, elapsed if complete else None)
-            if primary is not None and copy is not None:
-                body = copy[0] if len(copy) == 1 else b"".join(copy)
-                if len(body) > self._limit:
-                    body = body[: self._limit]
-                _resolve(
-                    primary,
-                    PrimaryAnswer(resp.status, body, content_type, elapsed * 1000, not complete),
-                )
+            self._finish(ex.method, resp, answered, started, content_type, copy, primary)
+
+    def _finish(
+        self,
+        method: str,
+        resp: UpstreamResponse,
+        answered: float | None,
+        started: float,
+        content_type: str,
+        copy: list[bytes] | None,
+        primary: asyncio.Future[PrimaryAnswer] | None,
+    ) -> None:
+        """Count the exchange, give its connection back, hand the mirror its copy."""
+        complete = answered is not None
+        # The primary's latency ends with its last byte, before it is relayed: a slow
+        # client must not make the primary look slow next to a candidate (whose time
+        # ends with its answer too).
+        elapsed = (answered if answered is not None else time.perf_counter()) - started
+        if complete:
+            resp.release()
+        else:
+            resp.close()
+        self._metrics.request_done(method, resp.status, elapsed if complete else None)
+        if primary is not None and copy is not None:
+            body = copy[0] if len(copy) == 1 else b"".join(copy)
+            if len(body) > self._limit:
+                body = body[: self._limit]
+            answer = PrimaryAnswer(resp.status, body, content_type, elapsed * 1000, not complete)
+            _resolve(primary, answer)
 
     async def _relay_body(
-        self, send: Send, content: aiohttp.StreamReader, copy: list[bytes] | None
+        self, ex: Exchange, resp: UpstreamResponse, copy: list[bytes] | None
     ) -> float:
         """Forward body chunks as they arrive; keep a copy up to the capture limit.
 
@@ -405,24 +415,23 @@ class Forwarder:
         kept = 0
         limit = self._limit
         while True:
-            chunk = await content.readany()
+            chunk = await resp.read()
             if not chunk:
                 answered = time.perf_counter()
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await ex.end()
                 return answered
             if copy is not None and kept <= limit:
                 copy.append(chunk)
                 kept += len(chunk)
-            if content.at_eof():
+            if resp.at_eof:
                 answered = time.perf_counter()
-                await send({"type": "http.response.body", "body": chunk, "more_body": False})
+                await ex.end(chunk)
                 return answered
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await ex.write(chunk)
 
     async def _fail(
         self,
-        send: Send,
-        method: str,
+        ex: Exchange,
         status: int,
         error: str,
         detail: str,
@@ -433,18 +442,18 @@ class Forwarder:
         body = orjson.dumps({"error": error, "detail": detail})
         elapsed_ms = (time.perf_counter() - started) * 1000
         _resolve(primary, PrimaryAnswer(status, body, "application/json", elapsed_ms, failed=True))
-        self._metrics.request_done(method, status, None)
+        self._metrics.request_done(ex.method, status, None)
         _warn_sometimes(error, detail)
         headers = [*_JSON, (b"x-request-id", incoming.request_id.encode("latin-1"))]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+        await ex.start(status, headers)
+        await ex.end(body)
 
-    async def _refuse_header(self, send: Send, method: str) -> None:
+    async def _refuse_header(self, ex: Exchange) -> None:
         """400 for header bytes that are not UTF-8: they cannot be forwarded unchanged."""
         incoming = _Incoming()
         incoming.request_id = self._ids.new()
         detail = "a header value is not valid UTF-8; it cannot be forwarded unchanged"
-        await self._fail(send, method, 400, "bad request", detail, incoming, None, 0.0)
+        await self._fail(ex, 400, "bad request", detail, incoming, None, 0.0)
 
 
 def _response_headers(
@@ -481,28 +490,23 @@ def _drop_connection_listed(headers: list[tuple[str, str]], values: list[bytes])
         headers[:] = [(n, v) for n, v in headers if n not in named]
 
 
-async def _stream_body(receive: Receive, head: list[bytes]) -> AsyncIterator[bytes]:
+async def _stream_body(ex: Exchange, head: list[bytes]) -> AsyncIterator[bytes]:
     """The rest of a large request body, as it arrives from the client (the parts read
     already are let go of as they are sent: a stalled body must not pin them)."""
     head.reverse()
     while head:
         yield head.pop()
     while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        yield message.get("body", b"")
-        if not message.get("more_body", False):
+        chunk, more = await ex.receive()
+        yield chunk
+        if not more:
             return
 
 
-async def _watch(receive: Receive, resp: aiohttp.ClientResponse) -> None:
+async def _close_on_disconnect(ex: Exchange, resp: UpstreamResponse) -> None:
     """Close the primary's answer when the client disconnects (the relay loop then ends)."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            resp.close()
-            return
+    await ex.wait_disconnect()
+    resp.close()
 
 
 def _resolve(future: asyncio.Future[PrimaryAnswer] | None, answer: PrimaryAnswer) -> None:

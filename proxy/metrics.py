@@ -18,11 +18,20 @@ fresh folder before it starts the workers, prometheus-client then keeps every va
 per-process files there, and /metrics (served by whichever worker the kernel hands the
 admin connection to) sums all processes' files. Gauges use `livesum`, so a worker that
 exits stops counting towards them.
+
+Batched: the hot-path updates (requests, primary and candidate latency, mirror counts,
+capture counts) are plain dict additions, applied to the prometheus-client objects once
+per event-loop turn (`flush`, scheduled by the first update of a turn), and before every
+scrape or read. A prometheus-client update takes a lock and, in multiprocess mode, writes
+an mmap'ed file: per request that was several microseconds of the forward path.
 """
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import os
+import threading
 from typing import Any
 
 from prometheus_client import (
@@ -179,6 +188,71 @@ class Metrics:
         )
         self._request_children: dict[tuple[str, int], Any] = {}
         self._children: dict[tuple[str, ...], Any] = {}
+        self._counts: dict[Any, float] = {}  # counter/gauge child -> increment not yet applied
+        self._observed: dict[Any, list[float]] = {}  # histogram child -> observations pending
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scheduled = False
+
+    def _add(self, child: Any, amount: float = 1) -> None:
+        counts = self._counts
+        counts[child] = counts.get(child, 0) + amount
+        if not self._scheduled:
+            self._schedule()
+
+    def _observe(self, child: Any, value: float) -> None:
+        pending = self._observed.get(child)
+        if pending is None:
+            self._observed[child] = [value]
+        else:
+            pending.append(value)
+        if not self._scheduled:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a test, a script): apply now
+            self.flush()
+            return
+        self._loop = loop
+        self._scheduled = True
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Apply the pending updates to the Prometheus objects (in the serving loop)."""
+        self._scheduled = False
+        counts, self._counts = self._counts, {}
+        observed, self._observed = self._observed, {}
+        for child, amount in counts.items():
+            if amount:
+                child.inc(amount)
+        for child, values in observed.items():
+            _observe_many(child, values)
+
+    def _flush_from_anywhere(self) -> None:
+        """`flush` in the loop that owns the pending updates, waiting for it (bounded) when
+        called from another thread (tests and probes read values that way)."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or not loop.is_running():
+            self.flush()
+            return
+        try:
+            if asyncio.get_running_loop() is loop:
+                self.flush()
+                return
+        except RuntimeError:
+            pass
+        done = threading.Event()
+
+        def run() -> None:
+            self.flush()
+            done.set()
+
+        try:
+            loop.call_soon_threadsafe(run)
+        except RuntimeError:  # closed meanwhile
+            return
+        done.wait(1.0)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (metric._name, *labels)
@@ -195,21 +269,21 @@ class Metrics:
             label = method if method in KNOWN_METHODS else "OTHER"
             child = self.requests.labels(label, f"{status // 100}xx")
             self._request_children[key] = child
-        child.inc()
+        self._add(child)
         if seconds is not None:
-            self.primary_latency.observe(seconds)
+            self._observe(self.primary_latency, seconds)
 
     def sampled(self, candidate: str) -> None:
         """Count one request sampled for a candidate."""
-        self._child(self.mirror_sampled, candidate).inc()
+        self._add(self._child(self.mirror_sampled, candidate))
 
     def mirror_outcome(self, candidate: str, outcome: str) -> None:
         """Count the final outcome of one sampled mirror."""
-        self._child(self.mirror_outcomes, candidate, outcome).inc()
+        self._add(self._child(self.mirror_outcomes, candidate, outcome))
 
     def candidate_answered(self, candidate: str, seconds: float) -> None:
         """Record one mirrored candidate's answer time."""
-        self._child(self.candidate_latency, candidate).observe(seconds)
+        self._observe(self._child(self.candidate_latency, candidate), seconds)
 
     def loop_lag(self, seconds: float) -> None:
         """Record one event-loop lag sample (negative jitter counts as none)."""
@@ -217,21 +291,21 @@ class Metrics:
 
     def mirror_connected(self, candidate: str) -> None:
         """Count one new connection opened for a mirror (a cold or outgrown pool)."""
-        self._child(self.mirror_connects, candidate).inc()
+        self._add(self._child(self.mirror_connects, candidate))
 
     def in_flight(self, candidate: str, delta: int) -> None:
         """Track mirrors sent and not yet handed to capture."""
-        self._child(self.mirrors_in_flight, candidate).inc(delta)
+        self._add(self._child(self.mirrors_in_flight, candidate), delta)
 
     def captured(self, candidate: str, outcome: str, count: int = 1) -> None:
         """Count pair records by capture outcome (the watch's also by its own name)."""
-        self._child(self.capture, candidate, outcome).inc(count)
+        self._add(self._child(self.capture, candidate, outcome), count)
         if candidate == WATCH and outcome != CAPTURE_SPOOLED:
             self.watched(outcome, count)
 
     def watched(self, outcome: str, count: int = 1) -> None:
         """Count watched requests by outcome (shadowtrial_watch_records_total)."""
-        self._child(self.watch_records, outcome).inc(count)
+        self._add(self._child(self.watch_records, outcome), count)
 
     def refused(self, reason: str) -> None:
         """Count one request refused by the HTTP limits (proxy.http_limits)."""
@@ -247,12 +321,35 @@ class Metrics:
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         """One sample's current value in this process (0 when absent); for tests and probes."""
+        self._flush_from_anywhere()
         return self.registry.get_sample_value(name, labels or {}) or 0.0
 
     def exposition(self) -> bytes:
         """The Prometheus text for /metrics: all processes' values in multiprocess mode."""
+        self._flush_from_anywhere()
         if multiprocess_mode():
             registry = CollectorRegistry()
             MultiProcessCollector(registry)
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+def _observe_many(histogram: Any, values: list[float]) -> None:
+    """Observe a batch: one update per bucket touched instead of one per value.
+
+    Uses prometheus-client's histogram internals (`_upper_bounds`, `_buckets`, `_sum`);
+    falls back to `observe` per value where they are not there."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None:
+        for value in values:
+            histogram.observe(value)
+        return
+    hits: dict[int, int] = {}
+    for value in values:
+        index = bisect.bisect_left(bounds, value)
+        hits[index] = hits.get(index, 0) + 1
+    total.inc(sum(values))
+    for index, count in hits.items():
+        buckets[index].inc(count)

@@ -1,7 +1,9 @@
 """Ports, processes and signals for `shadowtrial serve`.
 
-One process (`--workers 1`): the data port and the admin port are two uvicorn servers on
-one uvloop event loop, sharing one ProxyApp.
+One process (`--workers 1`): the data port (proxy.dataport, the native httptools server;
+or uvicorn with `[proxy] data_port = "uvicorn"`) and the admin port (uvicorn) share one
+uvloop event loop and one ProxyApp. Once the app is built, the startup heap is frozen
+(`gc.freeze()`): the collector then never walks it again while serving.
 
 N processes (`--workers N`): the parent starts N spawned workers; each binds both ports
 itself with SO_REUSEPORT, so the kernel spreads connections evenly over them (a shared
@@ -9,9 +11,9 @@ accept queue lets one worker take most long-lived keep-alive connections). Metri
 prometheus-client's multiprocess mode in a temporary folder the parent creates and
 removes, so /metrics on any worker reports the sum over all of them (see proxy.metrics).
 
-Both ports speak HTTP/1.1 through proxy.http_limits (uvicorn's httptools protocol with a
-bounded request head: 431 past proxy.max_header_bytes, 408 past proxy.header_timeout_ms;
-and a bounded body time: 408 past proxy.body_timeout_ms).
+Both ports bound a request head (431 past proxy.max_header_bytes, 408 past
+proxy.header_timeout_ms) and its body's time (408 past proxy.body_timeout_ms): the native
+data port itself, uvicorn through proxy.http_limits.
 
 SIGTERM / SIGINT: stop accepting, finish in-flight requests, let mirrors end, flush
 capture, exit 0. Every step is bounded (proxy.tasks), a repeated signal changes nothing
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import multiprocessing
 import os
@@ -35,6 +38,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from multiprocessing.process import BaseProcess
+from typing import TYPE_CHECKING
 
 import uvicorn
 
@@ -46,6 +50,9 @@ from common.urls import mask_url
 from control.auth import check_token_length
 from proxy.http_limits import guarded_http
 from proxy.metrics import MULTIPROC_ENV
+
+if TYPE_CHECKING:
+    from proxy.app import ProxyApp
 
 log = logging.getLogger("shadowtrial.serve")
 
@@ -125,14 +132,18 @@ async def serve_process(
     data_sock = bind(settings.proxy.listen, reuse_port)
     admin_sock = bind(settings.proxy.admin_listen, reuse_port)
     app = create_app(settings, redis_url)
+    gc.collect()
+    gc.freeze()  # the startup heap (modules, settings, app) is never collected again
     grace_s = settings.proxy.primary_timeout_ms / 1000 + GRACE_EXTRA_S
     data_cfg, admin_cfg = _configs(app, app.admin, grace_s, settings)
     data, admin = _Server(data_cfg), _Server(admin_cfg)
+    stopping = asyncio.Event()
 
     def stop() -> None:
-        if data.should_exit:  # asked again: already stopping, every step is bounded
+        if stopping.is_set():  # asked again: already stopping, every step is bounded
             return
         log.info("stopping: finishing in-flight requests, flushing capture")
+        stopping.set()
         data.should_exit = admin.should_exit = True
         _watchdog(grace_s + app.shutdown_budget_s + WATCHDOG_EXTRA_S)
 
@@ -143,11 +154,28 @@ async def serve_process(
     admin_task = loop.create_task(admin.serve(sockets=[admin_sock]))
     if reuse_port:
         log.info("worker %d serving", os.getpid())
-    await data.serve(sockets=[data_sock])
+    if settings.proxy.data_port == "native":
+        await _serve_native(app, data_sock, stopping, grace_s)
+    else:
+        await data.serve(sockets=[data_sock])
     admin.should_exit = True
     await admin_task
     if watch is not None:
         watch.cancel()
+
+
+async def _serve_native(
+    app: ProxyApp, sock: socket.socket, stopping: asyncio.Event, grace_s: float
+) -> None:
+    """The native data port until `stopping`: start the app, serve, drain, shut down."""
+    await app.startup()
+    port = app.data_port()
+    try:
+        await port.start(sock)
+        await stopping.wait()
+    finally:
+        await port.stop(grace_s)
+        await app.shutdown()
 
 
 def _watchdog(limit_s: float) -> None:

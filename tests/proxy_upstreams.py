@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from servers import LINGER_ZERO, raw_server, serve_app
+from servers import LINGER_ZERO, raw_server, serve_app, serve_proxy
 
 from common.records import OUTCOME_DISPATCHED, OUTCOMES
 from common.settings import Settings, settings_from_mapping
@@ -253,8 +253,12 @@ class RunningProxy:
 
 @contextmanager
 def running_proxy(settings: Settings, redis_url: str) -> Iterator[RunningProxy]:
-    """Serve a ProxyApp (data port with its lifespan) and its admin app."""
+    """Serve a ProxyApp (its data port as [proxy] data_port says) and its admin app."""
     app = create_app(settings, redis_url)
+    if settings.proxy.data_port == "native":
+        with serve_proxy(app) as url, serve_app(app.admin) as admin:
+            yield RunningProxy(app, url, admin)
+        return
     quiet = {"server_header": False, "date_header": False, "proxy_headers": False}
     with serve_app(app, **quiet) as url, serve_app(app.admin) as admin:
         yield RunningProxy(app, url, admin)

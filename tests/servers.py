@@ -1,13 +1,16 @@
-"""Real servers for tests: uvicorn apps in threads and a free-port helper."""
+"""Real servers for tests: uvicorn apps and the proxy's data port in threads, and a
+free-port helper."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from typing import Any
 
 import uvicorn
 
@@ -51,6 +54,55 @@ def serve_app(app: object, port: int | None = None, **config: object) -> Iterato
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@contextmanager
+def serve_proxy(app: Any, port: int | None = None, grace_s: float = 5.0) -> Iterator[str]:
+    """Run a ProxyApp's native data port (proxy.dataport) on 127.0.0.1 in a background
+    thread, with the app's startup and shutdown around it; yield its base URL."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port or 0))
+    sock.listen(1024)
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    failed: list[BaseException] = []
+    stop: asyncio.Event | None = None
+
+    async def main() -> None:
+        nonlocal stop
+        stop = asyncio.Event()
+        try:
+            await app.startup()
+            data_port = app.data_port()
+            await data_port.start(sock)
+        except BaseException as exc:
+            failed.append(exc)
+            started.set()
+            raise
+        started.set()
+        try:
+            await stop.wait()
+        finally:
+            await data_port.stop(grace_s)
+            await app.shutdown()
+
+    thread = threading.Thread(target=lambda: _run_quietly(loop, main()), daemon=True)
+    thread.start()
+    if not started.wait(10) or failed:
+        raise RuntimeError(f"the proxy failed to start: {failed[:1]}")
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        loop.call_soon_threadsafe(lambda: stop.set() if stop is not None else None)
+        thread.join(timeout=30)
+        sock.close()
+
+
+def _run_quietly(loop: asyncio.AbstractEventLoop, main: Any) -> None:
+    with suppress(BaseException):
+        loop.run_until_complete(main)
+    loop.close()
 
 
 # SO_LINGER on, timeout 0: close() sends RST instead of FIN (a connection reset).

@@ -28,7 +28,7 @@ import httpx
 import pytest
 import redis
 from redis.crc import key_slot
-from servers import serve_app, wait_for_port
+from servers import serve_app, serve_proxy, wait_for_port
 
 from common.keys import WATCH, WORKER_GROUP, Keys
 from common.redis_client import ClusterUnavailable, async_client, sync_client
@@ -400,7 +400,7 @@ def test_a_proxy_starts_and_forwards_while_the_cluster_is_unreachable() -> None:
             "candidates": [{"name": "v2", "url": candidate}],
         }
         app = ProxyApp(settings_from_mapping(raw, environ={}), dead)
-        with serve_app(app) as url:
+        with serve_proxy(app) as url:
             body = fl.make_traffic(1)[0].body
             started = time.monotonic()
             for _ in range(5):

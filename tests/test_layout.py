@@ -161,7 +161,10 @@ def test_every_drawn_error_is_a_shadowtrial_error() -> None:
 
     from common.errors import ShadowtrialError
 
-    outside = {"ClientGone", "_BadInput", "BadInput", "ClusterUnavailable", "ClusterCommandError"}
+    outside = {
+        "ClientGone", "_Refuse", "_BadInput", "BadInput", "ClusterUnavailable",
+        "ClusterCommandError",
+    }  # fmt: skip
     for module, name in _exception_classes():
         cls = getattr(importlib.import_module(module), name)
         assert name in outside or issubclass(cls, ShadowtrialError), f"{module}.{name}"

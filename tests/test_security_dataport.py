@@ -3,6 +3,7 @@ credentials and mirrored paths, on the real worker, real Redis and real servers.
 
 from __future__ import annotations
 
+import os
 from contextlib import ExitStack
 
 import httpx
@@ -42,6 +43,22 @@ def test_generated_request_ids_cannot_be_predicted() -> None:
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in made)
     assert len({i[:16] for i in made}) == 1000
     assert len({i[-16:] for i in made}) == 1000
+
+
+def test_a_forked_process_never_repeats_its_parents_ids() -> None:
+    """Ids come from a buffer of CSPRNG bytes: a forked child must not reuse the rest."""
+    ids = RequestIds()
+    ids.new()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: one id, then out without running anything else
+        os.write(write_end, ids.new().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read_end, 64).decode()
+    os.close(read_end)
+    os.close(write_end)
+    assert len(child) == 32 and child != ids.new()
 
 
 @pytest.mark.parametrize("one_batch", [True, False], ids=["same-batch", "later-batch"])
