@@ -37,8 +37,15 @@ def load_config(args: argparse.Namespace) -> Settings:
     return load_settings(path)
 
 
-def add_log_format_option(parser: argparse.ArgumentParser) -> None:
-    """`--log-format text|json` for the long-running commands (common.logs)."""
+def add_log_options(parser: argparse.ArgumentParser) -> None:
+    """`--log-level` and `--log-format text|json` for the long-running commands
+    (serve, worker, dispatch: common.logs)."""
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log level (default: info)",
+    )
     parser.add_argument(
         "--log-format",
         default="text",

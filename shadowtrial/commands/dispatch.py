@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from common import logs
-from shadowtrial.commands import add_config_option, add_log_format_option, load_config
+from shadowtrial.commands import add_config_option, add_log_options, load_config
 
 
 def register(subparsers: Any) -> None:
@@ -31,13 +31,7 @@ def register(subparsers: Any) -> None:
         metavar="PORT",
         help="serve this dispatcher's Prometheus /metrics on PORT (default: none)",
     )
-    parser.add_argument(
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-        help="log level (default: info)",
-    )
-    add_log_format_option(parser)
+    add_log_options(parser)
     parser.set_defaults(run=run)
 
 

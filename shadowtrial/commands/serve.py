@@ -7,7 +7,7 @@ from typing import Any
 
 from shadowtrial.commands import (
     add_config_option,
-    add_log_format_option,
+    add_log_options,
     load_config,
     positive_int,
 )
@@ -29,13 +29,7 @@ def register(subparsers: Any) -> None:
         metavar="N",
         help="processes sharing the data port via SO_REUSEPORT (default: proxy.workers)",
     )
-    parser.add_argument(
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-        help="log level (default: info)",
-    )
-    add_log_format_option(parser)
+    add_log_options(parser)
     parser.set_defaults(run=run)
 
 

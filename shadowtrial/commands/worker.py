@@ -8,7 +8,7 @@ from typing import Any
 
 from common import logs
 from common.settings import Settings
-from shadowtrial.commands import add_config_option, add_log_format_option, load_config
+from shadowtrial.commands import add_config_option, add_log_options, load_config
 
 
 def register(subparsers: Any) -> None:
@@ -30,13 +30,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--id", default=None, metavar="NAME", help="consumer name (default: host-pid-random)"
     )
-    parser.add_argument(
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-        help="log level (default: info)",
-    )
-    add_log_format_option(parser)
+    add_log_options(parser)
     parser.set_defaults(run=run)
 
 
