@@ -279,7 +279,7 @@ def stage_costs(url: str, pairs: list[dict[bytes, bytes]]) -> list[tuple[str, fl
         ),
         (
             "slice values (request JSON + extractor)",
-            timed(lambda: [ev._slices(r, 1) for r in records]),
+            timed(lambda: [ev._slices(r, 1, None) for r in records]),
         ),
     ]
     items = [Item(str(i), record=r) for i, r in enumerate(records)]
