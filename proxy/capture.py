@@ -70,6 +70,7 @@ RECORD_OVERHEAD = 200  # bytes a stream entry takes besides its field values (me
 COUNT = SCRIPTS["count"]  # accounting counts into one bucket, indexed (common/lua)
 ENQUEUE = SCRIPTS["enqueue"]  # a request record for a dispatcher, unless its queue is full
 
+_NAMES_CACHE_MAX = 4096  # header names whose secrecy HeaderCapture remembers
 Counts = dict[tuple[str, int], dict[str, int]]  # (candidate, bucket start) -> field -> n
 
 
@@ -79,6 +80,7 @@ class HeaderCapture:
     def __init__(self, names: Iterable[str], redact: Iterable[str]) -> None:
         secret = self.redact = list(redact)  # and any name proxy.redact.SECRET_NAME matches
         self._keep = {n.lower(): secret_name(n, secret) for n in names}
+        self._secret: dict[str, bool] = {}  # forwarded(): secret_name by header name, bounded
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HeaderCapture:
@@ -93,8 +95,17 @@ class HeaderCapture:
     def forwarded(self, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """The headers a dispatcher may send: a candidate's (no credentials, the shadow
         marker), without the redacted names either, since they wait in Redis."""
-        redact = self.redact
-        return [(n, v) for n, v in candidate_headers(headers, False) if not secret_name(n, redact)]
+        secret = self._secret
+        kept = []
+        for name, value in candidate_headers(headers, False):
+            hidden = secret.get(name)
+            if hidden is None:  # a regex and a set per name: once, not once per request
+                if len(secret) >= _NAMES_CACHE_MAX:
+                    secret.clear()
+                hidden = secret[name] = secret_name(name, self.redact)
+            if not hidden:
+                kept.append((name, value))
+        return kept
 
     def select(self, headers: Iterable[tuple[str, str]]) -> dict[str, str]:
         """The kept headers by lowercase name (repeated headers joined with ', ')."""
@@ -399,15 +410,30 @@ class Capture:
         return self.counts.take()
 
     async def _write(self, batch: list[_Pending], counts: Counts) -> list[object]:
+        """One round trip: the pairs' XADDs, the request records' enqueue.lua calls (one
+        per run of one candidate's records of one bucket) and the counts. Returns one
+        result per record of `batch` (an exception where Redis refused it), then one per
+        count."""
         pipe = self._client.pipeline(transaction=False)
-        for item in batch:
-            if item.queue:
-                pipe.execute_command("EVAL", ENQUEUE.source, *self._enqueue_args(item))
+        groups = _enqueue_groups(batch, self.counts.bucket)
+        for group in groups:
+            if group[0].queue:
+                pipe.execute_command("EVAL", ENQUEUE.source, *self._enqueue_args(group))
             else:
+                item = group[0]
                 pipe.xadd(item.stream, item.fields, maxlen=item.maxlen, approximate=True)
         self.counts.queue(pipe, counts)
         with store_errors("Redis unavailable"):
-            return await pipe.execute(raise_on_error=False)
+            answers = await pipe.execute(raise_on_error=False)
+        results: list[object] = []
+        for group, answer in zip(groups, answers, strict=False):
+            if not group[0].queue or isinstance(answer, Exception):
+                results += [answer] * len(group)
+            elif isinstance(answer, list) and len(answer) == len(group):
+                results += answer
+            else:  # never from enqueue.lua: refuse rather than mis-account
+                results += [ValueError(f"enqueue.lua answered {answer!r:.80}")] * len(group)
+        return results + answers[len(groups) :]
 
     def _spool(self, batch: list[_Pending], exc: StoreError) -> None:
         """Put a failed batch back at the front, in order; count each record once."""
@@ -446,16 +472,22 @@ class Capture:
             self._metrics.captured(candidate, CAPTURE_RECORDED, count)
         self._metrics.spool_depth.set(self.depth)
 
-    def _enqueue_args(self, item: _Pending) -> list[Any]:
-        """enqueue.lua's key count, KEYS and ARGV for one request record."""
-        start, ttl = self.counts.bucket(item.ts_ms), self.counts.ttl_s
+    def _enqueue_args(self, group: list[_Pending]) -> list[Any]:
+        """enqueue.lua's key count, KEYS and ARGV for one candidate's request records of
+        one bucket (_enqueue_groups)."""
+        first = group[0]
+        start, ttl = self.counts.bucket(first.ts_ms), self.counts.ttl_s
         bucket, index = (
-            self._keys.bucket(item.candidate, start),
-            self._keys.bucket_index(item.candidate),
+            self._keys.bucket(first.candidate, start),
+            self._keys.bucket_index(first.candidate),
         )
+        records: list[Any] = []
+        for item in group:
+            records.append(2 * len(item.fields))
+            records.extend(chain.from_iterable(item.fields.items()))
         names, args = ENQUEUE.bind(
-            requests=item.stream, bucket=bucket, index=index, max_queue=item.queue,
-            start=start, ttl=ttl, fields=chain.from_iterable(item.fields.items()),
+            requests=first.stream, bucket=bucket, index=index, max_queue=first.queue,
+            start=start, ttl=ttl, records=records,
         )  # fmt: skip
         return [len(names), *names, *args]
 
@@ -558,3 +590,22 @@ class Capture:
         self._sending = []
         self._pending.clear()
         self._metrics.spool_depth.set(0)
+
+
+def _enqueue_groups(batch: list[_Pending], bucket: Any) -> list[list[_Pending]]:
+    """The batch in pipeline calls, in order: a pair alone (one XADD), request records in
+    runs of one stream and one bucket (one enqueue.lua call each)."""
+    groups: list[list[_Pending]] = []
+    last_key: tuple[str, int] | None = None
+    for item in batch:
+        if not item.queue:
+            groups.append([item])
+            last_key = None
+            continue
+        key = (item.stream, bucket(item.ts_ms))
+        if key == last_key:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+            last_key = key
+    return groups

@@ -533,6 +533,19 @@ def decode(fields: Any) -> tuple[PairRecord, list[tuple[str, str]]]:
     return record, pairs
 
 
+def _lower_priority(increment: int) -> None:
+    """`dispatch.nice`: yield the CPU to the proxy on a shared host (the primary's users
+    must not feel the shadow; a dispatcher only delays records, which wait in Redis)."""
+    if increment <= 0:
+        return
+    try:
+        level = os.nice(increment)
+    except OSError as exc:  # a container may forbid it: run at the normal priority
+        log.warning("dispatch.nice = %d not applied: %s", increment, exc)
+        return
+    log.info("dispatcher CPU priority lowered to nice %d", level)
+
+
 def serve_dispatcher(
     settings: Settings, consumer: str | None = None, metrics_port: int | None = None
 ) -> int:
@@ -540,6 +553,7 @@ def serve_dispatcher(
     from common.store import resolve_redis_url
 
     url, server = resolve_redis_url(settings.redis.url)
+    _lower_priority(settings.dispatch.nice)
     metrics = DispatchMetrics()
     if metrics_port is not None:
         metrics.serve(metrics_port)

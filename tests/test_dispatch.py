@@ -374,6 +374,8 @@ def test_a_killed_dispatcher_loses_nothing(
                         in http.get(metrics).text, what="the queue gauge",
                     )  # fmt: skip
                     assert f"shadowtrial_dispatch_in_flight {n}.0" in http.get(metrics).text
+                    # dispatch.nice (default 10): the primary's path gets the CPU first.
+                    assert _nice(proc.pid) == min(os.nice(0) + 10, 19)
                 finally:
                     proc.send_signal(signal.SIGKILL)
                     proc.wait(10)
@@ -388,6 +390,12 @@ def test_a_killed_dispatcher_loses_nothing(
     assert len(pairs) == n and report["pending"] == 0 and _identity_holds(report)
     assert len(cand.seen) == 2 * n  # each called twice: recorded once
     assert redis_client.xlen(keys.requests("d")) == 0
+
+
+def _nice(pid: int) -> int:
+    """A process's nice value (field 19 of /proc/<pid>/stat; the name may hold spaces)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rpartition(")")[2].split()[16])
 
 
 def _toml(raw: dict[str, Any], redis_url: str) -> str:
@@ -407,8 +415,11 @@ def test_dispatcher_settings_refuse_what_cannot_wait_in_redis() -> None:
     with pytest.raises(ConfigError, match="only HTTP candidates"):
         onnx = {"name": "o", "onnx": "m.onnx", "run": "dispatcher"}
         settings_from_mapping({"candidates": [onnx]}, {})
+    with pytest.raises(ConfigError, match="between 0 and 19"):
+        settings_from_mapping({"candidates": [base], "dispatch": {"nice": 20}}, {})
     settings = settings_from_mapping({"candidates": [base], "dispatch": {"max_queue": 5}}, {})
     assert settings.candidates[0].run == "dispatcher" and settings.dispatch.max_queue == 5
+    assert settings.dispatch.nice == 10
 
 
 def test_a_candidate_registered_with_run_dispatcher_is_dispatched(

@@ -1,22 +1,31 @@
--- Queue one request record for a dispatcher (run = "dispatcher"), unless the queue holds
--- max_queue entries already: then nothing is written and 0 comes back. Either way the
--- outcome is counted in the record's bucket here, with the write (dispatch:queued or
+-- Queue request records for a dispatcher (run = "dispatcher"): each one unless the queue
+-- holds max_queue entries already (then it is not written and 0 stands for its id). The
+-- outcomes are counted in the records' bucket here, with the writes (dispatch:queued,
 -- dispatch:overflow), so the report never sees a dispatched pair before its queuing.
 -- A full queue sheds new requests, never queued ones: trimming what waits would lose it.
+-- One call takes a batch of one candidate's records of one bucket: the proxy's capture
+-- pays one script call per batch, not per request.
 -- KEYS: requests bucket index
--- ARGV: max_queue start ttl *fields
+-- ARGV: max_queue start ttl *records
+-- records: for each record its field count, then its fields and values.
 
-local id = 0
-local counted = 'dispatch:overflow'
-if redis.call('XLEN', KEYS[1]) < tonumber(ARGV[1]) then
-  local fields = {}
-  for i = 4, #ARGV do
-    fields[#fields + 1] = ARGV[i]
+local room = tonumber(ARGV[1]) - redis.call('XLEN', KEYS[1])
+local ids, queued, overflow = {}, 0, 0
+local i = 4
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  if room > 0 then
+    ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 1, i + n))
+    room = room - 1
+    queued = queued + 1
+  else
+    ids[#ids + 1] = 0
+    overflow = overflow + 1
   end
-  id = redis.call('XADD', KEYS[1], '*', unpack(fields))
-  counted = 'dispatch:queued'
+  i = i + n + 1
 end
-redis.call('HINCRBY', KEYS[2], counted, 1)
+if queued > 0 then redis.call('HINCRBY', KEYS[2], 'dispatch:queued', queued) end
+if overflow > 0 then redis.call('HINCRBY', KEYS[2], 'dispatch:overflow', overflow) end
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[2])
-return id
+return ids
