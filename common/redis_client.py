@@ -47,6 +47,11 @@ from redis.exceptions import RedisClusterException, SlotNotCoveredError
 
 from common.errors import StoreError
 
+try:  # a redis[hiredis] extra: present wherever shadowtrial is installed
+    import hiredis
+except ImportError:  # pragma: no cover
+    hiredis = None  # type: ignore[assignment]
+
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 STORE_FAILURES = (redis.RedisError, OSError)  # a Redis that is down, slow or refusing
 
@@ -212,10 +217,48 @@ class AsyncCluster(AsyncRedisClusterBase):
         await super().aclose(*args, **kwargs)
 
 
+class _HiredisPacking:
+    """`pack_command` by hiredis (C), as redis-py's synchronous client already does; its
+    asyncio connections pack in pure Python: 25.7 against 4.9 us for a pair record's
+    XADD (50 fields) here, paid per record by the proxy's capture and the dispatcher.
+    Anything hiredis refuses or another encoding goes to redis-py's packer (its errors)."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        encoder = self.encoder  # type: ignore[attr-defined]
+        if encoder.encoding != "utf-8" or encoder.encoding_errors != "strict":
+            return super().pack_command(*args)  # type: ignore[misc]
+        first = args[0]
+        if isinstance(first, str):  # "CONFIG GET": the name's words go as separate args
+            args = (*first.encode().split(), *args[1:])
+        elif b" " in first:
+            args = (*first.split(), *args[1:])
+        try:
+            return [hiredis.pack_command(args)]
+        except (TypeError, UnicodeError):
+            return super().pack_command(*args)  # type: ignore[misc]
+
+
+_PACKING: dict[type, type] = {}
+
+
+def _hiredis_packing(client: Any) -> Any:
+    """The client with its pool's connections packing through hiredis (when installed)."""
+    pool = getattr(client, "connection_pool", None)
+    if hiredis is None or pool is None:
+        return client
+    base = pool.connection_class
+    if not issubclass(base, _HiredisPacking):
+        fast = _PACKING.get(base)
+        if fast is None:
+            fast = _PACKING[base] = type(f"Hiredis{base.__name__}", (_HiredisPacking, base), {})
+        pool.connection_class = fast
+    return client
+
+
 def async_client(url: str, **options: Any) -> Any:
     """An asyncio client: redis.asyncio.Redis, or an AsyncCluster for a cluster URL."""
     if not is_cluster_url(url):
-        return aioredis.Redis.from_url(url, **options)
+        return _hiredis_packing(aioredis.Redis.from_url(url, **options))
     target = node_url(url)
     client = AsyncCluster.from_url(target, **options)
     client._events_url = target
