@@ -20,7 +20,7 @@ from servers import free_port, serve_app
 
 from common.keys import Keys
 from common.records import PairRecord
-from proxy.capture import Capture, HeaderCapture
+from proxy.capture import Capture, HeaderCapture, _enqueue_groups
 from proxy.metrics import Metrics
 
 
@@ -121,3 +121,43 @@ def test_header_capture_keeps_named_headers_and_redacts_secrets() -> None:
         "authorization": "[redacted]",
         "x-tenant": "a, b",
     }
+
+
+async def test_request_records_are_queued_a_batch_per_call_and_counted_by_bucket(
+    redis_url: str, prefix: str, redis_client: redis.Redis
+) -> None:
+    """run = "dispatcher": a candidate's request records go to enqueue.lua a run of one
+    stream and one bucket per call; a full queue refuses the newest, counted in their own
+    bucket; pairs between them keep their order and their XADD."""
+    settings = proxy_settings("http://127.0.0.1:1", prefix=prefix)
+    settings = dataclasses.replace(
+        settings, dispatch=dataclasses.replace(settings.dispatch, max_queue=4)
+    )
+    keys, metrics = Keys(prefix), Metrics()
+    capture = Capture.from_settings(settings, redis_url, metrics)
+    early, late = 1_000_000_000_000, 1_000_000_000_000 + 3_600_000  # two buckets
+    submitted = [("d", early), ("d", early), ("c", early), ("d", early), ("d", late),
+                 ("d", late), ("d", late)]  # fmt: skip
+    for i, (candidate, ts_ms) in enumerate(submitted):
+        record = dataclasses.replace(_record(i), candidate=candidate, ts_ms=ts_ms)
+        if candidate == "d":
+            capture.submit_request("d", record, [("content-type", "application/json")])
+        else:
+            capture.submit("c", record)
+    groups = _enqueue_groups(list(capture._pending), capture.counts.bucket)
+    assert [len(g) for g in groups] == [2, 1, 1, 3]  # d d | c | d | d d d
+    capture.start()
+    await capture.close()
+    queued = redis_client.xrange(keys.requests("d"))
+    assert [PairRecord.from_fields(f).request_id for _, f in queued] == ["r0", "r1", "r3", "r4"]
+    assert redis_client.xlen(keys.pairs("c")) == 1
+    expected = {
+        early: {b"dispatch:queued": b"3"},
+        late: {b"dispatch:queued": b"1", b"dispatch:overflow": b"2"},
+    }
+    for ts_ms, want in expected.items():
+        start = capture.counts.bucket(ts_ms)
+        fields = redis_client.hgetall(keys.bucket("d", start))
+        assert {k: v for k, v in fields.items() if k.startswith(b"dispatch:")} == want
+    outcome = {"candidate": "d", "outcome": "dropped"}
+    assert metrics.value("shadowtrial_capture_total", outcome) == 2
