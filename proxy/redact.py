@@ -86,6 +86,19 @@ def secret_name(name: str, names: Iterable[str] = ()) -> bool:
     return bool(SECRET_NAME.search(name)) or _norm(name) in {_norm(n) for n in names}
 
 
+def _by_first_byte(names: Iterable[bytes]) -> bytes:
+    """An alternation of `names` grouped by their first byte (`a(?:pi_key|ccess_token)|..`):
+    the same matches as the flat `api_key|access_token|..`, 3x faster on the benchmark's
+    bodies (re tries one branch per byte that follows a quote, not every name)."""
+    groups: dict[bytes, list[bytes]] = {}
+    for name in sorted(set(names)):
+        groups.setdefault(name[:1], []).append(name[1:])
+    return b"|".join(
+        re.escape(first) + b"(?:" + b"|".join(re.escape(rest) for rest in rests) + b")"
+        for first, rests in groups.items()
+    )
+
+
 def _inflate(data: bytes) -> bytes | None:
     """Every gzip member of `data` inflated; None beyond MAX_INFLATED bytes or when bytes
     that are no gzip member follow (they could hold anything: the body is not kept)."""
@@ -113,7 +126,7 @@ class BodyRedactor:
         # (\u0070, \/) can spell a name in ways the pattern cannot see: such bodies are
         # parsed. Bytes patterns fold only ASCII case, so non-ASCII names always parse.
         spellings = {n for name in self.names for n in (name, name.replace("_", "-"))}
-        names = b"|".join(re.escape(n.encode("utf-8")) for n in sorted(spellings))
+        names = _by_first_byte(n.encode("utf-8") for n in spellings)
         # Searched in the lower-cased body: 4x faster than one IGNORECASE pattern that
         # also looks for the escapes (those are two plain substring searches).
         self._names_lower = (
