@@ -377,3 +377,21 @@ def test_the_dispatcher_configurations_only_with_the_flag() -> None:
     assert kinds[plan_mod.dispatched(2)] == "fast-dispatch"
     assert kinds[plan_mod.slow_dispatched(2)] == "slow-dispatch"
     assert both.estimate() > plain.estimate()
+
+
+def test_dispatcher_mode_rate_targets_judge_the_dispatched_configurations() -> None:
+    """With --dispatcher the fixed-rate targets are judged a second time on the dispatched
+    instances: here the proxy-mode mirror moves p99 by 50% (MISS), the dispatched one by 10%."""
+    rows = [
+        {**_row(name, 0, 0, 0, p99=p99), "lag_p99_ms": 1.0}
+        for name, p99 in (
+            (plan_mod.off(2), 10.0), (plan_mod.full(2), 15.0), (plan_mod.slow(2), 15.0),
+            (plan_mod.dispatched(2), 11.0), (plan_mod.slow_dispatched(2), 11.2),
+        )
+    ]  # fmt: skip
+    proxy_mode = report.rate_targets(rows, 2)
+    dispatched = report.rate_targets(rows, 2, dispatched=True)
+    assert [t.verdict for t in proxy_mode] == ["MISS", "PASS"]
+    assert [t.verdict for t in dispatched] == ["PASS", "PASS"]
+    assert dispatched[0].value == pytest.approx(10.0)
+    assert "dispatcher mode" in dispatched[0].name and "dispatcher" not in proxy_mode[0].name

@@ -22,7 +22,7 @@ from proxybench.results import (
     summarize,
 )
 
-CPU_KEYS = ("sut_cpu", "stub_cpu", "redis_cpu", "gen_cpu", "other_cpu")
+CPU_KEYS = ("sut_cpu", "dispatcher_cpu", "stub_cpu", "redis_cpu", "gen_cpu", "other_cpu")
 BUSY_MACHINE_PCT = 10.0  # median CPU % of processes we did not start above this: not quiet
 SLOW_NOISE_FLOOR = 0.10  # a single-repeat run still allows 10% of the mirror-on p99
 GENERATOR_LATE_MS = 5.0  # open-loop sends later than this (p99): the generator was starved
@@ -82,13 +82,21 @@ def targets(out: Outcome) -> list[Target]:
     found.append(
         Target("added p50 at c=1 over direct (full shadowing)", added, 1.0, False, unit=" ms")
     )
-    return found + rate_targets(out.rate_rows, w)
+    found += rate_targets(out.rate_rows, w)
+    if out.plan.dispatcher:
+        found += rate_targets(out.rate_rows, w, dispatched=True)
+    return found
 
 
-def rate_targets(rate_rows: Sequence[Row], workers: int) -> list[Target]:
+def rate_targets(rate_rows: Sequence[Row], workers: int, dispatched: bool = False) -> list[Target]:
     """Fixed-rate goals (issue 14): the mirror moves p99 by at most 20% (on <= 1.2x off); a slow
-    candidate not beyond noise."""
+    candidate not beyond noise. `dispatched`: the same with the candidates called by a
+    dispatcher (run = "dispatcher")."""
     on, off, slow = names.full(workers), names.off(workers), names.slow(workers)
+    mode = ""
+    if dispatched:
+        on, slow = names.dispatched(workers), names.slow_dispatched(workers)
+        mode = ", dispatcher mode"
     change = abs(paired_ratio(rate_rows, on, off, 0, "p99_ms") - 1) * 100
     p99 = {k: [r["p99_ms"] for r in select(rate_rows, config=k)] for k in (on, off)}
     allowed = slow_candidate_noise(p99[on], p99[off], SLOW_NOISE_FLOOR)
@@ -97,7 +105,7 @@ def rate_targets(rate_rows: Sequence[Row], workers: int) -> list[Target]:
     void = f"load generator late by {late:.0f} ms" if late > GENERATOR_LATE_MS else None
     return [
         Target(
-            "fixed rate: primary p99 change by the mirror",
+            f"fixed rate{mode}: primary p99 change by the mirror",
             change,
             20.0,
             False,
@@ -105,7 +113,7 @@ def rate_targets(rate_rows: Sequence[Row], workers: int) -> list[Target]:
             void=void,
         ),
         Target(
-            "fixed rate: primary p99 change by a slow candidate (vs mirror on)",
+            f"fixed rate{mode}: primary p99 change by a slow candidate (vs mirror on)",
             moved,
             allowed,
             False,
@@ -129,8 +137,9 @@ def _throughput_table(out: Outcome, c: int) -> list[str]:
         f"#### c={c} (median of {out.plan.reps} interleaved runs of {out.plan.duration} s)",
         "",
         "| configuration | req/s | ÷ nginx-mirror | ÷ off (same workers) | p50 ms | p99 ms "
-        "| SUT CPU % | stub CPU % | Redis CPU % | wrk CPU % | other CPU % | CPU µs/req | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| SUT CPU % | dispatcher CPU % | stub CPU % | Redis CPU % | wrk CPU % | other CPU % "
+        "| CPU µs/req | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for config in out.plan.throughput_configs():
         s = summarize(select(rows, config=config))
@@ -187,8 +196,9 @@ def _rate_table(out: Outcome) -> list[str]:
         f"{out.plan.rate_duration} s; latency from each request's scheduled send time)",
         "",
         "| primary path | p50 ms | p99 ms | p99.9 ms | p99 ÷ mirror-off | p99 spread ms "
-        "| SUT CPU % | generator CPU % | other CPU % | errors | generator late p99 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| SUT CPU % | dispatcher CPU % | generator CPU % | other CPU % | errors "
+        "| generator late p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for mode, config in out.plan.rate_modes():
         rows = select(out.rate_rows, config=config)
@@ -196,7 +206,8 @@ def _rate_table(out: Outcome) -> list[str]:
         p99 = [r["p99_ms"] for r in rows]
         cells = [f"{mode} ({config})", fmt(_med(rows, "p50_ms")), fmt(median(p99))]
         cells += [fmt(_med(rows, "p999_ms")), fmt(ratio), fmt(spread(p99))]
-        cells += [fmt(_med(rows, k), ".0f") for k in ("sut_cpu", "gen_cpu", "other_cpu")]
+        keys = ("sut_cpu", "dispatcher_cpu", "gen_cpu", "other_cpu")
+        cells += [fmt(_med(rows, k), ".0f") for k in keys]
         cells += [str(sum(r["errors"] for r in rows)), fmt(_med(rows, "lag_p99_ms"))]
         table.append(_cells(cells))
     return table

@@ -73,6 +73,7 @@ def summarize(rows: Sequence[Row]) -> Row:
         "p50_ms",
         "p99_ms",
         "sut_cpu",
+        "dispatcher_cpu",
         "stub_cpu",
         "redis_cpu",
         "gen_cpu",
