@@ -61,6 +61,8 @@ BATCH = 256  # XADDs per pipelined round trip
 # each costs the serving process ~75 us of CPU (redis-py, measured), a record ~15 us more.
 # Nobody waits on a pair record.
 LINGER_S = 0.005
+ENQUEUE_RUN_RECORDS = 64  # request records per enqueue.lua call, at most
+ENQUEUE_RUN_BYTES = 1 << 20  # and at most this many bytes of their fields (one may exceed)
 BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 1.0
 NOT_REDACTED = b"[removed: redaction failed]"
@@ -601,18 +603,25 @@ class Capture:
 
 def _enqueue_groups(batch: list[_Pending], bucket: Any) -> list[list[_Pending]]:
     """The batch in pipeline calls, in order: a pair alone (one XADD), request records in
-    runs of one stream and one bucket (one enqueue.lua call each)."""
+    runs of one stream and one bucket (one enqueue.lua call each), a run closed at
+    ENQUEUE_RUN_RECORDS records or ENQUEUE_RUN_BYTES of fields (a script call blocks Redis
+    and holds its arguments twice: bodies of up to max_capture_bytes must not pile up)."""
     groups: list[list[_Pending]] = []
     last_key: tuple[str, int] | None = None
+    size = 0
     for item in batch:
         if not item.queue:
             groups.append([item])
             last_key = None
             continue
         key = (item.stream, bucket(item.ts_ms))
-        if key == last_key:
+        item_size = sum(len(v) for v in item.fields.values())
+        if key == last_key and not (
+            size + item_size > ENQUEUE_RUN_BYTES or len(groups[-1]) >= ENQUEUE_RUN_RECORDS
+        ):
             groups[-1].append(item)
+            size += item_size
         else:
             groups.append([item])
-            last_key = key
+            last_key, size = key, item_size
     return groups

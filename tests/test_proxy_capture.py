@@ -20,7 +20,14 @@ from servers import free_port, serve_app
 
 from common.keys import Keys
 from common.records import PairRecord
-from proxy.capture import Capture, HeaderCapture, _enqueue_groups
+from proxy.capture import (
+    ENQUEUE_RUN_BYTES,
+    ENQUEUE_RUN_RECORDS,
+    Capture,
+    HeaderCapture,
+    _enqueue_groups,
+    _Pending,
+)
 from proxy.metrics import Metrics
 
 
@@ -161,3 +168,27 @@ async def test_request_records_are_queued_a_batch_per_call_and_counted_by_bucket
         assert {k: v for k, v in fields.items() if k.startswith(b"dispatch:")} == want
     outcome = {"candidate": "d", "outcome": "dropped"}
     assert metrics.value("shadowtrial_capture_total", outcome) == 2
+
+
+def test_an_enqueue_run_is_bounded_in_records_and_bytes() -> None:
+    """A script call blocks Redis and holds its arguments twice: runs close at
+    ENQUEUE_RUN_RECORDS records or ENQUEUE_RUN_BYTES of fields (a lone larger record still
+    goes, alone)."""
+
+    def items(n: int, size: int) -> list[_Pending]:
+        out = []
+        for _ in range(n):
+            item = _Pending("d", "s", {b"q": b"x" * size}, 0)
+            item.queue = 10
+            out.append(item)
+        return out
+
+    def bucket(ts_ms: int) -> int:
+        return 0
+
+    small = _enqueue_groups(items(ENQUEUE_RUN_RECORDS + 6, 10), bucket)
+    assert [len(g) for g in small] == [ENQUEUE_RUN_RECORDS, 6]
+    big = _enqueue_groups(items(3, ENQUEUE_RUN_BYTES // 2 + 1), bucket)
+    assert [len(g) for g in big] == [1, 1, 1]
+    huge = _enqueue_groups(items(2, 2 * ENQUEUE_RUN_BYTES), bucket)
+    assert [len(g) for g in huge] == [1, 1]

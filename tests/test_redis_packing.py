@@ -15,6 +15,8 @@ ARGS = [
     ("XADD", "p:{c}:pairs", "MAXLEN", "~", 100_000, "*", b"b", b"\x00\r\n" * 50, "q", "é"),
     ("CONFIG GET", "maxmemory"),  # a two-word name goes as two arguments
     (b"SET", "k", 0.1, 1e-7, -3, memoryview(b"mv"), float("inf")),
+    ("SET", "k", memoryview(b"abcd")[::2]),  # strided: hiredis alone would send "ab"
+    ("SET", "k", bytearray(b"ba")),  # hiredis refuses it, redis-py's packer takes it
 ]
 
 

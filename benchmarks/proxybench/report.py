@@ -138,7 +138,7 @@ def _throughput_table(out: Outcome, c: int) -> list[str]:
         "",
         "| configuration | req/s | ÷ nginx-mirror | ÷ off (same workers) | p50 ms | p99 ms "
         "| SUT CPU % | dispatcher CPU % | stub CPU % | Redis CPU % | wrk CPU % | other CPU % "
-        "| CPU µs/req | errors |",
+        "| SUT CPU µs/req | errors |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for config in out.plan.throughput_configs():

@@ -4,7 +4,9 @@
 -- dispatch:overflow), so the report never sees a dispatched pair before its queuing.
 -- A full queue sheds new requests, never queued ones: trimming what waits would lose it.
 -- One call takes a batch of one candidate's records of one bucket: the proxy's capture
--- pays one script call per batch, not per request.
+-- pays one script call per batch, not per request. Scripts are not rolled back: once the
+-- first XADD ran, none of the others can fail (same key, same kind of arguments; OOM and
+-- read-only refusals come before the first write), so the counts always match the stream.
 -- KEYS: requests bucket index
 -- ARGV: max_queue start ttl *records
 -- records: for each record its field count, then its fields and values.
