@@ -14,6 +14,7 @@ plus `kind`, `label_set` and `missing_field`, which are always checked.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from analysis.adapters.base import (
     KIND_CLASSIFICATION,
@@ -22,7 +23,7 @@ from analysis.adapters.base import (
     ContractField,
     ParsedOutput,
     Prediction,
-    slot_setters,
+    draft_class,
 )
 from common.settings import OutputSettings
 
@@ -57,29 +58,25 @@ class RowComparison:
     calibrated: bool = False  # text by meaning: that threshold came from the noise floor
 
 
-_ROW_SET = slot_setters(
-    RowComparison,
-    ("agree", "primary", "candidate", "diff", "abs_diff", "conf_delta", "similarity",
-     "text_cut", "threshold", "calibrated"),
-)  # fmt: skip
+_RowDraft: Any = draft_class(RowComparison)
 
 
 def _classified(agree: bool, p: Prediction, c: Prediction, conf: float | None) -> RowComparison:
     """RowComparison(agree, p, c, conf_delta=conf) without the frozen dataclass's per-field
     object.__setattr__ (analysis.adapters.base.classified_row): one per compared row."""
-    row = _new(RowComparison)
-    s = _ROW_SET
-    s[0](row, agree)
-    s[1](row, p)
-    s[2](row, c)
-    s[3](row, None)
-    s[4](row, None)
-    s[5](row, conf)
-    s[6](row, None)
-    s[7](row, False)
-    s[8](row, None)
-    s[9](row, False)
-    return row
+    row = _new(_RowDraft)
+    row.agree = agree
+    row.primary = p
+    row.candidate = c
+    row.diff = None
+    row.abs_diff = None
+    row.conf_delta = conf
+    row.similarity = None
+    row.text_cut = False
+    row.threshold = None
+    row.calibrated = False
+    row.__class__ = RowComparison
+    return row  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True, slots=True)
