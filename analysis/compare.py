@@ -40,6 +40,8 @@ _FIELDS = {
     "confidence": "a confidence (probabilities or token logprobs)",
 }
 _SHOWN = 5  # names listed in a detail before "..."
+# _missing_fields reads these five by name on its one-row path.
+assert tuple(_FIELDS) == ("label", "probs", "score", "text", "confidence")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +109,9 @@ def compare_outputs(
         error = f"row_count_mismatch: primary {n_p} rows, candidate {n_c}"
         return Comparison([], diffs, error, primary.kind)
     if primary.kind == KIND_CLASSIFICATION:  # compare_row's last case, without its tests
+        if n_p == 1:  # the usual answer: one row each
+            rows = [_classified_pair(primary.rows[0], candidate.rows[0])]
+            return Comparison(rows, diffs, None, primary.kind)
         pairs = zip(primary.rows, candidate.rows, strict=True)  # equal counts, checked above
         rows = [_classified_pair(p, c) for p, c in pairs]
         return Comparison(rows, diffs, None, primary.kind)
@@ -231,9 +236,14 @@ def _missing_fields(primary: ParsedOutput, candidate: ParsedOutput) -> list[Cont
         return []
     if len(p_rows) == 1 and len(c_rows) == 1:  # the usual answer: one row each, inline
         p, c = p_rows[0], c_rows[0]
-        for name in _FIELDS:
-            if getattr(p, name) is not None and getattr(c, name) is None:
-                return _missing_fields_of(p_rows, c_rows)
+        if (
+            (p.label is not None and c.label is None)
+            or (p.probs is not None and c.probs is None)
+            or (p.score is not None and c.score is None)
+            or (p.text is not None and c.text is None)
+            or (p.confidence is not None and c.confidence is None)
+        ):  # the fields of _FIELDS, read directly
+            return _missing_fields_of(p_rows, c_rows)
         return []
     return _missing_fields_of(p_rows, c_rows)
 
