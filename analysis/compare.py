@@ -14,6 +14,7 @@ plus `kind`, `label_set` and `missing_field`, which are always checked.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from analysis.adapters.base import (
     KIND_CLASSIFICATION,
@@ -22,7 +23,7 @@ from analysis.adapters.base import (
     ContractField,
     ParsedOutput,
     Prediction,
-    slot_setters,
+    draft_class,
 )
 from common.settings import OutputSettings
 
@@ -39,6 +40,8 @@ _FIELDS = {
     "confidence": "a confidence (probabilities or token logprobs)",
 }
 _SHOWN = 5  # names listed in a detail before "..."
+# _missing_fields reads these five by name on its one-row path.
+assert tuple(_FIELDS) == ("label", "probs", "score", "text", "confidence")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,29 +60,25 @@ class RowComparison:
     calibrated: bool = False  # text by meaning: that threshold came from the noise floor
 
 
-_ROW_SET = slot_setters(
-    RowComparison,
-    ("agree", "primary", "candidate", "diff", "abs_diff", "conf_delta", "similarity",
-     "text_cut", "threshold", "calibrated"),
-)  # fmt: skip
+_RowDraft: Any = draft_class(RowComparison)
 
 
 def _classified(agree: bool, p: Prediction, c: Prediction, conf: float | None) -> RowComparison:
     """RowComparison(agree, p, c, conf_delta=conf) without the frozen dataclass's per-field
     object.__setattr__ (analysis.adapters.base.classified_row): one per compared row."""
-    row = _new(RowComparison)
-    s = _ROW_SET
-    s[0](row, agree)
-    s[1](row, p)
-    s[2](row, c)
-    s[3](row, None)
-    s[4](row, None)
-    s[5](row, conf)
-    s[6](row, None)
-    s[7](row, False)
-    s[8](row, None)
-    s[9](row, False)
-    return row
+    row = _new(_RowDraft)
+    row.agree = agree
+    row.primary = p
+    row.candidate = c
+    row.diff = None
+    row.abs_diff = None
+    row.conf_delta = conf
+    row.similarity = None
+    row.text_cut = False
+    row.threshold = None
+    row.calibrated = False
+    row.__class__ = RowComparison
+    return row  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +109,9 @@ def compare_outputs(
         error = f"row_count_mismatch: primary {n_p} rows, candidate {n_c}"
         return Comparison([], diffs, error, primary.kind)
     if primary.kind == KIND_CLASSIFICATION:  # compare_row's last case, without its tests
+        if n_p == 1:  # the usual answer: one row each
+            rows = [_classified_pair(primary.rows[0], candidate.rows[0])]
+            return Comparison(rows, diffs, None, primary.kind)
         pairs = zip(primary.rows, candidate.rows, strict=True)  # equal counts, checked above
         rows = [_classified_pair(p, c) for p, c in pairs]
         return Comparison(rows, diffs, None, primary.kind)
@@ -234,9 +236,14 @@ def _missing_fields(primary: ParsedOutput, candidate: ParsedOutput) -> list[Cont
         return []
     if len(p_rows) == 1 and len(c_rows) == 1:  # the usual answer: one row each, inline
         p, c = p_rows[0], c_rows[0]
-        for name in _FIELDS:
-            if getattr(p, name) is not None and getattr(c, name) is None:
-                return _missing_fields_of(p_rows, c_rows)
+        if (
+            (p.label is not None and c.label is None)
+            or (p.probs is not None and c.probs is None)
+            or (p.score is not None and c.score is None)
+            or (p.text is not None and c.text is None)
+            or (p.confidence is not None and c.confidence is None)
+        ):  # the fields of _FIELDS, read directly
+            return _missing_fields_of(p_rows, c_rows)
         return []
     return _missing_fields_of(p_rows, c_rows)
 

@@ -51,7 +51,10 @@ class JsonPath:
         for kind, arg in steps:  # up to the first wildcard there is one node at most
             if kind == "*":
                 break
-            node = _step_one(kind, arg, node)
+            if kind == "key" and type(node) is dict:  # _step_one's usual case, inline
+                node = node.get(arg, _MISSING)
+            else:
+                node = _step_one(kind, arg, node)
             if node is _MISSING:
                 return []
             done += 1

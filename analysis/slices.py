@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from analysis.jsonpath import JsonPath, JsonPathError, compile_path
 from common.errors import ConfigError
 from common.settings import SliceSettings
-from common.slice_text import MISSING, number_text, value_text
+from common.slice_text import MAX_CHARS, MISSING, number_text, value_text
 
 INVALID = "(invalid)"  # a binned slice's value is not a number
 OTHER = "other"
@@ -135,14 +135,18 @@ class SliceExtractor:
         n_rows: int,
     ) -> list[dict[str, str]]:
         """One {slice name: value text} dict per row (n_rows of them)."""
-        out: list[dict[str, str]] = [{} for _ in range(n_rows)]
+        out: list[dict[str, str]] = [{}] if n_rows == 1 else [{} for _ in range(n_rows)]
         if not self._specs or n_rows <= 0:
             return out
         lowered = {k.lower(): v for k, v in headers.items()} if self._headers else headers
         for spec in self._specs:
             raw = _raw_values(spec, request_rows, request_json, lowered, n_rows)
             if n_rows == 1:  # the usual request: one row
-                out[0][spec.name] = spec.label(raw[0])
+                value = raw[0]
+                if type(value) is str and value and not spec.bins:  # label(), inline
+                    out[0][spec.name] = value[:MAX_CHARS]
+                else:
+                    out[0][spec.name] = spec.label(value)
                 continue
             for row, value in zip(out, raw, strict=True):
                 row[spec.name] = spec.label(value)

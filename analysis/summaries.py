@@ -304,20 +304,24 @@ class BatchDelta:
         start = seconds - seconds % self.bucket_seconds
         delta = self.buckets.get(start) or self.bucket(start)
         ints = delta.ints
-        ints["records"] += 1
-        _count_record(ints, ev)
+        # The record's counters that grow by one, added at once in C (_count_each) at the
+        # end: a compared row has some forty of them, each a dict update in Python.
+        ones: list[str] = ["records"]
+        _count_record(ones, ev)
         if ev.primary_failure is not None:
+            _count_each(ints, ones)
             return
         for kind in ev.contract_kinds:
-            ints[f"ct{SEP}{kind}"] += 1
+            ones.append(f"ct{SEP}{kind}")
         names = self.names(fold)
         if ev.candidate_error:
-            _count_error_rows(ints, ev, names)
+            _count_error_rows(ints, ones, ev, names)
             rows = disagree = len(ev.primary_rows)
         else:
-            disagree = _count_rows(delta, ev, names)
+            disagree = _count_rows(delta, ones, ev, names)
             rows = len(ev.rows)
-        _count_request(ints, rows, disagree)
+        _count_request(ints, ones, rows, disagree)
+        _count_each(ints, ones)
 
     def add_trimmed(self, count: int, now_s: float) -> None:
         """Entries trimmed from the stream before any worker read them (counted, not lost)."""
@@ -328,24 +332,24 @@ class BatchDelta:
         self.bucket(bucket_start(ts_ms, self.bucket_seconds)).ints["bad"] += 1
 
 
-def _count_record(ints: defaultdict[str, int], ev: PairEvidence) -> None:
-    """Per-record counters: failures by kind and both latencies."""
+def _count_record(ones: list[str], ev: PairEvidence) -> None:
+    """Per-record counters: failures by kind and both latencies (into `ones`)."""
     if ev.deferred:
-        ints["deferred"] += 1
+        ones.append("deferred")
     if ev.primary_failure is not None:
-        ints[f"err:{ev.primary_failure}"] += 1
+        ones.append(f"err:{ev.primary_failure}")
     elif ev.candidate_error:
-        ints[f"err:{ev.candidate_error}"] += 1
+        ones.append(f"err:{ev.candidate_error}")
     for flag in ev.answer_flags:  # a fixed vocabulary (analysis.text_summary.HOSTILE)
-        ints[f"xh:{flag}"] += 1
+        ones.append(f"xh:{flag}")
     # latency_bin, inline: this runs for every record
     last = _LAST_LATENCY_BIN
     if ev.primary_ms > 0:
         i = _bisect_right(_LATENCY_EDGES, ev.primary_ms) - 1
-        ints[_LP[0 if i < 0 else (last if i > last else i)]] += 1
+        ones.append(_LP[0 if i < 0 else (last if i > last else i)])
     if ev.candidate_ms is not None and ev.candidate_ms > 0:
         i = _bisect_right(_LATENCY_EDGES, ev.candidate_ms) - 1
-        ints[_LC[0 if i < 0 else (last if i > last else i)]] += 1
+        ones.append(_LC[0 if i < 0 else (last if i > last else i)])
 
 
 def slice_items(ev: PairEvidence, i: int, primary: Prediction, fold: Fold) -> list[tuple[str, str]]:
@@ -383,7 +387,7 @@ def _row_items(
 SliceNames = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[tuple[str, str], ...]]
 _SLICE_FIELDS: dict[tuple[tuple[str, str], ...], SliceNames] = {}
 # Adds 1 to each name's counter in one C loop (what Counter.update does with a sequence):
-# a row has ten slice counters, twenty when it disagrees.
+# a record's counters that grow by one are gathered in a list and counted by one call.
 _count_each = _count_elements
 _SLICE_FIELDS_MAX = 4096
 
@@ -411,32 +415,27 @@ def _slice_fields(items: list[tuple[str, str]]) -> SliceNames:
     return found
 
 
-def _count_slices(
-    ints: defaultdict[str, int], items: list[tuple[str, str]], disagree: bool
-) -> None:
-    """Level-1 and level-2 slice counters for one row."""
-    rows, disagreeing, _, _ = _slice_fields(items)
-    _count_each(ints, rows)
-    if disagree:
-        _count_each(ints, disagreeing)
+# A side's one-step counters of a confidence in bin b: the histogram bin and the count
+# (both sides), and the primary's rows of the decile, with its flips when the row flips.
+_P_CONF = [(_CP[b], "cpn", _TD[b // 10]) for b in range(CONF_BINS)]
+_P_CONF_FLIP = [(_CP[b], "cpn", _TD[b // 10], _FD[b // 10]) for b in range(CONF_BINS)]
+_C_CONF = [(_CC[b], "ccn") for b in range(CONF_BINS)]
+_ROW_AGREES, _ROW_FLIPS = ("rows", "agree"), ("rows",)
 
 
-def _count_primary_side(ints: defaultdict[str, int], p: Prediction, flipped: bool) -> int | None:
+def _count_primary_side(
+    ints: defaultdict[str, int], ones: list[str], p: Prediction, flipped: bool
+) -> int | None:
     """Primary confidence counters; returns the margin-near flag (None if unknown)."""
     conf = p.confidence
     if conf is None:
         return None
     b = conf_bin(conf)
-    ints[_CP[b]] += 1
-    ints["cpn"] += 1
+    ones += _P_CONF_FLIP[b] if flipped else _P_CONF[b]
     ints["cps"] += round(conf * MICRO)
-    decile = b // 10
-    ints[_TD[decile]] += 1
-    if flipped:
-        ints[_FD[decile]] += 1
     if p.margin is None:
         return None
-    ints[_MP[conf_bin(p.margin)]] += 1
+    ones.append(_MP[conf_bin(p.margin)])
     return 1 if p.margin < NEAR_BOUNDARY else 0
 
 
@@ -456,19 +455,25 @@ def _count_regression(delta: BucketDelta, row: Any) -> None:
     floats["ras"] += abs_d
 
 
-def _count_request(ints: defaultdict[str, int], rows: int, disagree: int) -> None:
+_ONE_ROW_AGREES, _ONE_ROW_FLIPS = ("un", "umm"), ("un", "umm", "ukk", "umk")
+
+
+def _count_request(ints: defaultdict[str, int], ones: list[str], rows: int, disagree: int) -> None:
     """Request-level moments (un, umm, ukk, umk): the request is the statistical unit, and
     these sums give the cluster-robust variance of the agreement rate (see
     analysis.sequential.RequestMoments)."""
     if rows <= 0:
         return
-    ints["un"] += 1
+    if rows == 1:  # the usual request: every moment grows by 0 or 1
+        ones += _ONE_ROW_FLIPS if disagree else _ONE_ROW_AGREES
+        return
+    ones.append("un")
     ints["umm"] += rows * rows
     ints["ukk"] += disagree * disagree
     ints["umk"] += rows * disagree
 
 
-def _count_rows(delta: BucketDelta, ev: PairEvidence, names: _Names) -> int:
+def _count_rows(delta: BucketDelta, ones: list[str], ev: PairEvidence, names: _Names) -> int:
     """Rows the candidate answered: agreement, flips, confidence, regression, slices.
 
     Returns how many of them disagree."""
@@ -477,81 +482,78 @@ def _count_rows(delta: BucketDelta, ev: PairEvidence, names: _Names) -> int:
     for i, row in enumerate(ev.rows):
         p, c = row.primary, row.candidate
         agree = bool(row.agree)
-        ints["rows"] += 1
-        if agree:
-            ints["agree"] += 1
+        ones += _ROW_AGREES if agree else _ROW_FLIPS
         if p.label is not None:
-            ints[names.flip(p.label, c.label)] += 1
-        d = _count_confidences(ints, p, c, agree, names)
+            ones.append(names.flip(p.label, c.label))
+        d = _count_confidences(ints, ones, p, c, agree, names)
         if row.diff is not None:
             _count_regression(delta, row)
         if p.text is not None and c.text is not None:
             count_text(ints, row)
         items = _row_items(ev, i, p, names)
         if items:
-            _count_row_slices(ints, items, agree, d, p, c)
+            _count_row_slices(ints, ones, items, agree, d, p, c)
         disagree += not agree
     return disagree
 
 
 _NB = ("nb:00", "nb:01", "nb:10", "nb:11")  # near-boundary cell by 2 * near_p + near_c
+_DELTA_UP, _DELTA_DOWN, _DELTA_SAME = ("dn", "dpos"), ("dn", "dneg"), ("dn",)
 
 
 def _count_confidences(
-    ints: defaultdict[str, int], p: Prediction, c: Prediction, agree: bool, names: _Names
+    ints: defaultdict[str, int],
+    ones: list[str],
+    p: Prediction,
+    c: Prediction,
+    agree: bool,
+    names: _Names,
 ) -> int | None:
     """Both sides' confidence and margin histograms and sums, per-class confidence
     (analysis.estimate), the near-boundary cell and the paired delta; in one function, as
-    this runs for every row. Returns the delta in micro-units (None: a side has none)."""
+    this runs for every row. Counters that grow by one go to `ones`. Returns the delta in
+    micro-units (None: a side has none)."""
     pconf, cconf = p.confidence, c.confidence
     near_p = near_c = None
     if pconf is not None:
         b = conf_bin(pconf)
         micro = round(pconf * MICRO)
-        ints[_CP[b]] += 1
-        ints["cpn"] += 1
+        ones += _P_CONF[b] if agree else _P_CONF_FLIP[b]
         ints["cps"] += micro
-        ints[_TD[b // 10]] += 1
-        if not agree:
-            ints[_FD[b // 10]] += 1
         if p.margin is not None:
-            ints[_MP[conf_bin(p.margin)]] += 1
+            ones.append(_MP[conf_bin(p.margin)])
             near_p = 1 if p.margin < NEAR_BOUNDARY else 0
         if p.label is not None:
             n_name, s_name, q_name = names.by_class("p", p.label)
-            ints[n_name] += 1
+            ones.append(n_name)
             ints[s_name] += micro
             ints[q_name] += round(pconf * pconf * MICRO)
     if cconf is not None:
         micro = round(cconf * MICRO)
-        ints[_CC[conf_bin(cconf)]] += 1
-        ints["ccn"] += 1
+        ones += _C_CONF[conf_bin(cconf)]
         ints["ccs"] += micro
         if c.margin is not None:
-            ints[_MC[conf_bin(c.margin)]] += 1
+            ones.append(_MC[conf_bin(c.margin)])
             near_c = 1 if c.margin < NEAR_BOUNDARY else 0
         if c.label is not None:
             n_name, s_name, q_name = names.by_class("c", c.label)
-            ints[n_name] += 1
+            ones.append(n_name)
             ints[s_name] += micro
             ints[q_name] += round(cconf * cconf * MICRO)
     if near_p is not None and near_c is not None:
-        ints[_NB[2 * near_p + near_c]] += 1
+        ones.append(_NB[2 * near_p + near_c])
     if pconf is None or cconf is None:
         return None
     d = round((cconf - pconf) * MICRO)  # paired delta in exact micro-unit integers
-    ints["dn"] += 1
+    ones += _DELTA_UP if d > 0 else (_DELTA_DOWN if d < 0 else _DELTA_SAME)
     ints["ds"] += d
     ints["dss"] += d * d
-    if d > 0:
-        ints["dpos"] += 1
-    elif d < 0:
-        ints["dneg"] += 1
     return d
 
 
 def _count_row_slices(
     ints: defaultdict[str, int],
+    ones: list[str],
     items: list[tuple[str, str]],
     agree: bool,
     d: int | None,
@@ -562,26 +564,30 @@ def _count_row_slices(
     the rows and the sums of conf_c - conf_p and its square (micro): the slice's estimated
     accuracy change before labels (analysis.estimate)."""
     rows, disagreeing, counted, sums = _slice_fields(items)
-    _count_each(ints, rows)
+    ones += rows
     if not agree:
-        _count_each(ints, disagreeing)
+        ones += disagreeing
     if d is None:
         return
     d2 = round((c.confidence - p.confidence) ** 2 * MICRO)  # type: ignore[operator]
-    _count_each(ints, counted)
+    ones += counted
     for d_name, d2_name in sums:
         ints[d_name] += d
         ints[d2_name] += d2
 
 
-def _count_error_rows(ints: defaultdict[str, int], ev: PairEvidence, names: _Names) -> None:
+def _count_error_rows(
+    ints: defaultdict[str, int], ones: list[str], ev: PairEvidence, names: _Names
+) -> None:
     """The candidate gave no usable answer: every primary row flips to ERR."""
     for i, p in enumerate(ev.primary_rows):
-        ints["rows"] += 1
+        ones.append("rows")
         if p.label is not None:
-            ints[names.flip(p.label, None)] += 1
-        _count_primary_side(ints, p, True)
-        _count_slices(ints, _row_items(ev, i, p, names), True)
+            ones.append(names.flip(p.label, None))
+        _count_primary_side(ints, ones, p, True)
+        rows, disagreeing, _, _ = _slice_fields(_row_items(ev, i, p, names))
+        ones += rows
+        ones += disagreeing  # every row disagrees
 
 
 # --------------------------------------------------------------------------------------

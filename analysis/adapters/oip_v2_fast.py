@@ -55,6 +55,10 @@ class Plan:
     classes: tuple[str, ...] | None  # class names of the probabilities (declared or configured)
     others: tuple[int, ...]  # the remaining outputs: only their size is checked
     contract: tuple[ContractField, ...]
+    # The usual answer: one row, a label tensor and two or more probabilities (_one_row);
+    # then the class names the row's probabilities take (None when they do not fit).
+    one_row: bool = False
+    row_classes: tuple[str, ...] | None = None
 
 
 def class_names(params: dict[str, object]) -> tuple[str, ...] | None:
@@ -106,6 +110,8 @@ class FastOip:
         return plan
 
     def _rows(self, plan: Plan, datas: list[Any]) -> tuple[Prediction, ...] | None:
+        if plan.one_row:
+            return _one_row(plan, datas)
         labels = _labels(datas[plan.label], plan.classes) if plan.label >= 0 else None
         if plan.label >= 0 and labels is None:
             return None
@@ -134,6 +140,28 @@ class FastOip:
                 for i in range(plan.rows)
             ]
         )
+
+
+def _one_row(plan: Plan, datas: list[Any]) -> tuple[Prediction] | None:
+    """_rows of a one-row answer with a label and two or more probabilities, without the
+    per-row lists: most answers of most models (same checks, same row)."""
+    value = datas[plan.label][0]
+    kind = type(value)
+    if kind is str:
+        label = value  # map_label leaves text as it is
+    elif kind is int or kind is bool:
+        label = map_label(label_text(value), value, plan.classes)
+    else:
+        return None
+    probs = datas[plan.prob]
+    for p in probs:
+        if type(p) is not float:
+            return None
+    if not math.isfinite(sum(probs)):  # inf or nan anywhere makes the sum so
+        return None
+    values = tuple(probs)
+    ranked = sorted(values, reverse=True)
+    return (classified_row(label, values, plan.row_classes, ranked[0], ranked[0] - ranked[1]),)
 
 
 def _prob_row(probs: list[float], classes: tuple[str, ...] | None, label: str | None) -> Prediction:
@@ -226,18 +254,21 @@ def make_plan(signature: Signature, configured: tuple[str, ...] | None) -> Plan 
         return None
     rows = counts.pop()
     classes = resolve_classes(signature[prob if prob >= 0 else label][3], configured)
+    width = widths[prob] if prob >= 0 else 1
     return Plan(
         sizes=tuple(rows * w for w in widths),
         rows=rows,
         label=label,
         prob=prob,
-        width=widths[prob] if prob >= 0 else 1,
+        width=width,
         classes=classes,
         others=tuple(i for i in range(len(signature)) if i not in (label, prob)),
         contract=tuple(
             ContractField(n, t, tuple(shape[1:]))
             for n, t, shape in zip(names, types, dims, strict=True)
         ),
+        one_row=rows == 1 and label >= 0 and prob >= 0 and width >= 2,
+        row_classes=classes if classes is not None and len(classes) == width else None,
     )
 
 
