@@ -263,16 +263,6 @@ def _at_least(cast: Callable[[str, Any], Any], low: float) -> Callable[[str, Any
     return checked
 
 
-def _between(cast: Callable[[str, Any], Any], low: float, high: float) -> Callable[[str, Any], Any]:
-    def checked(key: str, value: Any) -> Any:
-        number = cast(key, value)
-        if not low <= number <= high:
-            raise ConfigError(key, value, f"must be between {low:g} and {high:g}")
-        return number
-
-    return checked
-
-
 def _fraction(key: str, value: Any) -> float:
     number = _cast_float(key, value)
     if not 0.0 <= number <= 1.0:
@@ -488,10 +478,11 @@ class DispatchSettings:
     block_ms: int = _setting(1000, _at_least(_cast_int, 1))
     # A dispatcher's unacknowledged entries are taken over by another after this long.
     claim_idle_ms: int = _setting(30_000, _at_least(_cast_int, 100))
-    # The dispatcher process's CPU priority (os.nice increment, 0-19): on a host it shares
-    # with the proxy, the primary's path gets the CPU first and the shadow takes what is
-    # left (a record waits a little longer; past max_age_s it is counted, not sent).
-    nice: int = _setting(10, _between(_cast_int, 0, 19))
+    # The dispatcher process's CPU priority on a host it shares with proxies: "idle"
+    # (SCHED_IDLE: it runs only on CPU nobody else wants, and a waking proxy preempts it
+    # at once), "low" (nice 10: a smaller share, but it keeps its time slice when a proxy
+    # wakes) or "normal". Records wait meanwhile; past max_age_s they are counted, not sent.
+    cpu_priority: str = _setting("idle", _choice("idle", "low", "normal"))
 
 
 @dataclass(frozen=True)

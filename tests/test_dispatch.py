@@ -374,8 +374,8 @@ def test_a_killed_dispatcher_loses_nothing(
                         in http.get(metrics).text, what="the queue gauge",
                     )  # fmt: skip
                     assert f"shadowtrial_dispatch_in_flight {n}.0" in http.get(metrics).text
-                    # dispatch.nice (default 10): the primary's path gets the CPU first.
-                    assert _nice(proc.pid) == min(os.nice(0) + 10, 19)
+                    # dispatch.cpu_priority (default idle): the proxies get the CPU first.
+                    assert os.sched_getscheduler(proc.pid) == os.SCHED_IDLE
                 finally:
                     proc.send_signal(signal.SIGKILL)
                     proc.wait(10)
@@ -390,12 +390,6 @@ def test_a_killed_dispatcher_loses_nothing(
     assert len(pairs) == n and report["pending"] == 0 and _identity_holds(report)
     assert len(cand.seen) == 2 * n  # each called twice: recorded once
     assert redis_client.xlen(keys.requests("d")) == 0
-
-
-def _nice(pid: int) -> int:
-    """A process's nice value (field 19 of /proc/<pid>/stat; the name may hold spaces)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat.rpartition(")")[2].split()[16])
 
 
 def _toml(raw: dict[str, Any], redis_url: str) -> str:
@@ -415,11 +409,11 @@ def test_dispatcher_settings_refuse_what_cannot_wait_in_redis() -> None:
     with pytest.raises(ConfigError, match="only HTTP candidates"):
         onnx = {"name": "o", "onnx": "m.onnx", "run": "dispatcher"}
         settings_from_mapping({"candidates": [onnx]}, {})
-    with pytest.raises(ConfigError, match="between 0 and 19"):
-        settings_from_mapping({"candidates": [base], "dispatch": {"nice": 20}}, {})
+    with pytest.raises(ConfigError, match="one of idle, low, normal"):
+        settings_from_mapping({"candidates": [base], "dispatch": {"cpu_priority": "high"}}, {})
     settings = settings_from_mapping({"candidates": [base], "dispatch": {"max_queue": 5}}, {})
     assert settings.candidates[0].run == "dispatcher" and settings.dispatch.max_queue == 5
-    assert settings.dispatch.nice == 10
+    assert settings.dispatch.cpu_priority == "idle"
 
 
 def test_a_candidate_registered_with_run_dispatcher_is_dispatched(
@@ -526,3 +520,24 @@ def test_redis_dying_mid_call_loses_and_duplicates_nothing(tmp_path: Path) -> No
         assert len(cand.seen) == 2 * n  # called again after the restart, recorded once
         assert client.xpending(stream, DISPATCH_GROUP)["pending"] == 0
         client.close()
+
+
+@pytest.mark.parametrize(
+    ("priority", "policy", "nice_added"),
+    [("idle", "SCHED_IDLE", 0), ("low", "SCHED_OTHER", 10), ("normal", "SCHED_OTHER", 0)],
+)
+def test_dispatch_cpu_priority_is_applied_to_the_process(
+    priority: str, policy: str, nice_added: int
+) -> None:
+    """What serve_dispatcher applies before its first round, read back by the process."""
+    code = (
+        "import os; from proxy.dispatch import _lower_priority; before = os.nice(0); "
+        f"_lower_priority({priority!r}); "
+        "print(os.sched_getscheduler(0), os.nice(0) - before)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    ).stdout.split()  # fmt: skip
+    assert int(out[0]) == getattr(os, policy)
+    assert int(out[1]) == min(nice_added, 19 - os.nice(0))
