@@ -544,6 +544,10 @@ def _lower_priority(priority: str) -> None:
     it can): the primary's p99 was 110-133 ms with the dispatcher at nice 10 and 28-48 ms
     with it at SCHED_IDLE (shadowing off: 20-77 ms). Under the kernel's EEVDF scheduler a
     niced process keeps its time slice when a proxy wakes; an idle-policy one is preempted.
+    The price (dispatch_bench, same host): an idle dispatcher's candidate latencies include
+    its own waits for the CPU (+8.3 ms median against the proxy's measure of the same
+    requests, p99 65 against 11 ms; +0.3 ms at normal priority), which is why it is not
+    the default: the gate's latency rule reads them.
     """
     if priority == "normal":
         return
