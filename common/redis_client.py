@@ -233,7 +233,7 @@ class _HiredisPacking:
             args = (*first.encode().split(), *args[1:])
         elif b" " in first:
             args = (*first.split(), *args[1:])
-        if any(isinstance(a, memoryview) for a in args):  # hiredis ignores a view's strides
+        if memoryview in map(type, args):  # hiredis ignores a view's strides
             args = tuple(bytes(a) if isinstance(a, memoryview) else a for a in args)
         try:
             return [hiredis.pack_command(args)]

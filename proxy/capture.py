@@ -34,6 +34,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
+from functools import lru_cache, partial
 from itertools import chain
 from typing import Any
 
@@ -77,7 +78,6 @@ RECORD_OVERHEAD = 200  # bytes a stream entry takes besides its field values (me
 COUNT = SCRIPTS["count"]  # accounting counts into one bucket, indexed (common/lua)
 ENQUEUE = SCRIPTS["enqueue"]  # a request record for a dispatcher, unless its queue is full
 
-_NAMES_CACHE_MAX = 4096  # header names whose secrecy HeaderCapture remembers
 Counts = dict[tuple[str, int], dict[str, int]]  # (candidate, bucket start) -> field -> n
 
 
@@ -87,7 +87,8 @@ class HeaderCapture:
     def __init__(self, names: Iterable[str], redact: Iterable[str]) -> None:
         secret = self.redact = list(redact)  # and any name proxy.redact.SECRET_NAME matches
         self._keep = {n.lower(): secret_name(n, secret) for n in names}
-        self._secret: dict[str, bool] = {}  # forwarded(): secret_name by header name, bounded
+        # forwarded(): a regex and a set per name, once per name rather than per request
+        self._secret = lru_cache(maxsize=4096)(partial(secret_name, names=secret))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HeaderCapture:
@@ -103,16 +104,7 @@ class HeaderCapture:
         """The headers a dispatcher may send: a candidate's (no credentials, the shadow
         marker), without the redacted names either, since they wait in Redis."""
         secret = self._secret
-        kept = []
-        for name, value in candidate_headers(headers, False):
-            hidden = secret.get(name)
-            if hidden is None:  # a regex and a set per name: once, not once per request
-                if len(secret) >= _NAMES_CACHE_MAX:
-                    secret.clear()
-                hidden = secret[name] = secret_name(name, self.redact)
-            if not hidden:
-                kept.append((name, value))
-        return kept
+        return [(n, v) for n, v in candidate_headers(headers, False) if not secret(n)]
 
     def select(self, headers: Iterable[tuple[str, str]]) -> dict[str, str]:
         """The kept headers by lowercase name (repeated headers joined with ', ')."""
